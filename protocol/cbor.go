@@ -1,0 +1,134 @@
+package protocol
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/fxamacker/cbor/v2"
+	"github.com/ipfs/go-cid"
+	mh "github.com/multiformats/go-multihash"
+)
+
+// encMode writes DAG-CBOR: map keys sorted length-first then bytewise, no
+// indefinite lengths, floats never shrunk (gpunet messages carry no floats in
+// canonical data, and DAG-CBOR requires 64-bit floats anyway).
+var encMode = func() cbor.EncMode {
+	em, err := cbor.EncOptions{
+		Sort:          cbor.SortLengthFirst,
+		ShortestFloat: cbor.ShortestFloatNone,
+		IndefLength:   cbor.IndefLengthForbidden,
+		NaNConvert:    cbor.NaNConvertReject,
+		InfConvert:    cbor.InfConvertReject,
+		Time:          cbor.TimeUnix,
+	}.EncMode()
+	if err != nil {
+		panic(err)
+	}
+	return em
+}()
+
+// decMode bounds what a remote peer can make us allocate: nesting, array and
+// map sizes, and rejects duplicate keys and indefinite lengths so that every
+// accepted encoding has exactly one meaning.
+var decMode = func() cbor.DecMode {
+	dm, err := cbor.DecOptions{
+		MaxNestedLevels:  16,
+		MaxArrayElements: 4096,
+		MaxMapPairs:      256,
+		IndefLength:      cbor.IndefLengthForbidden,
+		DupMapKey:        cbor.DupMapKeyEnforcedAPF,
+		TagsMd:           cbor.TagsAllowed,
+		ExtraReturnErrors: cbor.ExtraDecErrorUnknownField,
+	}.DecMode()
+	if err != nil {
+		panic(err)
+	}
+	return dm
+}()
+
+// Marshal encodes v as DAG-CBOR.
+func Marshal(v any) ([]byte, error) { return encMode.Marshal(v) }
+
+// Unmarshal decodes DAG-CBOR b into v, refusing trailing bytes, unknown
+// fields and anything over the decoder's bounds.
+func Unmarshal(b []byte, v any) error {
+	rest, err := decMode.UnmarshalFirst(b, v)
+	if err != nil {
+		return err
+	}
+	if len(rest) != 0 {
+		return fmt.Errorf("%d trailing bytes after CBOR value", len(rest))
+	}
+	return nil
+}
+
+// dagCBORCID is CIDv1, codec dag-cbor, sha2-256 over b.
+func dagCBORCID(b []byte) cid.Cid { return sumCID(cid.DagCBOR, b) }
+
+// RawCID is the CID of an output block: CIDv1, codec raw, sha2-256 over
+// exactly the bytes of the file.
+func RawCID(b []byte) cid.Cid { return sumCID(cid.Raw, b) }
+
+func sumCID(codec uint64, b []byte) cid.Cid {
+	h, err := mh.Sum(b, mh.SHA2_256, -1)
+	if err != nil {
+		panic(err) // sha2-256 with default length cannot fail
+	}
+	return cid.NewCidV1(codec, h)
+}
+
+// VerifyBlock reports whether data hashes to c. Only sha2-256 CIDs are
+// accepted: gpunet never produces others, and refusing them means a peer
+// cannot make us run an expensive or broken hash.
+func VerifyBlock(c cid.Cid, data []byte) error {
+	p := c.Prefix()
+	if p.MhType != mh.SHA2_256 {
+		return fmt.Errorf("%w: unsupported multihash 0x%x", ErrBadCID, p.MhType)
+	}
+	if got := sumCID(p.Codec, data); !got.Equals(c) {
+		return fmt.Errorf("%w: block hashes to %s, want %s", ErrBadCID, got, c)
+	}
+	return nil
+}
+
+// ErrBadCID means a block did not match the CID it was sent or stored under.
+var ErrBadCID = errors.New("block does not match its CID")
+
+// cidTag is the CBOR tag DAG-CBOR uses for links.
+const cidTag = 42
+
+// Link is a CID encoded as a DAG-CBOR link (tag 42 over 0x00 + CID bytes), so
+// manifests are real IPLD data that IPFS tools can traverse.
+type Link struct{ cid.Cid }
+
+// MarshalCBOR implements cbor.Marshaler.
+func (l Link) MarshalCBOR() ([]byte, error) {
+	if !l.Defined() {
+		return nil, errors.New("cannot encode an undefined CID")
+	}
+	return encMode.Marshal(cbor.Tag{Number: cidTag, Content: append([]byte{0}, l.Bytes()...)})
+}
+
+// UnmarshalCBOR implements cbor.Unmarshaler.
+func (l *Link) UnmarshalCBOR(b []byte) error {
+	var t cbor.RawTag
+	if err := decMode.Unmarshal(b, &t); err != nil {
+		return fmt.Errorf("decoding link: %w", err)
+	}
+	if t.Number != cidTag {
+		return fmt.Errorf("decoding link: tag %d, want %d", t.Number, cidTag)
+	}
+	var raw []byte
+	if err := decMode.Unmarshal(t.Content, &raw); err != nil {
+		return fmt.Errorf("decoding link: %w", err)
+	}
+	if len(raw) < 2 || raw[0] != 0 {
+		return errors.New("decoding link: missing 0x00 multibase prefix")
+	}
+	c, err := cid.Cast(raw[1:])
+	if err != nil {
+		return fmt.Errorf("decoding link: %w", err)
+	}
+	l.Cid = c
+	return nil
+}

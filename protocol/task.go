@@ -1,0 +1,262 @@
+package protocol
+
+import (
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"regexp"
+	"sort"
+	"strings"
+	"unicode"
+	"unicode/utf8"
+
+	"github.com/ipfs/go-cid"
+)
+
+// Task defaults, filled in by Normalize.
+const (
+	DefaultModel  = "gpunet/sketch-v1"
+	DefaultSteps  = 20
+	DefaultWidth  = 512
+	DefaultHeight = 512
+
+	MinSteps, MaxSteps = 1, 150
+	MinSide, MaxSide   = 64, 2048
+	// SideMultiple: diffusion models work on 8x8 latent patches; the CPU
+	// kernel does not care, but keeping the rule means a task valid here is
+	// valid for any backend.
+	SideMultiple = 8
+	// MaxSeed is 2^53-1 so that seeds survive a round trip through JSON in
+	// any language (JavaScript numbers are float64).
+	MaxSeed = 1<<53 - 1
+
+	MaxModelLen  = 64
+	MaxParams    = 16
+	MaxParamKey  = 32
+	MaxParamVal  = 256
+)
+
+var (
+	modelRE    = regexp.MustCompile(`^[a-z0-9][a-z0-9._:/-]*$`)
+	paramKeyRE = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]*$`)
+)
+
+// ErrBadTask is wrapped by every validation error of a task.
+var ErrBadTask = errors.New("invalid task")
+
+// Task is one generation request. Its canonical encoding (Encode) is what the
+// TaskCID addresses, so two tasks are the same work exactly when their
+// normalised fields are equal.
+//
+// The CBOR keys below are the wire names; DAG-CBOR orders them length-first:
+// seed, model, steps, width, height, params, prompt, negative_prompt.
+type Task struct {
+	Model          string `cbor:"model" json:"model"`
+	Prompt         string `cbor:"prompt" json:"prompt"`
+	NegativePrompt string `cbor:"negative_prompt" json:"negative_prompt"`
+	// Seed 0 means "not chosen": Normalize derives one from the other fields,
+	// so the same prompt is the same task everywhere. A normalised task never
+	// has seed 0.
+	Seed   uint64 `cbor:"seed" json:"seed"`
+	Steps  uint32 `cbor:"steps" json:"steps"`
+	Width  uint32 `cbor:"width" json:"width"`
+	Height uint32 `cbor:"height" json:"height"`
+	// Params carries kernel parameters (sampler, guidance, ...) as strings.
+	// Omitted from the encoding when empty.
+	Params map[string]string `cbor:"params,omitempty" json:"params,omitempty"`
+}
+
+// Normalize returns t with whitespace collapsed, the model lower-cased,
+// defaults filled in and, when Seed is 0, a seed derived from the rest of the
+// task. It then validates the result.
+func (t Task) Normalize() (Task, error) {
+	n := t
+	n.Model = strings.ToLower(strings.TrimSpace(n.Model))
+	if n.Model == "" {
+		n.Model = DefaultModel
+	}
+	n.Prompt = collapseSpace(n.Prompt)
+	n.NegativePrompt = collapseSpace(n.NegativePrompt)
+	if n.Steps == 0 {
+		n.Steps = DefaultSteps
+	}
+	if n.Width == 0 {
+		n.Width = DefaultWidth
+	}
+	if n.Height == 0 {
+		n.Height = DefaultHeight
+	}
+	if len(n.Params) == 0 {
+		n.Params = nil
+	} else {
+		p := make(map[string]string, len(n.Params))
+		for k, v := range n.Params {
+			p[strings.ToLower(strings.TrimSpace(k))] = collapseSpace(v)
+		}
+		n.Params = p
+	}
+	if err := n.validate(false); err != nil {
+		return Task{}, err
+	}
+	if n.Seed == 0 {
+		n.Seed = deriveSeed(n)
+	}
+	return n, nil
+}
+
+// Validate checks that t is a normalised task: what a host checks before it
+// does any work for a remote peer.
+func (t Task) Validate() error {
+	if err := t.validate(true); err != nil {
+		return err
+	}
+	if n, err := t.Normalize(); err != nil || !t.Equal(n) {
+		return fmt.Errorf("%w: not in normal form", ErrBadTask)
+	}
+	return nil
+}
+
+func (t Task) validate(needSeed bool) error {
+	bad := func(format string, a ...any) error {
+		return fmt.Errorf("%w: "+format, append([]any{ErrBadTask}, a...)...)
+	}
+	switch {
+	case len(t.Model) > MaxModelLen || !modelRE.MatchString(t.Model):
+		return bad("model %q: want 1-%d of a-z 0-9 . _ : / -", t.Model, MaxModelLen)
+	case t.Prompt == "":
+		return bad("empty prompt")
+	case !utf8.ValidString(t.Prompt) || !utf8.ValidString(t.NegativePrompt):
+		return bad("prompt is not valid UTF-8")
+	case len(t.Prompt) > MaxPromptBytes || len(t.NegativePrompt) > MaxPromptBytes:
+		return bad("prompt longer than %d bytes", MaxPromptBytes)
+	case t.Steps < MinSteps || t.Steps > MaxSteps:
+		return bad("steps %d outside %d..%d", t.Steps, MinSteps, MaxSteps)
+	case !validSide(t.Width) || !validSide(t.Height):
+		return bad("size %dx%d: each side %d..%d and a multiple of %d", t.Width, t.Height, MinSide, MaxSide, SideMultiple)
+	case t.Seed > MaxSeed:
+		return bad("seed %d above %d", t.Seed, uint64(MaxSeed))
+	case needSeed && t.Seed == 0:
+		return bad("seed not set")
+	case len(t.Params) > MaxParams:
+		return bad("%d params, at most %d", len(t.Params), MaxParams)
+	}
+	for k, v := range t.Params {
+		if len(k) > MaxParamKey || !paramKeyRE.MatchString(k) {
+			return bad("param key %q", k)
+		}
+		if len(v) > MaxParamVal || !utf8.ValidString(v) {
+			return bad("param %q value too long or not UTF-8", k)
+		}
+	}
+	return nil
+}
+
+func validSide(s uint32) bool { return s >= MinSide && s <= MaxSide && s%SideMultiple == 0 }
+
+// Equal reports whether two tasks have the same fields.
+func (t Task) Equal(o Task) bool {
+	if t.Model != o.Model || t.Prompt != o.Prompt || t.NegativePrompt != o.NegativePrompt ||
+		t.Seed != o.Seed || t.Steps != o.Steps || t.Width != o.Width || t.Height != o.Height ||
+		len(t.Params) != len(o.Params) {
+		return false
+	}
+	for k, v := range t.Params {
+		if ov, ok := o.Params[k]; !ok || ov != v {
+			return false
+		}
+	}
+	return true
+}
+
+// Encode returns the canonical DAG-CBOR encoding of t. Call it on a
+// normalised task; Encode does not normalise.
+func (t Task) Encode() ([]byte, error) {
+	b, err := encMode.Marshal(t)
+	if err != nil {
+		return nil, fmt.Errorf("encoding task: %w", err)
+	}
+	if len(b) > MaxTaskBytes {
+		return nil, fmt.Errorf("%w: encoding is %d bytes, cap %d", ErrBadTask, len(b), MaxTaskBytes)
+	}
+	return b, nil
+}
+
+// CID returns the TaskCID: CIDv1, dag-cbor, sha2-256 over Encode's bytes.
+func (t Task) CID() (cid.Cid, error) {
+	b, err := t.Encode()
+	if err != nil {
+		return cid.Undef, err
+	}
+	return dagCBORCID(b), nil
+}
+
+// DecodeTask decodes and validates a canonical task encoding. It rejects
+// encodings that are valid CBOR but not canonical, so one TaskCID never has
+// two spellings.
+func DecodeTask(b []byte) (Task, error) {
+	if len(b) > MaxTaskBytes {
+		return Task{}, fmt.Errorf("%w: %d bytes, cap %d", ErrBadTask, len(b), MaxTaskBytes)
+	}
+	var t Task
+	if err := Unmarshal(b, &t); err != nil {
+		return Task{}, fmt.Errorf("%w: %v", ErrBadTask, err)
+	}
+	if err := t.Validate(); err != nil {
+		return Task{}, err
+	}
+	if again, err := t.Encode(); err != nil || string(again) != string(b) {
+		return Task{}, fmt.Errorf("%w: encoding is not canonical", ErrBadTask)
+	}
+	return t, nil
+}
+
+// deriveSeed maps the task (seed 0) to a seed in 1..MaxSeed: the first 8
+// bytes of sha2-256 over the domain "gpunet-seed-v1\x00" and the canonical
+// encoding with seed 0, big-endian, masked to 53 bits (0 becomes 1).
+func deriveSeed(t Task) uint64 {
+	t.Seed = 0
+	b, err := encMode.Marshal(t)
+	if err != nil {
+		panic(fmt.Sprintf("encoding a validated task: %v", err))
+	}
+	h := sha256.New()
+	h.Write([]byte("gpunet-seed-v1\x00"))
+	h.Write(b)
+	s := binary.BigEndian.Uint64(h.Sum(nil)) & MaxSeed
+	if s == 0 {
+		s = 1
+	}
+	return s
+}
+
+// collapseSpace trims s and turns every run of Unicode white space into a
+// single ASCII space.
+func collapseSpace(s string) string {
+	var b strings.Builder
+	b.Grow(len(s))
+	space := false
+	for _, r := range strings.TrimSpace(s) {
+		if unicode.IsSpace(r) {
+			space = true
+			continue
+		}
+		if space {
+			b.WriteByte(' ')
+			space = false
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
+}
+
+// SortedParamKeys returns the keys of t.Params in byte order, for kernels
+// that must consume parameters deterministically.
+func (t Task) SortedParamKeys() []string {
+	keys := make([]string, 0, len(t.Params))
+	for k := range t.Params {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
