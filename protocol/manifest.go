@@ -114,13 +114,16 @@ func (m *Manifest) Verify() error {
 		return bad("task: %v", err)
 	}
 	tc, err := m.Task.CID()
-	if err != nil || !tc.Equals(m.TaskCID.Cid) {
+	if err != nil || !m.TaskCID.Defined() || !tc.Equals(m.TaskCID.Cid) {
 		return bad("task_cid does not match task")
 	}
 	if len(m.Outputs) == 0 || len(m.Outputs) > MaxOutputs {
 		return bad("%d outputs, want 1..%d", len(m.Outputs), MaxOutputs)
 	}
 	for i, o := range m.Outputs {
+		if !o.CID.Defined() {
+			return bad("output %d has no CID", i)
+		}
 		p := o.CID.Prefix()
 		if p.Version != 1 || p.Codec != cid.Raw {
 			return bad("output %d: want a CIDv1 raw block", i)

@@ -1,0 +1,121 @@
+package main
+
+import (
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/gpunet/gpunet/kernel"
+	"github.com/gpunet/gpunet/node"
+	"github.com/gpunet/gpunet/node/localapi"
+	"github.com/spf13/cobra"
+)
+
+func newDaemonCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "daemon",
+		Short: "Run a gpunet peer: DHT routing, results cache and the local API",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			log, err := g.logger(slog.LevelInfo)
+			if err != nil {
+				return err
+			}
+			return runPeer(cmd, g, g.nodeConfig(cmd, log))
+		},
+	}
+}
+
+type hostFlags struct {
+	kernel    string
+	gpu       string
+	slots     int
+	queue     int
+	timeScale float64
+}
+
+func newHostCmd(g *globals) *cobra.Command {
+	f := &hostFlags{}
+	cmd := &cobra.Command{
+		Use:   "host",
+		Short: "Join as a volunteer GPU host: a daemon that also runs tasks",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			log, err := g.logger(slog.LevelInfo)
+			if err != nil {
+				return err
+			}
+			cfg := g.nodeConfig(cmd, log)
+			if cfg.Kernel, err = openKernel(f.kernel); err != nil {
+				return err
+			}
+			dev, picked, err := kernel.OpenDevice(f.gpu, kernel.WithTimeScale(f.timeScale), kernel.WithSlots(f.slots))
+			if err != nil {
+				return err
+			}
+			if dev != nil {
+				defer dev.Close()
+				cfg.Device = dev
+			}
+			log.Info("GPU", "device", picked)
+			cfg.Slots, cfg.QueueLen = f.slots, f.queue
+			return runPeer(cmd, g, cfg)
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&f.kernel, "kernel", "sketch", "kernel that runs tasks: "+strings.Join(kernelNames(), ", "))
+	fl.StringVar(&f.gpu, "gpu", "auto", "GPU telemetry: auto, nvml[:N], nvidia-smi[:N], sim:PROFILE ("+strings.Join(kernel.ProfileNames(), ", ")+") or none")
+	fl.IntVar(&f.slots, "slots", 1, "tasks run at once")
+	fl.IntVar(&f.queue, "queue", 8, "tasks that may wait for a slot before the host refuses with busy")
+	fl.Float64Var(&f.timeScale, "sim-time-scale", 1, "simulated GPU only: how much faster than real time it heats and cools")
+	return cmd
+}
+
+func kernelNames() []string { return []string{"sketch", "noop"} }
+
+func openKernel(name string) (kernel.Kernel, error) {
+	switch name {
+	case "sketch":
+		return kernel.Sketch{}, nil
+	case "noop":
+		return kernel.Noop{}, nil
+	}
+	return nil, fmt.Errorf("unknown kernel %q: want one of %s", name, strings.Join(kernelNames(), ", "))
+}
+
+// runPeer starts a node and its local API and runs until interrupted.
+func runPeer(cmd *cobra.Command, g *globals, cfg node.Config) error {
+	ctx := cmd.Context()
+	n, err := node.New(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	defer n.Close()
+	api, err := localapi.Listen(n, g.api, cfg.Logger)
+	if err != nil {
+		return err
+	}
+	defer api.Close()
+	if g.json {
+		_ = printJSON(map[string]any{"peer_id": n.ID().String(), "addrs": n.Addrs(), "api": api.Addr()})
+	} else {
+		role := "daemon"
+		if cfg.Kernel != nil {
+			role = "host (kernel " + cfg.Kernel.Name() + ")"
+		}
+		fmt.Fprintf(os.Stdout, "gpunet %s running\n  peer id: %s\n  local API: http://%s\n  join with: --bootstrap %s\n",
+			role, n.ID(), api.Addr(), joinOr(n.Addrs(), "(not listening)"))
+	}
+	<-ctx.Done()
+	fmt.Fprintln(os.Stderr, "shutting down…")
+	done := make(chan error, 1)
+	go func() { done <- n.Close() }()
+	select {
+	case err := <-done:
+		return err
+	case <-time.After(15 * time.Second):
+		return fmt.Errorf("shutdown took longer than 15 s")
+	}
+}

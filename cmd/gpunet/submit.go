@@ -1,0 +1,241 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/gpunet/gpunet/node"
+	"github.com/gpunet/gpunet/node/localapi"
+	"github.com/gpunet/gpunet/protocol"
+	"github.com/schollz/progressbar/v3"
+	"github.com/spf13/cobra"
+)
+
+type submitFlags struct {
+	out      string
+	seed     uint64
+	steps    uint32
+	size     string
+	model    string
+	negative string
+	noCache  bool
+	timeout  time.Duration
+	p2p      bool
+}
+
+// submitOutput is what `submit --json` prints.
+type submitOutput struct {
+	TaskCID   string       `json:"task_cid"`
+	ResultCID string       `json:"result_cid"`
+	Outputs   []outputFile `json:"outputs"`
+	Host      string       `json:"host"`
+	Provider  string       `json:"provider"`
+	Cache     string       `json:"cache"`
+	ElapsedMs float64      `json:"elapsed_ms"`
+	Via       string       `json:"via"` // "daemon" or "p2p"
+	Seed      uint64       `json:"seed"`
+}
+
+type outputFile struct {
+	CID       string `json:"cid"`
+	Path      string `json:"path"`
+	Bytes     int    `json:"bytes"`
+	MediaType string `json:"media_type"`
+}
+
+func newSubmitCmd(g *globals) *cobra.Command {
+	f := &submitFlags{}
+	cmd := &cobra.Command{
+		Use:   "submit PROMPT",
+		Short: "Generate an image on the network (through the local daemon, else as a p2p client)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			t := protocol.Task{Prompt: args[0], NegativePrompt: f.negative, Model: f.model, Seed: f.seed, Steps: f.steps}
+			if f.size != "" {
+				w, h, err := parseSize(f.size)
+				if err != nil {
+					return err
+				}
+				t.Width, t.Height = w, h
+			}
+			if _, err := t.Normalize(); err != nil {
+				return err
+			}
+			ctx, cancel := context.WithTimeout(cmd.Context(), f.timeout)
+			defer cancel()
+			res, err := submit(ctx, cmd, g, f, t)
+			if err != nil {
+				return err
+			}
+			return writeOutputs(g, f, res)
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringVarP(&f.out, "output", "o", "", "file to write (default: TASKCID.png in the current directory)")
+	fl.Uint64Var(&f.seed, "seed", 0, "seed (default: derived from the task, so the same prompt gives the same image)")
+	fl.Uint32Var(&f.steps, "steps", 0, fmt.Sprintf("sampling steps (default %d)", protocol.DefaultSteps))
+	fl.StringVar(&f.size, "size", "", fmt.Sprintf("image size WxH (default %dx%d)", protocol.DefaultWidth, protocol.DefaultHeight))
+	fl.StringVar(&f.model, "model", "", "model name (default "+protocol.DefaultModel+")")
+	fl.StringVar(&f.negative, "negative", "", "negative prompt: what the image should not show")
+	fl.BoolVar(&f.noCache, "no-cache", false, "compute afresh even if the result is cached")
+	fl.DurationVar(&f.timeout, "timeout", 10*time.Minute, "give up after this long")
+	fl.BoolVar(&f.p2p, "p2p", false, "skip the local daemon and submit as a p2p client")
+	return cmd
+}
+
+func parseSize(s string) (uint32, uint32, error) {
+	ws, hs, ok := strings.Cut(strings.ToLower(s), "x")
+	w, err1 := strconv.ParseUint(ws, 10, 32)
+	h, err2 := strconv.ParseUint(hs, 10, 32)
+	if !ok || err1 != nil || err2 != nil {
+		return 0, 0, fmt.Errorf("--size %q: want WIDTHxHEIGHT, e.g. 512x512", s)
+	}
+	return uint32(w), uint32(h), nil
+}
+
+// submitted is a finished task, from either path.
+type submitted struct {
+	tr  *localapi.TaskResult
+	via string
+}
+
+// submit goes through the local daemon when one answers, else starts an
+// ephemeral p2p node.
+func submit(ctx context.Context, cmd *cobra.Command, g *globals, f *submitFlags, t protocol.Task) (*submitted, error) {
+	bar := newStageBar(g.json)
+	defer bar.finish()
+	if !f.p2p {
+		c := localapi.NewClient(g.api)
+		if err := c.Ping(ctx, 500*time.Millisecond); err == nil {
+			tr, err := c.Submit(ctx, localapi.SubmitRequest{Task: t, NoCache: f.noCache}, bar.update)
+			if err != nil {
+				return nil, err
+			}
+			return &submitted{tr: tr, via: "daemon"}, nil
+		} else if !errors.Is(err, localapi.ErrNoDaemon) {
+			return nil, err
+		}
+	}
+	log, err := g.logger(slog.LevelWarn)
+	if err != nil {
+		return nil, err
+	}
+	cfg := g.nodeConfig(cmd, log)
+	cfg.DHTServer = false
+	cfg.ListenAddrs = nil // a one-shot client dials out only
+	if !cmd.Flags().Changed("data") {
+		cfg.DataDir = "" // ephemeral: do not fight a daemon for its store
+	}
+	if len(cfg.Bootstrap) == 0 && !cfg.MDNS {
+		return nil, errors.New("no daemon answers at --api and no way to find peers: pass --bootstrap MULTIADDR or enable --mdns")
+	}
+	n, err := node.New(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	defer n.Close()
+	if len(cfg.Bootstrap) == 0 {
+		waitForPeers(ctx, n, 3*time.Second) // mDNS needs a moment
+	}
+	res, err := n.Submit(ctx, t, node.SubmitOptions{NoCache: f.noCache, Progress: bar.update})
+	if err != nil {
+		return nil, err
+	}
+	return &submitted{tr: localapi.ToTaskResult(res), via: "p2p"}, nil
+}
+
+func waitForPeers(ctx context.Context, n *node.Node, max time.Duration) {
+	deadline := time.Now().Add(max)
+	for time.Now().Before(deadline) && len(n.Host().Network().Peers()) == 0 && ctx.Err() == nil {
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func writeOutputs(g *globals, f *submitFlags, s *submitted) error {
+	tr := s.tr
+	out := submitOutput{TaskCID: tr.TaskCID, ResultCID: tr.ResultCID, Host: tr.Host, Provider: tr.Provider,
+		Cache: tr.Cache, ElapsedMs: tr.ElapsedMs, Via: s.via}
+	if m, err := protocol.DecodeManifest(tr.Manifest); err == nil {
+		out.Seed = m.Task.Seed
+	}
+	for i, o := range tr.Outputs {
+		path := outputPath(f.out, tr.TaskCID, i, len(tr.Outputs), o.MediaType)
+		if err := os.WriteFile(path, o.Data, 0o644); err != nil {
+			return fmt.Errorf("writing output: %w", err)
+		}
+		out.Outputs = append(out.Outputs, outputFile{CID: o.CID, Path: path, Bytes: o.Bytes, MediaType: o.MediaType})
+	}
+	if g.json {
+		return printJSON(out)
+	}
+	for _, o := range out.Outputs {
+		fmt.Printf("%s  %d bytes  %s\n", o.Path, o.Bytes, o.CID)
+	}
+	fmt.Printf("task %s  host %s  cache %s  %.0f ms\n", out.TaskCID, shortID(out.Host), out.Cache, out.ElapsedMs)
+	return nil
+}
+
+// outputPath names output i of n: FILE, or FILE-i.ext for several outputs.
+func outputPath(flag, taskCID string, i, n int, mediaType string) string {
+	ext := ".png"
+	if mediaType != "image/png" {
+		ext = ".bin"
+	}
+	if flag == "" {
+		flag = taskCID + ext
+	}
+	if n == 1 {
+		return flag
+	}
+	base := strings.TrimSuffix(flag, filepath.Ext(flag))
+	return fmt.Sprintf("%s-%d%s", base, i+1, filepath.Ext(flag))
+}
+
+// stageBar shows a task's progress on stderr when it is a terminal.
+type stageBar struct {
+	bar   *progressbar.ProgressBar
+	quiet bool
+}
+
+func newStageBar(quiet bool) *stageBar {
+	if fi, err := os.Stderr.Stat(); err != nil || fi.Mode()&os.ModeCharDevice == 0 {
+		quiet = true
+	}
+	return &stageBar{quiet: quiet}
+}
+
+func (b *stageBar) update(p node.Progress) {
+	if b.quiet {
+		return
+	}
+	if b.bar == nil {
+		b.bar = progressbar.NewOptions(100, progressbar.OptionSetWriter(os.Stderr), progressbar.OptionSetWidth(30),
+			progressbar.OptionClearOnFinish(), progressbar.OptionShowElapsedTimeOnFinish())
+	}
+	desc := p.Stage
+	if p.Peer != "" {
+		desc += " " + shortID(p.Peer)
+	}
+	switch {
+	case p.Type == protocol.EventProgress && p.Total > 0:
+		b.bar.ChangeMax(int(p.Total))
+		desc = fmt.Sprintf("step %d/%d on %s, eta %s", p.Step, p.Total, shortID(p.Peer), time.Duration(p.EtaMs)*time.Millisecond)
+		_ = b.bar.Set(int(p.Step))
+	case p.Type == protocol.EventQueued:
+		desc = fmt.Sprintf("queued at %s (position %d)", shortID(p.Peer), p.Position)
+	}
+	b.bar.Describe(desc)
+}
+
+func (b *stageBar) finish() {
+	if b.bar != nil {
+		_ = b.bar.Finish()
+	}
+}

@@ -1,0 +1,128 @@
+package node
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/gpunet/gpunet/protocol"
+	"github.com/ipfs/go-cid"
+	dht "github.com/libp2p/go-libp2p-kad-dht"
+	"github.com/libp2p/go-libp2p/core/peer"
+	lp2pproto "github.com/libp2p/go-libp2p/core/protocol"
+)
+
+func libp2pProto(s string) lp2pproto.ID { return lp2pproto.ID(s) }
+
+// ModelKey is the DHT key hosts provide for a model they serve: CIDv1, raw,
+// sha2-256 over the UTF-8 bytes of the model name.
+func ModelKey(model string) cid.Cid { return protocol.RawCID([]byte(model)) }
+
+// advertiseLoop keeps this host findable: it provides a key per model and
+// puts its signed capacity record, at start and every AdvertiseInterval. Until
+// the first success it retries quickly, because a host started before any
+// peer has no one to store its records.
+func (n *Node) advertiseLoop() {
+	defer n.wg.Done()
+	retry := 250 * time.Millisecond
+	for {
+		err := n.advertise(n.ctx)
+		wait := n.cfg.AdvertiseInterval
+		if err != nil {
+			n.log.Debug("advertising capacity", "err", err, "retry", retry)
+			wait, retry = retry, min(retry*2, 30*time.Second)
+		} else {
+			retry = 250 * time.Millisecond
+		}
+		select {
+		case <-n.ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+	}
+}
+
+// advertise provides every model key and puts the capacity record once.
+func (n *Node) advertise(ctx context.Context) error {
+	if n.dht.RoutingTable().Size() == 0 {
+		return fmt.Errorf("no DHT peers yet")
+	}
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	for _, m := range n.cfg.Kernel.Models() {
+		if err := n.dht.Provide(ctx, ModelKey(m), true); err != nil {
+			return fmt.Errorf("providing model %s: %w", m, err)
+		}
+	}
+	rec, err := n.capacityRecord()
+	if err != nil {
+		return err
+	}
+	if err := n.dht.PutValue(ctx, protocol.CapacityKey(n.host.ID()), rec); err != nil {
+		return fmt.Errorf("putting capacity record: %w", err)
+	}
+	n.log.Debug("advertised capacity", "models", n.cfg.Kernel.Models())
+	return nil
+}
+
+// capacityRecord signs what this host can serve now.
+func (n *Node) capacityRecord() ([]byte, error) {
+	c := protocol.Capacity{
+		Models:         n.cfg.Kernel.Models(),
+		Kernels:        []string{n.cfg.Kernel.Name()},
+		MaxConcurrency: uint32(n.cfg.Slots),
+		Version:        n.cfg.Version,
+		Issued:         uint64(time.Now().UnixMilli()),
+	}
+	if g, ok := n.gpuInfo(); ok {
+		c.GPUs = []protocol.GPUInfo{g}
+	}
+	return c.Sign(n.key)
+}
+
+// FindHosts returns up to max hosts that provide model, each with its
+// verified capacity record, in the order the DHT found them. It is bounded
+// by FindTimeout.
+func (n *Node) FindHosts(ctx context.Context, model string, max int) ([]HostInfo, error) {
+	ctx, cancel := context.WithTimeout(ctx, n.cfg.FindTimeout)
+	defer cancel()
+	var out []HostInfo
+	for ai := range n.dht.FindProvidersAsync(ctx, ModelKey(model), max) {
+		if ai.ID == n.host.ID() {
+			continue
+		}
+		if len(ai.Addrs) > 0 {
+			n.host.Peerstore().AddAddrs(ai.ID, ai.Addrs, 10*time.Minute)
+		}
+		hi := HostInfo{AddrInfo: ai}
+		if c, err := n.lookupCapacity(ctx, ai.ID); err == nil {
+			hi.Capacity = c
+		} else {
+			n.log.Debug("no capacity record", "peer", ai.ID, "err", err)
+		}
+		out = append(out, hi)
+	}
+	if len(out) == 0 {
+		if err := ctx.Err(); err != nil && ctx.Err() != context.DeadlineExceeded {
+			return nil, err
+		}
+		return nil, fmt.Errorf("no host serves model %q (searched the DHT for %s; is a `gpunet host` running and connected?)", model, n.cfg.FindTimeout)
+	}
+	return out, nil
+}
+
+// HostInfo is a host found on the DHT.
+type HostInfo struct {
+	peer.AddrInfo
+	// Capacity is the host's verified record; nil if none could be fetched.
+	Capacity *protocol.Capacity
+}
+
+func (n *Node) lookupCapacity(ctx context.Context, id peer.ID) (*protocol.Capacity, error) {
+	b, err := n.dht.GetValue(ctx, protocol.CapacityKey(id), dht.Quorum(1))
+	if err != nil {
+		return nil, err
+	}
+	// The DHT already ran the validator; decode again for the fields.
+	return protocol.DecodeCapacity(b, time.Now())
+}

@@ -1,0 +1,126 @@
+package node
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/gpunet/gpunet/kernel"
+)
+
+// DefaultAPIAddr is the local HTTP API's address: loopback only (the API is
+// for the machine's own user), on a port chosen to be unlikely to collide.
+const DefaultAPIAddr = "127.0.0.1:7447"
+
+// DefaultListenAddrs listen on a fixed port on all interfaces, as a daemon
+// others connect to needs. Tests pass /ip4/127.0.0.1/tcp/0.
+var DefaultListenAddrs = []string{
+	"/ip4/0.0.0.0/tcp/4747",
+	"/ip4/0.0.0.0/udp/4747/quic-v1",
+	"/ip6/::/tcp/4747",
+	"/ip6/::/udp/4747/quic-v1",
+}
+
+// Config configures a Node. Start from DefaultConfig.
+type Config struct {
+	// DataDir holds the identity key and the results store. Empty means an
+	// ephemeral node: a fresh identity and a store in a temporary directory
+	// removed on Close (what a one-shot p2p submit uses).
+	DataDir string
+	// ListenAddrs are libp2p multiaddrs to listen on. Empty means none
+	// (a pure client dials out only).
+	ListenAddrs []string
+	// Bootstrap peers: multiaddrs with /p2p/ID.
+	Bootstrap []string
+	// MDNS finds peers on the LAN. Off in tests: it multicasts on every
+	// interface.
+	MDNS bool
+	// DHTServer makes this node answer DHT queries (daemons and hosts).
+	// Ephemeral clients are DHT clients so they don't pollute routing tables.
+	DHTServer bool
+
+	// Kernel, when set, makes this node a host that serves tasks.
+	Kernel kernel.Kernel
+	// Device is the GPU the kernel runs on (simulated or real); optional.
+	Device kernel.Device
+	// Slots is how many tasks run at once. Default 1: one GPU runs one
+	// diffusion job efficiently; more only shares the same silicon.
+	Slots int
+	// QueueLen bounds tasks waiting for a slot; beyond it the host refuses
+	// with "busy" so the client moves on instead of waiting behind a queue.
+	QueueLen int
+
+	// StoreBudget bounds the results store in bytes (LRU eviction).
+	StoreBudget int64
+	// AdvertiseInterval is how often a host re-puts its capacity record and
+	// re-provides its models; well inside CapacityMaxAge and the DHT's
+	// provider record lifetime.
+	AdvertiseInterval time.Duration
+	// FindTimeout bounds a DHT search for hosts of a model.
+	FindTimeout time.Duration
+	// TaskTimeout bounds one attempt at one host, from stream open to result.
+	TaskTimeout time.Duration
+	// MaxAttempts bounds how many hosts Submit tries before giving up.
+	MaxAttempts int
+
+	// Version is reported in capacity records.
+	Version string
+	Logger  *slog.Logger
+}
+
+// DefaultConfig returns a configuration for a daemon in the default data
+// directory.
+func DefaultConfig() Config {
+	return Config{
+		DataDir:           DefaultDataDir(),
+		ListenAddrs:       append([]string(nil), DefaultListenAddrs...),
+		MDNS:              true,
+		DHTServer:         true,
+		Slots:             1,
+		QueueLen:          8,
+		StoreBudget:       1 << 30,
+		AdvertiseInterval: 10 * time.Minute,
+		FindTimeout:       5 * time.Second,
+		TaskTimeout:       5 * time.Minute,
+		MaxAttempts:       5,
+		Version:           "dev",
+	}
+}
+
+// DefaultDataDir is $GPUNET_HOME, else ~/.gpunet.
+func DefaultDataDir() string {
+	if d := os.Getenv("GPUNET_HOME"); d != "" {
+		return d
+	}
+	home, err := os.UserHomeDir()
+	if err != nil {
+		return ".gpunet"
+	}
+	return filepath.Join(home, ".gpunet")
+}
+
+func (c *Config) validate() error {
+	var errs []error
+	if c.Slots < 1 {
+		errs = append(errs, fmt.Errorf("slots %d: want at least 1", c.Slots))
+	}
+	if c.QueueLen < 0 {
+		errs = append(errs, fmt.Errorf("queue length %d: want 0 or more", c.QueueLen))
+	}
+	if c.StoreBudget <= 0 {
+		errs = append(errs, errors.New("store budget must be positive"))
+	}
+	if c.FindTimeout <= 0 || c.TaskTimeout <= 0 || c.AdvertiseInterval <= 0 {
+		errs = append(errs, errors.New("timeouts and intervals must be positive"))
+	}
+	if c.MaxAttempts < 1 {
+		errs = append(errs, errors.New("max attempts must be at least 1"))
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,248 @@
+package node
+
+import (
+	"bufio"
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"sort"
+	"time"
+
+	"github.com/gpunet/gpunet/node/store"
+	"github.com/gpunet/gpunet/protocol"
+	"github.com/ipfs/go-cid"
+	"github.com/libp2p/go-libp2p/core/peer"
+)
+
+// Cache outcomes reported by Submit.
+const (
+	CacheMiss    = "miss"    // a host ran the kernel for this request
+	CacheLocal   = "local"   // answered from this node's store
+	CacheNetwork = "network" // another peer already held the result
+)
+
+// SubmitOptions tune one Submit.
+type SubmitOptions struct {
+	// NoCache skips every cache and asks the host for a fresh computation.
+	NoCache bool
+	// Progress, if set, receives events as the task travels. It is called
+	// from Submit's goroutine and must not block for long.
+	Progress func(Progress)
+}
+
+// Progress is one step of a task's journey, for people watching it.
+type Progress struct {
+	Stage string `json:"stage"` // lookup, searching, trying, queued, running, verifying, done, refused
+	Peer  string `json:"peer,omitempty"`
+	protocol.Event
+}
+
+// Result is a verified result.
+type Result struct {
+	TaskCID   cid.Cid
+	ResultCID cid.Cid
+	Manifest  *protocol.Manifest
+	Blocks    [][]byte
+	// Host made the result (from the signed manifest); Provider sent it.
+	Host     peer.ID
+	Provider peer.ID
+	Cache    string
+	Elapsed  time.Duration
+}
+
+// Submit runs task on the network: from the local store if it holds the
+// result, else on the hosts the DHT names for the model, trying them in turn
+// until one answers. Every block is verified against its CID before it is
+// stored or returned.
+func (n *Node) Submit(ctx context.Context, task protocol.Task, opts SubmitOptions) (*Result, error) {
+	start := time.Now()
+	n.stats.submitted.Add(1)
+	progress := func(p Progress) {
+		if opts.Progress != nil {
+			opts.Progress(p)
+		}
+	}
+	t, err := task.Normalize()
+	if err != nil {
+		return nil, err
+	}
+	tc, err := t.CID()
+	if err != nil {
+		return nil, err
+	}
+	if !opts.NoCache {
+		progress(Progress{Stage: "lookup"})
+		if r, err := n.store.Get(ctx, tc); err == nil {
+			res := resultFrom(r, tc, n.host.ID(), CacheLocal)
+			res.Elapsed = time.Since(start)
+			progress(Progress{Stage: "done"})
+			return res, nil
+		}
+	}
+	progress(Progress{Stage: "searching"})
+	hosts, err := n.FindHosts(ctx, t.Model, 20)
+	if err != nil {
+		return nil, err
+	}
+	rendezvousOrder(hosts, tc)
+	var errs []error
+	for i, h := range hosts {
+		if i >= n.cfg.MaxAttempts {
+			break
+		}
+		progress(Progress{Stage: "trying", Peer: h.ID.String()})
+		res, err := n.runAt(ctx, h.ID, t, tc, opts.NoCache, func(e protocol.Event) {
+			stage := "running"
+			if e.Type == protocol.EventQueued {
+				stage = "queued"
+			}
+			progress(Progress{Stage: stage, Peer: h.ID.String(), Event: e})
+		})
+		if err == nil {
+			res.Elapsed = time.Since(start)
+			progress(Progress{Stage: "done", Peer: h.ID.String()})
+			return res, nil
+		}
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		var re *protocol.RemoteError
+		if errors.As(err, &re) && !re.Retryable() {
+			return nil, err
+		}
+		progress(Progress{Stage: "refused", Peer: h.ID.String(), Event: protocol.Event{Message: err.Error()}})
+		n.log.Debug("host failed, trying the next", "peer", h.ID, "err", err)
+		errs = append(errs, fmt.Errorf("%s: %w", h.ID, err))
+	}
+	return nil, fmt.Errorf("no host completed the task: %w", errors.Join(errs...))
+}
+
+// runAt sends t to one host and reads its events until the result.
+func (n *Node) runAt(ctx context.Context, p peer.ID, t protocol.Task, tc cid.Cid, noCache bool, onEvent func(protocol.Event)) (*Result, error) {
+	ctx, cancel := context.WithTimeout(ctx, n.cfg.TaskTimeout)
+	defer cancel()
+	st, err := n.host.NewStream(ctx, p, libp2pProto(protocol.TaskProtocol))
+	if err != nil {
+		return nil, fmt.Errorf("opening task stream: %w", err)
+	}
+	defer st.Close()
+	// The stream deadline follows ctx, so a host that goes silent cannot
+	// hold the client past TaskTimeout.
+	if dl, ok := ctx.Deadline(); ok {
+		_ = st.SetDeadline(dl)
+	}
+	stop := context.AfterFunc(ctx, func() { st.Reset() })
+	defer stop()
+	if err := protocol.WriteMsg(st, protocol.TaskRequest{Task: t, NoCache: noCache}); err != nil {
+		st.Reset()
+		return nil, fmt.Errorf("sending task: %w", err)
+	}
+	_ = st.CloseWrite()
+
+	r := bufio.NewReader(st)
+	var blocks [][]byte
+	for i := 0; i < protocol.MaxEventsPerTask; i++ {
+		body, err := protocol.ReadFrame(r, protocol.MaxEventBytes)
+		if err != nil {
+			st.Reset()
+			return nil, fmt.Errorf("reading from host: %w", err)
+		}
+		e, err := protocol.DecodeEvent(body)
+		if err != nil {
+			st.Reset()
+			return nil, fmt.Errorf("host sent a bad event: %w", err)
+		}
+		switch e.Type {
+		case protocol.EventError:
+			return nil, e.Err()
+		case protocol.EventBlock:
+			if len(blocks) == protocol.MaxOutputs {
+				st.Reset()
+				return nil, errors.New("host sent more blocks than a manifest may name")
+			}
+			blocks = append(blocks, e.Data)
+		case protocol.EventResult:
+			res, err := n.acceptResult(ctx, tc, e.Manifest, blocks, p)
+			if err != nil {
+				return nil, err
+			}
+			if !e.Cached {
+				res.Cache = CacheMiss
+			}
+			return res, nil
+		default:
+			onEvent(*e)
+		}
+	}
+	st.Reset()
+	return nil, errors.New("host sent too many events")
+}
+
+// acceptResult verifies a result received from a peer (manifest signature,
+// TaskCID, every block against its CID), stores it and starts providing it.
+func (n *Node) acceptResult(ctx context.Context, tc cid.Cid, mbytes []byte, blocks [][]byte, from peer.ID) (*Result, error) {
+	m, err := protocol.DecodeManifest(mbytes)
+	if err != nil {
+		return nil, err
+	}
+	if !m.TaskCID.Equals(tc) {
+		return nil, fmt.Errorf("%w: result is for task %s, asked for %s", protocol.ErrBadManifest, m.TaskCID, tc)
+	}
+	if len(blocks) != len(m.Outputs) {
+		return nil, fmt.Errorf("%w: %d blocks for %d outputs", protocol.ErrBadManifest, len(blocks), len(m.Outputs))
+	}
+	for i, o := range m.Outputs {
+		if err := protocol.VerifyBlock(o.CID.Cid, blocks[i]); err != nil {
+			return nil, fmt.Errorf("output %d from %s: %w", i, from, err)
+		}
+	}
+	if _, err := n.store.Put(ctx, mbytes, blocks); err != nil {
+		return nil, fmt.Errorf("storing result: %w", err)
+	}
+	n.provideResult(tc)
+	res := &Result{TaskCID: tc, ResultCID: protocol.ManifestCID(mbytes), Manifest: m, Blocks: blocks, Provider: from, Cache: CacheNetwork}
+	res.Host, _ = peer.Decode(m.Host)
+	return res, nil
+}
+
+// rendezvousOrder sorts hosts by highest random weight of (TaskCID, peer):
+// every client orders the same hosts the same way for a task, so concurrent
+// duplicates meet at one host and coalesce, while different tasks spread
+// evenly. The gossip scheduler refines this with load and heat.
+func rendezvousOrder(hosts []HostInfo, tc cid.Cid) {
+	weight := func(id peer.ID) uint64 {
+		h := sha256.New()
+		h.Write(tc.Bytes())
+		h.Write([]byte(id))
+		return binary.BigEndian.Uint64(h.Sum(nil))
+	}
+	sort.SliceStable(hosts, func(i, j int) bool { return weight(hosts[i].ID) > weight(hosts[j].ID) })
+}
+
+func resultFrom(r *store.Result, tc cid.Cid, provider peer.ID, cache string) *Result {
+	res := &Result{TaskCID: tc, ResultCID: r.CID, Manifest: r.Manifest, Blocks: r.Blocks, Provider: provider, Cache: cache}
+	res.Host, _ = peer.Decode(r.Manifest.Host)
+	return res
+}
+
+// SubmitTo runs task at one given host, skipping the caches and discovery:
+// the task protocol's round trip alone, which the bench command measures.
+func (n *Node) SubmitTo(ctx context.Context, p peer.ID, task protocol.Task, opts SubmitOptions) (*Result, error) {
+	start := time.Now()
+	t, err := task.Normalize()
+	if err != nil {
+		return nil, err
+	}
+	tc, err := t.CID()
+	if err != nil {
+		return nil, err
+	}
+	res, err := n.runAt(ctx, p, t, tc, opts.NoCache, func(protocol.Event) {})
+	if err != nil {
+		return nil, err
+	}
+	res.Elapsed = time.Since(start)
+	return res, nil
+}

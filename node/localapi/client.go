@@ -1,0 +1,124 @@
+package localapi
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"time"
+
+	"github.com/gpunet/gpunet/node"
+	"github.com/gpunet/gpunet/protocol"
+)
+
+// maxLine bounds one NDJSON line from the API: a result carries its outputs
+// inline, base64.
+const maxLine = 4 * (protocol.MaxOutputs*protocol.MaxBlockBytes/3 + 64<<10)
+
+// Client talks to a node's local API.
+type Client struct {
+	base string
+	hc   *http.Client
+}
+
+// NewClient returns a client for the API at addr (HOST:PORT).
+func NewClient(addr string) *Client {
+	return &Client{base: "http://" + addr, hc: &http.Client{}}
+}
+
+// ErrNoDaemon means nothing answered at the API address.
+var ErrNoDaemon = errors.New("no gpunet daemon answers at the local API address")
+
+// Ping reports whether a daemon answers, within timeout.
+func (c *Client) Ping(ctx context.Context, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	var st node.Status
+	if err := c.get(ctx, "/v1/status", &st); err != nil {
+		return err
+	}
+	return nil
+}
+
+// Status returns the daemon's status.
+func (c *Client) Status(ctx context.Context) (node.Status, error) {
+	var st node.Status
+	err := c.get(ctx, "/v1/status", &st)
+	return st, err
+}
+
+// Peers returns the daemon's connected peers.
+func (c *Client) Peers(ctx context.Context) ([]node.PeerInfo, error) {
+	var ps []node.PeerInfo
+	err := c.get(ctx, "/v1/peers", &ps)
+	return ps, err
+}
+
+// Submit sends a task and calls progress for each progress line.
+func (c *Client) Submit(ctx context.Context, req SubmitRequest, progress func(node.Progress)) (*TaskResult, error) {
+	body, err := json.Marshal(req)
+	if err != nil {
+		return nil, err
+	}
+	hr, err := http.NewRequestWithContext(ctx, http.MethodPost, c.base+"/v1/tasks", bytes.NewReader(body))
+	if err != nil {
+		return nil, err
+	}
+	hr.Header.Set("Content-Type", "application/json")
+	resp, err := c.hc.Do(hr)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrNoDaemon, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, decodeError(resp)
+	}
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), maxLine)
+	for sc.Scan() {
+		var l Line
+		if err := json.Unmarshal(sc.Bytes(), &l); err != nil {
+			return nil, fmt.Errorf("decoding API line: %w", err)
+		}
+		switch {
+		case l.Error != nil:
+			return nil, fmt.Errorf("daemon: %s", l.Error.Message)
+		case l.Result != nil:
+			return l.Result, nil
+		case l.Progress != nil && progress != nil:
+			progress(*l.Progress)
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("reading API stream: %w", err)
+	}
+	return nil, errors.New("daemon closed the stream before a result")
+}
+
+func (c *Client) get(ctx context.Context, path string, v any) error {
+	hr, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+path, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := c.hc.Do(hr)
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrNoDaemon, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return decodeError(resp)
+	}
+	return json.NewDecoder(io.LimitReader(resp.Body, 16<<20)).Decode(v)
+}
+
+func decodeError(resp *http.Response) error {
+	var e Error
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 64<<10)).Decode(&e); err != nil || e.Message == "" {
+		return fmt.Errorf("daemon answered %s", resp.Status)
+	}
+	return fmt.Errorf("daemon: %s", e.Message)
+}

@@ -1,0 +1,197 @@
+package localapi
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/gpunet/gpunet/node"
+	"github.com/gpunet/gpunet/protocol"
+)
+
+// maxRequestBody bounds a request body: a task is a few KiB at most.
+const maxRequestBody = 64 << 10
+
+// SubmitRequest is the body of POST /v1/tasks.
+type SubmitRequest struct {
+	protocol.Task
+	NoCache bool `json:"no_cache,omitempty"`
+}
+
+// Line is one line of the NDJSON stream of POST /v1/tasks: exactly one of
+// Progress, Result or Error is set; Result or Error ends the stream.
+type Line struct {
+	Progress *node.Progress `json:"progress,omitempty"`
+	Result   *TaskResult    `json:"result,omitempty"`
+	Error    *Error         `json:"error,omitempty"`
+}
+
+// TaskResult is a finished task as the API returns it.
+type TaskResult struct {
+	TaskCID   string   `json:"task_cid"`
+	ResultCID string   `json:"result_cid"`
+	Host      string   `json:"host"`
+	Provider  string   `json:"provider"`
+	Cache     string   `json:"cache"`
+	ElapsedMs float64  `json:"elapsed_ms"`
+	Outputs   []Output `json:"outputs"`
+	Manifest  []byte   `json:"manifest"` // the signed DAG-CBOR manifest, base64
+}
+
+// Output is one output file, its bytes inline (base64 in JSON).
+type Output struct {
+	CID       string `json:"cid"`
+	MediaType string `json:"media_type"`
+	Bytes     int    `json:"bytes"`
+	Data      []byte `json:"data"`
+}
+
+// Error is an API error.
+type Error struct {
+	Message string `json:"message"`
+	Code    string `json:"code,omitempty"`
+}
+
+// Server serves the local API for one node.
+type Server struct {
+	n   *node.Node
+	log *slog.Logger
+	srv *http.Server
+	ln  net.Listener
+	wg  sync.WaitGroup
+}
+
+// Listen starts the API on addr, which must be a loopback address: the API
+// has no authentication, so it must not be reachable from other machines.
+func Listen(n *node.Node, addr string, log *slog.Logger) (*Server, error) {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, fmt.Errorf("api address %q: %w", addr, err)
+	}
+	if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
+		return nil, fmt.Errorf("api address %q: must be loopback (127.0.0.1, ::1 or localhost)", addr)
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("local API on %s: %w (another gpunet daemon running? use --api to pick another port)", addr, err)
+	}
+	s := &Server{n: n, log: log, ln: ln}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/status", s.status)
+	mux.HandleFunc("GET /v1/peers", s.peers)
+	mux.HandleFunc("POST /v1/tasks", s.submit)
+	s.srv = &http.Server{Handler: localOnly(mux), ReadHeaderTimeout: 10 * time.Second}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		if err := s.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("local API stopped", "err", err)
+		}
+	}()
+	return s, nil
+}
+
+// Addr is the address the API listens on.
+func (s *Server) Addr() string { return s.ln.Addr().String() }
+
+// Close stops the server, waiting up to 5 s for running requests.
+func (s *Server) Close() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	err := s.srv.Shutdown(ctx)
+	if err != nil {
+		err = errors.Join(err, s.srv.Close())
+	}
+	s.wg.Wait()
+	return err
+}
+
+// localOnly refuses requests whose Host header is not a loopback name, so a
+// web page cannot reach the API through DNS rebinding.
+func localOnly(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		host, _, err := net.SplitHostPort(r.Host)
+		if err != nil {
+			host = r.Host
+		}
+		if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
+			writeJSON(w, http.StatusForbidden, Error{Message: "the local API answers loopback hosts only"})
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+func (s *Server) status(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, s.n.Status(r.Context()))
+}
+
+func (s *Server) peers(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, s.n.Peers())
+}
+
+func (s *Server) submit(w http.ResponseWriter, r *http.Request) {
+	var req SubmitRequest
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxRequestBody))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		writeJSON(w, http.StatusBadRequest, Error{Message: "decoding task: " + err.Error(), Code: protocol.CodeBadRequest})
+		return
+	}
+	if _, err := req.Task.Normalize(); err != nil {
+		writeJSON(w, http.StatusBadRequest, Error{Message: err.Error(), Code: protocol.CodeBadRequest})
+		return
+	}
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	w.WriteHeader(http.StatusOK)
+	enc := json.NewEncoder(w)
+	flusher, _ := w.(http.Flusher)
+	send := func(l Line) {
+		_ = enc.Encode(l)
+		if flusher != nil {
+			flusher.Flush()
+		}
+	}
+	res, err := s.n.Submit(r.Context(), req.Task, node.SubmitOptions{
+		NoCache:  req.NoCache,
+		Progress: func(p node.Progress) { send(Line{Progress: &p}) },
+	})
+	if err != nil {
+		e := &Error{Message: err.Error()}
+		var re *protocol.RemoteError
+		if errors.As(err, &re) {
+			e.Code = re.Code
+		}
+		send(Line{Error: e})
+		return
+	}
+	send(Line{Result: ToTaskResult(res)})
+}
+
+// ToTaskResult converts a node result for the API.
+func ToTaskResult(res *node.Result) *TaskResult {
+	mb, _ := res.Manifest.Encode()
+	tr := &TaskResult{
+		TaskCID: res.TaskCID.String(), ResultCID: res.ResultCID.String(),
+		Host: res.Host.String(), Provider: res.Provider.String(), Cache: res.Cache,
+		ElapsedMs: float64(res.Elapsed.Microseconds()) / 1000, Manifest: mb,
+	}
+	for i, o := range res.Manifest.Outputs {
+		tr.Outputs = append(tr.Outputs, Output{CID: o.CID.String(), MediaType: o.MediaType, Bytes: len(res.Blocks[i]), Data: res.Blocks[i]})
+	}
+	return tr
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v)
+}

@@ -1,0 +1,196 @@
+package node_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/gpunet/gpunet/node"
+	"github.com/gpunet/gpunet/node/swarm"
+	"github.com/gpunet/gpunet/protocol"
+)
+
+type testWriter struct{ t testing.TB }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Helper()
+	w.t.Log(string(bytes.TrimRight(p, "\n")))
+	return len(p), nil
+}
+
+func testLogger(t testing.TB) *slog.Logger {
+	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+}
+
+// startSwarm starts hosts behind a bootstrap daemon: clients know only the
+// daemon's address, so they can reach hosts only through the DHT.
+func startSwarm(t *testing.T, profiles ...string) *swarm.Swarm {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	sw, err := swarm.Start(ctx, swarm.Options{Profiles: profiles, BootstrapDaemon: true, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := sw.Close(); err != nil {
+			t.Errorf("closing swarm: %v", err)
+		}
+	})
+	return sw
+}
+
+func addClient(t *testing.T, sw *swarm.Swarm) *node.Node {
+	t.Helper()
+	c, err := sw.AddClient(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func kernelRuns(sw *swarm.Swarm) (total uint64, byHost map[string]uint64) {
+	byHost = map[string]uint64{}
+	for _, h := range sw.Hosts {
+		byHost[h.ID().String()] = h.KernelRuns()
+		total += h.KernelRuns()
+	}
+	return total, byHost
+}
+
+var smallTask = protocol.Task{Prompt: "a quiet harbour at dusk", Width: 64, Height: 64, Steps: 2}
+
+func TestSubmitFindsHostsThroughDHTAndCaches(t *testing.T) {
+	sw := startSwarm(t, "rtx4090", "a100", "rtx3060")
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	a := addClient(t, sw)
+
+	// The client was given only the daemon's address.
+	for _, h := range sw.Hosts {
+		if len(a.Host().Network().ConnsToPeer(h.ID())) > 0 {
+			t.Fatalf("client already connected to host %s before submitting", h.ID())
+		}
+	}
+	res, err := a.Submit(ctx, smallTask, node.SubmitOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Cache != node.CacheMiss {
+		t.Errorf("first submit: cache %q, want %q", res.Cache, node.CacheMiss)
+	}
+	want, _ := mustNormalize(t, smallTask).CID()
+	if !res.TaskCID.Equals(want) || !res.Manifest.TaskCID.Equals(want) {
+		t.Errorf("task CID %s, manifest says %s, want %s", res.TaskCID, res.Manifest.TaskCID, want)
+	}
+	for i, o := range res.Manifest.Outputs {
+		if err := protocol.VerifyBlock(o.CID.Cid, res.Blocks[i]); err != nil {
+			t.Errorf("output %d: %v", i, err)
+		}
+	}
+	total, before := kernelRuns(sw)
+	if total != 1 || before[res.Host.String()] != 1 {
+		t.Fatalf("kernel runs %v after one task by %s, want exactly one there", before, res.Host)
+	}
+
+	// Again from the same client: its own store answers.
+	again, err := a.Submit(ctx, smallTask, node.SubmitOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again.Cache != node.CacheLocal || !again.ResultCID.Equals(res.ResultCID) {
+		t.Errorf("repeat: cache %q result %s, want local %s", again.Cache, again.ResultCID, res.ResultCID)
+	}
+
+	// From a second client: answered by a host's store, no kernel run.
+	b := addClient(t, sw)
+	other, err := b.Submit(ctx, smallTask, node.SubmitOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if other.Cache != node.CacheNetwork {
+		t.Errorf("second client: cache %q, want %q", other.Cache, node.CacheNetwork)
+	}
+	if !bytes.Equal(other.Blocks[0], res.Blocks[0]) || !other.ResultCID.Equals(res.ResultCID) {
+		t.Error("second client got different bytes for the same task")
+	}
+	if total, _ := kernelRuns(sw); total != 1 {
+		t.Errorf("kernel runs %d after a cached repeat, want 1", total)
+	}
+
+	// --no-cache computes again.
+	fresh, err := b.Submit(ctx, smallTask, node.SubmitOptions{NoCache: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fresh.Cache != node.CacheMiss {
+		t.Errorf("no-cache: cache %q, want miss", fresh.Cache)
+	}
+	if total, _ := kernelRuns(sw); total != 2 {
+		t.Errorf("kernel runs %d after --no-cache, want 2", total)
+	}
+	if !bytes.Equal(fresh.Blocks[0], res.Blocks[0]) {
+		t.Error("recomputed image differs: the kernel is not deterministic")
+	}
+}
+
+func TestClosedHostIsAvoided(t *testing.T) {
+	sw := startSwarm(t, "rtx4090", "a100", "rtx3060")
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	a := addClient(t, sw)
+	first, err := a.Submit(ctx, smallTask, node.SubmitOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Close the host that served it: for this TaskCID it is every client's
+	// first choice, and the DHT still names it as a provider.
+	for _, h := range sw.Hosts {
+		if h.ID() == first.Host {
+			if err := h.Close(); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	b := addClient(t, sw)
+	res, err := b.Submit(ctx, smallTask, node.SubmitOptions{NoCache: true})
+	if err != nil {
+		t.Fatalf("submit after the host closed: %v", err)
+	}
+	if res.Host == first.Host {
+		t.Fatalf("served by the closed host %s", res.Host)
+	}
+	if !bytes.Equal(res.Blocks[0], first.Blocks[0]) {
+		t.Error("another host computed different bytes for the same task")
+	}
+}
+
+func TestBadTaskIsRefusedBeforeWork(t *testing.T) {
+	sw := startSwarm(t, "rtx4090")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	a := addClient(t, sw)
+	_, err := a.Submit(ctx, protocol.Task{Prompt: "   "}, node.SubmitOptions{})
+	if !errors.Is(err, protocol.ErrBadTask) {
+		t.Errorf("empty prompt: %v, want ErrBadTask", err)
+	}
+	_, err = a.Submit(ctx, protocol.Task{Prompt: "x", Model: "no/such-model"}, node.SubmitOptions{})
+	if err == nil {
+		t.Error("unknown model: no error")
+	}
+	if total, _ := kernelRuns(sw); total != 0 {
+		t.Errorf("kernel ran %d times for invalid tasks", total)
+	}
+}
+
+func mustNormalize(t *testing.T, task protocol.Task) protocol.Task {
+	t.Helper()
+	n, err := task.Normalize()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}

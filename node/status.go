@@ -1,0 +1,119 @@
+package node
+
+import (
+	"context"
+	"math"
+	"sort"
+	"time"
+
+	"github.com/gpunet/gpunet/protocol"
+)
+
+// Status is what `gpunet status` shows and the local API returns.
+type Status struct {
+	PeerID     string     `json:"peer_id"`
+	Addrs      []string   `json:"addrs"`
+	Host       bool       `json:"host"`
+	Kernel     string     `json:"kernel,omitempty"`
+	Models     []string   `json:"models,omitempty"`
+	UptimeS    float64    `json:"uptime_s"`
+	Peers      int        `json:"peers"`
+	DHTPeers   int        `json:"dht_peers"`
+	KernelRuns uint64     `json:"kernel_runs"`
+	Served     uint64     `json:"served"`
+	ServedHits uint64     `json:"served_from_cache"`
+	Refused    uint64     `json:"refused"`
+	Submitted  uint64     `json:"submitted"`
+	Cache      CacheStats `json:"cache"`
+	GPU        *GPUStatus `json:"gpu,omitempty"`
+}
+
+// CacheStats summarises the results store.
+type CacheStats struct {
+	Entries     int    `json:"entries"`
+	Bytes       int64  `json:"bytes"`
+	BudgetBytes int64  `json:"budget_bytes"`
+	Hits        uint64 `json:"hits"`
+	Misses      uint64 `json:"misses"`
+}
+
+// GPUStatus is the device's current telemetry.
+type GPUStatus struct {
+	Name       string  `json:"name"`
+	Simulated  bool    `json:"simulated"`
+	TempC      float64 `json:"temp_c"`
+	LimitC     float64 `json:"temp_limit_c"`
+	UtilPct    float64 `json:"util_pct"`
+	MemUsedMB  uint64  `json:"mem_used_mb"`
+	MemTotalMB uint64  `json:"mem_total_mb"`
+	PowerW     float64 `json:"power_w"`
+	Throttled  bool    `json:"throttled"`
+}
+
+// Status reports the node's state now.
+func (n *Node) Status(ctx context.Context) Status {
+	s := Status{
+		PeerID:     n.host.ID().String(),
+		Addrs:      n.Addrs(),
+		Host:       n.cfg.Kernel != nil,
+		UptimeS:    math.Round(time.Since(n.started).Seconds()*10) / 10,
+		Peers:      len(n.host.Network().Peers()),
+		DHTPeers:   n.dht.RoutingTable().Size(),
+		KernelRuns: n.stats.kernelRuns.Load(),
+		Served:     n.stats.served.Load(),
+		ServedHits: n.stats.servedCached.Load(),
+		Refused:    n.stats.refused.Load(),
+		Submitted:  n.stats.submitted.Load(),
+	}
+	if n.cfg.Kernel != nil {
+		s.Kernel = n.cfg.Kernel.Name()
+		s.Models = n.cfg.Kernel.Models()
+	}
+	st := n.store.Stats()
+	s.Cache = CacheStats{Entries: st.Entries, Bytes: st.Bytes, BudgetBytes: st.Budget, Hits: st.Hits, Misses: st.Misses}
+	if d := n.cfg.Device; d != nil {
+		if t, err := d.Telemetry(ctx); err == nil {
+			s.GPU = &GPUStatus{Name: d.Name(), Simulated: d.Simulated(), TempC: round1(t.TempC), LimitC: t.SlowdownTempC,
+				UtilPct: round1(t.UtilPct), MemUsedMB: t.MemUsedMB, MemTotalMB: t.MemTotalMB, PowerW: round1(t.PowerW), Throttled: t.Throttled()}
+		}
+	}
+	return s
+}
+
+func round1(f float64) float64 { return math.Round(f*10) / 10 }
+
+// gpuInfo describes the device for capacity records.
+func (n *Node) gpuInfo() (protocol.GPUInfo, bool) {
+	d := n.cfg.Device
+	if d == nil {
+		return protocol.GPUInfo{}, false
+	}
+	ctx, cancel := context.WithTimeout(n.ctx, 5*time.Second)
+	defer cancel()
+	t, err := d.Telemetry(ctx)
+	if err != nil {
+		return protocol.GPUInfo{Name: d.Name(), Simulated: d.Simulated()}, true
+	}
+	return protocol.GPUInfo{Name: d.Name(), MemoryMB: t.MemTotalMB, TempLimitC: uint32(t.SlowdownTempC), Simulated: d.Simulated()}, true
+}
+
+// PeerInfo is one connected peer.
+type PeerInfo struct {
+	ID    string   `json:"id"`
+	Addrs []string `json:"addrs"`
+	DHT   bool     `json:"dht_server"`
+}
+
+// Peers lists connected peers, sorted by ID.
+func (n *Node) Peers() []PeerInfo {
+	var out []PeerInfo
+	for _, p := range n.host.Network().Peers() {
+		pi := PeerInfo{ID: p.String(), DHT: n.dht.RoutingTable().Find(p) != ""}
+		for _, c := range n.host.Network().ConnsToPeer(p) {
+			pi.Addrs = append(pi.Addrs, c.RemoteMultiaddr().String())
+		}
+		out = append(out, pi)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
+}

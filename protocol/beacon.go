@@ -1,0 +1,112 @@
+package protocol
+
+import (
+	"errors"
+	"fmt"
+	"time"
+)
+
+// MaxBeaconBytes bounds one encoded beacon. A beacon for a host with a
+// handful of models is about 200 bytes.
+const MaxBeaconBytes = 1 << 10
+
+// Beacon timing.
+const (
+	// BeaconMaxAge: older beacons are ignored, so a view never trusts load
+	// or heat figures staler than this.
+	BeaconMaxAge = 30 * time.Second
+	// BeaconMinInterval: a peer publishing faster than this is flooding;
+	// the extra beacons are dropped.
+	BeaconMinInterval = 100 * time.Millisecond
+)
+
+// ErrBadBeacon is wrapped by every beacon decoding error.
+var ErrBadBeacon = errors.New("invalid beacon")
+
+// Beacon is a host's load and heat, published on BeaconTopic every couple
+// of seconds and on significant change. Temperatures are in tenths of a
+// degree Celsius and ratios in per mille, so the encoding has no floats.
+//
+// Beacons are not signed in a field of their own: GossipSub's strict
+// signing signs every message with the publisher's key, and validators
+// require Peer to equal the message's signed author.
+type Beacon struct {
+	Peer string `cbor:"peer"`
+	// Seq increases with every beacon of a peer (it starts at the Unix time
+	// in milliseconds of the host's start, so a restart does not go back);
+	// a beacon with a Seq not above the last one seen is a replay.
+	Seq    uint64   `cbor:"seq"`
+	Issued uint64   `cbor:"issued"` // Unix ms
+	Models []string `cbor:"models"`
+	// Load.
+	Slots     uint32 `cbor:"slots"`
+	Busy      uint32 `cbor:"busy"`
+	Queue     uint32 `cbor:"queue"`
+	Accepting bool   `cbor:"accepting"`
+	// ServiceMs is the recent mean service time per model at full clock.
+	ServiceMs map[string]uint32 `cbor:"service_ms,omitempty"`
+	// Heat.
+	TempDC     uint32 `cbor:"temp_dc"`     // current GPU temperature
+	SlowdownDC uint32 `cbor:"slowdown_dc"` // hardware slowdown temperature
+	LimitDC    uint32 `cbor:"limit_dc"`    // the owner's limit (≤ slowdown)
+	UtilPm     uint32 `cbor:"util_pm"`
+	SpeedPm    uint32 `cbor:"speed_pm"` // clock factor: 1000 full, ≤500 throttled
+	Throttled  bool   `cbor:"throttled"`
+	FreeMemMB  uint64 `cbor:"free_mem_mb"`
+}
+
+// Encode returns the beacon's DAG-CBOR encoding.
+func (b *Beacon) Encode() ([]byte, error) {
+	out, err := encMode.Marshal(b)
+	if err != nil {
+		return nil, err
+	}
+	if len(out) > MaxBeaconBytes {
+		return nil, fmt.Errorf("%w: %d bytes, cap %d", ErrBadBeacon, len(out), MaxBeaconBytes)
+	}
+	return out, nil
+}
+
+// DecodeBeacon decodes a beacon and checks its shape and freshness at now.
+// Replay and rate checks need per-peer state and are the view's job.
+func DecodeBeacon(data []byte, now time.Time) (*Beacon, error) {
+	bad := func(format string, a ...any) error {
+		return fmt.Errorf("%w: "+format, append([]any{ErrBadBeacon}, a...)...)
+	}
+	if len(data) > MaxBeaconBytes {
+		return nil, bad("%d bytes, cap %d", len(data), MaxBeaconBytes)
+	}
+	var b Beacon
+	if err := Unmarshal(data, &b); err != nil {
+		return nil, bad("%v", err)
+	}
+	if len(b.Models) == 0 || len(b.Models) > 16 || len(b.ServiceMs) > 16 {
+		return nil, bad("want 1..16 models")
+	}
+	for _, m := range b.Models {
+		if len(m) > MaxModelLen || !modelRE.MatchString(m) {
+			return nil, bad("model %q", m)
+		}
+	}
+	for m := range b.ServiceMs {
+		if len(m) > MaxModelLen || !modelRE.MatchString(m) {
+			return nil, bad("service time for model %q", m)
+		}
+	}
+	switch {
+	case b.Slots == 0 || b.Slots > 1024 || b.Busy > b.Slots || b.Queue > 1<<16:
+		return nil, bad("load %d/%d busy, %d queued", b.Busy, b.Slots, b.Queue)
+	case b.TempDC > 2000 || b.LimitDC > 2000 || b.SlowdownDC > 2000:
+		return nil, bad("temperature beyond 200 °C")
+	case b.UtilPm > 1000 || b.SpeedPm > 1000:
+		return nil, bad("ratio beyond 1000 per mille")
+	}
+	issued := time.UnixMilli(int64(b.Issued))
+	if now.Sub(issued) > BeaconMaxAge {
+		return nil, bad("stale: issued %s ago", now.Sub(issued).Round(time.Millisecond))
+	}
+	if issued.Sub(now) > MaxClockSkew {
+		return nil, bad("issued %s in the future", issued.Sub(now).Round(time.Second))
+	}
+	return &b, nil
+}
