@@ -44,9 +44,9 @@ func (n *Node) advertiseLoop() {
 
 // advertise provides every model key and puts the capacity record once.
 func (n *Node) advertise(ctx context.Context) error {
-	if n.dht.RoutingTable().Size() == 0 {
-		return fmt.Errorf("no DHT peers yet")
-	}
+	// Provide and PutValue store locally before they look for peers, so
+	// even a host with no DHT peer yet answers lookups that reach it; the
+	// error then only means "not replicated yet", and the loop retries.
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	for _, m := range n.cfg.Kernel.Models() {

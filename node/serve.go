@@ -303,9 +303,6 @@ func (n *Node) provideResult(tc cid.Cid) {
 	n.wg.Add(1)
 	go func() {
 		defer n.wg.Done()
-		if n.dht.RoutingTable().Size() == 0 {
-			return
-		}
 		ctx, cancel := context.WithTimeout(n.ctx, 30*time.Second)
 		defer cancel()
 		if err := n.dht.Provide(ctx, tc, true); err != nil {

@@ -1,0 +1,264 @@
+package store
+
+import (
+	"cmp"
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/ipfs/go-cid"
+	ds "github.com/ipfs/go-datastore"
+)
+
+// Pin keeps the result c names (a TaskCID or a ResultCID) from eviction.
+func (s *Store) Pin(ctx context.Context, c cid.Cid) error { return s.setPinned(ctx, c, true) }
+
+// Unpin makes the result c names evictable again. It evicts nothing itself:
+// a caller unpinning several results then calls GC.
+func (s *Store) Unpin(ctx context.Context, c cid.Cid) error { return s.setPinned(ctx, c, false) }
+
+func (s *Store) setPinned(ctx context.Context, c cid.Cid, pinned bool) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return ErrClosed
+	}
+	e := s.resolveLocked(c)
+	if e == nil {
+		return fmt.Errorf("pinning %s: %w", c, ErrNotFound)
+	}
+	if e.pinned == pinned {
+		return nil
+	}
+	e.pinned = pinned
+	v, err := e.encodeMeta()
+	if err == nil {
+		err = s.ds.Put(ctx, metaKey(e.result), v)
+	}
+	if err != nil {
+		e.pinned = !pinned
+		return fmt.Errorf("saving pin of %s: %w", e.result, err)
+	}
+	e.dirty.Store(false) // the record just written holds the last access too
+	return nil
+}
+
+// Remove deletes the result c names (a TaskCID or a ResultCID), pinned or
+// not, and the blocks no other result references.
+func (s *Store) Remove(ctx context.Context, c cid.Cid) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return ErrClosed
+	}
+	e := s.resolveLocked(c)
+	if e == nil {
+		return fmt.Errorf("removing %s: %w", c, ErrNotFound)
+	}
+	if _, err := s.removeLocked(ctx, []*entry{e}); err != nil {
+		return fmt.Errorf("removing %s: %w", e.result, err)
+	}
+	return nil
+}
+
+// GC saves last-access times, evicts least-recently-used unpinned results
+// until the store is within budget, and deletes orphan records: blocks no
+// result references, and manifests and task index entries without a result.
+// removed counts evicted results plus orphan records; freed is their bytes.
+func (s *Store) GC(ctx context.Context) (removed int, freed int64, err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return 0, 0, ErrClosed
+	}
+	if err := s.flushLocked(ctx); err != nil {
+		return 0, 0, err
+	}
+	removed, freed, err = s.evictLocked(ctx, nil)
+	if err != nil {
+		return removed, freed, err
+	}
+	n, f, err := s.sweepLocked(ctx)
+	removed, freed = removed+n, freed+f
+	if removed > 0 {
+		s.log.Info("results store garbage collected", "removed", removed, "freed", freed,
+			"entries", s.nEntries.Load(), "bytes", s.nBytes.Load())
+	}
+	return removed, freed, err
+}
+
+// evictLocked removes least-recently-used unpinned results, other than keep,
+// until the store is within budget. Called with mu held for writing.
+func (s *Store) evictLocked(ctx context.Context, keep *entry) (removed int, freed int64, err error) {
+	over := s.nBytes.Load() - s.budget
+	if over <= 0 {
+		return 0, 0, nil
+	}
+	cands := make([]*entry, 0, len(s.entries))
+	for _, e := range s.entries {
+		if !e.pinned && e != keep {
+			cands = append(cands, e)
+		}
+	}
+	// A full sort per eviction is O(n log n) over a few thousand entries at
+	// the default budget: microseconds next to the disk writes, and simpler
+	// than keeping a heap in step with every touch. Ties (same millisecond)
+	// go to the older result, then to CID order, so eviction is deterministic.
+	slices.SortFunc(cands, func(a, b *entry) int {
+		return cmp.Or(
+			cmp.Compare(a.lastAccess.Load(), b.lastAccess.Load()),
+			cmp.Compare(a.created, b.created),
+			strings.Compare(a.result.KeyString(), b.result.KeyString()),
+		)
+	})
+	// Removing a result frees its manifest and only the blocks whose last
+	// reference it holds; count as removeLocked will.
+	dec := make(map[cid.Cid]int)
+	var victims []*entry
+	for _, e := range cands {
+		if over <= 0 {
+			break
+		}
+		victims = append(victims, e)
+		over -= e.manifestSize
+		for _, b := range e.blocks {
+			dec[b.cid]++
+			if s.refs[b.cid].n == dec[b.cid] {
+				over -= b.size
+			}
+		}
+	}
+	if over > 0 {
+		s.log.Warn("results store stays over budget: the rest is pinned or just stored; unpin results or raise the budget",
+			"bytes", s.nBytes.Load(), "budget", s.budget)
+	}
+	freed, err = s.removeLocked(ctx, victims)
+	if err != nil {
+		return 0, 0, fmt.Errorf("evicting results: %w", err)
+	}
+	for _, e := range victims {
+		s.log.Debug("evicted result", "task", e.task, "result", e.result)
+	}
+	return len(victims), freed, nil
+}
+
+// removeLocked deletes victims (no duplicates), and every block no remaining
+// result references, in one batch; memory changes only once it is committed.
+// Called with mu held for writing.
+func (s *Store) removeLocked(ctx context.Context, victims []*entry) (freed int64, err error) {
+	if len(victims) == 0 {
+		return 0, nil
+	}
+	b, err := s.ds.Batch(ctx)
+	if err != nil {
+		return 0, err
+	}
+	var keys []ds.Key
+	dec := make(map[cid.Cid]int)
+	for _, e := range victims {
+		keys = append(keys, metaKey(e.result), manifestKey(e.result))
+		if s.tasks[e.task] == e {
+			keys = append(keys, taskKey(e.task))
+		}
+		freed += e.manifestSize
+		for _, r := range e.blocks {
+			dec[r.cid]++
+			if s.refs[r.cid].n == dec[r.cid] {
+				keys = append(keys, blockKey(r.cid))
+				freed += r.size
+			}
+		}
+	}
+	for _, k := range keys {
+		if err := b.Delete(ctx, k); err != nil {
+			return 0, err
+		}
+	}
+	if err := b.Commit(ctx); err != nil {
+		return 0, err
+	}
+
+	for _, e := range victims {
+		delete(s.entries, e.result)
+		if s.tasks[e.task] == e {
+			delete(s.tasks, e.task)
+		}
+	}
+	for c, n := range dec {
+		if r := s.refs[c]; r.n == n {
+			delete(s.refs, c)
+		} else {
+			r.n -= n
+		}
+	}
+	s.nEntries.Add(-int64(len(victims)))
+	s.nBytes.Add(-freed)
+	return freed, nil
+}
+
+// sweepLocked deletes records no result accounts for. They cannot arise from
+// the store's own batches; they come from damage, or from a result record
+// Open could not read. Called with mu held for writing.
+func (s *Store) sweepLocked(ctx context.Context) (removed int, freed int64, err error) {
+	sweeps := []struct {
+		prefix string
+		// keep reports whether the record named by rest (the key past
+		// prefix) with value v belongs to a stored result.
+		keep     func(rest string, v []byte) bool
+		keysOnly bool
+	}{
+		{blocksPrefix, func(rest string, _ []byte) bool {
+			c, err := cid.Decode(rest)
+			return err == nil && s.refs[c] != nil
+		}, true},
+		{manifestsPrefix, func(rest string, _ []byte) bool {
+			c, err := cid.Decode(rest)
+			return err == nil && s.entries[c] != nil
+		}, true},
+		{metaPrefix, func(rest string, _ []byte) bool {
+			c, err := cid.Decode(rest)
+			return err == nil && s.entries[c] != nil
+		}, true},
+		{tasksPrefix, func(rest string, v []byte) bool {
+			tc, err1 := cid.Decode(rest)
+			rc, err2 := cid.Cast(v)
+			e := s.tasks[tc]
+			return err1 == nil && err2 == nil && e != nil && e.result.Equals(rc)
+		}, false},
+	}
+	b, err := s.ds.Batch(ctx)
+	if err != nil {
+		return 0, 0, err
+	}
+	for _, sw := range sweeps {
+		recs, err := s.queryAll(ctx, sw.prefix, sw.keysOnly)
+		if err != nil {
+			return 0, 0, err
+		}
+		for _, r := range recs {
+			if sw.keep(strings.TrimPrefix(r.Key, sw.prefix), r.Value) {
+				continue
+			}
+			s.log.Debug("removing orphan record", "key", r.Key, "bytes", r.Size)
+			if err := b.Delete(ctx, ds.RawKey(r.Key)); err != nil {
+				return 0, 0, err
+			}
+			removed++
+			freed += int64(r.Size)
+		}
+	}
+	if removed == 0 {
+		return 0, 0, nil
+	}
+	if err := b.Commit(ctx); err != nil {
+		return 0, 0, fmt.Errorf("removing orphan records: %w", err)
+	}
+	return removed, freed, nil
+}

@@ -1,0 +1,134 @@
+package store
+
+import (
+	"fmt"
+	"sync/atomic"
+
+	"github.com/ipfs/go-cid"
+	ds "github.com/ipfs/go-datastore"
+
+	"github.com/gpunet/gpunet/protocol"
+)
+
+// Key prefixes; doc.go describes the layout.
+const (
+	blocksPrefix    = "/blocks/"
+	manifestsPrefix = "/manifests/"
+	tasksPrefix     = "/tasks/"
+	metaPrefix      = "/meta/"
+)
+
+// RawKey skips ds.NewKey's path cleaning: a CID's string form holds no '/'
+// and no '.', so the key is already clean, and this runs on every read.
+func blockKey(c cid.Cid) ds.Key    { return ds.RawKey(blocksPrefix + c.String()) }
+func manifestKey(c cid.Cid) ds.Key { return ds.RawKey(manifestsPrefix + c.String()) }
+func taskKey(c cid.Cid) ds.Key     { return ds.RawKey(tasksPrefix + c.String()) }
+func metaKey(c cid.Cid) ds.Key     { return ds.RawKey(metaPrefix + c.String()) }
+
+// metaVersion is the version of metaRecord's encoding.
+const metaVersion = 1
+
+// metaRecord is the value under /meta/<resultCID>. It carries everything the
+// in-memory index needs, so Open never decodes a manifest.
+type metaRecord struct {
+	V    uint64 `cbor:"v"`
+	Task []byte `cbor:"task"`
+	// Bytes is the manifest plus the result's distinct blocks.
+	Bytes      uint64      `cbor:"bytes"`
+	Blocks     []metaBlock `cbor:"blocks"`
+	LastAccess int64       `cbor:"atime"`
+	Created    int64       `cbor:"ctime"`
+	Pinned     bool        `cbor:"pinned"`
+}
+
+type metaBlock struct {
+	CID  []byte `cbor:"cid"`
+	Size uint64 `cbor:"size"`
+}
+
+// blockRef is one distinct block of a result.
+type blockRef struct {
+	cid  cid.Cid
+	size int64
+}
+
+// ref counts the results that reference a block.
+type ref struct {
+	size int64
+	n    int
+}
+
+// entry is the in-memory record of one stored result.
+type entry struct {
+	result, task cid.Cid
+	manifestSize int64
+	blocks       []blockRef // distinct, in manifest order
+	created      int64      // Unix ms, when this node stored it
+	pinned       bool       // guarded by Store.mu (written under the write lock)
+
+	// lastAccess (Unix ms) moves forward under the read lock, so it is atomic;
+	// dirty says it is newer than the value in /meta.
+	lastAccess atomic.Int64
+	dirty      atomic.Bool
+}
+
+func (e *entry) bytes() int64 {
+	n := e.manifestSize
+	for _, b := range e.blocks {
+		n += b.size
+	}
+	return n
+}
+
+func (e *entry) references(c cid.Cid) bool {
+	for _, b := range e.blocks {
+		if b.cid.Equals(c) {
+			return true
+		}
+	}
+	return false
+}
+
+func (e *entry) encodeMeta() ([]byte, error) {
+	m := metaRecord{
+		V: metaVersion, Task: e.task.Bytes(), Bytes: uint64(e.bytes()),
+		LastAccess: e.lastAccess.Load(), Created: e.created, Pinned: e.pinned,
+	}
+	for _, b := range e.blocks {
+		m.Blocks = append(m.Blocks, metaBlock{CID: b.cid.Bytes(), Size: uint64(b.size)})
+	}
+	return protocol.Marshal(&m)
+}
+
+func decodeMeta(result cid.Cid, b []byte) (*entry, error) {
+	var m metaRecord
+	if err := protocol.Unmarshal(b, &m); err != nil {
+		return nil, err
+	}
+	if m.V != metaVersion {
+		return nil, fmt.Errorf("meta version %d, want %d", m.V, metaVersion)
+	}
+	task, err := cid.Cast(m.Task)
+	if err != nil {
+		return nil, fmt.Errorf("task cid: %w", err)
+	}
+	e := &entry{result: result, task: task, created: m.Created, pinned: m.Pinned}
+	var blocks int64
+	for _, mb := range m.Blocks {
+		c, err := cid.Cast(mb.CID)
+		if err != nil {
+			return nil, fmt.Errorf("block cid: %w", err)
+		}
+		if mb.Size > protocol.MaxBlockBytes {
+			return nil, fmt.Errorf("block %s: size %d over cap", c, mb.Size)
+		}
+		e.blocks = append(e.blocks, blockRef{cid: c, size: int64(mb.Size)})
+		blocks += int64(mb.Size)
+	}
+	e.manifestSize = int64(m.Bytes) - blocks
+	if len(e.blocks) == 0 || e.manifestSize <= 0 || e.manifestSize > protocol.MaxManifestBytes {
+		return nil, fmt.Errorf("inconsistent sizes: %d bytes, %d in %d blocks", m.Bytes, blocks, len(e.blocks))
+	}
+	e.lastAccess.Store(m.LastAccess)
+	return e, nil
+}

@@ -1,0 +1,35 @@
+package store
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+
+	"github.com/cockroachdb/pebble/v2"
+)
+
+// pebbleLogger routes pebble's messages into the store's logger instead of
+// go-log's global one. Pebble reports routine work (WAL recovery, flushes,
+// compactions) through Infof: noise for an operator, so it goes to Debug.
+type pebbleLogger struct{ l *slog.Logger }
+
+var _ pebble.Logger = pebbleLogger{}
+
+func (p pebbleLogger) Infof(format string, args ...any) {
+	if p.l.Enabled(context.Background(), slog.LevelDebug) {
+		p.l.Debug(fmt.Sprintf(format, args...), "component", "pebble")
+	}
+}
+
+func (p pebbleLogger) Errorf(format string, args ...any) {
+	p.l.Error(fmt.Sprintf(format, args...), "component", "pebble")
+}
+
+// Fatalf is called on a broken invariant inside pebble, which expects it not
+// to return; pebble's default logger exits the process. Panicking instead
+// lets a daemon's recovery or a test report it.
+func (p pebbleLogger) Fatalf(format string, args ...any) {
+	msg := fmt.Sprintf(format, args...)
+	p.l.Error(msg, "component", "pebble")
+	panic("pebble: " + msg)
+}

@@ -1,0 +1,130 @@
+package store
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/ipfs/go-cid"
+
+	"github.com/gpunet/gpunet/protocol"
+)
+
+// Put verifies and stores a result: manifestBytes, an encoded signed
+// manifest, and blocks, one per manifest output in the same order. It returns
+// the ResultCID stored for the manifest's task, which is an earlier result's
+// CID when the task already had one (the first result for a task wins and the
+// new one is not stored). Then, if the store is over budget, it evicts
+// least-recently-used unpinned results, never the one just stored.
+//
+// A manifest that does not verify or does not match the blocks is rejected
+// with an error wrapping protocol.ErrBadManifest; a block that does not hash
+// to its output CID with one wrapping protocol.ErrBadCID. A result larger than
+// the whole budget is rejected with ErrTooLarge. A rejected Put stores nothing.
+func (s *Store) Put(ctx context.Context, manifestBytes []byte, blocks [][]byte) (cid.Cid, error) {
+	if err := ctx.Err(); err != nil {
+		return cid.Undef, err
+	}
+	e, distinct, err := s.verify(manifestBytes, blocks)
+	if err != nil {
+		return cid.Undef, fmt.Errorf("storing result: %w", err)
+	}
+	if n := e.bytes(); n > s.budget {
+		return cid.Undef, fmt.Errorf("storing result %s: %w: %d bytes, budget %d", e.result, ErrTooLarge, n, s.budget)
+	}
+
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return cid.Undef, ErrClosed
+	}
+	if old := s.tasks[e.task]; old != nil {
+		if !old.result.Equals(e.result) {
+			s.log.Debug("keeping the first result for task", "task", e.task, "kept", old.result, "offered", e.result)
+		}
+		return old.result, nil
+	}
+	now := s.nowMs()
+	e.created = now
+	e.lastAccess.Store(now)
+	if err := s.writeLocked(ctx, e, manifestBytes, distinct); err != nil {
+		return cid.Undef, fmt.Errorf("storing result %s: %w", e.result, err)
+	}
+	s.addLocked(e)
+	s.tasks[e.task] = e
+	s.log.Debug("stored result", "task", e.task, "result", e.result, "bytes", e.bytes())
+
+	// The result is stored whatever eviction does; a failed eviction is
+	// retried by the next Put or GC.
+	if _, _, err := s.evictLocked(ctx, e); err != nil {
+		s.log.Error("evicting results after a put failed", "err", err)
+	}
+	return e.result, nil
+}
+
+// verify checks a result before any lock is taken (hashing a few MiB and
+// checking a signature is the slow part of Put). It returns the result's
+// entry and its distinct blocks, in the order of e.blocks.
+func (s *Store) verify(manifestBytes []byte, blocks [][]byte) (*entry, [][]byte, error) {
+	m, err := protocol.DecodeManifest(manifestBytes)
+	if err != nil {
+		return nil, nil, err
+	}
+	if len(blocks) != len(m.Outputs) {
+		return nil, nil, fmt.Errorf("%w: %d outputs, got %d blocks", protocol.ErrBadManifest, len(m.Outputs), len(blocks))
+	}
+	var distinct [][]byte
+	e := &entry{
+		result:       protocol.ManifestCID(manifestBytes),
+		task:         m.TaskCID.Cid,
+		manifestSize: int64(len(manifestBytes)),
+	}
+	for i, o := range m.Outputs {
+		b := blocks[i]
+		// Bound before hashing: VerifyBlock reads all of b, and no block over
+		// the cap can be the one a verified manifest names.
+		if len(b) > protocol.MaxBlockBytes {
+			return nil, nil, fmt.Errorf("output %d: %w: block of %d bytes, cap %d", i, protocol.ErrBadCID, len(b), protocol.MaxBlockBytes)
+		}
+		if err := protocol.VerifyBlock(o.CID.Cid, b); err != nil {
+			return nil, nil, fmt.Errorf("output %d: %w", i, err)
+		}
+		if uint64(len(b)) != o.Size {
+			return nil, nil, fmt.Errorf("%w: output %d says %d bytes, block has %d", protocol.ErrBadManifest, i, o.Size, len(b))
+		}
+		if !e.references(o.CID.Cid) {
+			e.blocks = append(e.blocks, blockRef{cid: o.CID.Cid, size: int64(len(b))})
+			distinct = append(distinct, b)
+		}
+	}
+	return e, distinct, nil
+}
+
+// writeLocked writes a result in one batch. Blocks are written even when a
+// result already holds them: the bytes were just verified, so rewriting heals
+// a copy that rotted on disk. blocks are e's distinct blocks, in the order of
+// e.blocks. Called with mu held for writing.
+func (s *Store) writeLocked(ctx context.Context, e *entry, manifestBytes []byte, blocks [][]byte) error {
+	meta, err := e.encodeMeta()
+	if err != nil {
+		return err
+	}
+	b, err := s.ds.Batch(ctx)
+	if err != nil {
+		return err
+	}
+	for i, r := range e.blocks {
+		if err := b.Put(ctx, blockKey(r.cid), blocks[i]); err != nil {
+			return err
+		}
+	}
+	if err := b.Put(ctx, manifestKey(e.result), manifestBytes); err != nil {
+		return err
+	}
+	if err := b.Put(ctx, metaKey(e.result), meta); err != nil {
+		return err
+	}
+	if err := b.Put(ctx, taskKey(e.task), e.result.Bytes()); err != nil {
+		return err
+	}
+	return b.Commit(ctx)
+}
