@@ -53,6 +53,28 @@ type Config struct {
 	// with "busy" so the client moves on instead of waiting behind a queue.
 	QueueLen int
 
+	// MaxTempC is the owner's temperature limit: the host stops taking
+	// work and pauses running work before the GPU reaches it. 0 means 5 °C
+	// under the device's slowdown temperature, so gpunet never drives a GPU
+	// into hardware throttling.
+	MaxTempC float64
+	// SimulateGPUSpeed paces kernel steps to a simulated GPU's throughput
+	// and clock, so simulated hosts run at their cards' speed rather than
+	// the CPU's. Off for benchmarks that measure protocol overhead.
+	SimulateGPUSpeed bool
+	// RateLimit is tasks per second one submitter may start on this host
+	// (0: unlimited), with bursts of RateBurst.
+	RateLimit float64
+	RateBurst int
+	// BeaconInterval is how often a host publishes its load and heat. Two
+	// seconds keeps views fresh next to a diffusion task's seconds of
+	// runtime for about 100 B/s per host.
+	BeaconInterval time.Duration
+	// HedgeAfter, when positive, starts a second attempt at the next
+	// candidate if the first has not finished by then; the loser is
+	// cancelled.
+	HedgeAfter time.Duration
+
 	// StoreBudget bounds the results store in bytes (LRU eviction).
 	StoreBudget int64
 	// AdvertiseInterval is how often a host re-puts its capacity record and
@@ -81,6 +103,10 @@ func DefaultConfig() Config {
 		DHTServer:         true,
 		Slots:             1,
 		QueueLen:          8,
+		SimulateGPUSpeed:  true,
+		RateLimit:         10,
+		RateBurst:         20,
+		BeaconInterval:    2 * time.Second,
 		StoreBudget:       1 << 30,
 		AdvertiseInterval: 10 * time.Minute,
 		FindTimeout:       5 * time.Second,
@@ -113,7 +139,13 @@ func (c *Config) validate() error {
 	if c.StoreBudget <= 0 {
 		errs = append(errs, errors.New("store budget must be positive"))
 	}
-	if c.FindTimeout <= 0 || c.TaskTimeout <= 0 || c.AdvertiseInterval <= 0 {
+	if c.RateLimit < 0 || (c.RateLimit > 0 && c.RateBurst < 1) {
+		errs = append(errs, errors.New("rate limit must be 0 (off) or positive with a burst of at least 1"))
+	}
+	if c.MaxTempC < 0 || c.MaxTempC > 120 {
+		errs = append(errs, fmt.Errorf("max temperature %.0f °C: want 0 (device default) or up to 120", c.MaxTempC))
+	}
+	if c.FindTimeout <= 0 || c.TaskTimeout <= 0 || c.AdvertiseInterval <= 0 || c.BeaconInterval <= 0 {
 		errs = append(errs, errors.New("timeouts and intervals must be positive"))
 	}
 	if c.MaxAttempts < 1 {

@@ -7,11 +7,13 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"sort"
 	"time"
 
 	"github.com/gpunet/gpunet/node/store"
 	"github.com/gpunet/gpunet/protocol"
+	"github.com/gpunet/gpunet/scheduler"
 	"github.com/ipfs/go-cid"
 	"github.com/libp2p/go-libp2p/core/peer"
 )
@@ -81,48 +83,116 @@ func (n *Node) Submit(ctx context.Context, task protocol.Task, opts SubmitOption
 			return res, nil
 		}
 	}
-	progress(Progress{Stage: "searching"})
-	hosts, err := n.FindHosts(ctx, t.Model, 20)
-	if err != nil {
-		return nil, err
-	}
-	rendezvousOrder(hosts, tc)
-	var errs []error
-	for i, h := range hosts {
-		if i >= n.cfg.MaxAttempts {
-			break
-		}
-		progress(Progress{Stage: "trying", Peer: h.ID.String()})
-		res, err := n.runAt(ctx, h.ID, t, tc, opts.NoCache, func(e protocol.Event) {
-			stage := "running"
-			if e.Type == protocol.EventQueued {
-				stage = "queued"
-			}
-			progress(Progress{Stage: stage, Peer: h.ID.String(), Event: e})
-		})
-		if err == nil {
-			res.Elapsed = time.Since(start)
-			progress(Progress{Stage: "done", Peer: h.ID.String()})
-			return res, nil
-		}
-		if ctx.Err() != nil {
-			return nil, ctx.Err()
-		}
-		var re *protocol.RemoteError
-		if errors.As(err, &re) && !re.Retryable() {
-			return nil, err
-		}
-		progress(Progress{Stage: "refused", Peer: h.ID.String(), Event: protocol.Event{Message: err.Error()}})
-		n.log.Debug("host failed, trying the next", "peer", h.ID, "err", err)
-		errs = append(errs, fmt.Errorf("%s: %w", h.ID, err))
-	}
-	return nil, fmt.Errorf("no host completed the task: %w", errors.Join(errs...))
+	return n.place(ctx, t, tc, opts.NoCache, start, progress)
 }
+
+// maxRounds bounds how many times Submit walks the candidates again after
+// every one refused with a retry-after.
+const maxRounds = 5
+
+// place walks candidates until one host returns the result. Candidates come
+// from the gossip view through scheduler.Place (cool, idle hosts first);
+// hosts the view does not know are found on the DHT. A refusal (busy, too
+// hot, paused) moves on to the next candidate; a host that fails mid-task
+// is retried elsewhere; when all refused, it waits for the shortest
+// retry-after and places again, a bounded number of times.
+func (n *Node) place(ctx context.Context, t protocol.Task, tc cid.Cid, noCache bool, start time.Time, progress func(Progress)) (*Result, error) {
+	var errs []error
+	var dhtHosts []HostInfo
+	searched := false
+	attempts := 0
+	for round := 0; round < maxRounds; round++ {
+		tried := map[string]bool{}
+		var retryAfter time.Duration
+		for attempts < n.cfg.MaxAttempts*maxRounds {
+			p, ok := n.nextCandidate(ctx, t, tc, tried, &dhtHosts, &searched, progress)
+			if !ok {
+				break
+			}
+			tried[p.String()] = true
+			attempts++
+			progress(Progress{Stage: "trying", Peer: p.String()})
+			res, err := n.runAt(ctx, p, t, tc, noCache, func(e protocol.Event) {
+				stage := "running"
+				if e.Type == protocol.EventQueued {
+					stage = "queued"
+				}
+				progress(Progress{Stage: stage, Peer: p.String(), Event: e})
+			})
+			if err == nil {
+				res.Elapsed = time.Since(start)
+				progress(Progress{Stage: "done", Peer: p.String()})
+				return res, nil
+			}
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			var re *protocol.RemoteError
+			if errors.As(err, &re) {
+				if !re.Retryable() {
+					return nil, err
+				}
+				if re.RetryAfter > 0 && (retryAfter == 0 || re.RetryAfter < retryAfter) {
+					retryAfter = re.RetryAfter
+				}
+			}
+			n.gossip.forget(p) // until its next beacon says otherwise
+			progress(Progress{Stage: "refused", Peer: p.String(), Event: protocol.Event{Message: err.Error()}})
+			n.log.Debug("host did not complete the task, trying the next", "peer", p, "err", err)
+			errs = append(errs, fmt.Errorf("%s: %w", p, err))
+		}
+		if len(tried) == 0 {
+			break // no candidate at all
+		}
+		wait := min(max(retryAfter, 100*time.Millisecond), 5*time.Second)
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(wait):
+		}
+	}
+	if len(errs) == 0 {
+		return nil, fmt.Errorf("no host serves model %q: none in the gossip view, none found on the DHT within %s (is a `gpunet host` running and connected?)", t.Model, n.cfg.FindTimeout)
+	}
+	return nil, fmt.Errorf("no host completed the task after %d attempts: %w", attempts, errors.Join(errs...))
+}
+
+// nextCandidate returns the best host not yet tried: first by placement
+// over the gossip view, then from the DHT (searched once per Submit, in
+// rendezvous order).
+func (n *Node) nextCandidate(ctx context.Context, t protocol.Task, tc cid.Cid, tried map[string]bool, dhtHosts *[]HostInfo, searched *bool, progress func(Progress)) (peer.ID, bool) {
+	req := scheduler.Request{Model: t.Model, Key: tc.Bytes(), Exclude: tried}
+	if cands := scheduler.Place(n.View(), req, time.Now(), n.rng(), n.schedCfg); len(cands) > 0 {
+		if id, err := peer.Decode(cands[0].ID); err == nil {
+			return id, true
+		}
+	}
+	if !*searched {
+		*searched = true
+		progress(Progress{Stage: "searching"})
+		if hosts, err := n.FindHosts(ctx, t.Model, 20); err == nil {
+			rendezvousOrder(hosts, tc)
+			*dhtHosts = hosts
+		} else {
+			n.log.Debug("DHT search for hosts", "model", t.Model, "err", err)
+		}
+	}
+	for _, h := range *dhtHosts {
+		if !tried[h.ID.String()] {
+			return h.ID, true
+		}
+	}
+	return "", false
+}
+
+// rng returns a source of randomness for one placement.
+func (n *Node) rng() *rand.Rand { return rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())) }
 
 // runAt sends t to one host and reads its events until the result.
 func (n *Node) runAt(ctx context.Context, p peer.ID, t protocol.Task, tc cid.Cid, noCache bool, onEvent func(protocol.Event)) (*Result, error) {
 	ctx, cancel := context.WithTimeout(ctx, n.cfg.TaskTimeout)
 	defer cancel()
+	n.ensureAddrs(ctx, p)
 	st, err := n.host.NewStream(ctx, p, libp2pProto(protocol.TaskProtocol))
 	if err != nil {
 		return nil, fmt.Errorf("opening task stream: %w", err)
@@ -178,6 +248,19 @@ func (n *Node) runAt(ctx context.Context, p peer.ID, t protocol.Task, tc cid.Cid
 	}
 	st.Reset()
 	return nil, errors.New("host sent too many events")
+}
+
+// ensureAddrs looks p up on the DHT when the peerstore has no address for
+// it: a host known only from its gossip beacon may never have been dialled.
+func (n *Node) ensureAddrs(ctx context.Context, p peer.ID) {
+	if len(n.host.Peerstore().Addrs(p)) > 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, n.cfg.FindTimeout)
+	defer cancel()
+	if ai, err := n.dht.FindPeer(ctx, p); err == nil {
+		n.host.Peerstore().AddAddrs(p, ai.Addrs, 10*time.Minute)
+	}
 }
 
 // acceptResult verifies a result received from a peer (manifest signature,

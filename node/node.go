@@ -13,6 +13,7 @@ import (
 
 	"github.com/gpunet/gpunet/node/store"
 	"github.com/gpunet/gpunet/protocol"
+	"github.com/gpunet/gpunet/scheduler"
 	"github.com/libp2p/go-libp2p"
 	dht "github.com/libp2p/go-libp2p-kad-dht"
 	"github.com/libp2p/go-libp2p/core/crypto"
@@ -40,7 +41,9 @@ type Node struct {
 	store *store.Store
 	mdns  interface{ Close() error }
 
-	serve *server // nil unless cfg.Kernel is set
+	serve    *server // nil unless cfg.Kernel is set
+	schedCfg scheduler.Config
+	gossip   *gossip
 
 	started time.Time
 	stats   counters
@@ -59,6 +62,8 @@ type counters struct {
 	servedCached atomic.Uint64 // ... of which from the store
 	refused      atomic.Uint64
 	submitted    atomic.Uint64
+	beaconsSent  atomic.Uint64
+	beaconBytes  atomic.Uint64 // payload bytes of beacons this node published
 }
 
 // New starts a node: identity, store, libp2p host, DHT, discovery and, when
@@ -68,7 +73,7 @@ func New(ctx context.Context, cfg Config) (n *Node, err error) {
 	if err := cfg.validate(); err != nil {
 		return nil, fmt.Errorf("invalid config: %w", err)
 	}
-	n = &Node{cfg: cfg, log: cfg.Logger, started: time.Now()}
+	n = &Node{cfg: cfg, log: cfg.Logger, started: time.Now(), schedCfg: scheduler.DefaultConfig()}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	defer func() {
 		if err != nil {
@@ -108,10 +113,24 @@ func New(ctx context.Context, cfg Config) (n *Node, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("starting DHT: %w", err)
 	}
+	if n.gossip, err = newGossip(n.ctx, n.host, &n.cfg, n.log.With("sub", "gossip")); err != nil {
+		return nil, err
+	}
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		n.gossip.drain(n.ctx)
+	}()
 	if cfg.Kernel != nil {
+		if n.cfg.MaxTempC == 0 && cfg.Device != nil {
+			if t, err := cfg.Device.Telemetry(ctx); err == nil && t.SlowdownTempC > 0 {
+				n.cfg.MaxTempC = t.SlowdownTempC - 5
+			}
+		}
 		n.serve = newServer(n)
 		n.host.SetStreamHandler(protocol.TaskProtocol, n.serve.handle)
 	}
+	n.startFetch()
 	if err := n.connectBootstrap(ctx, cfg.Bootstrap); err != nil {
 		return nil, err
 	}
@@ -123,8 +142,9 @@ func New(ctx context.Context, cfg Config) (n *Node, err error) {
 		n.mdns = s
 	}
 	if cfg.Kernel != nil {
-		n.wg.Add(1)
+		n.wg.Add(2)
 		go n.advertiseLoop()
+		go n.beaconLoop()
 	}
 	n.log.Info("node started", "peer", n.host.ID(), "addrs", n.host.Addrs(), "host", cfg.Kernel != nil)
 	return n, nil
@@ -286,11 +306,15 @@ func (n *Node) Close() error {
 	}
 	if n.host != nil {
 		n.host.RemoveStreamHandler(protocol.TaskProtocol)
+		n.host.RemoveStreamHandler(protocol.FetchProtocol)
 	}
 	if n.serve != nil {
 		n.serve.close()
 	}
 	n.wg.Wait()
+	if n.gossip != nil {
+		n.gossip.close()
+	}
 	if n.dht != nil {
 		errs = append(errs, n.dht.Close())
 	}

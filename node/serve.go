@@ -14,6 +14,7 @@ import (
 	"github.com/gpunet/gpunet/protocol"
 	"github.com/ipfs/go-cid"
 	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
 )
 
 // writeTimeout bounds each write to a client; a client that stops reading
@@ -21,25 +22,58 @@ import (
 const writeTimeout = 30 * time.Second
 
 // server is the host side of /gpunet/task/1.0.0: validation, answers from the
-// store, coalescing of identical tasks, a bounded queue in front of the
-// kernel's slots.
+// store, coalescing of identical tasks, admission (rate limits, a bounded
+// fair queue, the thermal governor) and the kernel runs themselves.
 type server struct {
-	n     *Node
-	log   *slog.Logger
-	slots chan struct{} // one token per concurrent kernel run
+	n   *Node
+	log *slog.Logger
+	dev kernel.Device // may be nil
 
-	mu      sync.Mutex
-	flights map[cid.Cid]*flight // running or queued computations by TaskCID
-	waiting int                 // flights waiting for a slot
+	mu      sync.Mutex          // guards everything below
+	flights map[cid.Cid]*flight // queued or running computations by TaskCID
+	queue   fairQueue
+	running int
+	gov     *Governor
+	limiter rateLimiter
+	tempC   float64            // last temperature reading
+	service map[string]float64 // EWMA of run time per model, ms
+	changed chan struct{}      // poked when the beacon should go out early
 
-	wg sync.WaitGroup // flights and their provides
+	wake chan struct{} // poked when a slot may be free or work arrived
+	wg   sync.WaitGroup
 }
 
 func newServer(n *Node) *server {
-	return &server{n: n, log: n.log.With("sub", "serve"), slots: make(chan struct{}, n.cfg.Slots), flights: map[cid.Cid]*flight{}}
+	s := &server{
+		n: n, log: n.log.With("sub", "serve"), dev: n.cfg.Device,
+		flights: map[cid.Cid]*flight{}, service: map[string]float64{},
+		gov:     NewGovernor(n.cfg.MaxTempC, n.cfg.Slots),
+		limiter: rateLimiter{rate: n.cfg.RateLimit, burst: float64(n.cfg.RateBurst)},
+		wake:    make(chan struct{}, 1), changed: make(chan struct{}, 1),
+	}
+	s.wg.Add(1)
+	go s.dispatchLoop()
+	return s
 }
 
-func (s *server) close() { s.wg.Wait() }
+// close waits for the dispatcher and every running task (n.ctx is already
+// cancelled, so they stop at their next step).
+func (s *server) close() {
+	s.mu.Lock()
+	queued := s.queue.drain()
+	s.mu.Unlock()
+	for _, f := range queued {
+		s.finish(f, nil, &protocol.RemoteError{Code: protocol.CodeBusy, Message: "host shutting down"})
+	}
+	s.wg.Wait()
+}
+
+func poke(ch chan struct{}) {
+	select {
+	case ch <- struct{}{}:
+	default:
+	}
+}
 
 // flight is one computation of a TaskCID that any number of requests wait on.
 type flight struct {
@@ -86,31 +120,32 @@ func (s *server) handle(st network.Stream) {
 	defer st.Close()
 	remote := st.Conn().RemotePeer()
 	log := s.log.With("peer", remote)
-	refuse := func(code, msg string, retry time.Duration) {
+	refuse := func(err error) {
+		re := asRemote(err)
 		s.n.stats.refused.Add(1)
-		log.Debug("refusing task", "code", code, "msg", msg)
+		log.Debug("refusing task", "code", re.Code, "msg", re.Message)
 		_ = st.SetWriteDeadline(time.Now().Add(writeTimeout))
-		_ = protocol.WriteMsg(st, protocol.ErrorEvent(code, msg, retry))
+		_ = protocol.WriteMsg(st, protocol.ErrorEvent(re.Code, re.Message, re.RetryAfter))
 	}
 
 	_ = st.SetReadDeadline(time.Now().Add(protocol.RequestTimeout))
 	body, err := protocol.ReadFrame(bufio.NewReader(st), protocol.MaxRequestBytes)
 	if err != nil {
-		refuse(protocol.CodeBadRequest, err.Error(), 0)
+		refuse(badRequest(err))
 		return
 	}
 	req, err := protocol.DecodeTaskRequest(body)
 	if err != nil {
-		refuse(protocol.CodeBadRequest, err.Error(), 0)
+		refuse(badRequest(err))
 		return
 	}
 	if !serves(s.n.cfg.Kernel, req.Task.Model) {
-		refuse(protocol.CodeUnsupportedModel, fmt.Sprintf("this host serves %v", s.n.cfg.Kernel.Models()), 0)
+		refuse(&protocol.RemoteError{Code: protocol.CodeUnsupportedModel, Message: fmt.Sprintf("this host serves %v", s.n.cfg.Kernel.Models())})
 		return
 	}
 	tc, err := req.Task.CID()
 	if err != nil {
-		refuse(protocol.CodeBadRequest, err.Error(), 0)
+		refuse(badRequest(err))
 		return
 	}
 	log = log.With("task", tc)
@@ -123,15 +158,14 @@ func (s *server) handle(st network.Stream) {
 		}
 	}
 	if res == nil {
-		f, err := s.join(req.Task, tc, req.NoCache)
+		f, pos, err := s.admit(remote, req.Task, tc)
 		if err != nil {
-			var re *protocol.RemoteError
-			if errors.As(err, &re) {
-				refuse(re.Code, re.Message, re.RetryAfter)
-			} else {
-				refuse(protocol.CodeInternal, err.Error(), 0)
-			}
+			refuse(err)
 			return
+		}
+		if pos > 0 {
+			_ = st.SetWriteDeadline(time.Now().Add(writeTimeout))
+			_ = protocol.WriteMsg(st, protocol.Event{Type: protocol.EventQueued, Position: uint32(pos)})
 		}
 		if res, err = s.wait(st, f); err != nil {
 			if errors.Is(err, errClientGone) {
@@ -139,7 +173,7 @@ func (s *server) handle(st network.Stream) {
 				st.Reset()
 				return
 			}
-			refuse(protocol.CodeInternal, err.Error(), 0)
+			refuse(err)
 			return
 		}
 	}
@@ -156,6 +190,19 @@ func (s *server) handle(st network.Stream) {
 }
 
 var errClientGone = errors.New("client stopped reading")
+
+func badRequest(err error) error {
+	return &protocol.RemoteError{Code: protocol.CodeBadRequest, Message: err.Error()}
+}
+
+// asRemote maps any error to what the client is told.
+func asRemote(err error) *protocol.RemoteError {
+	var re *protocol.RemoteError
+	if errors.As(err, &re) {
+		return re
+	}
+	return &protocol.RemoteError{Code: protocol.CodeInternal, Message: err.Error()}
+}
 
 // wait forwards the flight's events to the stream until it finishes.
 func (s *server) wait(st network.Stream, f *flight) (*store.Result, error) {
@@ -174,74 +221,135 @@ func (s *server) wait(st network.Stream, f *flight) (*store.Result, error) {
 	}
 }
 
-// join attaches to the running computation of tc, or starts one if the
-// queue has room. noCache never joins a result already stored, but does
-// join a computation in flight: that one is fresh by definition.
-func (s *server) join(t protocol.Task, tc cid.Cid, noCache bool) (*flight, error) {
+// admit attaches the request to the running or queued computation of tc,
+// or queues a new one. Joining a computation is always allowed: it costs
+// the GPU nothing. A new one must pass, in order: the owner's pause, the
+// thermal governor, the submitter's rate limit, and the queue bound. Every
+// refusal says when to retry, so the client can go elsewhere meanwhile.
+//
+// It returns the flight and its place in the queue (0 once running).
+func (s *server) admit(from peer.ID, t protocol.Task, tc cid.Cid) (*flight, int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if f, ok := s.flights[tc]; ok {
-		return f, nil
+		return f, s.queue.position(f), nil
 	}
-	if s.n.closed.Load() {
-		return nil, &protocol.RemoteError{Code: protocol.CodeBusy, Message: "host shutting down"}
+	switch {
+	case s.n.closed.Load():
+		return nil, 0, &protocol.RemoteError{Code: protocol.CodeBusy, Message: "host shutting down"}
+	case s.gov.Paused():
+		return nil, 0, &protocol.RemoteError{Code: protocol.CodePaused, Message: "the host's owner paused it", RetryAfter: time.Minute}
+	case s.gov.Hot():
+		return nil, 0, &protocol.RemoteError{Code: protocol.CodeTooHot,
+			Message: fmt.Sprintf("GPU at %.1f °C, limit %.0f °C", s.tempC, s.gov.LimitC), RetryAfter: 5 * time.Second}
 	}
-	if len(s.slots) == cap(s.slots) && s.waiting >= s.n.cfg.QueueLen {
-		return nil, &protocol.RemoteError{Code: protocol.CodeBusy, Message: fmt.Sprintf("queue full (%d waiting)", s.waiting), RetryAfter: time.Second}
+	if ok, retry := s.limiter.take(from, time.Now()); !ok {
+		return nil, 0, &protocol.RemoteError{Code: protocol.CodeRateLimited, Message: "too many tasks from you", RetryAfter: retry}
+	}
+	if s.queue.len() >= s.n.cfg.QueueLen && s.running >= s.n.cfg.Slots {
+		return nil, 0, &protocol.RemoteError{Code: protocol.CodeBusy, Message: fmt.Sprintf("queue full (%d waiting)", s.queue.len()),
+			RetryAfter: time.Duration(s.meanServiceLocked(t.Model)) * time.Millisecond}
 	}
 	f := &flight{task: t, taskCID: tc, done: make(chan struct{}), listeners: map[chan protocol.Event]struct{}{}}
 	s.flights[tc] = f
-	s.waiting++
-	s.wg.Add(1)
-	go s.run(f)
-	return f, nil
+	s.queue.push(from, f)
+	poke(s.wake)
+	poke(s.changed)
+	return f, s.queue.position(f), nil
 }
 
-// run computes one flight: wait for a slot, run the kernel, store, provide.
-func (s *server) run(f *flight) {
+// dispatchLoop starts queued flights while the governor allows. It wakes on
+// new work, on finished work, and on a short tick while work waits (the
+// GPU may have cooled).
+func (s *server) dispatchLoop() {
 	defer s.wg.Done()
-	defer func() {
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		s.observe()
 		s.mu.Lock()
-		delete(s.flights, f.taskCID)
+		allowed := s.gov.Observe(s.tempC)
+		for s.running < allowed && s.queue.len() > 0 {
+			f := s.queue.pop()
+			s.running++
+			s.wg.Add(1)
+			go s.run(f)
+		}
 		s.mu.Unlock()
-		close(f.done)
-	}()
-	f.broadcast(protocol.Event{Type: protocol.EventQueued, Position: uint32(s.queuePosition())})
-	select {
-	case s.slots <- struct{}{}:
-	case <-s.n.ctx.Done():
-		s.mu.Lock()
-		s.waiting--
-		s.mu.Unlock()
-		f.err = errors.New("host shutting down")
+		select {
+		case <-s.n.ctx.Done():
+			return
+		case <-s.wake:
+		case <-tick.C:
+		}
+	}
+}
+
+// observe reads the device's temperature into s.tempC.
+func (s *server) observe() {
+	if s.dev == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(s.n.ctx, 2*time.Second)
+	defer cancel()
+	t, err := s.dev.Telemetry(ctx)
+	if err != nil {
 		return
 	}
 	s.mu.Lock()
-	s.waiting--
+	s.tempC = t.TempC
 	s.mu.Unlock()
-	defer func() { <-s.slots }()
-
-	f.res, f.err = s.compute(f)
-	if f.err != nil {
-		s.log.Warn("task failed", "task", f.taskCID, "err", f.err)
-	}
 }
 
-func (s *server) queuePosition() int {
+// run computes one flight and releases its slot.
+func (s *server) run(f *flight) {
+	defer s.wg.Done()
+	start := time.Now()
+	res, err := s.compute(f)
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.waiting
+	s.running--
+	if err == nil {
+		const alpha = 0.3 // recent runs dominate, one outlier does not
+		ms := float64(time.Since(start).Milliseconds())
+		if old, ok := s.service[f.task.Model]; ok {
+			ms = alpha*ms + (1-alpha)*old
+		}
+		s.service[f.task.Model] = ms
+	}
+	s.mu.Unlock()
+	if err != nil {
+		s.log.Warn("task failed", "task", f.taskCID, "err", err)
+	}
+	s.finish(f, res, err)
+	poke(s.wake)
+	poke(s.changed)
 }
 
-// compute runs the kernel for f and stores and provides the result.
+// finish completes a flight for every waiter.
+func (s *server) finish(f *flight, res *store.Result, err error) {
+	s.mu.Lock()
+	if s.flights[f.taskCID] == f {
+		delete(s.flights, f.taskCID)
+	}
+	s.mu.Unlock()
+	f.res, f.err = res, err
+	close(f.done)
+}
+
+// compute runs the kernel for f, then stores and provides the result.
 func (s *server) compute(f *flight) (*store.Result, error) {
 	n := s.n
-	if d, ok := n.cfg.Device.(loadTracker); ok {
-		d.Begin()
-		defer d.End()
+	lt, _ := s.dev.(loadTracker)
+	if lt != nil {
+		lt.Begin()
+		defer lt.End()
 	}
+	pace := newPacer(s.dev, f.task, n.cfg.SimulateGPUSpeed)
 	start := time.Now()
 	outs, err := n.cfg.Kernel.Run(n.ctx, f.task, func(step, total int) {
+		pace.step(n.ctx)
+		s.coolDown(lt)
+		pace.mark() // time spent cooling down is not the GPU's pace
 		var eta time.Duration
 		if step > 0 {
 			eta = time.Since(start) * time.Duration(total-step) / time.Duration(step)
@@ -267,6 +375,68 @@ func (s *server) compute(f *flight) (*store.Result, error) {
 	}
 	n.provideResult(f.taskCID)
 	return res, nil
+}
+
+// coolDown is the governor's hard stop, between two steps of a running
+// task: at the limit, the GPU idles (the task's load is released) until it
+// is back under the resume threshold. This is what keeps a GPU under its
+// owner's limit even when work admitted while cool heats it up.
+func (s *server) coolDown(lt loadTracker) {
+	if s.dev == nil {
+		return
+	}
+	s.observe()
+	s.mu.Lock()
+	s.gov.Observe(s.tempC)
+	hot := s.gov.Hot()
+	s.mu.Unlock()
+	if !hot {
+		return
+	}
+	poke(s.changed)
+	if lt != nil {
+		lt.End()
+		defer lt.Begin()
+	}
+	for hot && s.n.ctx.Err() == nil {
+		select {
+		case <-s.n.ctx.Done():
+		case <-time.After(20 * time.Millisecond):
+		}
+		s.observe()
+		s.mu.Lock()
+		s.gov.Observe(s.tempC)
+		hot = s.gov.Hot()
+		s.mu.Unlock()
+	}
+	poke(s.changed)
+}
+
+// setPaused pauses or resumes the host on its owner's word. Pausing hands
+// back every queued task (its waiters get "paused", a retryable refusal, and
+// their clients place it elsewhere); running tasks finish.
+func (s *server) setPaused(p bool) {
+	s.mu.Lock()
+	s.gov.SetPaused(p)
+	var queued []*flight
+	if p {
+		queued = s.queue.drain()
+	}
+	s.mu.Unlock()
+	for _, f := range queued {
+		s.finish(f, nil, &protocol.RemoteError{Code: protocol.CodePaused, Message: "the host's owner paused it", RetryAfter: time.Minute})
+	}
+	poke(s.wake)
+	poke(s.changed)
+}
+
+// meanServiceLocked is the recent mean run time of model in ms (1 s when
+// unknown). Callers hold mu.
+func (s *server) meanServiceLocked(model string) float64 {
+	if ms, ok := s.service[model]; ok {
+		return ms
+	}
+	return 1000
 }
 
 // seal turns kernel outputs into raw blocks and a signed manifest.

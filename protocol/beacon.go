@@ -20,8 +20,13 @@ const (
 	BeaconMinInterval = 100 * time.Millisecond
 )
 
-// ErrBadBeacon is wrapped by every beacon decoding error.
-var ErrBadBeacon = errors.New("invalid beacon")
+// ErrBadBeacon is wrapped by every beacon decoding error; ErrStaleBeacon by
+// those about a beacon that is well formed but too old (or from the future):
+// gossip ignores those rather than punishing the peer that relayed them.
+var (
+	ErrBadBeacon   = errors.New("invalid beacon")
+	ErrStaleBeacon = fmt.Errorf("%w: stale", ErrBadBeacon)
+)
 
 // Beacon is a host's load and heat, published on BeaconTopic every couple
 // of seconds and on significant change. Temperatures are in tenths of a
@@ -103,10 +108,10 @@ func DecodeBeacon(data []byte, now time.Time) (*Beacon, error) {
 	}
 	issued := time.UnixMilli(int64(b.Issued))
 	if now.Sub(issued) > BeaconMaxAge {
-		return nil, bad("stale: issued %s ago", now.Sub(issued).Round(time.Millisecond))
+		return nil, fmt.Errorf("%w: issued %s ago", ErrStaleBeacon, now.Sub(issued).Round(time.Millisecond))
 	}
 	if issued.Sub(now) > MaxClockSkew {
-		return nil, bad("issued %s in the future", issued.Sub(now).Round(time.Second))
+		return nil, fmt.Errorf("%w: issued %s in the future", ErrStaleBeacon, issued.Sub(now).Round(time.Second))
 	}
 	return &b, nil
 }

@@ -32,12 +32,12 @@ var encMode = func() cbor.EncMode {
 // accepted encoding has exactly one meaning.
 var decMode = func() cbor.DecMode {
 	dm, err := cbor.DecOptions{
-		MaxNestedLevels:  16,
-		MaxArrayElements: 4096,
-		MaxMapPairs:      256,
-		IndefLength:      cbor.IndefLengthForbidden,
-		DupMapKey:        cbor.DupMapKeyEnforcedAPF,
-		TagsMd:           cbor.TagsAllowed,
+		MaxNestedLevels:   16,
+		MaxArrayElements:  4096,
+		MaxMapPairs:       256,
+		IndefLength:       cbor.IndefLengthForbidden,
+		DupMapKey:         cbor.DupMapKeyEnforcedAPF,
+		TagsMd:            cbor.TagsAllowed,
 		ExtraReturnErrors: cbor.ExtraDecErrorUnknownField,
 	}.DecMode()
 	if err != nil {

@@ -31,10 +31,10 @@ const (
 	// any language (JavaScript numbers are float64).
 	MaxSeed = 1<<53 - 1
 
-	MaxModelLen  = 64
-	MaxParams    = 16
-	MaxParamKey  = 32
-	MaxParamVal  = 256
+	MaxModelLen = 64
+	MaxParams   = 16
+	MaxParamKey = 32
+	MaxParamVal = 256
 )
 
 var (

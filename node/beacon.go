@@ -1,0 +1,127 @@
+package node
+
+import (
+	"context"
+	"math"
+	"time"
+
+	"github.com/gpunet/gpunet/protocol"
+	"github.com/gpunet/gpunet/scheduler"
+)
+
+// minBeaconGap spaces beacons sent early on a change: well above the
+// validators' flooding threshold (protocol.BeaconMinInterval).
+const minBeaconGap = 4 * protocol.BeaconMinInterval
+
+// beaconLoop publishes this host's beacon every BeaconInterval (jittered),
+// and early, at most every minBeaconGap, when load or heat changed.
+func (n *Node) beaconLoop() {
+	defer n.wg.Done()
+	seq := uint64(time.Now().UnixMilli()) // survives restarts: see Beacon.Seq
+	var last time.Time
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	for {
+		select {
+		case <-n.ctx.Done():
+			return
+		case <-timer.C:
+		case <-n.serve.changed:
+			if gap := time.Since(last); gap < minBeaconGap {
+				select {
+				case <-n.ctx.Done():
+					return
+				case <-time.After(minBeaconGap - gap):
+				}
+			}
+		}
+		seq++
+		b := n.serve.beacon(n.ctx, seq)
+		b.Peer = n.host.ID().String()
+		size, err := n.gossip.publish(n.ctx, b)
+		if err != nil {
+			n.log.Debug("publishing beacon", "err", err)
+		} else {
+			n.stats.beaconsSent.Add(1)
+			n.stats.beaconBytes.Add(uint64(size))
+		}
+		last = time.Now()
+		timer.Reset(jitter(n.cfg.BeaconInterval))
+	}
+}
+
+// beacon describes the host's load and heat now.
+func (s *server) beacon(ctx context.Context, seq uint64) *protocol.Beacon {
+	b := &protocol.Beacon{Seq: seq, Issued: uint64(time.Now().UnixMilli()), Models: s.n.cfg.Kernel.Models(), SpeedPm: 1000}
+	if s.dev != nil {
+		tctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		t, err := s.dev.Telemetry(tctx)
+		cancel()
+		if err == nil {
+			b.TempDC = deci(t.TempC)
+			b.SlowdownDC = deci(t.SlowdownTempC)
+			b.UtilPm = uint32(math.Round(min(max(t.UtilPct, 0), 100) * 10))
+			b.Throttled = t.Throttled()
+			if t.MemTotalMB > t.MemUsedMB {
+				b.FreeMemMB = t.MemTotalMB - t.MemUsedMB
+			}
+			if t.MaxSMClockMHz > 0 && t.SMClockMHz > 0 && t.Throttled() {
+				b.SpeedPm = uint32(min(1000, 1000*t.SMClockMHz/t.MaxSMClockMHz))
+			}
+		}
+		if sd, ok := s.dev.(simulatedDevice); ok {
+			b.SpeedPm = uint32(math.Round(sd.Speed() * 1000))
+		}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.tempC > 0 {
+		b.TempDC = deci(s.tempC)
+	}
+	b.LimitDC = deci(s.gov.LimitC)
+	b.Slots = uint32(s.n.cfg.Slots)
+	b.Busy = uint32(min(s.running, s.n.cfg.Slots))
+	b.Queue = uint32(s.queue.len())
+	b.Accepting = !s.gov.Paused() && !s.gov.Hot() && s.queue.len() < s.n.cfg.QueueLen
+	if len(s.service) > 0 {
+		b.ServiceMs = make(map[string]uint32, len(s.service))
+		for m, ms := range s.service {
+			b.ServiceMs[m] = uint32(math.Round(ms))
+		}
+	}
+	return b
+}
+
+func deci(c float64) uint32 {
+	if !(c > 0) {
+		return 0
+	}
+	return uint32(math.Round(min(c, 200) * 10))
+}
+
+// View returns the live part of this node's view of the swarm, as the
+// scheduler sees it.
+func (n *Node) View() scheduler.View {
+	return n.gossip.snapshot(time.Now(), n.viewExpiry(), n.host.ID())
+}
+
+// viewExpiry drops peers that missed about three beacons.
+func (n *Node) viewExpiry() time.Duration { return 3*n.cfg.BeaconInterval + time.Second }
+
+// Pause stops this host from taking new work and hands back what is queued.
+func (n *Node) Pause() bool {
+	if n.serve == nil {
+		return false
+	}
+	n.serve.setPaused(true)
+	return true
+}
+
+// Resume lets a paused host take work again.
+func (n *Node) Resume() bool {
+	if n.serve == nil {
+		return false
+	}
+	n.serve.setPaused(false)
+	return true
+}

@@ -1,0 +1,598 @@
+package node
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gpunet/gpunet/node/store"
+	"github.com/gpunet/gpunet/protocol"
+	"github.com/ipfs/go-cid"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"golang.org/x/time/rate"
+)
+
+// DefaultNetworkCacheBound bounds the DHT provider lookup a submitter makes
+// before it schedules a task: how long a cache miss may cost at most.
+//
+// A miss usually ends sooner, when the lookup converges with no provider:
+// on a loopback swarm that takes about a millisecond (docs/cache.md has the
+// figures and the command). On real networks a lookup that will find a
+// provider in a private DHT of a few hundred peers does so in one or two
+// rounds (α = 10 queries in parallel, k = 20), a few round trips including
+// dials: 100–400 ms at continental latencies. Past 500 ms a lookup is far
+// more likely to be a miss that has not converged, and 500 ms is at most
+// 5% of a generation that takes 10 s on a GPU.
+const DefaultNetworkCacheBound = 500 * time.Millisecond
+
+// Fetch service limits. They are not in Config because no deployment has
+// needed to tune them; each says why it is what it is.
+const (
+	// FetchRate and FetchBurst bound the fetch requests one peer may make
+	// of this node: a client fetches once per submit, so 50 a second is
+	// far above any honest use, while a flood costs this node at most 50
+	// store reads a second per peer. The burst lets a client that
+	// re-fetches a batch of results do so without waiting.
+	FetchRate  = 50
+	FetchBurst = 100
+
+	// fetchMaxServing bounds the fetches this node answers at once: each
+	// holds its whole result in memory (a 512x512 PNG is ~300 KiB; the
+	// protocol allows up to MaxOutputs blocks of MaxBlockBytes), and a
+	// peer that needs more waits a moment on busy.
+	fetchMaxServing = 16
+	// fetchMaxPeersTracked bounds the per-peer rate limiters kept; past it,
+	// limiters whose bucket is full (idle peers) are dropped first.
+	fetchMaxPeersTracked = 4096
+
+	// fetchMaxProviders is how many providers a lookup asks the DHT for.
+	// The first good one wins, so a few spares cover stale records
+	// (peers that evicted the result) and bad providers.
+	fetchMaxProviders = 8
+	// fetchRace is how many providers are asked at once at most, and
+	// fetchHedgeDelay how long the first may take before a second is
+	// asked too: longer than a fetch on a LAN or within a region (a few
+	// ms), so usually one provider sends the bytes, yet a provider that
+	// stalls costs at most this much.
+	fetchRace       = 2
+	fetchHedgeDelay = 50 * time.Millisecond
+	// fetchAttemptTimeout bounds one fetch from one provider, from stream
+	// open to verified result: ample for MBs on any link that could serve
+	// as a cache, short next to computing the result again.
+	fetchAttemptTimeout = 30 * time.Second
+
+	// badProviderTTL is how long a provider that sent data failing
+	// verification is not asked again. A correct node never sends such
+	// data (its store re-hashes every read), so a bad provider is broken
+	// or hostile; ten minutes spares a burst of repeats from it, and a
+	// peer that fixed itself is trusted again soon enough.
+	badProviderTTL = 10 * time.Minute
+	// badProvidersMax bounds that memory.
+	badProvidersMax = 1024
+
+	// ReprovideInterval is how often a node provides again the TaskCID of
+	// every result it stores. The DHT drops a provider record after 48 h
+	// and the provider's addresses with it after 24 h (kad-dht's amino
+	// defaults); every 12 h keeps both fresh with one failed round to
+	// spare, and re-announces results to the peers that are now closest
+	// to each key after churn.
+	ReprovideInterval = 12 * time.Hour
+	// reprovideWorkers bounds concurrent provides in a round: each is a
+	// DHT lookup, and a store of a few thousand results must not open
+	// hundreds of streams at once.
+	reprovideWorkers = 4
+	// reprovideTimeout bounds one provide, as provideResult does.
+	reprovideTimeout = 30 * time.Second
+)
+
+// ErrNoProvider means no peer that the DHT named for a TaskCID answered
+// with a valid result within the lookup bound: a cache miss.
+var ErrNoProvider = errors.New("no peer holds the result")
+
+// errBadProvider marks a provider that broke the fetch protocol (events out
+// of order, too many blocks), as opposed to a refusal or a network failure.
+var errBadProvider = errors.New("provider broke the fetch protocol")
+
+// FetchStats are the fetch service's counters since the node started.
+type FetchStats struct {
+	Served      uint64 `json:"served"`       // fetches answered with a result
+	NotFound    uint64 `json:"not_found"`    // ... with not_found
+	Refused     uint64 `json:"refused"`      // bad requests, rate limited, busy
+	Fetched     uint64 `json:"fetched"`      // results this node fetched and verified
+	BadProvider uint64 `json:"bad_provider"` // providers caught sending bad data
+}
+
+// fetchers holds each running node's fetch service. It lives here rather
+// than in a Node field so that the fetch service stays in this file; Node's
+// Close removes the stream handler, and the service removes itself when the
+// node's context ends.
+var fetchers sync.Map // *Node -> *fetcher
+
+// fetcher is both ends of /gpunet/fetch/1.0.0 for one node, and the loop
+// that re-provides what the node stores. It is safe for concurrent use.
+type fetcher struct {
+	n       *Node
+	log     *slog.Logger
+	serving chan struct{} // one token per fetch being answered
+
+	mu      sync.Mutex
+	closed  bool
+	limits  map[peer.ID]*rate.Limiter
+	bad     map[peer.ID]time.Time // provider -> when it may be asked again
+	handles sync.WaitGroup        // running handlers; Add under mu
+
+	served, notFound, refused, fetched, badProvider atomic.Uint64
+}
+
+// startFetch serves /gpunet/fetch/1.0.0 from the node's store and starts
+// the re-provide loop. Every node runs it: a client that fetched a result
+// serves it like the host that made it.
+func (n *Node) startFetch() {
+	f := &fetcher{
+		n: n, log: n.log.With("sub", "fetch"),
+		serving: make(chan struct{}, fetchMaxServing),
+		limits:  map[peer.ID]*rate.Limiter{},
+		bad:     map[peer.ID]time.Time{},
+	}
+	fetchers.Store(n, f)
+	n.host.SetStreamHandler(libp2pProto(protocol.FetchProtocol), f.handle)
+	n.wg.Add(1)
+	go f.reprovideLoop()
+}
+
+// fetcher returns the node's fetch service, nil once the node has closed.
+func (n *Node) fetcher() *fetcher {
+	if v, ok := fetchers.Load(n); ok {
+		return v.(*fetcher)
+	}
+	return nil
+}
+
+// FetchStats returns the fetch service's counters.
+func (n *Node) FetchStats() FetchStats {
+	f := n.fetcher()
+	if f == nil {
+		return FetchStats{}
+	}
+	return FetchStats{Served: f.served.Load(), NotFound: f.notFound.Load(), Refused: f.refused.Load(),
+		Fetched: f.fetched.Load(), BadProvider: f.badProvider.Load()}
+}
+
+// close waits for running handlers, so none reads the store after Node.Close
+// closes it. Handlers end promptly: each resets its stream when n.ctx ends.
+func (f *fetcher) close() {
+	f.mu.Lock()
+	f.closed = true
+	f.mu.Unlock()
+	f.handles.Wait()
+	fetchers.Delete(f.n)
+}
+
+// handle answers one fetch stream: the result's blocks then its manifest,
+// as a host answers a task it holds, or one error event.
+func (f *fetcher) handle(st network.Stream) {
+	f.mu.Lock()
+	if f.closed {
+		f.mu.Unlock()
+		st.Reset()
+		return
+	}
+	f.handles.Add(1)
+	f.mu.Unlock()
+	defer f.handles.Done()
+	defer st.Close()
+	stop := context.AfterFunc(f.n.ctx, func() { st.Reset() })
+	defer stop()
+
+	remote := st.Conn().RemotePeer()
+	log := f.log.With("peer", remote)
+	refuse := func(code, msg string, retry time.Duration) {
+		if code == protocol.CodeNotFound {
+			f.notFound.Add(1)
+		} else {
+			f.refused.Add(1)
+		}
+		log.Debug("refusing fetch", "code", code, "msg", msg)
+		_ = st.SetWriteDeadline(time.Now().Add(writeTimeout))
+		_ = protocol.WriteMsg(st, protocol.ErrorEvent(code, msg, retry))
+	}
+
+	// Limit before reading: a refused request costs one small write.
+	if ok, retry := f.allow(remote, time.Now()); !ok {
+		refuse(protocol.CodeRateLimited, fmt.Sprintf("more than %d fetches a second", FetchRate), retry)
+		return
+	}
+	_ = st.SetReadDeadline(time.Now().Add(protocol.RequestTimeout))
+	body, err := protocol.ReadFrame(bufio.NewReader(st), protocol.MaxRequestBytes)
+	if err != nil {
+		refuse(protocol.CodeBadRequest, err.Error(), 0)
+		return
+	}
+	req, err := protocol.DecodeFetchRequest(body)
+	if err != nil {
+		refuse(protocol.CodeBadRequest, err.Error(), 0)
+		return
+	}
+	select {
+	case f.serving <- struct{}{}:
+		defer func() { <-f.serving }()
+	default:
+		refuse(protocol.CodeBusy, fmt.Sprintf("answering %d fetches already", fetchMaxServing), 100*time.Millisecond)
+		return
+	}
+	c := req.CID.Cid
+	log = log.With("cid", c)
+	res, err := f.lookup(c)
+	switch {
+	case errors.Is(err, store.ErrNotFound), errors.Is(err, protocol.ErrBadCID):
+		// Corrupt data was dropped by the store: for the asker it is gone.
+		refuse(protocol.CodeNotFound, "this peer does not hold "+c.String(), 0)
+		return
+	case err != nil:
+		refuse(protocol.CodeInternal, "reading the results store: "+err.Error(), 0)
+		return
+	}
+	if err := sendResult(st, res, true); err != nil {
+		log.Debug("sending fetched result", "err", err)
+		st.Reset()
+		return
+	}
+	f.served.Add(1)
+	log.Debug("fetch served", "result", res.CID)
+}
+
+// lookup reads the result c names, a TaskCID or a ResultCID, verified.
+func (f *fetcher) lookup(c cid.Cid) (*store.Result, error) {
+	s := f.n.store
+	if s.Has(f.n.ctx, c) {
+		return s.Get(f.n.ctx, c)
+	}
+	return s.GetByResult(f.n.ctx, c)
+}
+
+// allow takes a token from p's bucket, or says how long until one is there.
+func (f *fetcher) allow(p peer.ID, now time.Time) (bool, time.Duration) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	lim := f.limits[p]
+	if lim == nil {
+		if len(f.limits) >= fetchMaxPeersTracked {
+			f.pruneLimitsLocked(now)
+		}
+		lim = rate.NewLimiter(FetchRate, FetchBurst)
+		f.limits[p] = lim
+	}
+	r := lim.ReserveN(now, 1)
+	if d := r.DelayFrom(now); d > 0 {
+		r.CancelAt(now)
+		return false, d
+	}
+	return true, 0
+}
+
+// pruneLimitsLocked forgets peers whose bucket has refilled: a fresh limiter
+// would treat them the same. If every tracked peer is active, it forgets
+// some anyway (map order): memory stays bounded, and the resource manager
+// still bounds their streams. Called with mu held.
+func (f *fetcher) pruneLimitsLocked(now time.Time) {
+	for p, lim := range f.limits {
+		if lim.TokensAt(now) >= FetchBurst {
+			delete(f.limits, p)
+		}
+	}
+	for p := range f.limits {
+		if len(f.limits) < fetchMaxPeersTracked*3/4 {
+			break
+		}
+		delete(f.limits, p)
+	}
+}
+
+// isBad reports whether p sent bad data recently.
+func (f *fetcher) isBad(p peer.ID, now time.Time) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	until, ok := f.bad[p]
+	if ok && !now.Before(until) {
+		delete(f.bad, p)
+		return false
+	}
+	return ok
+}
+
+func (f *fetcher) markBad(p peer.ID, now time.Time) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.bad) >= badProvidersMax {
+		for q, until := range f.bad {
+			if !now.Before(until) || len(f.bad) >= badProvidersMax {
+				delete(f.bad, q)
+			}
+		}
+	}
+	f.bad[p] = now.Add(badProviderTTL)
+}
+
+// FetchFromNetwork looks for a peer that holds taskCID's result and fetches
+// it. It asks the DHT for providers for at most bound (0 means
+// DefaultNetworkCacheBound), skips itself and providers that recently sent
+// bad data, and asks providers as they are found: one at a time, with a
+// second asked too when the first has not answered within a short hedge
+// delay. The first result that verifies wins (manifest signature, TaskCID,
+// every block against its CID); it is stored, provided on the DHT, and
+// returned with Cache set to CacheNetwork and Provider to the peer that sent
+// it. A provider that sends data that fails verification is not asked again
+// for some minutes.
+//
+// It returns an error wrapping ErrNoProvider on a miss: no provider found
+// within bound, or none that answered with a valid result. A fetch already
+// under way when bound passes is allowed to finish.
+func (n *Node) FetchFromNetwork(ctx context.Context, taskCID cid.Cid, bound time.Duration) (*Result, error) {
+	start := time.Now()
+	f := n.fetcher()
+	if f == nil {
+		return nil, errors.New("fetching from the network: node closed")
+	}
+	if bound <= 0 {
+		bound = DefaultNetworkCacheBound
+	}
+	// Attempts still running when this returns are cancelled (the deferred
+	// cancel runs first), then waited for, so that none outlives the call.
+	var attempts sync.WaitGroup
+	defer attempts.Wait()
+	// ctx ends every attempt when this returns; lookupCtx ends the lookup
+	// at the bound without ending attempts already under way.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	lookupCtx, cancelLookup := context.WithTimeout(ctx, bound)
+	defer cancelLookup()
+	providers := n.dht.FindProvidersAsync(lookupCtx, taskCID, fetchMaxProviders)
+
+	type outcome struct {
+		from peer.ID
+		res  *Result
+		err  error
+	}
+	var (
+		outcomes = make(chan outcome)
+		queue    []peer.ID
+		seen     = map[peer.ID]bool{n.host.ID(): true}
+		inFlight int
+		hedge    *time.Timer
+		hedgeC   <-chan time.Time
+		errs     []error
+	)
+	defer func() {
+		if hedge != nil {
+			hedge.Stop()
+		}
+	}()
+	launch := func(p peer.ID) {
+		inFlight++
+		attempts.Add(1)
+		go func() {
+			defer attempts.Done()
+			res, err := n.fetchFrom(ctx, p, taskCID)
+			select {
+			case outcomes <- outcome{p, res, err}:
+			case <-ctx.Done():
+			}
+		}()
+		if hedge == nil {
+			hedge = time.NewTimer(fetchHedgeDelay)
+		} else {
+			hedge.Reset(fetchHedgeDelay)
+		}
+		hedgeC = hedge.C
+	}
+	hedged := false
+	for {
+		// One attempt at a time; a second only once the first has had
+		// fetchHedgeDelay, or when the first has failed.
+		for len(queue) > 0 && (inFlight == 0 || (inFlight < fetchRace && hedged)) {
+			p := queue[0]
+			queue = queue[1:]
+			launch(p)
+			hedged = false
+		}
+		if inFlight == 0 && providers == nil {
+			if len(errs) == 0 {
+				return nil, fmt.Errorf("%w: no provider of %s found in %s", ErrNoProvider, taskCID, time.Since(start).Round(time.Microsecond))
+			}
+			return nil, fmt.Errorf("%w: %s: %w", ErrNoProvider, taskCID, errors.Join(errs...))
+		}
+		select {
+		case ai, ok := <-providers:
+			if !ok {
+				providers = nil
+				continue
+			}
+			if seen[ai.ID] {
+				continue
+			}
+			seen[ai.ID] = true
+			if f.isBad(ai.ID, time.Now()) {
+				n.log.Debug("skipping a provider that sent bad data", "peer", ai.ID, "task", taskCID)
+				continue
+			}
+			if len(ai.Addrs) > 0 {
+				n.host.Peerstore().AddAddrs(ai.ID, ai.Addrs, 10*time.Minute)
+			}
+			queue = append(queue, ai.ID)
+		case o := <-outcomes:
+			inFlight--
+			if o.err == nil {
+				f.fetched.Add(1)
+				o.res.Elapsed = time.Since(start)
+				return o.res, nil
+			}
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			if isBadData(o.err) {
+				f.badProvider.Add(1)
+				f.markBad(o.from, time.Now())
+				n.log.Warn("provider sent a result that does not verify; not asking it again for a while",
+					"peer", o.from, "task", taskCID, "err", o.err, "for", badProviderTTL)
+			} else {
+				n.log.Debug("provider did not serve", "peer", o.from, "task", taskCID, "err", o.err)
+			}
+			errs = append(errs, fmt.Errorf("%s: %w", o.from, o.err))
+			hedged = true // a failed attempt frees its place at once
+		case <-hedgeC:
+			hedgeC = nil
+			hedged = true
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+}
+
+// isBadData reports whether a fetch failed because of what the provider
+// sent, rather than because it refused, was unreachable or was slow.
+func isBadData(err error) bool {
+	return errors.Is(err, protocol.ErrBadCID) || errors.Is(err, protocol.ErrBadManifest) || errors.Is(err, errBadProvider)
+}
+
+// fetchFrom fetches taskCID's result from one provider and accepts it
+// through acceptResult, which verifies, stores and provides it.
+func (n *Node) fetchFrom(ctx context.Context, p peer.ID, taskCID cid.Cid) (*Result, error) {
+	ctx, cancel := context.WithTimeout(ctx, fetchAttemptTimeout)
+	defer cancel()
+	st, err := n.host.NewStream(ctx, p, libp2pProto(protocol.FetchProtocol))
+	if err != nil {
+		return nil, fmt.Errorf("opening fetch stream: %w", err)
+	}
+	defer st.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		_ = st.SetDeadline(dl)
+	}
+	stop := context.AfterFunc(ctx, func() { st.Reset() })
+	defer stop()
+	if err := protocol.WriteMsg(st, protocol.FetchRequest{CID: protocol.Link{Cid: taskCID}}); err != nil {
+		st.Reset()
+		return nil, fmt.Errorf("sending fetch request: %w", err)
+	}
+	_ = st.CloseWrite()
+
+	r := bufio.NewReader(st)
+	var blocks [][]byte
+	// A fetch answer is at most MaxOutputs blocks and a result, or one error.
+	for range protocol.MaxOutputs + 1 {
+		body, err := protocol.ReadFrame(r, protocol.MaxEventBytes)
+		if err != nil {
+			st.Reset()
+			if errors.Is(err, protocol.ErrFrameTooLarge) {
+				return nil, fmt.Errorf("%w: %v", errBadProvider, err)
+			}
+			return nil, fmt.Errorf("reading from provider: %w", err)
+		}
+		e, err := protocol.DecodeEvent(body)
+		if err != nil {
+			st.Reset()
+			return nil, fmt.Errorf("%w: bad event: %v", errBadProvider, err)
+		}
+		switch e.Type {
+		case protocol.EventError:
+			return nil, e.Err()
+		case protocol.EventBlock:
+			blocks = append(blocks, e.Data)
+		case protocol.EventResult:
+			return n.acceptResult(ctx, taskCID, e.Manifest, blocks, p)
+		default:
+			st.Reset()
+			return nil, fmt.Errorf("%w: %s event in a fetch answer", errBadProvider, e.Type)
+		}
+	}
+	st.Reset()
+	return nil, fmt.Errorf("%w: more blocks than a manifest may name", errBadProvider)
+}
+
+// reprovideLoop provides every stored TaskCID at start and then every
+// ReprovideInterval, so results stay findable past the DHT's record
+// lifetime and after a restart. Until a round succeeds it retries quickly,
+// like advertiseLoop: a node that just started may have no DHT peer yet.
+// When the node's context ends it closes the fetch service.
+func (f *fetcher) reprovideLoop() {
+	n := f.n
+	defer n.wg.Done()
+	defer f.close()
+	retry := 250 * time.Millisecond
+	for {
+		provided, err := f.reprovide(n.ctx)
+		wait := ReprovideInterval
+		if err != nil {
+			n.log.Debug("re-providing results", "provided", provided, "err", err, "retry", retry)
+			wait, retry = retry, min(retry*2, 5*time.Minute)
+		} else {
+			retry = 250 * time.Millisecond
+		}
+		select {
+		case <-n.ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+	}
+}
+
+// reprovide provides the TaskCID of every stored result once. It fails only
+// if some provides failed and none succeeded: a provide stores the record
+// locally before it looks for peers, so partial failure means the DHT is
+// reachable and the next round will catch up.
+func (f *fetcher) reprovide(ctx context.Context) (int, error) {
+	n := f.n
+	entries, err := n.store.List(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("listing stored results: %w", err)
+	}
+	if len(entries) == 0 {
+		return 0, nil
+	}
+	keys := make(chan cid.Cid)
+	var (
+		wg       sync.WaitGroup
+		ok, fail atomic.Int64
+		errMu    sync.Mutex
+		lastErr  error
+	)
+	for range min(reprovideWorkers, len(entries)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for tc := range keys {
+				pctx, cancel := context.WithTimeout(ctx, reprovideTimeout)
+				err := n.dht.Provide(pctx, tc, true)
+				cancel()
+				if err != nil {
+					fail.Add(1)
+					errMu.Lock()
+					lastErr = err
+					errMu.Unlock()
+				} else {
+					ok.Add(1)
+				}
+			}
+		}()
+	}
+feed:
+	for _, e := range entries {
+		select {
+		case keys <- e.TaskCID:
+		case <-ctx.Done():
+			break feed
+		}
+	}
+	close(keys)
+	wg.Wait()
+	n.log.Debug("re-provided stored results", "ok", ok.Load(), "failed", fail.Load())
+	if ok.Load() == 0 && fail.Load() > 0 {
+		return 0, fmt.Errorf("%d provides failed, the last: %w", fail.Load(), lastErr)
+	}
+	return int(ok.Load()), ctx.Err()
+}

@@ -1,0 +1,215 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"github.com/gpunet/gpunet/protocol"
+	"github.com/gpunet/gpunet/scheduler"
+	pubsub "github.com/libp2p/go-libp2p-pubsub"
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/peer"
+)
+
+// gossip owns the beacon topic: it publishes this host's beacons and folds
+// everyone's into a view of the swarm. Task hand-off never rides on gossip.
+type gossip struct {
+	log   *slog.Logger
+	ps    *pubsub.PubSub
+	topic *pubsub.Topic
+	sub   *pubsub.Subscription
+	cfg   *Config
+
+	mu   sync.Mutex
+	view map[peer.ID]viewEntry // guarded by mu
+}
+
+type viewEntry struct {
+	b        protocol.Beacon
+	received time.Time
+}
+
+// newGossip joins the beacon topic with strict signing, a validator and
+// peer scoring.
+func newGossip(ctx context.Context, h host.Host, cfg *Config, log *slog.Logger) (*gossip, error) {
+	ps, err := pubsub.NewGossipSub(ctx, h,
+		pubsub.WithMessageSignaturePolicy(pubsub.StrictSign),
+		// Every message on the network is a small beacon; RPCs batch a few
+		// of them plus control messages.
+		pubsub.WithMaxMessageSize(64<<10),
+		pubsub.WithPeerOutboundQueueSize(256),
+		pubsub.WithValidateQueueSize(256),
+		pubsub.WithPeerScore(beaconScoreParams(cfg.BeaconInterval), &pubsub.PeerScoreThresholds{
+			GossipThreshold: -100, PublishThreshold: -500, GraylistThreshold: -1000,
+			AcceptPXThreshold: 10, OpportunisticGraftThreshold: 5,
+		}),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("starting gossipsub: %w", err)
+	}
+	g := &gossip{log: log, ps: ps, cfg: cfg, view: map[peer.ID]viewEntry{}}
+	if err := ps.RegisterTopicValidator(protocol.BeaconTopic, g.validate); err != nil {
+		return nil, err
+	}
+	if g.topic, err = ps.Join(protocol.BeaconTopic); err != nil {
+		return nil, fmt.Errorf("joining %s: %w", protocol.BeaconTopic, err)
+	}
+	if g.sub, err = g.topic.Subscribe(pubsub.WithBufferSize(256)); err != nil {
+		return nil, err
+	}
+	return g, nil
+}
+
+// beaconScoreParams: peers that send invalid beacons lose score fast and
+// are graylisted; useful first deliveries earn a little. Mesh-delivery
+// penalties stay off: beacons are sparse, so a quiet honest peer would look
+// like a lazy one. IP colocation is off too: volunteers behind one carrier
+// NAT share an address, and so does a loopback test swarm.
+func beaconScoreParams(interval time.Duration) *pubsub.PeerScoreParams {
+	return &pubsub.PeerScoreParams{
+		Topics: map[string]*pubsub.TopicScoreParams{
+			protocol.BeaconTopic: {
+				TopicWeight:                     1,
+				TimeInMeshWeight:                0.01,
+				TimeInMeshQuantum:               time.Second,
+				TimeInMeshCap:                   100,
+				FirstMessageDeliveriesWeight:    1,
+				FirstMessageDeliveriesDecay:     0.9,
+				FirstMessageDeliveriesCap:       50,
+				MeshMessageDeliveriesDecay:      0.9,
+				MeshFailurePenaltyDecay:         0.9,
+				InvalidMessageDeliveriesWeight:  -100,
+				InvalidMessageDeliveriesDecay:   0.99,
+				MeshMessageDeliveriesWindow:     10 * time.Millisecond,
+				MeshMessageDeliveriesActivation: time.Minute,
+				MeshMessageDeliveriesThreshold:  1,
+				MeshMessageDeliveriesCap:        10,
+			},
+		},
+		AppSpecificScore:          func(peer.ID) float64 { return 0 },
+		IPColocationFactorWeight:  0,
+		BehaviourPenaltyWeight:    -10,
+		BehaviourPenaltyThreshold: 6,
+		BehaviourPenaltyDecay:     0.99,
+		DecayInterval:             time.Second,
+		DecayToZero:               0.01,
+		RetainScore:               10 * time.Minute,
+	}
+}
+
+// validate runs for every beacon before it is delivered or forwarded.
+// Malformed, oversized, forged, replayed or flooding beacons are rejected
+// (which costs the sender score); stale ones are ignored.
+func (g *gossip) validate(_ context.Context, _ peer.ID, msg *pubsub.Message) pubsub.ValidationResult {
+	if len(msg.Data) > protocol.MaxBeaconBytes {
+		return pubsub.ValidationReject
+	}
+	now := time.Now()
+	b, err := protocol.DecodeBeacon(msg.Data, now)
+	if err != nil {
+		g.log.Debug("dropping beacon", "from", msg.GetFrom(), "err", err)
+		if errors.Is(err, protocol.ErrStaleBeacon) {
+			return pubsub.ValidationIgnore
+		}
+		return pubsub.ValidationReject
+	}
+	author := msg.GetFrom()
+	if b.Peer != author.String() {
+		return pubsub.ValidationReject // a beacon about someone else
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if prev, ok := g.view[author]; ok {
+		if b.Seq <= prev.b.Seq {
+			return pubsub.ValidationIgnore // replay, or an old copy arriving late
+		}
+		if now.Sub(prev.received) < protocol.BeaconMinInterval {
+			return pubsub.ValidationReject // flooding
+		}
+	}
+	g.view[author] = viewEntry{b: *b, received: now}
+	return pubsub.ValidationAccept
+}
+
+// drain consumes delivered messages: the validator has already folded them
+// into the view, so the subscription exists only to be in the mesh.
+func (g *gossip) drain(ctx context.Context) {
+	for {
+		if _, err := g.sub.Next(ctx); err != nil {
+			return
+		}
+	}
+}
+
+// publish sends one beacon.
+func (g *gossip) publish(ctx context.Context, b *protocol.Beacon) (int, error) {
+	data, err := b.Encode()
+	if err != nil {
+		return 0, err
+	}
+	return len(data), g.topic.Publish(ctx, data)
+}
+
+// snapshot returns the live part of the view as the scheduler sees it,
+// dropping peers silent for longer than expiry.
+func (g *gossip) snapshot(now time.Time, expiry time.Duration, self peer.ID) scheduler.View {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	v := make(scheduler.View, 0, len(g.view))
+	for id, e := range g.view {
+		if now.Sub(e.received) > expiry {
+			delete(g.view, id)
+			continue
+		}
+		if id == self {
+			continue
+		}
+		v = append(v, peerState(id, &e.b))
+	}
+	return v
+}
+
+// forget drops a peer from the view (it refused or failed), until its next
+// beacon.
+func (g *gossip) forget(id peer.ID) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if e, ok := g.view[id]; ok {
+		e.b.Accepting = false
+		g.view[id] = e
+	}
+}
+
+func (g *gossip) close() {
+	g.sub.Cancel()
+	_ = g.topic.Close()
+}
+
+// peerState maps a beacon to the scheduler's plain fields.
+func peerState(id peer.ID, b *protocol.Beacon) scheduler.PeerState {
+	s := scheduler.PeerState{
+		ID: id.String(), Models: b.Models, FreeMemMB: b.FreeMemMB, Accepting: b.Accepting,
+		Slots: int(b.Slots), Busy: int(b.Busy), QueueLen: int(b.Queue),
+		TempC: float64(b.TempDC) / 10, SlowdownC: float64(b.SlowdownDC) / 10, LimitC: float64(b.LimitDC) / 10,
+		Throttled: b.Throttled, Speed: float64(b.SpeedPm) / 1000,
+		Updated: time.UnixMilli(int64(b.Issued)),
+	}
+	if len(b.ServiceMs) > 0 {
+		s.ServiceMs = make(map[string]float64, len(b.ServiceMs))
+		for m, ms := range b.ServiceMs {
+			s.ServiceMs[m] = float64(ms)
+		}
+	}
+	return s
+}
+
+// jitter returns d ± 20%, so that hosts started together do not publish in
+// lockstep.
+func jitter(d time.Duration) time.Duration {
+	return time.Duration(float64(d) * (0.8 + 0.4*rand.Float64()))
+}
