@@ -108,6 +108,9 @@ func DecodeCapacity(b []byte, now time.Time) (*Capacity, error) {
 		return nil, bad("%v", err)
 	}
 	c.Sig = sig
+	if again, err := encMode.Marshal(&c); err != nil || !bytes.Equal(again, b) {
+		return nil, bad("encoding is not canonical")
+	}
 	return &c, nil
 }
 

@@ -39,6 +39,7 @@ var decMode = func() cbor.DecMode {
 		DupMapKey:         cbor.DupMapKeyEnforcedAPF,
 		TagsMd:            cbor.TagsAllowed,
 		ExtraReturnErrors: cbor.ExtraDecErrorUnknownField,
+		FieldNameMatching: cbor.FieldNameMatchingCaseSensitive,
 	}.DecMode()
 	if err != nil {
 		panic(err)

@@ -92,7 +92,11 @@ func (t Task) Normalize() (Task, error) {
 	} else {
 		p := make(map[string]string, len(n.Params))
 		for k, v := range n.Params {
-			p[strings.ToLower(strings.TrimSpace(k))] = collapseSpace(v)
+			nk := strings.ToLower(strings.TrimSpace(k))
+			if _, dup := p[nk]; dup {
+				return Task{}, fmt.Errorf("%w: param key %q given more than once", ErrBadTask, nk)
+			}
+			p[nk] = collapseSpace(v)
 		}
 		n.Params = p
 	}
@@ -101,6 +105,9 @@ func (t Task) Normalize() (Task, error) {
 	}
 	if n.Seed == 0 {
 		n.Seed = deriveSeed(n)
+	}
+	if _, err := n.Encode(); err != nil {
+		return Task{}, err
 	}
 	return n, nil
 }

@@ -6,7 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"time"
+	"unicode/utf8"
 )
 
 // ErrFrameTooLarge means a length prefix announced more than the cap allows.
@@ -39,6 +41,9 @@ func ReadFrame(r *bufio.Reader, max int) ([]byte, error) {
 	}
 	body := make([]byte, n)
 	if _, err := io.ReadFull(r, body); err != nil {
+		if errors.Is(err, io.EOF) {
+			err = io.ErrUnexpectedEOF // a length prefix promised a body
+		}
 		return nil, fmt.Errorf("reading frame body: %w", err)
 	}
 	return body, nil
@@ -198,8 +203,13 @@ func (e *RemoteError) Retryable() bool { return e.Code != CodeBadRequest }
 
 // ErrorEvent builds the error event for code.
 func ErrorEvent(code, msg string, retryAfter time.Duration) Event {
+	msg = strings.ToValidUTF8(msg, "\uFFFD")
 	if len(msg) > 1024 {
-		msg = msg[:1024]
+		n := 1024
+		for n > 0 && !utf8.RuneStart(msg[n]) {
+			n--
+		}
+		msg = msg[:n]
 	}
 	return Event{Type: EventError, Code: code, Message: msg, RetryAfterMs: uint64(retryAfter / time.Millisecond)}
 }

@@ -28,6 +28,9 @@ type Options struct {
 	Kernel func(i int) kernel.Kernel
 	// Slots per host (default 1).
 	Slots int
+	// StartTempC, if set, gives host i's GPU its starting temperature
+	// (0 = idle steady state).
+	StartTempC []float64
 	// TimeScale speeds up the simulated GPUs' thermal clock.
 	TimeScale float64
 	// Dir, if set, holds each node's data directory (persistent identities
@@ -86,7 +89,11 @@ func Start(ctx context.Context, o Options) (s *Swarm, err error) {
 		if err != nil {
 			return nil, err
 		}
-		dev, err := kernel.NewSimGPU(p, kernel.WithTimeScale(o.TimeScale), kernel.WithSlots(o.Slots))
+		dopts := []kernel.DeviceOption{kernel.WithTimeScale(o.TimeScale), kernel.WithSlots(o.Slots)}
+		if i < len(o.StartTempC) && o.StartTempC[i] > 0 {
+			dopts = append(dopts, kernel.WithStartTempC(o.StartTempC[i]))
+		}
+		dev, err := kernel.NewSimGPU(p, dopts...)
 		if err != nil {
 			return nil, err
 		}

@@ -1,0 +1,202 @@
+package node_test
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/gpunet/gpunet/node"
+	"github.com/gpunet/gpunet/node/swarm"
+	"github.com/gpunet/gpunet/protocol"
+)
+
+// peakSampler records each simulated GPU's highest temperature.
+type peakSampler struct {
+	stop  chan struct{}
+	done  chan struct{}
+	peaks []float64
+}
+
+func samplePeaks(sw *swarm.Swarm) *peakSampler {
+	ps := &peakSampler{stop: make(chan struct{}), done: make(chan struct{}), peaks: make([]float64, len(sw.Devices))}
+	go func() {
+		defer close(ps.done)
+		for {
+			for i, d := range sw.Devices {
+				if t, err := d.Telemetry(context.Background()); err == nil && t.TempC > ps.peaks[i] {
+					ps.peaks[i] = t.TempC
+				}
+			}
+			select {
+			case <-ps.stop:
+				return
+			case <-time.After(5 * time.Millisecond):
+			}
+		}
+	}()
+	return ps
+}
+
+func (ps *peakSampler) finish() []float64 { close(ps.stop); <-ps.done; return ps.peaks }
+
+func fastBeacons(c *node.Config) {
+	c.BeaconInterval = 200 * time.Millisecond
+	c.RateLimit = 0
+}
+
+// burst submits n distinct tasks from c with the given parallelism and
+// returns how many each host served.
+func burst(t *testing.T, c *node.Node, n, parallel int, task protocol.Task) map[string]int {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	var mu sync.Mutex
+	served := map[string]int{}
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, parallel)
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			tk := task
+			tk.Prompt = fmt.Sprintf("%s, number %d", task.Prompt, i)
+			res, err := c.Submit(ctx, tk, node.SubmitOptions{})
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				t.Errorf("task %d: %v", i, err)
+				return
+			}
+			served[res.Host.String()]++
+		}()
+	}
+	wg.Wait()
+	return served
+}
+
+// waitForView waits until c's gossip view holds want hosts.
+func waitForView(t *testing.T, c *node.Node, want int) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for len(c.View()) < want {
+		if time.Now().After(deadline) {
+			t.Fatalf("view has %d hosts after 20 s, want %d", len(c.View()), want)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestBurstSpreadsByHeadroom: two identical GPUs, one already near its
+// limit. A burst goes mostly to the cool one, and no GPU passes its limit.
+func TestBurstSpreadsByHeadroom(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	sw, err := swarm.Start(ctx, swarm.Options{
+		Profiles:        []string{"rtx4090", "rtx4090"},
+		StartTempC:      []float64{40, 83},
+		TimeScale:       30,
+		BootstrapDaemon: true,
+		Tune:            fastBeacons,
+		Logger:          testLogger(t),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sw.Close() })
+	c := addClient(t, sw)
+	waitForView(t, c, 2)
+	ps := samplePeaks(sw)
+	served := burst(t, c, 16, 2, protocol.Task{Prompt: "a red fox", Width: 256, Height: 256, Steps: 8})
+	peaks := ps.finish()
+	cool, hot := sw.Hosts[0].ID().String(), sw.Hosts[1].ID().String()
+	t.Logf("served: cool %d, hot %d; peaks %.1f / %.1f °C", served[cool], served[hot], peaks[0], peaks[1])
+	if served[cool]+served[hot] != 16 {
+		t.Fatalf("served %v, want all 16 tasks", served)
+	}
+	if served[hot] >= served[cool] {
+		t.Errorf("the hot host served %d tasks, the cool one %d: want fewer on the hot one", served[hot], served[cool])
+	}
+	for i, h := range sw.Hosts {
+		limit := sw.Devices[i].Profile().SlowdownTempC - 5 // the default MaxTempC
+		if peaks[i] > limit {
+			t.Errorf("host %d peaked at %.2f °C, over its %.0f °C limit", i, peaks[i], limit)
+		}
+		_ = h
+	}
+}
+
+// TestHotGPUNeverPassesItsLimit drives a laptop GPU, which heats within
+// seconds, with more work than it can take cool: the governor must pause
+// it short of its limit, and every task still completes.
+func TestHotGPUNeverPassesItsLimit(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	sw, err := swarm.Start(ctx, swarm.Options{
+		Profiles:        []string{"laptop-4070"},
+		StartTempC:      []float64{75},
+		TimeScale:       40,
+		BootstrapDaemon: true,
+		Tune:            fastBeacons,
+		Logger:          testLogger(t),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sw.Close() })
+	c := addClient(t, sw)
+	ps := samplePeaks(sw)
+	served := burst(t, c, 6, 3, protocol.Task{Prompt: "a hot laptop", Width: 256, Height: 256, Steps: 10})
+	peaks := ps.finish()
+	limit := sw.Devices[0].Profile().SlowdownTempC - 5
+	t.Logf("served %v, peak %.2f °C, limit %.0f °C", served, peaks[0], limit)
+	if peaks[0] > limit {
+		t.Errorf("laptop GPU peaked at %.2f °C, over its %.0f °C limit", peaks[0], limit)
+	}
+	if peaks[0] < limit-6 {
+		t.Errorf("peak %.1f °C: the test never brought the GPU near its limit, so it proves nothing", peaks[0])
+	}
+}
+
+// TestHostKilledMidTaskDoesNotLoseIt closes the host running a task: the
+// client retries on another host and the task completes.
+func TestHostKilledMidTaskDoesNotLoseIt(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	sw, err := swarm.Start(ctx, swarm.Options{
+		Profiles:        []string{"rtx3060", "rtx3060"},
+		BootstrapDaemon: true,
+		Tune:            fastBeacons,
+		Logger:          testLogger(t),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sw.Close() })
+	c := addClient(t, sw)
+	waitForView(t, c, 2)
+	var once sync.Once
+	var killed string
+	task := protocol.Task{Prompt: "a long task", Width: 512, Height: 512, Steps: 30} // ~3.7 s on a simulated 3060
+	res, err := c.Submit(ctx, task, node.SubmitOptions{Progress: func(p node.Progress) {
+		if p.Type == protocol.EventProgress && p.Step >= 2 {
+			once.Do(func() {
+				killed = p.Peer
+				for _, h := range sw.Hosts {
+					if h.ID().String() == p.Peer {
+						go h.Close()
+					}
+				}
+			})
+		}
+	}})
+	if err != nil {
+		t.Fatalf("task lost when its host died: %v", err)
+	}
+	if killed == "" || res.Host.String() == killed {
+		t.Fatalf("killed %q, result from %s: want a result from the other host", killed, res.Host)
+	}
+}

@@ -1,0 +1,567 @@
+package protocol
+
+// Every decoder a remote peer can reach is fuzzed here. Run one for a while
+// with, for example:
+//
+//	go test -run='^$' -fuzz='^FuzzDecodeTask$' -fuzztime=20s ./protocol/
+//
+// Each target checks more than "no panic": a decoder that accepts an input
+// must hand back a value that validates and that encodes and decodes to
+// itself, and the canonical decoders (tasks, manifests) must accept only the
+// one canonical spelling, checked against the independent DAG-CBOR reader in
+// helpers_test.go.
+//
+// The named seed inputs under testdata/fuzz/ are written by
+// TestFuzzSeedCorpus -update from fuzzSeeds; inputs the fuzzer finds to fail
+// are kept there under their hash names until the bug is fixed.
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/fxamacker/cbor/v2"
+	"github.com/ipfs/go-cid"
+	"github.com/libp2p/go-libp2p/core/peer"
+)
+
+// fuzzSeeds returns, for each fuzz target, named seed inputs: valid
+// encodings and a few malformed ones near them. Each input is a list of
+// arguments to the fuzz function.
+func fuzzSeeds(tb testing.TB) map[string]map[string][][]byte {
+	key := testKey(tb, 1)
+	n := mustNormalize(tb, exampleTask())
+	task := mustEncode(tb, n)
+	withParams := mustEncode(tb, mustNormalize(tb, Task{Prompt: "静かな港", NegativePrompt: "boats", Seed: 7,
+		Params: map[string]string{"sampler": "euler", "cfg": "7.5"}}))
+	req := mustMarshal(tb, TaskRequest{Task: n, NoCache: true})
+	manifest := encodeManifest(tb, testManifest(tb, key))
+	capRec := signCapacity(tb, testCapacity(capIssued), key)
+	link, err := Link{RawCID([]byte("hello"))}.MarshalCBOR()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	one := func(b []byte) [][]byte { return [][]byte{b} }
+	frame := func(bodies ...[]byte) []byte {
+		var buf bytes.Buffer
+		for _, b := range bodies {
+			if err := WriteFrame(&buf, b); err != nil {
+				tb.Fatal(err)
+			}
+		}
+		return buf.Bytes()
+	}
+	unsortedMode, err := cbor.EncOptions{Sort: cbor.SortNone}.EncMode()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	unsortedTask, err := unsortedMode.Marshal(n)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return map[string]map[string][][]byte{
+		"FuzzDecodeTask": {
+			"valid-example":      one(task),
+			"valid-params":       one(withParams),
+			"non-minimal-seed":   one(bytes.Replace(task, []byte("seed\x18\x2a"), []byte("seed\x19\x00\x2a"), 1)),
+			"unsorted-keys":      one(unsortedTask),
+			"trailing-byte":      one(append(slices.Clone(task), 0)),
+			"indefinite-map":     one(append(append([]byte{0xbf}, task[1:]...), 0xff)),
+			"not-normalised":     one(bytes.Replace(task, []byte("a quiet"), []byte("A quiet"), 1)),
+			"empty-map":          one([]byte{0xa0}),
+			"deeply-nested-list": one(bytes.Repeat([]byte{0x81}, 100)),
+		},
+		"FuzzDecodeTaskRequest": {
+			"valid":          one(req),
+			"valid-params":   one(mustMarshal(tb, map[string]any{"task": cbor.RawMessage(withParams), "no_cache": false})),
+			"bare-task":      one(task),
+			"unknown-field":  one(mustMarshal(tb, map[string]any{"task": n, "no_cache": false, "x": 1})),
+			"huge-map-claim": one([]byte{0xbb, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff}),
+		},
+		"FuzzDecodeEvent": {
+			"queued":          one(mustMarshal(tb, Event{Type: EventQueued, Position: 2})),
+			"progress":        one(mustMarshal(tb, Event{Type: EventProgress, Step: 3, Total: 20, EtaMs: 900})),
+			"block":           one(mustMarshal(tb, Event{Type: EventBlock, Data: []byte("\x89PNG")})),
+			"result":          one(mustMarshal(tb, Event{Type: EventResult, Manifest: manifest})),
+			"error":           one(mustMarshal(tb, ErrorEvent(CodeTooHot, "GPU at 84 C", 30*time.Second))),
+			"step-over-total": one(mustMarshal(tb, Event{Type: EventProgress, Step: 21, Total: 20})),
+			"unknown-type":    one(mustMarshal(tb, Event{Type: "cancel"})),
+			"huge-bytes-claim": one([]byte{0xa2, 0x64, 't', 'y', 'p', 'e', 0x65, 'b', 'l', 'o', 'c', 'k',
+				0x64, 'd', 'a', 't', 'a', 0x5b, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff}),
+		},
+		"FuzzDecodeManifest": {
+			"valid":         one(manifest),
+			"trailing-byte": one(append(slices.Clone(manifest), 0)),
+			"bad-signature": one(func() []byte {
+				m := testManifest(tb, key)
+				m.Sig[0] ^= 1
+				return encodeManifest(tb, m)
+			}()),
+			"a-task": one(task),
+		},
+		"FuzzDecodeCapacity": {
+			"valid":         one(capRec),
+			"trailing-byte": one(append(slices.Clone(capRec), 0)),
+			"no-signature": one(func() []byte {
+				c := testCapacity(capIssued)
+				c.Peer = testID(tb, key).String()
+				return mustMarshal(tb, &c)
+			}()),
+			"upper-case-key": one(bytes.Replace(capRec, []byte("\x64peer"), []byte("\x64PEER"), 1)),
+		},
+		"FuzzCapacityValidator": {
+			"valid":       {[]byte(CapacityKey(testID(tb, key))), capRec},
+			"other-peer":  {[]byte(CapacityKey(testID(tb, testKey(tb, 2)))), capRec},
+			"no-prefix":   {[]byte(testID(tb, key)), capRec},
+			"text-key-id": {[]byte("/gpunet-cap/" + testID(tb, key).String()), capRec},
+		},
+		"FuzzReadFrame": {
+			"one-request":       one(frame(req)),
+			"events":            one(frame([]byte{0xa0}, nil, bytes.Repeat([]byte{7}, 300))),
+			"header-only":       one([]byte{0x05}),
+			"truncated-body":    one([]byte{0x05, 'a', 'b'}),
+			"non-minimal-len":   one([]byte{0x81, 0x00, 'x'}),
+			"over-cap":          one(binary.AppendUvarint(nil, 1<<60)),
+			"varint-overflow":   one(bytes.Repeat([]byte{0xff}, 11)),
+			"truncated-varint":  one([]byte{0x80}),
+			"empty-then-frames": one(frame(nil, nil, nil)),
+		},
+		"FuzzDecodeBeacon": {
+			"valid":         one(encodeBeacon(tb, testBeacon(tb))),
+			"minimal":       one(encodeBeacon(tb, Beacon{Models: []string{"m"}, Slots: 1, Issued: uint64(beaconNow.UnixMilli())})),
+			"busy-over":     one(encodeBeacon(tb, func() Beacon { b := testBeacon(tb); b.Busy = 9; return b }())),
+			"trailing-byte": one(append(encodeBeacon(tb, testBeacon(tb)), 0)),
+		},
+		"FuzzDecodeFetchRequest": {
+			"task-cid":   one(mustMarshal(tb, FetchRequest{CID: testManifest(tb, key).TaskCID})),
+			"result-cid": one(mustMarshal(tb, FetchRequest{CID: Link{ManifestCID(manifest)}})),
+			"raw-cid":    one(mustMarshal(tb, FetchRequest{CID: Link{RawCID([]byte("x"))}})),
+			"null-cid":   one([]byte("\xa1\x63cid\xf6")),
+		},
+		"FuzzLinkUnmarshalCBOR": {
+			"raw-cid":     one(link),
+			"dag-cbor":    one(mustMarshal(tb, testManifest(tb, key).TaskCID)),
+			"tag-43":      one(append([]byte{0xd8, 0x2b}, link[2:]...)),
+			"no-prefix":   one(mustMarshal(tb, cbor.Tag{Number: 42, Content: RawCID(nil).Bytes()})),
+			"cidv0":       one(mustMarshal(tb, cbor.Tag{Number: 42, Content: append([]byte{0}, mustCIDv0(tb).Bytes()...)})),
+			"text-inside": one(mustMarshal(tb, cbor.Tag{Number: 42, Content: "\x00\x01\x55"})),
+		},
+	}
+}
+
+func mustCIDv0(tb testing.TB) cid.Cid {
+	c, err := cid.Decode("QmdfTbBqBPQ7VNxZEYEj14VmRuZBkqFbiwReogJgS1zR1n")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return c
+}
+
+// corpusFile renders args in the "go test fuzz v1" format.
+func corpusFile(args [][]byte) []byte {
+	var b bytes.Buffer
+	b.WriteString("go test fuzz v1\n")
+	for _, a := range args {
+		fmt.Fprintf(&b, "[]byte(%q)\n", a)
+	}
+	return b.Bytes()
+}
+
+// TestFuzzSeedCorpus keeps testdata/fuzz/<target>/seed-* in step with
+// fuzzSeeds, so the corpus holds real encodings of the current format.
+func TestFuzzSeedCorpus(t *testing.T) {
+	seeds := fuzzSeeds(t)
+	targets := slices.Sorted(func(yield func(string) bool) {
+		for k := range seeds {
+			if !yield(k) {
+				return
+			}
+		}
+	})
+	for _, target := range targets {
+		dir := filepath.Join("testdata", "fuzz", target)
+		names := make([]string, 0, len(seeds[target]))
+		for name := range seeds[target] {
+			names = append(names, name)
+		}
+		sort.Strings(names)
+		for _, name := range names {
+			path := filepath.Join(dir, "seed-"+name)
+			want := corpusFile(seeds[target][name])
+			if *update {
+				if err := os.MkdirAll(dir, 0o755); err != nil {
+					t.Fatal(err)
+				}
+				if err := os.WriteFile(path, want, 0o644); err != nil {
+					t.Fatal(err)
+				}
+				continue
+			}
+			got, err := os.ReadFile(path)
+			if err != nil {
+				t.Errorf("%v (run with -update)", err)
+				continue
+			}
+			if !bytes.Equal(got, want) {
+				t.Errorf("%s is out of date: run go test ./protocol/ -run TestFuzzSeedCorpus -update", path)
+			}
+		}
+	}
+}
+
+// addSeeds adds the code-built seeds (the same as the files under
+// testdata/fuzz, so fuzzing works before -update was run) plus extra
+// hand-written ones.
+func addSeeds(f *testing.F, target string, extra ...[]byte) {
+	for _, args := range fuzzSeeds(f)[target] {
+		vals := make([]any, len(args))
+		for i, a := range args {
+			vals[i] = a
+		}
+		f.Add(vals...)
+	}
+	for _, e := range extra {
+		f.Add(e)
+	}
+}
+
+var malformedCBOR = [][]byte{nil, {0x00}, {0xa0}, {0xbf, 0xff}, {0xf6}, {0x5f}, {0xff}, {0xa1, 0x60, 0x60}}
+
+func FuzzDecodeTask(f *testing.F) {
+	addSeeds(f, "FuzzDecodeTask", malformedCBOR...)
+	f.Fuzz(func(t *testing.T, b []byte) {
+		task, err := DecodeTask(b)
+		if err != nil {
+			if !errors.Is(err, ErrBadTask) {
+				t.Fatalf("error %v does not wrap ErrBadTask", err)
+			}
+			return
+		}
+		if err := checkDAGCBOR(b); err != nil {
+			t.Fatalf("accepted a non-canonical encoding (%v): %x", err, b)
+		}
+		again, err := task.Encode()
+		if err != nil || !bytes.Equal(again, b) {
+			t.Fatalf("re-encoding differs (%v):\n in %x\nout %x", err, b, again)
+		}
+		if err := task.Validate(); err != nil {
+			t.Fatalf("decoded task does not validate: %v", err)
+		}
+		if n, err := task.Normalize(); err != nil || !n.Equal(task) {
+			t.Fatalf("decoded task is not normalised: %+v, %v", n, err)
+		}
+		if c, err := task.CID(); err != nil || !c.Equals(dagCBORCID(b)) {
+			t.Fatalf("CID %s, %v; want the CID of the input", c, err)
+		}
+	})
+}
+
+func FuzzDecodeTaskRequest(f *testing.F) {
+	addSeeds(f, "FuzzDecodeTaskRequest", malformedCBOR...)
+	f.Fuzz(func(t *testing.T, b []byte) {
+		r, err := DecodeTaskRequest(b)
+		if err != nil {
+			if !errors.Is(err, ErrBadTask) && !errors.Is(err, ErrFrameTooLarge) {
+				t.Fatalf("error %v wraps neither ErrBadTask nor ErrFrameTooLarge", err)
+			}
+			return
+		}
+		if err := r.Task.Validate(); err != nil {
+			t.Fatalf("decoded task does not validate: %v", err)
+		}
+		enc := mustMarshal(t, r)
+		r2, err := DecodeTaskRequest(enc)
+		if err != nil {
+			t.Fatalf("re-encoded request does not decode: %v", err)
+		}
+		if !r2.Task.Equal(r.Task) || r2.NoCache != r.NoCache {
+			t.Fatalf("round trip changed the request: %+v vs %+v", r, r2)
+		}
+		if !bytes.Equal(mustMarshal(t, r2), enc) {
+			t.Fatal("encoding is not stable")
+		}
+		if _, err := DecodeTask(mustEncode(t, r.Task)); err != nil {
+			t.Fatalf("the request's task has no canonical encoding: %v", err)
+		}
+	})
+}
+
+func FuzzDecodeEvent(f *testing.F) {
+	addSeeds(f, "FuzzDecodeEvent", malformedCBOR...)
+	f.Fuzz(func(t *testing.T, b []byte) {
+		e, err := DecodeEvent(b)
+		if err != nil {
+			return
+		}
+		switch e.Type {
+		case EventQueued, EventProgress:
+			if e.Step > e.Total {
+				t.Fatalf("step %d > total %d accepted", e.Step, e.Total)
+			}
+		case EventBlock:
+			if len(e.Data) == 0 || len(e.Data) > MaxBlockBytes {
+				t.Fatalf("block of %d bytes accepted", len(e.Data))
+			}
+		case EventResult:
+			if len(e.Manifest) == 0 || len(e.Manifest) > MaxManifestBytes {
+				t.Fatalf("manifest of %d bytes accepted", len(e.Manifest))
+			}
+		case EventError:
+			if e.Code == "" || len(e.Message) > 1024 || e.Err() == nil {
+				t.Fatalf("bad error event accepted: %+v", e)
+			}
+		default:
+			t.Fatalf("unknown type %q accepted", e.Type)
+		}
+		enc := mustMarshal(t, e)
+		e2, err := DecodeEvent(enc)
+		if err != nil {
+			t.Fatalf("re-encoded event does not decode: %v", err)
+		}
+		if !eventsEqual(*e, *e2) {
+			t.Fatalf("round trip changed the event: %+v vs %+v", e, e2)
+		}
+	})
+}
+
+func FuzzDecodeManifest(f *testing.F) {
+	addSeeds(f, "FuzzDecodeManifest", malformedCBOR...)
+	f.Fuzz(func(t *testing.T, b []byte) {
+		m, err := DecodeManifest(b)
+		if err != nil {
+			if !errors.Is(err, ErrBadManifest) {
+				t.Fatalf("error %v does not wrap ErrBadManifest", err)
+			}
+			return
+		}
+		if err := checkDAGCBOR(b); err != nil {
+			t.Fatalf("accepted a non-canonical encoding (%v): %x", err, b)
+		}
+		if again, err := m.Encode(); err != nil || !bytes.Equal(again, b) {
+			t.Fatalf("re-encoding differs: %v", err)
+		}
+		if err := m.Verify(); err != nil {
+			t.Fatalf("decoded manifest does not verify: %v", err)
+		}
+		if c, err := m.Task.CID(); err != nil || !c.Equals(m.TaskCID.Cid) {
+			t.Fatalf("task_cid %s does not match the task (%s, %v)", m.TaskCID, c, err)
+		}
+		if err := VerifyBlock(ManifestCID(b), b); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
+func FuzzDecodeCapacity(f *testing.F) {
+	addSeeds(f, "FuzzDecodeCapacity", malformedCBOR...)
+	f.Fuzz(func(t *testing.T, b []byte) {
+		c, err := DecodeCapacity(b, capNow)
+		if err != nil {
+			if !errors.Is(err, ErrBadCapacity) {
+				t.Fatalf("error %v does not wrap ErrBadCapacity", err)
+			}
+			return
+		}
+		if len(b) > MaxCapacityBytes || len(c.Models) == 0 {
+			t.Fatalf("accepted a record of %d bytes with %d models", len(b), len(c.Models))
+		}
+		enc := mustMarshal(t, c)
+		c2, err := DecodeCapacity(enc, capNow)
+		if err != nil {
+			t.Fatalf("re-encoded record does not decode: %v", err)
+		}
+		if !bytes.Equal(mustMarshal(t, c2), enc) {
+			t.Fatal("round trip changed the record")
+		}
+		id, err := peer.Decode(c.Peer)
+		if err != nil {
+			t.Fatal(err)
+		}
+		v := CapacityValidator{Now: func() time.Time { return capNow }}
+		if err := v.Validate(CapacityKey(id), enc); err != nil {
+			t.Fatalf("decoded record does not validate under its own key: %v", err)
+		}
+	})
+}
+
+func FuzzCapacityValidator(f *testing.F) {
+	for _, args := range fuzzSeeds(f)["FuzzCapacityValidator"] {
+		f.Add(args[0], args[1])
+	}
+	f.Add([]byte("/gpunet-cap/"), []byte{})
+	f.Add([]byte("/gpunet-cap//"), []byte{0xa0})
+	f.Fuzz(func(t *testing.T, key, value []byte) {
+		v := CapacityValidator{Now: func() time.Time { return capNow }}
+		if err := v.Validate(string(key), value); err != nil {
+			if !errors.Is(err, ErrBadCapacity) {
+				t.Fatalf("error %v does not wrap ErrBadCapacity", err)
+			}
+			return
+		}
+		c, err := DecodeCapacity(value, capNow)
+		if err != nil {
+			t.Fatalf("Validate accepted a record DecodeCapacity rejects: %v", err)
+		}
+		id, err := peer.Decode(c.Peer)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if CapacityKey(id) != string(key) {
+			t.Fatalf("record of %s accepted under key %q", c.Peer, key)
+		}
+		if i, err := v.Select(string(key), [][]byte{value}); err != nil || i != 0 {
+			t.Fatalf("Select of the one valid record = %d, %v", i, err)
+		}
+	})
+}
+
+func FuzzReadFrame(f *testing.F) {
+	addSeeds(f, "FuzzReadFrame", nil, []byte{0}, []byte{0x01})
+	const max = 1 << 12
+	f.Fuzz(func(t *testing.T, b []byte) {
+		r := bufio.NewReader(bytes.NewReader(b))
+		off := 0
+		for range 64 {
+			body, err := ReadFrame(r, max)
+			if err != nil {
+				if err == io.EOF && off != len(b) {
+					// Only a clean end between frames may be plain io.EOF.
+					t.Fatalf("io.EOF at offset %d of %d", off, len(b))
+				}
+				return
+			}
+			n, k := binary.Uvarint(b[off:])
+			if k <= 0 || n != uint64(len(body)) || len(body) > max {
+				t.Fatalf("frame at %d: header says %d (%d bytes), body %d", off, n, k, len(body))
+			}
+			if !bytes.Equal(body, b[off+k:off+k+len(body)]) {
+				t.Fatalf("frame at %d: body differs from the input", off)
+			}
+			off += k + len(body)
+		}
+	})
+}
+
+func FuzzLinkUnmarshalCBOR(f *testing.F) {
+	addSeeds(f, "FuzzLinkUnmarshalCBOR", malformedCBOR...)
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var l Link
+		if err := l.UnmarshalCBOR(b); err != nil {
+			return
+		}
+		if !l.Defined() {
+			t.Fatal("decoded an undefined CID")
+		}
+		enc, err := l.MarshalCBOR()
+		if err != nil {
+			t.Fatalf("decoded link does not encode: %v", err)
+		}
+		if err := checkDAGCBOR(enc); err != nil {
+			t.Fatalf("link encodes as non-canonical DAG-CBOR: %v", err)
+		}
+		var l2 Link
+		if err := l2.UnmarshalCBOR(enc); err != nil || !l2.Equals(l.Cid) {
+			t.Fatalf("round trip: %s, %v; want %s", l2.Cid, err, l.Cid)
+		}
+	})
+}
+
+func FuzzDecodeBeacon(f *testing.F) {
+	addSeeds(f, "FuzzDecodeBeacon", malformedCBOR...)
+	f.Fuzz(func(t *testing.T, data []byte) {
+		b, err := DecodeBeacon(data, beaconNow)
+		if err != nil {
+			if !errors.Is(err, ErrBadBeacon) {
+				t.Fatalf("error %v does not wrap ErrBadBeacon", err)
+			}
+			return
+		}
+		if len(b.Models) == 0 || len(b.Models) > 16 || b.Slots == 0 || b.Busy > b.Slots ||
+			b.TempDC > 2000 || b.UtilPm > 1000 || b.SpeedPm > 1000 {
+			t.Fatalf("accepted an out-of-range beacon: %+v", b)
+		}
+		enc, err := b.Encode()
+		if err != nil {
+			t.Fatalf("decoded beacon does not encode: %v", err)
+		}
+		b2, err := DecodeBeacon(enc, beaconNow)
+		if err != nil {
+			t.Fatalf("re-encoded beacon does not decode: %v", err)
+		}
+		if !beaconsEqual(b, b2) {
+			t.Fatalf("round trip changed the beacon: %+v vs %+v", b, b2)
+		}
+	})
+}
+
+func FuzzDecodeFetchRequest(f *testing.F) {
+	addSeeds(f, "FuzzDecodeFetchRequest", malformedCBOR...)
+	f.Fuzz(func(t *testing.T, b []byte) {
+		r, err := DecodeFetchRequest(b)
+		if err != nil {
+			if !errors.Is(err, ErrBadRequest) && !errors.Is(err, ErrFrameTooLarge) {
+				t.Fatalf("error %v wraps neither ErrBadRequest nor ErrFrameTooLarge", err)
+			}
+			return
+		}
+		if p := r.CID.Prefix(); p.Version != 1 || p.Codec != cid.DagCBOR {
+			t.Fatalf("accepted CID %s", r.CID)
+		}
+		r2, err := DecodeFetchRequest(mustMarshal(t, r))
+		if err != nil || !r2.CID.Equals(r.CID.Cid) {
+			t.Fatalf("round trip: %v, %v", r2, err)
+		}
+	})
+}
+
+// FuzzNormalize is not a decoder, but every task a client submits goes
+// through it: a normalised task must validate, be a fixed point, and have a
+// canonical encoding that decodes to itself.
+func FuzzNormalize(f *testing.F) {
+	f.Add("a quiet harbour at dusk", "", "", uint64(42), uint32(0), uint32(0), uint32(0), "", "")
+	f.Add(" A\u00a0b\t", "x\ny", "GPUNET/Sketch-v1", uint64(0), uint32(150), uint32(2048), uint32(64), "Sampler", " euler  a ")
+	f.Add("p", "", "m", uint64(MaxSeed), uint32(1), uint32(64), uint32(2048), "k", "\xff")
+	f.Fuzz(func(t *testing.T, prompt, neg, model string, seed uint64, steps, width, height uint32, pk, pv string) {
+		in := Task{Prompt: prompt, NegativePrompt: neg, Model: model, Seed: seed, Steps: steps, Width: width, Height: height}
+		if pk != "" || pv != "" {
+			in.Params = map[string]string{pk: pv}
+		}
+		n, err := in.Normalize()
+		if err != nil {
+			if !errors.Is(err, ErrBadTask) {
+				t.Fatalf("error %v does not wrap ErrBadTask", err)
+			}
+			return
+		}
+		if err := n.Validate(); err != nil {
+			t.Fatalf("normalised task does not validate: %v", err)
+		}
+		if n2, err := n.Normalize(); err != nil || !n2.Equal(n) {
+			t.Fatalf("Normalize is not idempotent: %+v then %+v (%v)", n, n2, err)
+		}
+		if n.Seed == 0 || (seed != 0 && n.Seed != seed) || strings.Contains(n.Prompt, "  ") {
+			t.Fatalf("normalised %+v from %+v", n, in)
+		}
+		enc, err := n.Encode()
+		if err != nil {
+			return // over MaxTaskBytes: see TestNormalizedTaskAtEveryCapEncodes
+		}
+		if err := checkDAGCBOR(enc); err != nil {
+			t.Fatalf("encoding is not canonical: %v", err)
+		}
+		got, err := DecodeTask(enc)
+		if err != nil || !got.Equal(n) {
+			t.Fatalf("DecodeTask(Encode(n)) = %+v, %v; want %+v", got, err, n)
+		}
+	})
+}
