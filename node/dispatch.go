@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"sort"
+	"sync"
 	"time"
 
 	"github.com/gpunet/gpunet/node/store"
@@ -61,8 +62,11 @@ type Result struct {
 func (n *Node) Submit(ctx context.Context, task protocol.Task, opts SubmitOptions) (*Result, error) {
 	start := time.Now()
 	n.stats.submitted.Add(1)
+	var pmu sync.Mutex // hedged attempts report from two goroutines
 	progress := func(p Progress) {
 		if opts.Progress != nil {
+			pmu.Lock()
+			defer pmu.Unlock()
 			opts.Progress(p)
 		}
 	}
@@ -104,20 +108,31 @@ func (n *Node) place(ctx context.Context, t protocol.Task, tc cid.Cid, noCache b
 	for round := 0; round < maxRounds; round++ {
 		tried := map[string]bool{}
 		var retryAfter time.Duration
-		for attempts < n.cfg.MaxAttempts*maxRounds {
+		next := func() (peer.ID, bool) {
+			if attempts >= n.cfg.MaxAttempts*maxRounds {
+				return "", false
+			}
 			p, ok := n.nextCandidate(ctx, t, tc, tried, &dhtHosts, &searched, progress)
+			if ok {
+				tried[p.String()] = true
+				attempts++
+				progress(Progress{Stage: "trying", Peer: p.String()})
+			}
+			return p, ok
+		}
+		for {
+			p, ok := next()
 			if !ok {
 				break
 			}
-			tried[p.String()] = true
-			attempts++
-			progress(Progress{Stage: "trying", Peer: p.String()})
-			res, err := n.runAt(ctx, p, t, tc, noCache, func(e protocol.Event) {
-				stage := "running"
-				if e.Type == protocol.EventQueued {
-					stage = "queued"
-				}
-				progress(Progress{Stage: stage, Peer: p.String(), Event: e})
+			res, p, err := n.hedged(ctx, p, next, func(ctx context.Context, p peer.ID) (*Result, error) {
+				return n.runAt(ctx, p, t, tc, noCache, func(e protocol.Event) {
+					stage := "running"
+					if e.Type == protocol.EventQueued {
+						stage = "queued"
+					}
+					progress(Progress{Stage: stage, Peer: p.String(), Event: e})
+				})
 			})
 			if err == nil {
 				res.Elapsed = time.Since(start)
@@ -155,6 +170,59 @@ func (n *Node) place(ctx context.Context, t protocol.Task, tc cid.Cid, noCache b
 		return nil, fmt.Errorf("no host serves model %q: none in the gossip view, none found on the DHT within %s (is a `gpunet host` running and connected?)", t.Model, n.cfg.FindTimeout)
 	}
 	return nil, fmt.Errorf("no host completed the task after %d attempts: %w", attempts, errors.Join(errs...))
+}
+
+// hedged runs the task at p. With HedgeAfter set, if p has not answered by
+// then it also starts the next candidate, takes whichever succeeds first
+// and cancels the other (the cancelled host's stream is reset; a
+// computation it already started still completes into its cache). Without
+// hedging it is just run(ctx, p). It returns the peer whose answer it used.
+func (n *Node) hedged(ctx context.Context, p peer.ID, next func() (peer.ID, bool), run func(context.Context, peer.ID) (*Result, error)) (*Result, peer.ID, error) {
+	if n.cfg.HedgeAfter <= 0 {
+		res, err := run(ctx, p)
+		return res, p, err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	type outcome struct {
+		res *Result
+		err error
+		p   peer.ID
+	}
+	ch := make(chan outcome, 2)
+	launch := func(p peer.ID) {
+		go func() {
+			res, err := run(ctx, p)
+			ch <- outcome{res, err, p}
+		}()
+	}
+	launch(p)
+	inflight, hedged := 1, false
+	timer := time.NewTimer(n.cfg.HedgeAfter)
+	defer timer.Stop()
+	var first *outcome
+	for inflight > 0 {
+		select {
+		case <-timer.C:
+			if q, ok := next(); ok && !hedged {
+				hedged = true
+				inflight++
+				launch(q)
+			}
+		case o := <-ch:
+			inflight--
+			if o.err == nil {
+				return o.res, o.p, nil
+			}
+			if first == nil {
+				first = &o
+			}
+			if !hedged {
+				return nil, o.p, o.err // no second attempt running: let the caller move on
+			}
+		}
+	}
+	return nil, first.p, first.err
 }
 
 // nextCandidate returns the best host not yet tried: first by placement

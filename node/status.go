@@ -26,6 +26,16 @@ type Status struct {
 	Submitted  uint64     `json:"submitted"`
 	Cache      CacheStats `json:"cache"`
 	GPU        *GPUStatus `json:"gpu,omitempty"`
+	// Host-only: the owner's pause, the governor's state and the queue.
+	Paused   bool    `json:"paused,omitempty"`
+	Hot      bool    `json:"hot,omitempty"`
+	MaxTempC float64 `json:"max_temp_c,omitempty"`
+	Running  int     `json:"running,omitempty"`
+	Queued   int     `json:"queued,omitempty"`
+	// Gossip: peers in the view, beacons this node published and their bytes.
+	ViewPeers   int    `json:"view_peers"`
+	BeaconsSent uint64 `json:"beacons_sent,omitempty"`
+	BeaconBytes uint64 `json:"beacon_bytes,omitempty"`
 }
 
 // CacheStats summarises the results store.
@@ -68,7 +78,13 @@ func (n *Node) Status(ctx context.Context) Status {
 	if n.cfg.Kernel != nil {
 		s.Kernel = n.cfg.Kernel.Name()
 		s.Models = n.cfg.Kernel.Models()
+		n.serve.mu.Lock()
+		s.Paused, s.Hot, s.MaxTempC = n.serve.gov.Paused(), n.serve.gov.Hot(), n.serve.gov.LimitC
+		s.Running, s.Queued = n.serve.running, n.serve.queue.len()
+		n.serve.mu.Unlock()
 	}
+	s.ViewPeers = len(n.View())
+	s.BeaconsSent, s.BeaconBytes = n.stats.beaconsSent.Load(), n.stats.beaconBytes.Load()
 	st := n.store.Stats()
 	s.Cache = CacheStats{Entries: st.Entries, Bytes: st.Bytes, BudgetBytes: st.Budget, Hits: st.Hits, Misses: st.Misses}
 	if d := n.cfg.Device; d != nil {

@@ -2,6 +2,7 @@ package node_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"testing"
@@ -198,5 +199,123 @@ func TestHostKilledMidTaskDoesNotLoseIt(t *testing.T) {
 	}
 	if killed == "" || res.Host.String() == killed {
 		t.Fatalf("killed %q, result from %s: want a result from the other host", killed, res.Host)
+	}
+}
+
+// TestHedgedAttemptAfterDeadline: with HedgeAfter shorter than a task, the
+// client starts a second host and takes the first answer.
+func TestHedgedAttemptAfterDeadline(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	sw, err := swarm.Start(ctx, swarm.Options{
+		Profiles:        []string{"rtx3060", "rtx3060"},
+		BootstrapDaemon: true,
+		Tune: func(c *node.Config) {
+			fastBeacons(c)
+			c.HedgeAfter = 100 * time.Millisecond
+		},
+		Logger: testLogger(t),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sw.Close() })
+	c := addClient(t, sw)
+	waitForView(t, c, 2)
+	var mu sync.Mutex
+	tried := map[string]bool{}
+	_, err = c.Submit(ctx, protocol.Task{Prompt: "hedge me", Width: 256, Height: 256, Steps: 12}, node.SubmitOptions{Progress: func(p node.Progress) {
+		mu.Lock()
+		defer mu.Unlock()
+		if p.Stage == "trying" {
+			tried[p.Peer] = true
+		}
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(tried) != 2 {
+		t.Errorf("tried %d hosts, want a hedge to the second one", len(tried))
+	}
+}
+
+// TestPauseHandsBackQueuedWork: the owner pauses a host with tasks queued;
+// they are refused as "paused" and complete on another host.
+func TestPauseHandsBackQueuedWork(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	sw, err := swarm.Start(ctx, swarm.Options{
+		Profiles:        []string{"rtx3060", "rtx3060"},
+		BootstrapDaemon: true,
+		Tune:            fastBeacons,
+		Logger:          testLogger(t),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sw.Close() })
+	c := addClient(t, sw)
+	waitForView(t, c, 2)
+	target := sw.Hosts[0]
+	const n = 4
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	handedBack := 0
+	var once sync.Once
+	queuedAtTarget := make(chan struct{})
+	errs := make(chan error, n)
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			task := protocol.Task{Prompt: fmt.Sprintf("pause test %d", i), Width: 256, Height: 256, Steps: 20}
+			// SubmitTo queues all four at the target; the retry must come
+			// from Submit, so use it for the real attempt after a refusal.
+			_, err := c.SubmitTo(ctx, target.ID(), task, node.SubmitOptions{})
+			if errors.Is(err, protocol.ErrPaused) {
+				mu.Lock()
+				handedBack++
+				mu.Unlock()
+				_, err = c.Submit(ctx, task, node.SubmitOptions{})
+			}
+			errs <- err
+		}()
+	}
+	go func() {
+		for ctx.Err() == nil {
+			if st := target.Status(ctx); st.Queued >= 2 {
+				once.Do(func() { close(queuedAtTarget) })
+				return
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}()
+	select {
+	case <-queuedAtTarget:
+	case <-ctx.Done():
+		t.Fatal("tasks never queued at the target")
+	}
+	if !target.Pause() {
+		t.Fatal("Pause on a host returned false")
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Errorf("task lost after pause: %v", err)
+		}
+	}
+	if handedBack < 2 {
+		t.Errorf("%d tasks handed back, want the >= 2 that were queued", handedBack)
+	}
+	if st := target.Status(ctx); !st.Paused || st.Queued != 0 {
+		t.Errorf("target after pause: paused=%v queued=%d", st.Paused, st.Queued)
+	}
+	if _, err := c.SubmitTo(ctx, target.ID(), protocol.Task{Prompt: "while paused", Width: 64, Height: 64, Steps: 1}, node.SubmitOptions{}); !errors.Is(err, protocol.ErrPaused) {
+		t.Errorf("new task on a paused host: %v, want ErrPaused", err)
+	}
+	target.Resume()
+	if _, err := c.SubmitTo(ctx, target.ID(), protocol.Task{Prompt: "after resume", Width: 64, Height: 64, Steps: 1}, node.SubmitOptions{}); err != nil {
+		t.Errorf("task after resume: %v", err)
 	}
 }

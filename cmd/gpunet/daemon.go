@@ -33,6 +33,8 @@ type hostFlags struct {
 	gpu       string
 	slots     int
 	queue     int
+	maxTemp   float64
+	rate      float64
 	timeScale float64
 }
 
@@ -60,7 +62,7 @@ func newHostCmd(g *globals) *cobra.Command {
 				cfg.Device = dev
 			}
 			log.Info("GPU", "device", picked)
-			cfg.Slots, cfg.QueueLen = f.slots, f.queue
+			cfg.Slots, cfg.QueueLen, cfg.MaxTempC, cfg.RateLimit = f.slots, f.queue, f.maxTemp, f.rate
 			return runPeer(cmd, g, cfg)
 		},
 	}
@@ -69,8 +71,41 @@ func newHostCmd(g *globals) *cobra.Command {
 	fl.StringVar(&f.gpu, "gpu", "auto", "GPU telemetry: auto, nvml[:N], nvidia-smi[:N], sim:PROFILE ("+strings.Join(kernel.ProfileNames(), ", ")+") or none")
 	fl.IntVar(&f.slots, "slots", 1, "tasks run at once")
 	fl.IntVar(&f.queue, "queue", 8, "tasks that may wait for a slot before the host refuses with busy")
+	fl.Float64Var(&f.maxTemp, "max-temp", 0, "°C the GPU must never pass because of gpunet (default: 5 °C under its slowdown temperature)")
+	fl.Float64Var(&f.rate, "rate-limit", 10, "tasks per second one submitter may start here (0: unlimited)")
 	fl.Float64Var(&f.timeScale, "sim-time-scale", 1, "simulated GPU only: how much faster than real time it heats and cools")
+	cmd.AddCommand(newHostPauseCmd(g, true), newHostPauseCmd(g, false))
 	return cmd
+}
+
+// newHostPauseCmd is `gpunet host pause` / `gpunet host resume`: the owner
+// takes the GPU back (queued tasks are handed back to their clients) or
+// lends it again.
+func newHostPauseCmd(g *globals, pause bool) *cobra.Command {
+	use, short := "resume", "Let the running host take work again"
+	if pause {
+		use, short = "pause", "Stop the running host taking work; queued tasks go elsewhere"
+	}
+	return &cobra.Command{
+		Use:   use,
+		Short: short,
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			st, err := localapi.NewClient(g.api).SetPaused(cmd.Context(), pause)
+			if err != nil {
+				return fmt.Errorf("%w (is `gpunet host` running? pass its --api)", err)
+			}
+			if g.json {
+				return printJSON(st)
+			}
+			state := "taking work"
+			if st.Paused {
+				state = "paused"
+			}
+			fmt.Printf("host %s is %s (%d running, %d queued)\n", shortID(st.PeerID), state, st.Running, st.Queued)
+			return nil
+		},
+	}
 }
 
 func kernelNames() []string { return []string{"sketch", "noop"} }

@@ -58,6 +58,28 @@ func (c *Client) Peers(ctx context.Context) ([]node.PeerInfo, error) {
 	return ps, err
 }
 
+// SetPaused pauses or resumes the daemon's host and returns its status.
+func (c *Client) SetPaused(ctx context.Context, paused bool) (node.Status, error) {
+	path := "/v1/host/resume"
+	if paused {
+		path = "/v1/host/pause"
+	}
+	var st node.Status
+	hr, err := http.NewRequestWithContext(ctx, http.MethodPost, c.base+path, nil)
+	if err != nil {
+		return st, err
+	}
+	resp, err := c.hc.Do(hr)
+	if err != nil {
+		return st, fmt.Errorf("%w: %v", ErrNoDaemon, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return st, decodeError(resp)
+	}
+	return st, json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&st)
+}
+
 // Submit sends a task and calls progress for each progress line.
 func (c *Client) Submit(ctx context.Context, req SubmitRequest, progress func(node.Progress)) (*TaskResult, error) {
 	body, err := json.Marshal(req)

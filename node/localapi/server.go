@@ -86,6 +86,8 @@ func Listen(n *node.Node, addr string, log *slog.Logger) (*Server, error) {
 	mux.HandleFunc("GET /v1/status", s.status)
 	mux.HandleFunc("GET /v1/peers", s.peers)
 	mux.HandleFunc("POST /v1/tasks", s.submit)
+	mux.HandleFunc("POST /v1/host/pause", s.pause(true))
+	mux.HandleFunc("POST /v1/host/resume", s.pause(false))
 	s.srv = &http.Server{Handler: localOnly(mux), ReadHeaderTimeout: 10 * time.Second}
 	s.wg.Add(1)
 	go func() {
@@ -134,6 +136,21 @@ func (s *Server) status(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) peers(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, s.n.Peers())
+}
+
+// pause pauses or resumes the host; a daemon without a kernel answers 409.
+func (s *Server) pause(p bool) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		ok := s.n.Resume
+		if p {
+			ok = s.n.Pause
+		}
+		if !ok() {
+			writeJSON(w, http.StatusConflict, Error{Message: "this daemon is not a host: nothing to pause"})
+			return
+		}
+		writeJSON(w, http.StatusOK, s.n.Status(r.Context()))
+	}
 }
 
 func (s *Server) submit(w http.ResponseWriter, r *http.Request) {
