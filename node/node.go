@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -18,6 +19,7 @@ import (
 	dht "github.com/libp2p/go-libp2p-kad-dht"
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/metrics"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/p2p/discovery/mdns"
 	rcmgr "github.com/libp2p/go-libp2p/p2p/host/resource-manager"
@@ -40,6 +42,7 @@ type Node struct {
 	dht   *dht.IpfsDHT
 	store *store.Store
 	mdns  interface{ Close() error }
+	bw    *metrics.BandwidthCounter
 
 	serve    *server // nil unless cfg.Kernel is set
 	schedCfg scheduler.Config
@@ -96,7 +99,8 @@ func New(ctx context.Context, cfg Config) (n *Node, err error) {
 	if n.store, err = store.Open(filepath.Join(dir, "store"), store.WithBudget(cfg.StoreBudget), store.WithLogger(n.log.With("sub", "store"))); err != nil {
 		return nil, fmt.Errorf("opening results store in %s: %w", dir, err)
 	}
-	if n.host, err = newHost(n.key, cfg.ListenAddrs); err != nil {
+	n.bw = metrics.NewBandwidthCounter()
+	if n.host, err = newHost(n.key, cfg.ListenAddrs, n.bw); err != nil {
 		return nil, err
 	}
 	mode := dht.ModeClient
@@ -153,7 +157,7 @@ func New(ctx context.Context, cfg Config) (n *Node, err error) {
 // newHost builds the libp2p host: TCP and QUIC, Noise and TLS, and a
 // resource manager with explicit limits for gpunet's own protocols (the
 // defaults reset concurrent streams past 75 per protocol per peer).
-func newHost(key crypto.PrivKey, listen []string) (host.Host, error) {
+func newHost(key crypto.PrivKey, listen []string, bw metrics.Reporter) (host.Host, error) {
 	limits := rcmgr.DefaultLimits
 	libp2p.SetDefaultServiceLimits(&limits)
 	for _, p := range []string{protocol.TaskProtocol, protocol.FetchProtocol} {
@@ -174,6 +178,7 @@ func newHost(key crypto.PrivKey, listen []string) (host.Host, error) {
 		libp2p.Security(libp2ptls.ID, libp2ptls.New),
 		libp2p.ResourceManager(rm),
 		libp2p.EnableHolePunching(),
+		libp2p.BandwidthReporter(bw),
 	}
 	if len(listen) == 0 {
 		opts = append(opts, libp2p.NoListenAddrs)
@@ -288,6 +293,18 @@ func (n *Node) Models() []string {
 		return nil
 	}
 	return n.cfg.Kernel.Models()
+}
+
+// GossipBytes is the total bytes this node sent and received on the
+// GossipSub protocols (beacons, forwarding and mesh control) so far.
+func (n *Node) GossipBytes() uint64 {
+	var total int64
+	for p, st := range n.bw.GetBandwidthByProtocol() {
+		if strings.HasPrefix(string(p), "/meshsub/") {
+			total += st.TotalIn + st.TotalOut
+		}
+	}
+	return uint64(total)
 }
 
 // KernelRuns is how many tasks this node's kernel actually computed.

@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"sort"
 	"time"
 
@@ -12,6 +13,7 @@ import (
 	"github.com/gpunet/gpunet/node"
 	"github.com/gpunet/gpunet/node/swarm"
 	"github.com/gpunet/gpunet/protocol"
+	"github.com/gpunet/gpunet/scheduler"
 	"github.com/libp2p/go-libp2p/core/network"
 	lp2pproto "github.com/libp2p/go-libp2p/core/protocol"
 	"github.com/spf13/cobra"
@@ -22,8 +24,10 @@ import (
 const benchEcho = lp2pproto.ID("/gpunet-bench/echo/1.0.0")
 
 type benchFlags struct {
-	n       int
-	payload int
+	n           int
+	payload     int
+	gossipSizes []int
+	gossipFor   time.Duration
 }
 
 // benchReport is what `bench --json` prints. Every ratio is between figures
@@ -36,6 +40,23 @@ type benchReport struct {
 	TaskRTTP99us float64 `json:"task_rtt_p99_us"`
 	RatioP50     float64 `json:"ratio_p50"`
 	RatioP99     float64 `json:"ratio_p99"`
+
+	// Placement: one client's decisions over a 1,000-peer view, and one
+	// decision's cost as a fraction of the raw round trip above.
+	PlacementPerS      float64 `json:"placement_decisions_per_s"`
+	PlacementUs        float64 `json:"placement_us"`
+	PlacementOverRawRT float64 `json:"placement_over_raw_rtt"`
+
+	// Gossip: GossipSub bytes (in+out) per node per second, by swarm size,
+	// at the bench's beacon interval; scale by 1/interval for others.
+	GossipBeaconIntervalMs int                `json:"gossip_beacon_interval_ms"`
+	Gossip                 []gossipBenchPoint `json:"gossip"`
+}
+
+type gossipBenchPoint struct {
+	Nodes             int     `json:"nodes"`
+	BytesPerNodePerS  float64 `json:"bytes_per_node_s"`
+	BeaconBytesPerSec float64 `json:"beacon_payload_bytes_per_node_s"`
 }
 
 func newBenchCmd(g *globals) *cobra.Command {
@@ -56,10 +77,16 @@ func newBenchCmd(g *globals) *cobra.Command {
 			fmt.Printf("%-34s %10.0f %10.0f\n", "raw libp2p stream (echo)", r.RawRTTP50us, r.RawRTTP99us)
 			fmt.Printf("%-34s %10.0f %10.0f\n", "gpunet task (noop kernel)", r.TaskRTTP50us, r.TaskRTTP99us)
 			fmt.Printf("%-34s %10.2f %10.2f\n", "ratio task / raw", r.RatioP50, r.RatioP99)
+			fmt.Printf("\nplacement over 1,000 peers: %.0f decisions/s (%.1f µs, %.3f of a raw round trip)\n", r.PlacementPerS, r.PlacementUs, r.PlacementOverRawRT)
+			for _, g := range r.Gossip {
+				fmt.Printf("gossip, %2d hosts, beacon every %d ms: %.0f B/s per node (beacon payload %.0f B/s)\n", g.Nodes, r.GossipBeaconIntervalMs, g.BytesPerNodePerS, g.BeaconBytesPerSec)
+			}
 			return nil
 		},
 	}
 	cmd.Flags().IntVar(&f.n, "n", 500, "round trips per measurement")
+	cmd.Flags().IntSliceVar(&f.gossipSizes, "gossip-sizes", []int{4, 12}, "swarm sizes for the gossip measurement (empty: skip)")
+	cmd.Flags().DurationVar(&f.gossipFor, "gossip-for", 3*time.Second, "how long to measure gossip at each size")
 	cmd.Flags().IntVar(&f.payload, "payload", 200, "raw echo payload bytes")
 	return cmd
 }
@@ -72,6 +99,10 @@ func runBench(ctx context.Context, f *benchFlags) (*benchReport, error) {
 		Profiles: []string{"h100"},
 		Kernel:   func(int) kernel.Kernel { return kernel.Noop{} },
 		Slots:    4,
+		Tune: func(c *node.Config) {
+			c.RateLimit = 0            // the bench is one submitter on purpose
+			c.SimulateGPUSpeed = false // measure the protocol, not a simulated GPU
+		},
 	})
 	if err != nil {
 		return nil, err
@@ -132,7 +163,77 @@ func runBench(ctx context.Context, f *benchFlags) (*benchReport, error) {
 	r.TaskRTTP50us, r.TaskRTTP99us = micros(pct(taskT, 50)), micros(pct(taskT, 99))
 	r.RatioP50 = round2(r.TaskRTTP50us / r.RawRTTP50us)
 	r.RatioP99 = round2(r.TaskRTTP99us / r.RawRTTP99us)
+
+	benchPlacement(r)
+	r.GossipBeaconIntervalMs = int(gossipBenchInterval / time.Millisecond)
+	for _, size := range f.gossipSizes {
+		pt, err := benchGossip(ctx, size, f.gossipFor)
+		if err != nil {
+			return nil, fmt.Errorf("gossip bench with %d nodes: %w", size, err)
+		}
+		r.Gossip = append(r.Gossip, pt)
+	}
 	return r, nil
+}
+
+// benchPlacement times scheduler.Place over a 1,000-peer view, the work a
+// client does per task.
+func benchPlacement(r *benchReport) {
+	view := scheduler.BenchView(1000, 1)
+	cfg := scheduler.DefaultConfig()
+	rng := rand.New(rand.NewPCG(1, 2))
+	now := scheduler.BenchNow()
+	const n = 2000
+	start := time.Now()
+	for i := 0; i < n; i++ {
+		if len(scheduler.Place(view, scheduler.BenchRequest(uint64(i)), now, rng, cfg)) == 0 {
+			panic("bench view has no feasible peer")
+		}
+	}
+	per := time.Since(start) / n
+	r.PlacementUs = micros(per)
+	r.PlacementPerS = round2(float64(time.Second) / float64(per))
+	r.PlacementOverRawRT = round2(r.PlacementUs / r.RawRTTP50us)
+}
+
+// gossipBenchInterval is short so that a few seconds hold many beacons.
+const gossipBenchInterval = 250 * time.Millisecond
+
+// benchGossip runs a swarm of size hosts and measures GossipSub traffic per
+// node over d, after a warm-up for the mesh to form.
+func benchGossip(ctx context.Context, size int, d time.Duration) (gossipBenchPoint, error) {
+	profiles := make([]string, size)
+	for i := range profiles {
+		profiles[i] = "rtx4090"
+	}
+	sw, err := swarm.Start(ctx, swarm.Options{Profiles: profiles, Tune: func(c *node.Config) { c.BeaconInterval = gossipBenchInterval }})
+	if err != nil {
+		return gossipBenchPoint{}, err
+	}
+	defer sw.Close()
+	time.Sleep(2 * time.Second) // mesh formation and first heartbeats
+	total := func() (bytes, beacons uint64) {
+		for _, h := range sw.Hosts {
+			bytes += h.GossipBytes()
+			beacons += h.Status(ctx).BeaconBytes
+		}
+		return
+	}
+	b0, p0 := total()
+	start := time.Now()
+	select {
+	case <-ctx.Done():
+		return gossipBenchPoint{}, ctx.Err()
+	case <-time.After(d):
+	}
+	b1, p1 := total()
+	secs := time.Since(start).Seconds()
+	// Every byte is counted twice, by its sender and its receiver.
+	return gossipBenchPoint{
+		Nodes:             size,
+		BytesPerNodePerS:  round2(float64(b1-b0) / 2 / secs / float64(size)),
+		BeaconBytesPerSec: round2(float64(p1-p0) / secs / float64(size)),
+	}, nil
 }
 
 func echoHandler(s network.Stream) {
