@@ -271,7 +271,8 @@ func (f *fetcher) allow(p peer.ID, now time.Time) (bool, time.Duration) {
 	r := lim.ReserveN(now, 1)
 	if d := r.DelayFrom(now); d > 0 {
 		r.CancelAt(now)
-		return false, d
+		// Whole milliseconds, rounded up, as the error event carries them.
+		return false, (d + time.Millisecond - 1).Truncate(time.Millisecond)
 	}
 	return true, 0
 }
@@ -379,6 +380,14 @@ func (n *Node) FetchFromNetwork(ctx context.Context, taskCID cid.Cid, bound time
 		go func() {
 			defer attempts.Done()
 			res, err := n.fetchFrom(ctx, p, taskCID)
+			// Recorded here, not in the loop below, so that bad data is
+			// remembered even when another provider's answer won the race.
+			if err != nil && isBadData(err) {
+				f.badProvider.Add(1)
+				f.markBad(p, time.Now())
+				n.log.Warn("provider sent a result that does not verify; not asking it again for a while",
+					"peer", p, "task", taskCID, "err", err, "for", badProviderTTL)
+			}
 			select {
 			case outcomes <- outcome{p, res, err}:
 			case <-ctx.Done():
@@ -435,14 +444,7 @@ func (n *Node) FetchFromNetwork(ctx context.Context, taskCID cid.Cid, bound time
 			if ctx.Err() != nil {
 				return nil, ctx.Err()
 			}
-			if isBadData(o.err) {
-				f.badProvider.Add(1)
-				f.markBad(o.from, time.Now())
-				n.log.Warn("provider sent a result that does not verify; not asking it again for a while",
-					"peer", o.from, "task", taskCID, "err", o.err, "for", badProviderTTL)
-			} else {
-				n.log.Debug("provider did not serve", "peer", o.from, "task", taskCID, "err", o.err)
-			}
+			n.log.Debug("provider did not serve", "peer", o.from, "task", taskCID, "err", o.err)
 			errs = append(errs, fmt.Errorf("%s: %w", o.from, o.err))
 			hedged = true // a failed attempt frees its place at once
 		case <-hedgeC:

@@ -108,8 +108,8 @@ func TestBadProviderIsSkipped(t *testing.T) {
 	defer cancel()
 	fx := signedResult(t, "a contested picture")
 
-	evilAsked := make(chan struct{})
-	var evilCount, goodCount atomic.Int32
+	var evilCount atomic.Int32
+	var client atomic.Pointer[node.Node] // the node whose fetch is under test
 	evil := rawPeer(t, sw)
 	evil.h.SetStreamHandler(lp2pproto.ID(protocol.FetchProtocol), func(s network.Stream) {
 		defer s.Close()
@@ -117,9 +117,7 @@ func TestBadProviderIsSkipped(t *testing.T) {
 			s.Reset()
 			return
 		}
-		if evilCount.Add(1) == 1 {
-			close(evilAsked)
-		}
+		evilCount.Add(1)
 		bad := bytes.Clone(fx.blocks[0])
 		bad[len(bad)/2] ^= 0x01
 		writeAnswer(s, fx.manifest, bad)
@@ -131,13 +129,13 @@ func TestBadProviderIsSkipped(t *testing.T) {
 			s.Reset()
 			return
 		}
-		goodCount.Add(1)
-		// Hold the answer until the bad provider has been asked, so the
-		// test does not depend on which provider the DHT lists first: the
-		// client asks a second provider when the first is slow.
-		select {
-		case <-evilAsked:
-		case <-time.After(10 * time.Second):
+		// Hold the answer until the client has caught the bad provider, so
+		// the test does not depend on which provider the DHT lists first:
+		// the client asks a second provider when the first is slow.
+		for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+			if c := client.Load(); c == nil || c.FetchStats().BadProvider > 0 {
+				break
+			}
 		}
 		writeAnswer(s, fx.manifest, fx.blocks[0])
 	})
@@ -146,6 +144,7 @@ func TestBadProviderIsSkipped(t *testing.T) {
 	waitProviders(t, ctx, sw, fx.task, evil.h.ID(), good.h.ID())
 
 	b := addClient(t, sw)
+	client.Store(b)
 	got, err := b.FetchFromNetwork(ctx, fx.task, 10*time.Second)
 	if err != nil {
 		t.Fatalf("fetch with one good provider: %v", err)
@@ -183,6 +182,7 @@ func TestBadProviderIsSkipped(t *testing.T) {
 		t.Fatal(err)
 	}
 	c := addClient(t, sw)
+	client.Store(nil)
 	if r, err := c.FetchFromNetwork(ctx, fx.task, 10*time.Second); !errors.Is(err, node.ErrNoProvider) {
 		t.Fatalf("only a bad provider: got %v, %v; want ErrNoProvider", r, err)
 	}

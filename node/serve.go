@@ -51,10 +51,26 @@ func newServer(n *Node) *server {
 		limiter: rateLimiter{rate: n.cfg.RateLimit, burst: float64(n.cfg.RateBurst)},
 		wake:    make(chan struct{}, 1), changed: make(chan struct{}, 1),
 	}
+	// A simulated GPU's speed is known before it runs anything: seed the
+	// service-time estimate from it, so the first beacons already tell a
+	// fast card from a slow one.
+	if sd, ok := s.dev.(simulatedDevice); ok && sd.Profile().MPixStepsPerSec > 0 {
+		for _, m := range n.cfg.Kernel.Models() {
+			s.service[m] = referenceWork / sd.Profile().MPixStepsPerSec * 1000
+		}
+	}
 	s.wg.Add(1)
 	go s.dispatchLoop()
 	return s
 }
+
+// referenceWork is the megapixel-steps of a default task (512×512, 20
+// steps). Service times are kept and published scaled to it, so hosts that
+// ran different task sizes compare fairly.
+const referenceWork = float64(protocol.DefaultWidth) * protocol.DefaultHeight * protocol.DefaultSteps / 1e6
+
+// taskWork is t's megapixel-steps.
+func taskWork(t protocol.Task) float64 { return float64(t.Width) * float64(t.Height) * float64(t.Steps) / 1e6 }
 
 // close waits for the dispatcher and every running task (n.ctx is already
 // cancelled, so they stop at their next step).
@@ -248,7 +264,7 @@ func (s *server) admit(from peer.ID, t protocol.Task, tc cid.Cid) (*flight, int,
 	}
 	if s.queue.len() >= s.n.cfg.QueueLen && s.running >= s.n.cfg.Slots {
 		return nil, 0, &protocol.RemoteError{Code: protocol.CodeBusy, Message: fmt.Sprintf("queue full (%d waiting)", s.queue.len()),
-			RetryAfter: time.Duration(s.meanServiceLocked(t.Model)) * time.Millisecond}
+			RetryAfter: time.Duration(s.meanServiceLocked(t)) * time.Millisecond}
 	}
 	f := &flight{task: t, taskCID: tc, done: make(chan struct{}), listeners: map[chan protocol.Event]struct{}{}}
 	s.flights[tc] = f
@@ -310,7 +326,7 @@ func (s *server) run(f *flight) {
 	s.running--
 	if err == nil {
 		const alpha = 0.3 // recent runs dominate, one outlier does not
-		ms := float64(time.Since(start).Milliseconds())
+		ms := float64(time.Since(start).Milliseconds()) * referenceWork / taskWork(f.task)
 		if old, ok := s.service[f.task.Model]; ok {
 			ms = alpha*ms + (1-alpha)*old
 		}
@@ -430,11 +446,11 @@ func (s *server) setPaused(p bool) {
 	poke(s.changed)
 }
 
-// meanServiceLocked is the recent mean run time of model in ms (1 s when
+// meanServiceLocked is the recent mean run time of task t in ms (1 s when
 // unknown). Callers hold mu.
-func (s *server) meanServiceLocked(model string) float64 {
-	if ms, ok := s.service[model]; ok {
-		return ms
+func (s *server) meanServiceLocked(t protocol.Task) float64 {
+	if ms, ok := s.service[t.Model]; ok {
+		return ms * taskWork(t) / referenceWork
 	}
 	return 1000
 }

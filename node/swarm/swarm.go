@@ -212,3 +212,24 @@ func (s *Swarm) Close() error {
 	}
 	return errors.Join(errs...)
 }
+
+// WaitViews waits until every client's gossip view holds every host, so
+// placement has load and heat to go on, bounded by ctx.
+func (s *Swarm) WaitViews(ctx context.Context) error {
+	for {
+		ready := true
+		for _, c := range s.Clients {
+			if len(c.View()) < len(s.Hosts) {
+				ready = false
+			}
+		}
+		if ready {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("clients' gossip views incomplete: %w", ctx.Err())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
