@@ -70,7 +70,9 @@ func newServer(n *Node) *server {
 const referenceWork = float64(protocol.DefaultWidth) * protocol.DefaultHeight * protocol.DefaultSteps / 1e6
 
 // taskWork is t's megapixel-steps.
-func taskWork(t protocol.Task) float64 { return float64(t.Width) * float64(t.Height) * float64(t.Steps) / 1e6 }
+func taskWork(t protocol.Task) float64 {
+	return float64(t.Width) * float64(t.Height) * float64(t.Steps) / 1e6
+}
 
 // close waits for the dispatcher and every running task (n.ctx is already
 // cancelled, so they stop at their next step).

@@ -61,7 +61,7 @@ func newRootCmd() *cobra.Command {
 
 	root.AddCommand(
 		newDaemonCmd(g), newHostCmd(g), newSubmitCmd(g), newPeersCmd(g), newStatusCmd(g),
-		newDemoCmd(g), newBenchCmd(g), newSimCmd(),
+		newDemoCmd(g), newBenchCmd(g),
 	)
 	return root
 }
