@@ -357,17 +357,32 @@ func (s *server) finish(f *flight, res *store.Result, err error) {
 // compute runs the kernel for f, then stores and provides the result.
 func (s *server) compute(f *flight) (*store.Result, error) {
 	n := s.n
+	// The GPU is loaded from the start of the first step to the end of the
+	// last; encoding the outputs afterwards is the CPU's work.
 	lt, _ := s.dev.(loadTracker)
-	if lt != nil {
+	loaded := lt != nil
+	if loaded {
 		lt.Begin()
-		defer lt.End()
 	}
+	release := func() {
+		if loaded {
+			loaded = false
+			lt.End()
+		}
+	}
+	defer release()
+	var lastTemp float64
+	s.coolDown(lt, &lastTemp)
 	pace := newPacer(s.dev, f.task, n.cfg.SimulateGPUSpeed)
 	start := time.Now()
 	outs, err := n.cfg.Kernel.Run(n.ctx, f.task, func(step, total int) {
 		pace.step(n.ctx)
-		s.coolDown(lt)
-		pace.mark() // time spent cooling down is not the GPU's pace
+		if step >= total {
+			release()
+		} else {
+			s.coolDown(lt, &lastTemp)
+			pace.mark() // time spent cooling down is not the GPU's pace
+		}
 		var eta time.Duration
 		if step > 0 {
 			eta = time.Since(start) * time.Duration(total-step) / time.Duration(step)
@@ -396,16 +411,26 @@ func (s *server) compute(f *flight) (*store.Result, error) {
 }
 
 // coolDown is the governor's hard stop, between two steps of a running
-// task: at the limit, the GPU idles (the task's load is released) until it
-// is back under the resume threshold. This is what keeps a GPU under its
-// owner's limit even when work admitted while cool heats it up.
-func (s *server) coolDown(lt loadTracker) {
+// task. It judges the temperature the GPU will have at the end of the next
+// step: now plus 1.5 times the rise over the step just done (heating is
+// smooth, so one step predicts the next). At the limit the GPU idles (the
+// task's load is released) until it is back under the resume threshold.
+// Predicting, rather than reacting to the reading, keeps the GPU under its
+// owner's limit however long a step takes; prev carries the last reading
+// between calls for one task.
+func (s *server) coolDown(lt loadTracker, prev *float64) {
 	if s.dev == nil {
 		return
 	}
 	s.observe()
 	s.mu.Lock()
-	s.gov.Observe(s.tempC)
+	now := s.tempC
+	rise := 0.0
+	if *prev > 0 && now > *prev {
+		rise = now - *prev
+	}
+	*prev = now
+	s.gov.Observe(now + 1.5*rise)
 	hot := s.gov.Hot()
 	s.mu.Unlock()
 	if !hot {
@@ -425,6 +450,7 @@ func (s *server) coolDown(lt loadTracker) {
 		s.mu.Lock()
 		s.gov.Observe(s.tempC)
 		hot = s.gov.Hot()
+		*prev = s.tempC
 		s.mu.Unlock()
 	}
 	poke(s.changed)

@@ -97,9 +97,10 @@ func TestBurstSpreadsByHeadroom(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	sw, err := swarm.Start(ctx, swarm.Options{
-		Profiles:        []string{"rtx4090", "rtx4090"},
-		StartTempC:      []float64{40, 83},
-		TimeScale:       30,
+		Profiles:   []string{"rtx4090", "rtx4090"},
+		StartTempC: []float64{40, 83},
+		// Slow enough that the hot GPU stays hot for the whole burst.
+		TimeScale:       5,
 		BootstrapDaemon: true,
 		Tune:            fastBeacons,
 		Logger:          testLogger(t),
@@ -111,12 +112,14 @@ func TestBurstSpreadsByHeadroom(t *testing.T) {
 	c := addClient(t, sw)
 	waitForView(t, c, 2)
 	ps := samplePeaks(sw)
-	served := burst(t, c, 16, 2, protocol.Task{Prompt: "a red fox", Width: 256, Height: 256, Steps: 8})
+	// One at a time: a busy cool host would rightly lose the next task to
+	// an idle hot one, which is not what this test is about.
+	served := burst(t, c, 12, 1, protocol.Task{Prompt: "a red fox", Width: 256, Height: 256, Steps: 8})
 	peaks := ps.finish()
 	cool, hot := sw.Hosts[0].ID().String(), sw.Hosts[1].ID().String()
 	t.Logf("served: cool %d, hot %d; peaks %.1f / %.1f °C", served[cool], served[hot], peaks[0], peaks[1])
-	if served[cool]+served[hot] != 16 {
-		t.Fatalf("served %v, want all 16 tasks", served)
+	if served[cool]+served[hot] != 12 {
+		t.Fatalf("served %v, want all 12 tasks", served)
 	}
 	if served[hot] >= served[cool] {
 		t.Errorf("the hot host served %d tasks, the cool one %d: want fewer on the hot one", served[hot], served[cool])

@@ -88,6 +88,7 @@ func Listen(n *node.Node, addr string, log *slog.Logger) (*Server, error) {
 	mux.HandleFunc("POST /v1/tasks", s.submit)
 	mux.HandleFunc("POST /v1/host/pause", s.pause(true))
 	mux.HandleFunc("POST /v1/host/resume", s.pause(false))
+	registerCache(mux, s)
 	s.srv = &http.Server{Handler: localOnly(mux), ReadHeaderTimeout: 10 * time.Second}
 	s.wg.Add(1)
 	go func() {
