@@ -126,6 +126,7 @@ func (n *Node) place(ctx context.Context, t protocol.Task, tc cid.Cid, noCache b
 				break
 			}
 			res, p, err := n.hedged(ctx, p, next, func(ctx context.Context, p peer.ID) (*Result, error) {
+				defer n.ledger.start(p)()
 				return n.runAt(ctx, p, t, tc, noCache, func(e protocol.Event) {
 					stage := "running"
 					if e.Type == protocol.EventQueued {
@@ -230,7 +231,9 @@ func (n *Node) hedged(ctx context.Context, p peer.ID, next func() (peer.ID, bool
 // rendezvous order).
 func (n *Node) nextCandidate(ctx context.Context, t protocol.Task, tc cid.Cid, tried map[string]bool, dhtHosts *[]HostInfo, searched *bool, progress func(Progress)) (peer.ID, bool) {
 	req := scheduler.Request{Model: t.Model, Key: tc.Bytes(), Exclude: tried}
-	if cands := scheduler.Place(n.View(), req, time.Now(), n.rng(), n.schedCfg); len(cands) > 0 {
+	view := n.View()
+	n.ledger.adjust(view, n.viewExpiry())
+	if cands := scheduler.Place(view, req, time.Now(), n.rng(), n.schedCfg); len(cands) > 0 {
 		if id, err := peer.Decode(cands[0].ID); err == nil {
 			return id, true
 		}

@@ -46,6 +46,7 @@ type Node struct {
 
 	serve    *server // nil unless cfg.Kernel is set
 	schedCfg scheduler.Config
+	ledger   ledger // tasks this node placed, to correct its view
 	gossip   *gossip
 
 	started time.Time

@@ -54,7 +54,7 @@ func newServer(n *Node) *server {
 	// A simulated GPU's speed is known before it runs anything: seed the
 	// service-time estimate from it, so the first beacons already tell a
 	// fast card from a slow one.
-	if sd, ok := s.dev.(simulatedDevice); ok && sd.Profile().MPixStepsPerSec > 0 {
+	if sd, ok := s.dev.(simulatedDevice); ok && n.cfg.SimulateGPUSpeed && sd.Profile().MPixStepsPerSec > 0 {
 		for _, m := range n.cfg.Kernel.Models() {
 			s.service[m] = referenceWork / sd.Profile().MPixStepsPerSec * 1000
 		}
@@ -273,6 +273,9 @@ func (s *server) admit(from peer.ID, t protocol.Task, tc cid.Cid) (*flight, int,
 	s.queue.push(from, f)
 	poke(s.wake)
 	poke(s.changed)
+	if s.running < s.n.cfg.Slots && s.queue.len() == 1 {
+		return f, 0, nil // starts at once: nothing to wait for
+	}
 	return f, s.queue.position(f), nil
 }
 

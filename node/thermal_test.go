@@ -100,7 +100,7 @@ func TestBurstSpreadsByHeadroom(t *testing.T) {
 		Profiles:   []string{"rtx4090", "rtx4090"},
 		StartTempC: []float64{40, 83},
 		// Slow enough that the hot GPU stays hot for the whole burst.
-		TimeScale:       5,
+		TimeScale:       2,
 		BootstrapDaemon: true,
 		Tune:            fastBeacons,
 		Logger:          testLogger(t),
