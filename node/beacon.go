@@ -83,6 +83,12 @@ func (s *server) beacon(ctx context.Context, seq uint64) *protocol.Beacon {
 	b.Busy = uint32(min(s.running, s.n.cfg.Slots))
 	b.Queue = uint32(s.queue.len())
 	b.Accepting = !s.gov.Paused() && !s.gov.Hot() && s.queue.len() < s.n.cfg.QueueLen
+	for tc := range s.flights {
+		if len(b.Inflight) == protocol.MaxBeaconInflight {
+			break
+		}
+		b.Inflight = append(b.Inflight, protocol.TaskKey(tc))
+	}
 	if len(s.service) > 0 {
 		b.ServiceMs = make(map[string]uint32, len(s.service))
 		for m, ms := range s.service {

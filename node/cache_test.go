@@ -105,7 +105,8 @@ func TestStoreSurvivesRestart(t *testing.T) {
 
 // TestConcurrentDuplicatesRunOnce: eight identical submissions at once from
 // two clients meet at one host (rendezvous order) and join one computation
-// there (host-side coalescing): one kernel run. --no-cache adds exactly one.
+// there (host-side coalescing): one kernel run. --no-cache adds exactly one
+// more, however many ran before.
 func TestConcurrentDuplicatesRunOnce(t *testing.T) {
 	sw := startSwarm(t, "rtx4090", "a100", "rtx3060")
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
@@ -113,6 +114,16 @@ func TestConcurrentDuplicatesRunOnce(t *testing.T) {
 	clients := []*node.Node{addClient(t, sw), addClient(t, sw)}
 	// Enough work that the submissions overlap the computation.
 	task := protocol.Task{Prompt: "eight lanterns over a river", Width: 256, Height: 256, Steps: 10}
+	// Place over full gossip views, as clients that have run a while do
+	// (with no view yet, placement falls back to the DHT's rendezvous order).
+	for _, c := range clients {
+		for len(c.View()) < len(sw.Hosts) {
+			if ctx.Err() != nil {
+				t.Fatalf("client's gossip view holds %d of %d hosts", len(c.View()), len(sw.Hosts))
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
 
 	const n = 8
 	results := make([]*node.Result, n)
@@ -129,21 +140,22 @@ func TestConcurrentDuplicatesRunOnce(t *testing.T) {
 	}
 	close(start)
 	wg.Wait()
-	caches := map[string]int{}
+	servedBy := map[string][]int{} // host -> submissions it answered
 	for i := range n {
 		if errs[i] != nil {
 			t.Fatalf("submission %d: %v", i, errs[i])
 		}
-		caches[results[i].Cache]++
-		if !results[i].ResultCID.Equals(results[0].ResultCID) || !bytes.Equal(results[i].Blocks[0], results[0].Blocks[0]) {
-			t.Errorf("submission %d got result %s, submission 0 %s", i, results[i].ResultCID, results[0].ResultCID)
+		servedBy[results[i].Host.String()] = append(servedBy[results[i].Host.String()], i)
+		if !bytes.Equal(results[i].Blocks[0], results[0].Blocks[0]) {
+			t.Errorf("submission %d got other bytes than submission 0", i)
 		}
 	}
-	total, byHost := kernelRuns(sw)
-	if total != 1 {
-		t.Fatalf("%d kernel runs for %d identical submissions (by host %v; outcomes %v), want 1", total, n, byHost, caches)
+	before, byHost := kernelRuns(sw)
+	if before != 1 {
+		// Even submissions come from client 0, odd ones from client 1.
+		t.Errorf("%d kernel runs for %d identical submissions, want 1: runs by host %v, submissions by host %v",
+			before, n, byHost, servedBy)
 	}
-	t.Logf("outcomes: %v", caches)
 
 	fresh, err := clients[1].Submit(ctx, task, node.SubmitOptions{NoCache: true})
 	if err != nil {
@@ -152,8 +164,8 @@ func TestConcurrentDuplicatesRunOnce(t *testing.T) {
 	if fresh.Cache != node.CacheMiss {
 		t.Errorf("--no-cache: cache %q, want miss", fresh.Cache)
 	}
-	if total, _ := kernelRuns(sw); total != 2 {
-		t.Errorf("%d kernel runs after --no-cache, want 2", total)
+	if total, _ := kernelRuns(sw); total != before+1 {
+		t.Errorf("%d kernel runs after --no-cache, want %d", total, before+1)
 	}
 	if !bytes.Equal(fresh.Blocks[0], results[0].Blocks[0]) {
 		t.Error("recomputation gave different bytes")

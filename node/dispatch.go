@@ -3,8 +3,6 @@ package node
 import (
 	"bufio"
 	"context"
-	"crypto/sha256"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -78,6 +76,29 @@ func (n *Node) Submit(ctx context.Context, task protocol.Task, opts SubmitOption
 	if err != nil {
 		return nil, err
 	}
+	// Identical submissions in flight on this node share one journey.
+	c, leader := n.submits.join(tc, opts.NoCache)
+	if !leader {
+		progress(Progress{Stage: "joined"})
+		select {
+		case <-c.done:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		if c.err != nil {
+			return nil, c.err
+		}
+		res := *c.res
+		res.Elapsed = time.Since(start)
+		return &res, nil
+	}
+	c.res, c.err = n.submit(ctx, t, tc, opts, start, progress)
+	n.submits.leave(tc, opts.NoCache, c)
+	return c.res, c.err
+}
+
+// submit is Submit's journey for the first of identical submissions.
+func (n *Node) submit(ctx context.Context, t protocol.Task, tc cid.Cid, opts SubmitOptions, start time.Time, progress func(Progress)) (*Result, error) {
 	if !opts.NoCache {
 		progress(Progress{Stage: "lookup"})
 		if r, err := n.store.Get(ctx, tc); err == nil {
@@ -86,8 +107,59 @@ func (n *Node) Submit(ctx context.Context, task protocol.Task, opts SubmitOption
 			progress(Progress{Stage: "done"})
 			return res, nil
 		}
+		// A miss must cost little: the lookup is bounded, and on a miss
+		// (ErrNoProvider) or any other failure the task is scheduled.
+		if res, err := n.FetchFromNetwork(ctx, tc, DefaultNetworkCacheBound); err == nil {
+			res.Elapsed = time.Since(start)
+			progress(Progress{Stage: "done", Peer: res.Provider.String()})
+			return res, nil
+		} else if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
 	}
 	return n.place(ctx, t, tc, opts.NoCache, start, progress)
+}
+
+// submitCalls coalesces identical Submits on one node: the first does the
+// work, the others wait for its answer. Safe for concurrent use.
+type submitCalls struct {
+	mu    sync.Mutex
+	calls map[submitKey]*submitCall
+}
+
+type submitKey struct {
+	task    cid.Cid
+	noCache bool
+}
+
+type submitCall struct {
+	done chan struct{}
+	res  *Result
+	err  error
+}
+
+// join returns the call for (tc, noCache) and whether the caller leads it.
+func (s *submitCalls) join(tc cid.Cid, noCache bool) (*submitCall, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	k := submitKey{tc, noCache}
+	if c, ok := s.calls[k]; ok {
+		return c, false
+	}
+	if s.calls == nil {
+		s.calls = map[submitKey]*submitCall{}
+	}
+	c := &submitCall{done: make(chan struct{})}
+	s.calls[k] = c
+	return c, true
+}
+
+// leave ends the leader's call and wakes its followers.
+func (s *submitCalls) leave(tc cid.Cid, noCache bool, c *submitCall) {
+	s.mu.Lock()
+	delete(s.calls, submitKey{tc, noCache})
+	s.mu.Unlock()
+	close(c.done)
 }
 
 // maxRounds bounds how many times Submit walks the candidates again after
@@ -230,6 +302,11 @@ func (n *Node) hedged(ctx context.Context, p peer.ID, next func() (peer.ID, bool
 // over the gossip view, then from the DHT (searched once per Submit, in
 // rendezvous order).
 func (n *Node) nextCandidate(ctx context.Context, t protocol.Task, tc cid.Cid, tried map[string]bool, dhtHosts *[]HostInfo, searched *bool, progress func(Progress)) (peer.ID, bool) {
+	// A host already running this very task takes a duplicate for free,
+	// whatever its load or heat: it joins the running computation.
+	if ids := n.gossip.running(protocol.TaskKey(tc), n.host.ID(), tried); len(ids) > 0 {
+		return ids[0], true
+	}
 	req := scheduler.Request{Model: t.Model, Key: tc.Bytes(), Exclude: tried}
 	view := n.View()
 	n.ledger.adjust(view, n.viewExpiry())
@@ -366,12 +443,8 @@ func (n *Node) acceptResult(ctx context.Context, tc cid.Cid, mbytes []byte, bloc
 // duplicates meet at one host and coalesce, while different tasks spread
 // evenly. The gossip scheduler refines this with load and heat.
 func rendezvousOrder(hosts []HostInfo, tc cid.Cid) {
-	weight := func(id peer.ID) uint64 {
-		h := sha256.New()
-		h.Write(tc.Bytes())
-		h.Write([]byte(id))
-		return binary.BigEndian.Uint64(h.Sum(nil))
-	}
+	key := scheduler.KeyHash(tc.Bytes())
+	weight := func(id peer.ID) uint64 { return scheduler.RendezvousWeight(key, id.String()) }
 	sort.SliceStable(hosts, func(i, j int) bool { return weight(hosts[i].ID) > weight(hosts[j].ID) })
 }
 

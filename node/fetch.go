@@ -108,12 +108,6 @@ type FetchStats struct {
 	BadProvider uint64 `json:"bad_provider"` // providers caught sending bad data
 }
 
-// fetchers holds each running node's fetch service. It lives here rather
-// than in a Node field so that the fetch service stays in this file; Node's
-// Close removes the stream handler, and the service removes itself when the
-// node's context ends.
-var fetchers sync.Map // *Node -> *fetcher
-
 // fetcher is both ends of /gpunet/fetch/1.0.0 for one node, and the loop
 // that re-provides what the node stores. It is safe for concurrent use.
 type fetcher struct {
@@ -140,7 +134,7 @@ func (n *Node) startFetch() {
 		limits:  map[peer.ID]*rate.Limiter{},
 		bad:     map[peer.ID]time.Time{},
 	}
-	fetchers.Store(n, f)
+	n.fetch = f
 	n.host.SetStreamHandler(libp2pProto(protocol.FetchProtocol), f.handle)
 	n.wg.Add(1)
 	go f.reprovideLoop()
@@ -148,10 +142,16 @@ func (n *Node) startFetch() {
 
 // fetcher returns the node's fetch service, nil once the node has closed.
 func (n *Node) fetcher() *fetcher {
-	if v, ok := fetchers.Load(n); ok {
-		return v.(*fetcher)
+	f := n.fetch
+	if f == nil {
+		return nil
 	}
-	return nil
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed {
+		return nil
+	}
+	return f
 }
 
 // FetchStats returns the fetch service's counters.
@@ -171,7 +171,6 @@ func (f *fetcher) close() {
 	f.closed = true
 	f.mu.Unlock()
 	f.handles.Wait()
-	fetchers.Delete(f.n)
 }
 
 // handle answers one fetch stream: the result's blocks then its manifest,
@@ -549,6 +548,9 @@ func (f *fetcher) reprovideLoop() {
 // reachable and the next round will catch up.
 func (f *fetcher) reprovide(ctx context.Context) (int, error) {
 	n := f.n
+	if !n.reachable() {
+		return 0, nil
+	}
 	entries, err := n.store.List(ctx)
 	if err != nil {
 		return 0, fmt.Errorf("listing stored results: %w", err)

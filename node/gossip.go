@@ -1,6 +1,7 @@
 package node
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -172,6 +173,26 @@ func (g *gossip) snapshot(now time.Time, expiry time.Duration, self peer.ID) sch
 		v = append(v, peerState(id, &e.b))
 	}
 	return v
+}
+
+// running returns the peers whose last beacon lists key as in flight,
+// other than self and those in skip.
+func (g *gossip) running(key []byte, self peer.ID, skip map[string]bool) []peer.ID {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	var out []peer.ID
+	for id, e := range g.view {
+		if id == self || skip[id.String()] {
+			continue
+		}
+		for _, k := range e.b.Inflight {
+			if bytes.Equal(k, key) {
+				out = append(out, id)
+				break
+			}
+		}
+	}
+	return out
 }
 
 // forget drops a peer from the view (it refused or failed), until its next

@@ -46,8 +46,10 @@ type Node struct {
 
 	serve    *server // nil unless cfg.Kernel is set
 	schedCfg scheduler.Config
-	ledger   ledger // tasks this node placed, to correct its view
+	ledger   ledger      // tasks this node placed, to correct its view
+	submits  submitCalls // identical Submits in flight share one journey
 	gossip   *gossip
+	fetch    *fetcher // set in New before any goroutine reads it
 
 	started time.Time
 	stats   counters

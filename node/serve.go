@@ -514,7 +514,7 @@ func (n *Node) seal(t protocol.Task, outs []kernel.Output) ([]byte, [][]byte, er
 // provideResult announces on the DHT that this node holds taskCID's result,
 // in the background: the answer to the client must not wait on the DHT.
 func (n *Node) provideResult(tc cid.Cid) {
-	if n.closed.Load() {
+	if n.closed.Load() || !n.reachable() {
 		return
 	}
 	n.wg.Add(1)
@@ -527,6 +527,10 @@ func (n *Node) provideResult(tc cid.Cid) {
 		}
 	}()
 }
+
+// reachable reports whether other peers can dial this node: a one-shot
+// client that listens nowhere must not leave provider records that name it.
+func (n *Node) reachable() bool { return len(n.host.Addrs()) > 0 }
 
 // sendResult writes one block event per output, then the result event.
 func sendResult(st network.Stream, res *store.Result, cached bool) error {

@@ -4,6 +4,9 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/ipfs/go-cid"
+	mh "github.com/multiformats/go-multihash"
 )
 
 // MaxBeaconBytes bounds one encoded beacon. A beacon for a host with a
@@ -58,6 +61,27 @@ type Beacon struct {
 	SpeedPm    uint32 `cbor:"speed_pm"` // clock factor: 1000 full, ≤500 throttled
 	Throttled  bool   `cbor:"throttled"`
 	FreeMemMB  uint64 `cbor:"free_mem_mb"`
+	// Inflight lists the tasks the host is running or has queued, each as
+	// its TaskKey (8 bytes), at most MaxBeaconInflight: a client with an
+	// identical task joins it there at no cost to the GPU.
+	Inflight [][]byte `cbor:"inflight,omitempty"`
+}
+
+// MaxBeaconInflight bounds a beacon's Inflight list.
+const MaxBeaconInflight = 32
+
+// TaskKeyLen is the length of a TaskKey.
+const TaskKeyLen = 8
+
+// TaskKey is a short name for a TaskCID in beacons: the first 8 bytes of
+// its sha2-256 digest. A collision only sends a task to a host that then
+// runs it normally, so 64 bits are plenty.
+func TaskKey(taskCID cid.Cid) []byte {
+	d, err := mh.Decode(taskCID.Hash())
+	if err != nil || len(d.Digest) < TaskKeyLen {
+		return nil
+	}
+	return append([]byte(nil), d.Digest[:TaskKeyLen]...)
 }
 
 // Encode returns the beacon's DAG-CBOR encoding.
@@ -105,6 +129,13 @@ func DecodeBeacon(data []byte, now time.Time) (*Beacon, error) {
 		return nil, bad("temperature beyond 200 °C")
 	case b.UtilPm > 1000 || b.SpeedPm > 1000:
 		return nil, bad("ratio beyond 1000 per mille")
+	case len(b.Inflight) > MaxBeaconInflight:
+		return nil, bad("%d in-flight tasks listed, at most %d", len(b.Inflight), MaxBeaconInflight)
+	}
+	for _, k := range b.Inflight {
+		if len(k) != TaskKeyLen {
+			return nil, bad("in-flight task key of %d bytes, want %d", len(k), TaskKeyLen)
+		}
 	}
 	issued := time.UnixMilli(int64(b.Issued))
 	if now.Sub(issued) > BeaconMaxAge {

@@ -51,6 +51,8 @@ type benchReport struct {
 	// at the bench's beacon interval; scale by 1/interval for others.
 	GossipBeaconIntervalMs int                `json:"gossip_beacon_interval_ms"`
 	Gossip                 []gossipBenchPoint `json:"gossip"`
+
+	cacheBench
 }
 
 type gossipBenchPoint struct {
@@ -172,6 +174,9 @@ func runBench(ctx context.Context, f *benchFlags) (*benchReport, error) {
 			return nil, fmt.Errorf("gossip bench with %d nodes: %w", size, err)
 		}
 		r.Gossip = append(r.Gossip, pt)
+	}
+	if r.cacheBench, err = runCacheBench(ctx, f.n); err != nil {
+		return nil, fmt.Errorf("cache bench: %w", err)
 	}
 	return r, nil
 }

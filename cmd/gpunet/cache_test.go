@@ -1,0 +1,298 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	crand "crypto/rand"
+	"errors"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gpunet/gpunet/node/store"
+	"github.com/gpunet/gpunet/protocol"
+	"github.com/ipfs/go-cid"
+	car "github.com/ipld/go-car/v2"
+	"github.com/libp2p/go-libp2p/core/crypto"
+)
+
+// noDaemon is an API address nothing listens on, so the cache commands
+// open the store in --data.
+const noDaemon = "127.0.0.1:1"
+
+type cacheLsJSON struct {
+	Entries []struct {
+		TaskCID   string `json:"task_cid"`
+		ResultCID string `json:"result_cid"`
+		Bytes     int64  `json:"bytes"`
+		Pinned    bool   `json:"pinned"`
+		Prompt    string `json:"prompt"`
+	} `json:"entries"`
+	Bytes int64 `json:"bytes"`
+}
+
+// TestCacheCommandsOnDataDir runs ls, pin, unpin, get, export and gc
+// against a data directory with no daemon running.
+func TestCacheCommandsOnDataDir(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	data := t.TempDir()
+	s, err := store.Open(filepath.Join(data, "store"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, _, err := crypto.GenerateEd25519Key(crand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := putResult(t, s, key, "a red kite over the moor", 2)
+	b := putResult(t, s, key, "a blue door in a white wall", 1)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	gp := func(args ...string) []string {
+		return append(args, "--data", data, "--api", noDaemon, "--json")
+	}
+
+	var ls cacheLsJSON
+	runJSON(t, ctx, &ls, gp("cache", "ls")...)
+	if len(ls.Entries) != 2 {
+		t.Fatalf("ls: %d entries, want 2", len(ls.Entries))
+	}
+	prompts := map[string]string{}
+	for _, e := range ls.Entries {
+		prompts[e.TaskCID] = e.Prompt
+		if e.Pinned {
+			t.Errorf("%s pinned before any pin", e.TaskCID)
+		}
+	}
+	if prompts[a.task.String()] != "a red kite over the moor" || prompts[b.task.String()] != "a blue door in a white wall" {
+		t.Errorf("ls prompts by task: %v", prompts)
+	}
+
+	// Pin by TaskCID, unpin by ResultCID, pin again: the state is on disk.
+	var pin struct {
+		ResultCID string `json:"result_cid"`
+		Pinned    bool   `json:"pinned"`
+	}
+	runJSON(t, ctx, &pin, gp("cache", "pin", a.task.String())...)
+	if !pin.Pinned || pin.ResultCID != a.result.String() {
+		t.Errorf("pin: %+v", pin)
+	}
+	runJSON(t, ctx, &pin, gp("cache", "unpin", a.result.String())...)
+	if pin.Pinned {
+		t.Errorf("unpin: %+v", pin)
+	}
+	runJSON(t, ctx, &pin, gp("cache", "pin", a.result.String())...)
+	runJSON(t, ctx, &ls, gp("cache", "ls")...)
+	for _, e := range ls.Entries {
+		if e.Pinned != (e.TaskCID == a.task.String()) {
+			t.Errorf("after pin: %s pinned=%v", e.TaskCID, e.Pinned)
+		}
+	}
+
+	// get writes each output, the bytes that were stored.
+	dir := t.TempDir()
+	var got struct {
+		Files []outputFile `json:"files"`
+	}
+	runJSON(t, ctx, &got, gp("cache", "get", a.task.String(), "-o", filepath.Join(dir, "kite.png"))...)
+	if len(got.Files) != len(a.blocks) {
+		t.Fatalf("get wrote %d files, want %d", len(got.Files), len(a.blocks))
+	}
+	for i, f := range got.Files {
+		data, err := os.ReadFile(f.Path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(data, a.blocks[i]) {
+			t.Errorf("output %d at %s: wrong bytes", i, f.Path)
+		}
+	}
+
+	// export: a CAR that go-car reads, rooted at the ResultCID.
+	carPath := filepath.Join(dir, "kite.car")
+	var exp struct {
+		Path string `json:"path"`
+		Root string `json:"root"`
+	}
+	runJSON(t, ctx, &exp, gp("cache", "export", a.task.String(), "-o", carPath)...)
+	if exp.Root != a.result.String() || exp.Path != carPath {
+		t.Errorf("export said %+v", exp)
+	}
+	checkCAR(t, carPath, a)
+
+	var gc struct {
+		Removed int `json:"removed"`
+		Entries int `json:"entries"`
+	}
+	runJSON(t, ctx, &gc, gp("cache", "gc")...)
+	if gc.Removed != 0 || gc.Entries != 2 {
+		t.Errorf("gc on a store within budget: %+v", gc)
+	}
+
+	// Errors a person can act on.
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{gp("cache", "get", "not-a-cid"), "is not a CID"},
+		{gp("cache", "pin", protocol.RawCID([]byte("nothing")).String()), "not in the results store"},
+		{gp("cache", "export", a.task.String()), "needs -o"},
+		{[]string{"cache", "ls", "--data", filepath.Join(dir, "nowhere"), "--api", noDaemon}, "no results store"},
+	} {
+		if out := runFail(t, ctx, tc.args...); !strings.Contains(out, tc.want) {
+			t.Errorf("gpunet %v: stderr %q, want it to say %q", tc.args, out, tc.want)
+		}
+	}
+}
+
+// TestCacheCommandsThroughDaemon: with a host running on the data
+// directory, the commands go through its local API (its store is locked
+// by the daemon) and see what it computed.
+func TestCacheCommandsThroughDaemon(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	data := t.TempDir()
+	host := startHostProcess(t, data)
+	dir := t.TempDir()
+	var sub submitJSON
+	runJSON(t, ctx, &sub, "submit", "a tern on a post", "--p2p", "--mdns=false", "--json",
+		"--bootstrap", host.Addrs[0], "--size", "64x64", "--steps", "2", "-o", filepath.Join(dir, "tern.png"))
+
+	api := func(args ...string) []string { return append(args, "--api", host.API, "--data", data, "--json") }
+	var ls cacheLsJSON
+	runJSON(t, ctx, &ls, api("cache", "ls")...)
+	if len(ls.Entries) != 1 || ls.Entries[0].TaskCID != sub.TaskCID || ls.Entries[0].ResultCID != sub.ResultCID {
+		t.Fatalf("daemon's cache: %+v, want the one result %s", ls.Entries, sub.ResultCID)
+	}
+	var pin struct {
+		Pinned bool `json:"pinned"`
+	}
+	runJSON(t, ctx, &pin, api("cache", "pin", sub.TaskCID)...)
+	if !pin.Pinned {
+		t.Error("pin through the daemon did not pin")
+	}
+
+	carPath := filepath.Join(dir, "tern.car")
+	var exp struct {
+		Root  string `json:"root"`
+		Bytes int64  `json:"bytes"`
+	}
+	runJSON(t, ctx, &exp, api("cache", "export", sub.ResultCID, "-o", carPath)...)
+	want, err := os.ReadFile(sub.Outputs[0].Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tc, _ := cid.Decode(sub.TaskCID)
+	rc, _ := cid.Decode(sub.ResultCID)
+	checkCAR(t, carPath, storedResult{task: tc, result: rc, blocks: [][]byte{want}})
+
+	var got struct {
+		Files []outputFile `json:"files"`
+	}
+	runJSON(t, ctx, &got, api("cache", "get", sub.TaskCID, "-o", filepath.Join(dir, "again.png"))...)
+	if b, err := os.ReadFile(got.Files[0].Path); err != nil || !bytes.Equal(b, want) {
+		t.Errorf("cache get through the daemon: %v, same bytes %v", err, bytes.Equal(b, want))
+	}
+}
+
+// storedResult is a result put in a store by a test.
+type storedResult struct {
+	task, result cid.Cid
+	blocks       [][]byte
+}
+
+func putResult(t *testing.T, s *store.Store, key crypto.PrivKey, prompt string, outputs int) storedResult {
+	t.Helper()
+	task, err := protocol.Task{Prompt: prompt, Width: 64, Height: 64, Steps: 1}.Normalize()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var outs []protocol.Output
+	var blocks [][]byte
+	for range outputs {
+		b := make([]byte, 2000)
+		_, _ = crand.Read(b)
+		blocks = append(blocks, b)
+		outs = append(outs, protocol.Output{CID: protocol.Link{Cid: protocol.RawCID(b)}, MediaType: "image/png", Size: uint64(len(b))})
+	}
+	m, err := protocol.NewManifest(task, outs, "test", uint64(time.Now().UnixMilli()), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mb, err := m.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc, err := s.Put(context.Background(), mb, blocks)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return storedResult{task: m.TaskCID.Cid, result: rc, blocks: blocks}
+}
+
+// checkCAR reads path with go-car: one root, the ResultCID; the manifest
+// block first, then every output; every block hashes to its CID.
+func checkCAR(t *testing.T, path string, want storedResult) {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	br, err := car.NewBlockReader(f)
+	if err != nil {
+		t.Fatalf("go-car cannot read the export: %v", err)
+	}
+	if len(br.Roots) != 1 || !br.Roots[0].Equals(want.result) {
+		t.Fatalf("CAR roots %v, want [%s]", br.Roots, want.result)
+	}
+	var cids []cid.Cid
+	data := map[cid.Cid][]byte{}
+	for {
+		blk, err := br.Next() // go-car re-hashes each block
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			t.Fatalf("reading CAR block %d: %v", len(cids), err)
+		}
+		if err := protocol.VerifyBlock(blk.Cid(), blk.RawData()); err != nil {
+			t.Errorf("block %s: %v", blk.Cid(), err)
+		}
+		cids = append(cids, blk.Cid())
+		data[blk.Cid()] = blk.RawData()
+	}
+	if len(cids) != 1+len(want.blocks) || !cids[0].Equals(want.result) {
+		t.Fatalf("CAR holds %v; want the manifest %s then %d outputs", cids, want.result, len(want.blocks))
+	}
+	m, err := protocol.DecodeManifest(data[want.result])
+	if err != nil {
+		t.Fatalf("manifest in CAR: %v", err)
+	}
+	if !m.TaskCID.Equals(want.task) {
+		t.Errorf("manifest task %s, want %s", m.TaskCID, want.task)
+	}
+	for i, o := range m.Outputs {
+		if !bytes.Equal(data[o.CID.Cid], want.blocks[i]) {
+			t.Errorf("output %d: wrong bytes in the CAR", i)
+		}
+	}
+}
+
+// runFail runs gpunet expecting it to fail and returns its stderr.
+func runFail(t *testing.T, ctx context.Context, args ...string) string {
+	t.Helper()
+	cmd := exec.CommandContext(ctx, gpunetBin, args...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if out, err := cmd.Output(); err == nil {
+		t.Errorf("gpunet %v succeeded, printing %q", args, out)
+	}
+	return stderr.String()
+}
