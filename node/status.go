@@ -25,6 +25,7 @@ type Status struct {
 	Refused    uint64     `json:"refused"`
 	Submitted  uint64     `json:"submitted"`
 	Cache      CacheStats `json:"cache"`
+	Fetch      FetchStats `json:"fetch"`
 	GPU        *GPUStatus `json:"gpu,omitempty"`
 	// Host-only: the owner's pause, the governor's state and the queue.
 	Paused   bool    `json:"paused,omitempty"`
@@ -83,6 +84,7 @@ func (n *Node) Status(ctx context.Context) Status {
 		s.Running, s.Queued = n.serve.running, n.serve.queue.len()
 		n.serve.mu.Unlock()
 	}
+	s.Fetch = n.FetchStats()
 	s.ViewPeers = len(n.View())
 	s.BeaconsSent, s.BeaconBytes = n.stats.beaconsSent.Load(), n.stats.beaconBytes.Load()
 	st := n.store.Stats()

@@ -10,6 +10,11 @@
 //	POST /v1/tasks           SubmitRequest -> NDJSON stream of Line
 //	POST /v1/host/pause      pause a host (hosts only)
 //	POST /v1/host/resume     resume a host
+//	GET  /v1/cache           results in the store
+//	GET  /v1/cache/{cid}     one result (TaskCID or ResultCID): manifest and outputs
+//	GET  /v1/cache/{cid}/car the result as a CARv1 archive
+//	POST /v1/cache/{cid}/pin, /unpin   keep a result from eviction, or not
+//	POST /v1/cache/gc        evict down to the budget, drop orphan blocks
 //
 // It imports node; node does not import it.
 package localapi

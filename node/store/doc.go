@@ -64,6 +64,7 @@
 //
 // # Who imports it
 //
-// Only package node (and its tests). It imports protocol and nothing else of
+// Package node, its local API (node/localapi, for the cache routes) and the
+// gpunet cache command when no daemon runs. It imports protocol and nothing else of
 // this project.
 package store
