@@ -61,7 +61,8 @@ type demoHost struct {
 	Tasks      uint64  `json:"tasks"`
 	KernelRuns uint64  `json:"kernel_runs"`
 	PeakTempC  float64 `json:"peak_temp_c"`
-	TempLimitC float64 `json:"temp_limit_c"`
+	TempLimitC float64 `json:"temp_limit_c"` // the governor's limit
+	SlowdownC  float64 `json:"slowdown_c"`   // the GPU's hardware slowdown
 }
 
 type demoReport struct {
@@ -91,7 +92,7 @@ func newDemoCmd(g *globals) *cobra.Command {
 	}
 	fl := cmd.Flags()
 	fl.IntVar(&f.hosts, "hosts", 4, "hosts, each with a simulated GPU ("+strings.Join(demoProfiles, ", ")+", in turn)")
-	fl.IntVar(&f.tasks, "tasks", 12, "tasks to submit; about a third repeat earlier prompts")
+	fl.IntVar(&f.tasks, "tasks", 16, "tasks to submit; about a third repeat earlier prompts")
 	fl.IntVar(&f.clients, "clients", 2, "client nodes submitting in turn")
 	fl.IntVar(&f.parallel, "parallel", 4, "tasks in flight at once")
 	fl.StringVarP(&f.out, "output", "o", "gpunet-demo", "folder for the images")
@@ -193,7 +194,7 @@ func runDemo(ctx context.Context, f *demoFlags, quiet bool) (*demoReport, error)
 		st := hn.Status(ctx)
 		tel, _ := sw.Devices[i].Telemetry(ctx)
 		r.Hosts = append(r.Hosts, demoHost{PeerID: st.PeerID, GPU: profiles[i], Tasks: st.Served, KernelRuns: st.KernelRuns,
-			PeakTempC: math.Round(peaks[i]*10) / 10, TempLimitC: tel.SlowdownTempC})
+			PeakTempC: math.Round(peaks[i]*10) / 10, TempLimitC: st.MaxTempC, SlowdownC: tel.SlowdownTempC})
 	}
 	for _, t := range tasks {
 		if t.Error != "" {
