@@ -3,7 +3,9 @@
 //
 //   - Kernel, the executor contract, and its built-in implementations: Sketch
 //     (sketch-v1, a deterministic CPU image renderer that needs no model
-//     weights) and Noop (noop-v1, which measures protocol overhead).
+//     weights), Noop (noop-v1, which measures protocol overhead) and
+//     Command, which runs an external generator program per task
+//     (docs/kernels.md has its contract).
 //   - Device, the GPU telemetry contract, and its sources: NVML (OpenNVML,
 //     needs cgo and the NVIDIA driver), nvidia-smi (NewNvidiaSMI) and a
 //     simulated GPU with a first-order heat model (SimGPU). OpenDevice picks

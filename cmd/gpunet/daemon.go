@@ -29,13 +29,17 @@ func newDaemonCmd(g *globals) *cobra.Command {
 }
 
 type hostFlags struct {
-	kernel    string
-	gpu       string
-	slots     int
-	queue     int
-	maxTemp   float64
-	rate      float64
-	timeScale float64
+	kernel        string
+	kernelCmd     string
+	kernelName    string
+	kernelModels  []string
+	kernelTimeout time.Duration
+	gpu           string
+	slots         int
+	queue         int
+	maxTemp       float64
+	rate          float64
+	timeScale     float64
 }
 
 func newHostCmd(g *globals) *cobra.Command {
@@ -50,7 +54,7 @@ func newHostCmd(g *globals) *cobra.Command {
 				return err
 			}
 			cfg := g.nodeConfig(cmd, log)
-			if cfg.Kernel, err = openKernel(f.kernel); err != nil {
+			if cfg.Kernel, err = openKernel(f, log); err != nil {
 				return err
 			}
 			dev, picked, err := kernel.OpenDevice(f.gpu, kernel.WithTimeScale(f.timeScale), kernel.WithSlots(f.slots))
@@ -68,6 +72,10 @@ func newHostCmd(g *globals) *cobra.Command {
 	}
 	fl := cmd.Flags()
 	fl.StringVar(&f.kernel, "kernel", "sketch", "kernel that runs tasks: "+strings.Join(kernelNames(), ", "))
+	fl.StringVar(&f.kernelCmd, "kernel-cmd", "", `--kernel cmd: the generator to run per task, split on spaces, no shell (e.g. "python3 kernels/torch_sketch.py"; see docs/kernels.md)`)
+	fl.StringVar(&f.kernelName, "kernel-name", "", "--kernel cmd: kernel name and version recorded in manifests (default: cmd: and the first model's last path element)")
+	fl.StringSliceVar(&f.kernelModels, "kernel-models", nil, "--kernel cmd: models the generator serves, comma-separated (e.g. gpunet/torch-sketch-v1)")
+	fl.DurationVar(&f.kernelTimeout, "kernel-timeout", kernel.DefaultCommandTimeout, "--kernel cmd: kill a run that has not finished after this long (0: never)")
 	fl.StringVar(&f.gpu, "gpu", "auto", "GPU telemetry: auto, nvml[:N], nvidia-smi[:N], sim:PROFILE ("+strings.Join(kernel.ProfileNames(), ", ")+") or none")
 	fl.IntVar(&f.slots, "slots", 1, "tasks run at once")
 	fl.IntVar(&f.queue, "queue", 8, "tasks that may wait for a slot before the host refuses with busy")
@@ -108,16 +116,36 @@ func newHostPauseCmd(g *globals, pause bool) *cobra.Command {
 	}
 }
 
-func kernelNames() []string { return []string{"sketch", "noop"} }
+func kernelNames() []string { return []string{"sketch", "noop", "cmd"} }
 
-func openKernel(name string) (kernel.Kernel, error) {
-	switch name {
+func openKernel(f *hostFlags, log *slog.Logger) (kernel.Kernel, error) {
+	if f.kernel != "cmd" && (f.kernelCmd != "" || len(f.kernelModels) > 0 || f.kernelName != "") {
+		return nil, fmt.Errorf("--kernel-cmd, --kernel-models and --kernel-name need --kernel cmd (got --kernel %s)", f.kernel)
+	}
+	switch f.kernel {
 	case "sketch":
 		return kernel.Sketch{}, nil
 	case "noop":
 		return kernel.Noop{}, nil
+	case "cmd":
+		// strings.Fields, not a shell: what the owner typed is what runs,
+		// with no expansion, quoting or redirection.
+		argv := strings.Fields(f.kernelCmd)
+		if len(argv) == 0 {
+			return nil, fmt.Errorf(`--kernel cmd needs --kernel-cmd, e.g. --kernel-cmd "python3 kernels/torch_sketch.py" --kernel-models gpunet/torch-sketch-v1`)
+		}
+		if len(f.kernelModels) == 0 {
+			return nil, fmt.Errorf("--kernel cmd needs --kernel-models: the model names the generator serves, e.g. gpunet/torch-sketch-v1")
+		}
+		name := f.kernelName
+		if name == "" {
+			m := f.kernelModels[0]
+			name = "cmd:" + m[strings.LastIndex(m, "/")+1:]
+		}
+		return kernel.NewCommand(name, f.kernelModels, argv,
+			kernel.WithCommandLogger(log.With("sub", "kernel")), kernel.WithCommandTimeout(f.kernelTimeout))
 	}
-	return nil, fmt.Errorf("unknown kernel %q: want one of %s", name, strings.Join(kernelNames(), ", "))
+	return nil, fmt.Errorf("unknown kernel %q: want one of %s", f.kernel, strings.Join(kernelNames(), ", "))
 }
 
 // runPeer starts a node and its local API and runs until interrupted.
