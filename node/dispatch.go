@@ -429,7 +429,7 @@ func (n *Node) acceptResult(ctx context.Context, tc cid.Cid, mbytes []byte, bloc
 			return nil, fmt.Errorf("output %d from %s: %w", i, from, err)
 		}
 	}
-	if _, err := n.store.Put(ctx, mbytes, blocks); err != nil {
+	if _, err := n.store.PutVerified(ctx, m, mbytes, blocks); err != nil {
 		return nil, fmt.Errorf("storing result: %w", err)
 	}
 	n.provideResult(tc)

@@ -68,7 +68,7 @@ func (l *ledger) adjust(v scheduler.View, keep time.Duration) {
 			beacon := v[i].Updated
 			switch {
 			case pl.at.After(beacon) && pl.done.IsZero():
-				v[i].Charge(scheduler.Request{})
+				v[i].Charge()
 			case !pl.at.After(beacon) && !pl.done.IsZero() && pl.done.After(beacon):
 				uncharge(&v[i])
 			}

@@ -396,18 +396,22 @@ func (s *server) compute(f *flight) (*store.Result, error) {
 		return nil, fmt.Errorf("kernel %s: %w", n.cfg.Kernel.Name(), err)
 	}
 	n.stats.kernelRuns.Add(1)
-	mbytes, blocks, err := n.seal(f.task, outs)
+	m, mbytes, blocks, err := n.seal(f.task, outs)
 	if err != nil {
 		return nil, err
 	}
-	if _, err := n.store.Put(n.ctx, mbytes, blocks); err != nil {
+	kept, err := n.store.PutVerified(n.ctx, m, mbytes, blocks)
+	if err != nil {
 		return nil, fmt.Errorf("storing result: %w", err)
 	}
-	// Read back what the store kept: for a task stored before, the first
-	// result wins, and every server must hand out the same ResultCID.
-	res, err := n.store.Get(n.ctx, f.taskCID)
-	if err != nil {
-		return nil, fmt.Errorf("reading stored result: %w", err)
+	res := &store.Result{CID: kept, Manifest: m, ManifestBytes: mbytes, Blocks: blocks}
+	if !kept.Equals(protocol.ManifestCID(mbytes)) {
+		// The store already held a result for this task (a --no-cache
+		// rerun): the first result wins, and every server must hand out
+		// the same ResultCID, so answer with the stored one.
+		if res, err = n.store.Get(n.ctx, f.taskCID); err != nil {
+			return nil, fmt.Errorf("reading stored result: %w", err)
+		}
 	}
 	n.provideResult(f.taskCID)
 	return res, nil
@@ -487,28 +491,28 @@ func (s *server) meanServiceLocked(t protocol.Task) float64 {
 }
 
 // seal turns kernel outputs into raw blocks and a signed manifest.
-func (n *Node) seal(t protocol.Task, outs []kernel.Output) ([]byte, [][]byte, error) {
+func (n *Node) seal(t protocol.Task, outs []kernel.Output) (*protocol.Manifest, []byte, [][]byte, error) {
 	if len(outs) == 0 || len(outs) > protocol.MaxOutputs {
-		return nil, nil, fmt.Errorf("kernel returned %d outputs, want 1..%d", len(outs), protocol.MaxOutputs)
+		return nil, nil, nil, fmt.Errorf("kernel returned %d outputs, want 1..%d", len(outs), protocol.MaxOutputs)
 	}
 	var mo []protocol.Output
 	var blocks [][]byte
 	for _, o := range outs {
 		if len(o.Data) == 0 || len(o.Data) > protocol.MaxBlockBytes {
-			return nil, nil, fmt.Errorf("kernel output of %d bytes, want 1..%d", len(o.Data), protocol.MaxBlockBytes)
+			return nil, nil, nil, fmt.Errorf("kernel output of %d bytes, want 1..%d", len(o.Data), protocol.MaxBlockBytes)
 		}
 		mo = append(mo, protocol.Output{CID: protocol.Link{Cid: protocol.RawCID(o.Data)}, MediaType: o.MediaType, Size: uint64(len(o.Data))})
 		blocks = append(blocks, o.Data)
 	}
 	m, err := protocol.NewManifest(t, mo, n.cfg.Kernel.Name(), uint64(time.Now().UnixMilli()), n.key)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	mb, err := m.Encode()
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
-	return mb, blocks, nil
+	return m, mb, blocks, nil
 }
 
 // provideResult announces on the DHT that this node holds taskCID's result,

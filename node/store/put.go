@@ -21,10 +21,29 @@ import (
 // to its output CID with one wrapping protocol.ErrBadCID. A result larger than
 // the whole budget is rejected with ErrTooLarge. A rejected Put stores nothing.
 func (s *Store) Put(ctx context.Context, manifestBytes []byte, blocks [][]byte) (cid.Cid, error) {
+	m, err := protocol.DecodeManifest(manifestBytes)
+	if err != nil {
+		return cid.Undef, fmt.Errorf("storing result: %w", err)
+	}
+	return s.put(ctx, m, manifestBytes, blocks)
+}
+
+// PutVerified is Put for a manifest the caller has just decoded with
+// protocol.DecodeManifest (which checked its signature) or built and signed
+// itself: it skips the signature check, the slow part of a small Put, but
+// still checks that manifestBytes encode m and every block against its CID.
+func (s *Store) PutVerified(ctx context.Context, m *protocol.Manifest, manifestBytes []byte, blocks [][]byte) (cid.Cid, error) {
+	if again, err := m.Encode(); err != nil || string(again) != string(manifestBytes) {
+		return cid.Undef, fmt.Errorf("storing result: %w: bytes do not encode the manifest", protocol.ErrBadManifest)
+	}
+	return s.put(ctx, m, manifestBytes, blocks)
+}
+
+func (s *Store) put(ctx context.Context, m *protocol.Manifest, manifestBytes []byte, blocks [][]byte) (cid.Cid, error) {
 	if err := ctx.Err(); err != nil {
 		return cid.Undef, err
 	}
-	e, distinct, err := s.verify(manifestBytes, blocks)
+	e, distinct, err := s.verify(m, manifestBytes, blocks)
 	if err != nil {
 		return cid.Undef, fmt.Errorf("storing result: %w", err)
 	}
@@ -61,14 +80,10 @@ func (s *Store) Put(ctx context.Context, manifestBytes []byte, blocks [][]byte) 
 	return e.result, nil
 }
 
-// verify checks a result before any lock is taken (hashing a few MiB and
-// checking a signature is the slow part of Put). It returns the result's
+// verify checks a decoded result's blocks before any lock is taken (hashing
+// a few MiB is the slow part of a large Put). It returns the result's
 // entry and its distinct blocks, in the order of e.blocks.
-func (s *Store) verify(manifestBytes []byte, blocks [][]byte) (*entry, [][]byte, error) {
-	m, err := protocol.DecodeManifest(manifestBytes)
-	if err != nil {
-		return nil, nil, err
-	}
+func (s *Store) verify(m *protocol.Manifest, manifestBytes []byte, blocks [][]byte) (*entry, [][]byte, error) {
 	if len(blocks) != len(m.Outputs) {
 		return nil, nil, fmt.Errorf("%w: %d outputs, got %d blocks", protocol.ErrBadManifest, len(m.Outputs), len(blocks))
 	}

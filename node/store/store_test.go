@@ -866,3 +866,33 @@ func TestUseAfterClose(t *testing.T) {
 		t.Errorf("second Close: %v", err)
 	}
 }
+
+// TestPutVerified: the caller vouches for the signature, not for anything
+// else: bytes that do not encode the manifest, and blocks that do not match
+// their CIDs, are still refused.
+func TestPutVerified(t *testing.T) {
+	ctx := context.Background()
+	s := openStore(t, t.TempDir())
+	key := newKey(t)
+	f := makeResult(t, key, "a verified tree", "k", randBlock(3, 500))
+	m, err := protocol.DecodeManifest(f.manifest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := makeResult(t, key, "another tree", "k", randBlock(4, 500))
+	if _, err := s.PutVerified(ctx, m, other.manifest, f.blocks); !errors.Is(err, protocol.ErrBadManifest) {
+		t.Errorf("bytes of another manifest: %v, want ErrBadManifest", err)
+	}
+	bad := bytes.Clone(f.blocks[0])
+	bad[0] ^= 1
+	if _, err := s.PutVerified(ctx, m, f.manifest, [][]byte{bad}); !errors.Is(err, protocol.ErrBadCID) {
+		t.Errorf("a tampered block: %v, want ErrBadCID", err)
+	}
+	got, err := s.PutVerified(ctx, m, f.manifest, f.blocks)
+	if err != nil || !got.Equals(f.result) {
+		t.Fatalf("PutVerified: %s, %v; want %s", got, err, f.result)
+	}
+	if r, err := s.Get(ctx, f.task); err != nil || !bytes.Equal(r.Blocks[0], f.blocks[0]) {
+		t.Errorf("Get after PutVerified: %v", err)
+	}
+}
