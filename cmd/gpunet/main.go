@@ -61,8 +61,7 @@ func newRootCmd() *cobra.Command {
 
 	root.AddCommand(
 		newDaemonCmd(g), newHostCmd(g), newSubmitCmd(g), newPeersCmd(g), newStatusCmd(g),
-		newDemoCmd(g), newBenchCmd(g),
-		newCacheCmd(g),
+		newDemoCmd(g), newBenchCmd(g), newCacheCmd(g), newSimCmd(),
 	)
 	return root
 }

@@ -1,0 +1,173 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"strings"
+	"sync"
+	"text/tabwriter"
+	"time"
+
+	"github.com/gpunet/gpunet/scheduler/sim"
+	"github.com/spf13/cobra"
+)
+
+// newSimCmd is `gpunet sim`: the discrete-event simulator of scheduler/sim,
+// which runs the real placement code against thousands of simulated hosts.
+func newSimCmd() *cobra.Command {
+	cfg := sim.DefaultConfig()
+	var (
+		policy, service                   string
+		thermal, governor, changes, hedge string
+		beacon, duration, meanService     time.Duration
+		asJSON                            bool
+	)
+	cmd := &cobra.Command{
+		Use:   "sim",
+		Short: "Simulate placement policies on a large simulated swarm",
+		Long: `sim runs a deterministic discrete-event simulation of a gpunet swarm:
+hosts with heterogeneous speeds and a thermal model, stale gossip beacons,
+independent clients, churn and repeated prompts. Policy gpunet runs the real
+scheduler; random, roundrobin, pod and oracle are baselines; all runs every
+policy on the same hosts and arrivals and prints a comparison.
+
+docs/scheduling.md describes the model and the results.`,
+		Example: `  gpunet sim --policy all
+  gpunet sim --hosts 1000 --load 0.9 --beacon-interval 4s --clients 10 --policy all
+  gpunet sim --repeat 0.45 --json
+  gpunet sim --hosts 100000 --tasks 200000`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var err error
+			if cfg.Thermal, err = simOnOff("thermal", thermal); err != nil {
+				return err
+			}
+			if cfg.Governor, err = simOnOff("governor", governor); err != nil {
+				return err
+			}
+			if cfg.ChangeBeacons, err = simOnOff("change-beacons", changes); err != nil {
+				return err
+			}
+			if cfg.Hedge, err = simOnOff("hedge", hedge); err != nil {
+				return err
+			}
+			cfg.Service = service
+			cfg.BeaconInterval = beacon.Seconds()
+			cfg.Duration = duration.Seconds()
+			cfg.MeanServiceS = meanService.Seconds()
+			if cmd.Flags().Changed("duration") && !cmd.Flags().Changed("tasks") {
+				cfg.Tasks = 0 // --duration alone bounds the run by time
+			}
+			policies := []sim.Policy{sim.Policy(policy)}
+			if policy == "all" {
+				policies = sim.Policies()
+			}
+			results := make([]*sim.Result, len(policies))
+			errs := make([]error, len(policies))
+			var wg sync.WaitGroup
+			for i, p := range policies {
+				c := cfg
+				c.Policy = p
+				if err := c.Validate(); err != nil {
+					return fmt.Errorf("%w (see gpunet sim --help)", err)
+				}
+				// Runs share nothing, so they use every core.
+				wg.Go(func() { results[i], errs[i] = sim.Run(c) })
+			}
+			wg.Wait()
+			for _, err := range errs {
+				if err != nil {
+					return err
+				}
+			}
+			out := cmd.OutOrStdout()
+			if asJSON {
+				enc := json.NewEncoder(out)
+				enc.SetIndent("", "  ")
+				if len(results) == 1 {
+					return enc.Encode(results[0])
+				}
+				return enc.Encode(results)
+			}
+			return simTable(out, cfg, results)
+		},
+	}
+	f := cmd.Flags()
+	f.IntVar(&cfg.Hosts, "hosts", cfg.Hosts, "number of simulated hosts")
+	f.Float64Var(&cfg.Load, "load", cfg.Load, "offered load as a fraction of total capacity")
+	f.Float64Var(&cfg.Rate, "rate", 0, "arrival rate in tasks per second (overrides --load)")
+	f.IntVar(&cfg.Tasks, "tasks", cfg.Tasks, "number of tasks to submit")
+	f.DurationVar(&duration, "duration", 0, "stop submitting after this much simulated time (alone, or with --tasks: whichever comes first)")
+	f.StringVar(&service, "service", cfg.Service, "service time distribution: exp, fixed or lognormal")
+	f.DurationVar(&meanService, "mean-service", time.Duration(cfg.MeanServiceS*float64(time.Second)), "mean service time on a speed-1 host")
+	f.Float64Var(&cfg.Hetero, "hetero", cfg.Hetero, "spread of host speeds (σ of a lognormal factor; 5% slow outliers at 1/4 when > 0)")
+	f.StringVar(&thermal, "thermal", "on", "heat model and throttling: on or off")
+	f.StringVar(&governor, "governor", "on", "host governor that pauses work at the owner's limit: on or off")
+	f.DurationVar(&beacon, "beacon-interval", time.Duration(cfg.BeaconInterval*float64(time.Second)), "mean time between a host's periodic beacons (jittered ±25%)")
+	f.StringVar(&changes, "change-beacons", "on", "also beacon when free slots or accepting change: on or off")
+	f.IntVar(&cfg.Clients, "clients", cfg.Clients, "number of independent schedulers")
+	f.Float64Var(&cfg.Churn, "churn", 0, "fraction of hosts leaving per minute (they come back as new peers)")
+	f.Uint64Var(&cfg.Seed, "seed", cfg.Seed, "random seed: the same seed gives the same result")
+	f.StringVar(&policy, "policy", string(cfg.Policy), "gpunet, random, roundrobin, pod, oracle, or all to compare them")
+	f.IntVar(&cfg.D, "d", cfg.D, "choices of the pod policy")
+	f.Float64Var(&cfg.Repeat, "repeat", 0, "fraction of tasks that repeat an earlier prompt")
+	f.Float64Var(&cfg.Zipf, "zipf", cfg.Zipf, "Zipf exponent of prompt popularity")
+	f.IntVar(&cfg.ViewSize, "view", cfg.ViewSize, "peers one gpunet decision scans (a fresh sample when there are more hosts; 0 = all)")
+	f.IntVar(&cfg.QueueCap, "queue-cap", cfg.QueueCap, "tasks a host queues beyond its slots before refusing")
+	f.StringVar(&hedge, "hedge", "on", "gpunet clients move a queued task that has not started by its deadline: on or off")
+	f.IntVar(&cfg.Place.Choices, "choices", cfg.Place.Choices, "gpunet placement: candidates drawn from the pool (d)")
+	f.IntVar(&cfg.Place.TopK, "topk", cfg.Place.TopK, "gpunet placement: size of the pool drawn from (k; 1 disables anti-herding)")
+	f.Float64Var(&cfg.Warmup, "warmup", cfg.Warmup, "fraction of tasks left out of the time-in-system statistics")
+	f.BoolVar(&asJSON, "json", false, "print the result as JSON (an array with --policy all)")
+	return cmd
+}
+
+func simOnOff(name, v string) (bool, error) {
+	switch strings.ToLower(v) {
+	case "on", "true", "yes", "1":
+		return true, nil
+	case "off", "false", "no", "0":
+		return false, nil
+	}
+	return false, fmt.Errorf("--%s %q: want on or off", name, v)
+}
+
+// simTable prints the setting and one row per policy.
+func simTable(w io.Writer, cfg sim.Config, rs []*sim.Result) error {
+	r0 := rs[0]
+	thermal := "off"
+	if cfg.Thermal {
+		thermal = "on"
+		if cfg.Governor {
+			thermal += ", governor on"
+		}
+	}
+	fmt.Fprintf(w, "%d hosts, %d clients, load %.2f (%.1f tasks/s), %d tasks, %s service, thermal %s\n",
+		r0.Hosts, r0.Clients, r0.Load, r0.RatePerS, r0.Tasks, cfg.Service, thermal)
+	fmt.Fprintf(w, "beacons every %gs", cfg.BeaconInterval)
+	if cfg.ChangeBeacons {
+		fmt.Fprintf(w, " and on change (at most every %gs)", cfg.MinBeaconGapS)
+	}
+	fmt.Fprintf(w, ": %.2f per host per second, gossip ≈ %s per node\n\n", r0.BeaconsPerHostS, simBytes(r0.GossipBytesPerNodeS))
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "policy\tmean s\tp50 s\tp99 s\tthrottled GPU-s\tpeak °C\tslowdown margin °C\tover limit °C\trefusals\thedges\tcache hits\twall s\t")
+	for _, r := range rs {
+		fmt.Fprintf(tw, "%s\t%.2f\t%.2f\t%.2f\t%.0f\t%.1f\t%.1f\t%.2f\t%d\t%d\t%.1f%%\t%.1f\t\n",
+			r.Policy, r.MeanS, r.P50S, r.P99S, r.ThrottledGPUS, r.PeakTempC, r.MinSlowdownMarginC, r.MaxOverLimitC,
+			r.Refusals, r.Hedges, 100*r.CacheHitRatio, r.WallS)
+	}
+	return tw.Flush()
+}
+
+func simBytes(b float64) string {
+	switch {
+	case b >= 1e9:
+		return fmt.Sprintf("%.1f GB/s", b/1e9)
+	case b >= 1e6:
+		return fmt.Sprintf("%.1f MB/s", b/1e6)
+	case b >= 1e3:
+		return fmt.Sprintf("%.1f kB/s", b/1e3)
+	}
+	return fmt.Sprintf("%.0f B/s", b)
+}

@@ -1,0 +1,111 @@
+package sim
+
+// Result is the outcome of one run. Times are seconds; GPU-seconds weigh
+// time by the fraction of a host's slots in use.
+type Result struct {
+	Policy  Policy  `json:"policy"`
+	Hosts   int     `json:"hosts"`
+	Clients int     `json:"clients"`
+	Load    float64 `json:"load"`
+	// RatePerS is the arrival rate used; Tasks the tasks that arrived and
+	// Completed those that finished (always equal: the run drains).
+	RatePerS  float64 `json:"rate_per_s"`
+	Tasks     int     `json:"tasks"`
+	Completed int     `json:"completed"`
+	// Time in system, arrival to result, of the tasks after the warm-up.
+	MeanS float64 `json:"mean_s"`
+	P50S  float64 `json:"p50_s"`
+	P99S  float64 `json:"p99_s"`
+	P999S float64 `json:"p999_s"`
+	// MeanWaitS and MeanRunS split the GPU runs' time into waiting (from
+	// arrival, retries included) and running.
+	MeanWaitS float64 `json:"mean_wait_s"`
+	MeanRunS  float64 `json:"mean_run_s"`
+	// Thermal: GPU-seconds run below full clock (hardware slowdown or the
+	// governor's pause), the hottest any host got, how close any host came
+	// to its slowdown temperature, how far any host went past its owner's
+	// limit and how many did.
+	ThrottledGPUS float64 `json:"throttled_gpu_s"`
+	PeakTempC     float64 `json:"peak_temp_c"`
+	// MinSlowdownMarginC is the least, over hosts, of the hardware slowdown
+	// temperature minus the host's peak: how close any card came to it.
+	MinSlowdownMarginC float64 `json:"min_slowdown_margin_c"`
+	MaxOverLimitC      float64 `json:"max_over_limit_c"`
+	HostsOverLimit     int     `json:"hosts_over_limit"`
+	// Beacons counts the beacons published, periodic and on change;
+	// BeaconsPerHostS is their rate per host. GossipBytesPerNodeS is the
+	// modelled gossip traffic of one node (in + out) that carries them all;
+	// see GossipModel.
+	Beacons             int     `json:"beacons"`
+	BeaconsPerHostS     float64 `json:"beacons_per_host_s"`
+	GossipBytesPerNodeS float64 `json:"gossip_bytes_per_node_s"`
+	// Refusals counts offers a host refused, by reason.
+	Refusals     int `json:"refusals"`
+	RefusedBusy  int `json:"refused_busy"`
+	RefusedHot   int `json:"refused_hot"`
+	RefusedGone  int `json:"refused_gone"`
+	Attempts     int `json:"attempts"`
+	Retries      int `json:"retries"`       // rounds in which every choice refused
+	Requeued     int `json:"requeued"`      // tasks handed back by a host that left
+	Hedges       int `json:"hedges"`        // queued tasks a gpunet client moved after their deadline
+	HostsLeft    int `json:"hosts_left"`    // churn departures
+	DoubleFinish int `json:"double_finish"` // tasks completed more than once: must be 0
+	// Cache (issue 4): CacheHitRatio is (hits + coalesced) / tasks: the
+	// tasks that needed no GPU run of their own.
+	CacheHitRatio float64 `json:"cache_hit_ratio"`
+	CacheHits     int     `json:"cache_hits"`
+	Coalesced     int     `json:"coalesced"`
+	DuplicateRuns int     `json:"duplicate_runs"` // a second run of a task already running elsewhere
+	WrongHits     int     `json:"wrong_hits"`     // a hit or join for a different task: must be 0
+	GPUSSaved     float64 `json:"gpu_s_saved"`
+	GPUSLost      float64 `json:"gpu_s_lost"` // work lost on hosts that left
+	// Utilisation is busy GPU-seconds over host-seconds.
+	Utilisation float64        `json:"utilisation"`
+	ByProfile   []ProfileStats `json:"by_profile"`
+	SimS        float64        `json:"sim_s"`
+	Events      int            `json:"events"`
+	WallS       float64        `json:"wall_s"`
+}
+
+// ProfileStats breaks thermal and load results down by kind of card.
+type ProfileStats struct {
+	Name          string  `json:"name"`
+	Hosts         int     `json:"hosts"`
+	TasksRun      int     `json:"tasks_run"`
+	Utilisation   float64 `json:"utilisation"`
+	PeakTempC     float64 `json:"peak_temp_c"`
+	ThrottledGPUS float64 `json:"throttled_gpu_s"`
+}
+
+// Gossip model constants: see GossipModel.
+const (
+	// BeaconBytes is one signed beacon on the wire: about 330 bytes of
+	// DAG-CBOR fields (peer ID, sequence number, time, slots, queue, five
+	// temperatures and factors, memory, one model's service time, an Ed25519
+	// signature) plus about 140 bytes of GossipSub envelope (from, seqno,
+	// topic, message signature, protobuf framing).
+	BeaconBytes = 470
+	// MeshDegree is GossipSub's D, LazyDegree its D_lazy, GossipHistory the
+	// heartbeats a message ID is advertised for, MsgIDBytes a default
+	// message ID (from + seqno).
+	MeshDegree    = 6
+	LazyDegree    = 6
+	GossipHistory = 3
+	MsgIDBytes    = 46
+)
+
+// GossipModel returns the bytes per second one node sends and receives so
+// that every node hears every host's beacons, each host publishing
+// perHostS beacons a second:
+//
+//	hosts × perHostS × (2(D−1)·BeaconBytes + 2·D_lazy·history·MsgIDBytes)
+//
+// In a GossipSub mesh of degree D each node forwards a new message to its
+// D−1 other mesh peers and so also receives about D−1 copies of it; each
+// heartbeat it advertises the IDs of recent messages (IHAVE) to D_lazy
+// peers for `history` heartbeats, and hears as many. IDONTWANT (GossipSub
+// 1.2) and beacons sent only on change would lower it.
+func GossipModel(hosts int, perHostS float64) float64 {
+	perBeacon := 2*(MeshDegree-1)*BeaconBytes + 2*LazyDegree*GossipHistory*MsgIDBytes
+	return float64(hosts) * perHostS * float64(perBeacon)
+}

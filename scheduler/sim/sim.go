@@ -1,0 +1,982 @@
+package sim
+
+import (
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"slices"
+	"time"
+
+	"github.com/gpunet/gpunet/protocol"
+	"github.com/gpunet/gpunet/scheduler"
+)
+
+// task is one submitted task. A task that joined another (a cache-less
+// duplicate of one in flight) is a waiter of its primary and finishes with it.
+type task struct {
+	arrival   float64
+	work      float64 // seconds on a speed-1 host at full clock
+	remaining float64 // work left, as of the host's tLast
+	started   float64
+	rtt       float64 // round trips spent on attempts
+	prompt    uint64
+	key       uint64
+	host      int32 // -1 when not on a host
+	epoch     uint32
+	ver       uint32 // bumped to cancel a scheduled completion
+	client    int32
+	avoid     int32 // host a hedge moved the task from, -1 if none
+	waiters   []int32
+	done      bool
+	measured  bool
+}
+
+// client is one independent scheduler.
+type client struct {
+	rng *rand.Rand
+	// view is, with a full view, this client's copy of every host's last
+	// beacon, charged with its own placements since; with a sampled view it
+	// is the buffer one decision's sample is built in, vidx its host indices.
+	view  scheduler.View
+	vidx  []int32
+	own   []ownMark // sampled view: own placements since each host's beacon
+	cands []scheduler.Candidate
+	rr    int
+	// inflight maps a key to this client's task for it, so an identical
+	// submission joins it (node-side coalescing).
+	inflight map[uint64]int32
+}
+
+type ownMark struct {
+	seq     uint32
+	n       uint32
+	refused bool
+}
+
+type cacheEntry struct {
+	prompt uint64
+	gpuS   float64
+}
+
+// lognormalSigma is σ of the lognormal service distribution (coefficient of
+// variation ≈ 0.53): generation time varies with steps and size.
+const lognormalSigma = 0.5
+
+// maxAttempts bounds the hosts one dispatch round offers a task to before
+// the client backs off for RetryS.
+const maxAttempts = 16
+
+type sim struct {
+	cfg   Config
+	place scheduler.Config
+	q     eventQueue
+	now   float64
+	base  time.Time
+
+	hosts      []host
+	tasks      []task
+	clients    []client
+	models     []string
+	lastBeacon []float64             // time of each host's last beacon
+	beaconSeq  []uint32              // beacons each host has published; 0: none yet
+	beacons    []scheduler.PeerState // sampled views: each host's last beacon
+	fullView   bool
+	staleness  float64
+
+	rate             float64
+	arrivalsDone     bool
+	lastArrival      float64
+	completed        int
+	times            []float64
+	cache            map[uint64]cacheEntry
+	running          map[uint64]int // key → primaries admitted on hosts
+	prompts          uint64
+	warmupIdx        int
+	rngArr, rngWork  *rand.Rand
+	rngPop, rngChurn *rand.Rand
+	rngBeacon        *rand.Rand
+	oracleFree       []float64
+	oracle           *oracleIndex // exponential service only
+	waitSum, runSum  float64
+	runs             int
+
+	res Result
+}
+
+// stream derives an independent random stream from the seed, so that every
+// policy sees the same hosts, arrivals and sizes (common random numbers).
+func stream(seed uint64, id uint64) *rand.Rand {
+	return rand.New(rand.NewPCG(seed, 0x9e3779b97f4a7c15*(id+1)))
+}
+
+// Run simulates cfg and returns its result. It is deterministic in cfg
+// (WallS aside).
+func Run(cfg Config) (*Result, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	start := time.Now()
+	s := newSim(cfg)
+	s.loop()
+	s.summarise()
+	s.res.WallS = time.Since(start).Seconds()
+	if s.res.Completed != s.res.Tasks {
+		return &s.res, fmt.Errorf("simulation lost tasks: %d arrived, %d completed", s.res.Tasks, s.res.Completed)
+	}
+	return &s.res, nil
+}
+
+func newSim(cfg Config) *sim {
+	s := &sim{
+		cfg:       cfg,
+		place:     cfg.Place,
+		base:      time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC),
+		models:    []string{protocol.DefaultModel},
+		rngArr:    stream(cfg.Seed, 1),
+		rngWork:   stream(cfg.Seed, 2),
+		rngPop:    stream(cfg.Seed, 3),
+		rngChurn:  stream(cfg.Seed, 4),
+		rngBeacon: stream(cfg.Seed, 5),
+		cache:     map[uint64]cacheEntry{},
+		running:   map[uint64]int{},
+	}
+	if floor := time.Duration(3 * cfg.BeaconInterval * float64(time.Second)); s.place.MaxStaleness < floor {
+		s.place.MaxStaleness = floor
+	}
+	s.staleness = s.place.MaxStaleness.Seconds()
+	s.res.Policy, s.res.Hosts, s.res.Clients = cfg.Policy, cfg.Hosts, cfg.Clients
+
+	s.buildHosts()
+	capacity := 0.0
+	for i := range s.hosts {
+		capacity += float64(s.hosts[i].slots) * s.hosts[i].speed / cfg.MeanServiceS
+	}
+	s.rate = cfg.Rate
+	if s.rate == 0 {
+		s.rate = cfg.Load * capacity
+	}
+	s.res.Load = s.rate / capacity
+	s.res.RatePerS = s.rate
+	if cfg.Tasks > 0 {
+		s.tasks = make([]task, 0, cfg.Tasks)
+		s.warmupIdx = int(cfg.Warmup * float64(cfg.Tasks))
+	}
+
+	s.fullView = cfg.ViewSize == 0 || cfg.Hosts <= cfg.ViewSize
+	s.lastBeacon = make([]float64, cfg.Hosts)
+	s.beaconSeq = make([]uint32, cfg.Hosts)
+	if cfg.Policy == Gpunet && !s.fullView {
+		s.beacons = make([]scheduler.PeerState, cfg.Hosts)
+	}
+	s.clients = make([]client, cfg.Clients)
+	for c := range s.clients {
+		cl := &s.clients[c]
+		cl.rng = stream(cfg.Seed, 100+uint64(c))
+		cl.inflight = map[uint64]int32{}
+		if cfg.Policy != Gpunet {
+			continue
+		}
+		if s.fullView {
+			cl.view = make(scheduler.View, cfg.Hosts)
+		} else {
+			cl.view = make(scheduler.View, 0, cfg.ViewSize)
+			cl.vidx = make([]int32, 0, cfg.ViewSize)
+			cl.own = make([]ownMark, cfg.Hosts)
+		}
+	}
+	if cfg.Policy == Oracle {
+		s.oracleFree = make([]float64, 0, 16)
+	}
+
+	// Every host beacons at time 0 (the swarm was running before the
+	// simulation starts), then on its own jittered schedule.
+	for i := range s.hosts {
+		s.publish(int32(i))
+		s.q.push(s.rngBeacon.Float64()*cfg.BeaconInterval, evBeacon, int32(i), 0)
+		if cfg.Churn > 0 {
+			s.q.push(s.rngChurn.ExpFloat64()*60/cfg.Churn, evLeave, int32(i), 0)
+		}
+		s.hosts[i].rethermal(s, 0)
+	}
+	if cfg.Policy == Oracle && cfg.Service == ServiceExp && !oracleScan {
+		s.oracle = newOracleIndex(s)
+	}
+	s.q.push(s.rngArr.ExpFloat64()/s.rate, evArrival, 0, 0)
+	return s
+}
+
+// oracleScan forces the oracle's linear scan; a test compares the two.
+var oracleScan = false
+
+func (s *sim) buildHosts() {
+	rng := stream(s.cfg.Seed, 0)
+	profs := Profiles()
+	s.hosts = make([]host, s.cfg.Hosts)
+	for i := range s.hosts {
+		x, pi := rng.Float64(), len(profs)-1
+		for j := range profs {
+			if x < profs[j].Share {
+				pi = j
+				break
+			}
+			x -= profs[j].Share
+		}
+		p := &profs[pi]
+		h := &s.hosts[i]
+		h.idx, h.prof, h.online = int32(i), p, true
+		h.id = fmt.Sprintf("h%d.0", i)
+		h.slots = p.Slots
+		m := 1.0
+		if s.cfg.Hetero > 0 {
+			m = math.Exp(s.cfg.Hetero * rng.NormFloat64())
+			if rng.Float64() < 0.05 {
+				m /= 4
+			}
+		}
+		h.speed = p.Speed * m
+		h.rtt = (5 + 75*rng.Float64()) / 1000
+		// The host's own measurement of its mean service time, as its beacon
+		// would report it.
+		h.svcMs = map[string]float64{protocol.DefaultModel: 1000 * s.cfg.MeanServiceS / h.speed}
+		h.memMB = p.MemMB - 2048
+		h.amb = p.AmbientC[0] + (p.AmbientC[1]-p.AmbientC[0])*rng.Float64()
+		h.rth, h.tau = p.RthCPerW, p.TauS
+		h.limit = p.LimitC - p.LimitSpreadC*rng.Float64()
+		h.inflight = nil
+		// Start warm, as if the swarm had been running at the offered load,
+		// but below the thresholds.
+		h.temp = min(h.tinfAt(min(s.cfg.Load, 1)), h.limit-GovHystC-1)
+		h.peak = h.temp
+	}
+}
+
+// wall turns simulated seconds into the time.Time Place works with.
+func (s *sim) wall(t float64) time.Time { return s.base.Add(time.Duration(t * float64(time.Second))) }
+
+func (s *sim) loop() {
+	for s.q.len() > 0 {
+		e := s.q.pop()
+		s.now = e.t
+		s.res.Events++
+		switch e.kind {
+		case evArrival:
+			s.arrive()
+		case evComplete:
+			t := &s.tasks[e.a]
+			if t.ver != e.ver || t.host < 0 {
+				continue
+			}
+			h := &s.hosts[t.host]
+			if !h.online || h.epoch != t.epoch {
+				continue
+			}
+			h.complete(s, s.now, e.a)
+		case evThermal:
+			h := &s.hosts[e.a]
+			if h.online && h.thermVer == e.ver {
+				h.onThermal(s, s.now)
+			}
+		case evBeacon:
+			h := &s.hosts[e.a]
+			if !h.online || h.epoch != e.ver {
+				continue
+			}
+			s.publish(e.a)
+			jitter := 0.75 + 0.5*s.rngBeacon.Float64()
+			s.q.push(s.now+s.cfg.BeaconInterval*jitter, evBeacon, e.a, e.ver)
+		case evRetry:
+			if !s.tasks[e.a].done {
+				s.dispatch(e.a)
+			}
+		case evLeave:
+			h := &s.hosts[e.a]
+			if !h.online || h.epoch != e.ver {
+				continue
+			}
+			h.leave(s, s.now)
+			s.changed(h)
+			s.res.HostsLeft++
+			s.q.push(s.now+s.rngChurn.ExpFloat64()*s.cfg.RejoinS, evJoin, e.a, 0)
+		case evJoin:
+			s.join(e.a)
+		case evHedge:
+			s.hedge(e.a, e.ver)
+		case evChange:
+			h := &s.hosts[e.a]
+			if h.online && h.epoch == e.ver && h.changePending {
+				h.changePending = false
+				s.changed(h)
+			}
+		case evHit:
+			s.complete(e.a, 0)
+		}
+		if s.arrivalsDone && (s.completed == len(s.tasks) || s.now > s.lastArrival+drainLimit*s.cfg.MeanServiceS) {
+			break
+		}
+	}
+}
+
+// drainLimit bounds, in mean service times, how long the run goes on after
+// the last arrival: a swarm that cannot finish its tasks by then (every
+// host too hot for good, say) ends the run, and Run reports the tasks lost.
+const drainLimit = 100000
+
+// join brings host i back as a new peer: a new ID, cold, empty.
+func (s *sim) join(i int32) {
+	h := &s.hosts[i]
+	h.epoch++
+	h.id = fmt.Sprintf("h%d.%d", i, h.epoch)
+	h.online = true
+	h.tLast = s.now
+	h.temp = h.tinfAt(0)
+	h.hot, h.hw = false, false
+	h.inflight = nil
+	s.publish(i)
+	s.q.push(s.now+s.cfg.BeaconInterval*(0.75+0.5*s.rngBeacon.Float64()), evBeacon, i, h.epoch)
+	s.q.push(s.now+s.rngChurn.ExpFloat64()*60/s.cfg.Churn, evLeave, i, h.epoch)
+	h.rethermal(s, s.now)
+	s.changed(h)
+}
+
+// publish is host i's beacon reaching every client. Propagation delay is
+// not modelled: staleness comes from the interval.
+func (s *sim) publish(i int32) {
+	h := &s.hosts[i]
+	h.advance(s, s.now)
+	s.lastBeacon[i] = s.now
+	s.beaconSeq[i]++
+	s.res.Beacons++
+	h.pubFree, h.pubAccepting = h.signature(s)
+	if s.cfg.Policy != Gpunet {
+		return
+	}
+	ps := h.beacon(s)
+	if s.fullView {
+		for c := range s.clients {
+			s.clients[c].view[i] = ps
+		}
+	} else {
+		s.beacons[i] = ps
+	}
+}
+
+// changed is called after anything that may change what host h would
+// beacon. With ChangeBeacons, a change of its free slots or of whether it
+// accepts is published at once, or MinBeaconGapS after its last beacon,
+// whichever is later: the "on significant change" beacons of the design.
+func (s *sim) changed(h *host) {
+	if s.oracle != nil {
+		s.oracle.update(s, h)
+	}
+	if !s.cfg.ChangeBeacons || !h.online || h.changePending {
+		return
+	}
+	if f, a := h.signature(s); f == h.pubFree && a == h.pubAccepting {
+		return
+	}
+	if at := s.lastBeacon[h.idx] + s.cfg.MinBeaconGapS; at > s.now {
+		h.changePending = true
+		s.q.push(at, evChange, h.idx, h.epoch)
+		return
+	}
+	s.publish(h.idx)
+}
+
+// signature is what makes a beacon worth sending early.
+func (h *host) signature(s *sim) (free int, accepting bool) {
+	return max(h.slots-len(h.running)-len(h.queue), 0), h.accepting(s)
+}
+
+func (h *host) accepting(s *sim) bool {
+	return !(s.cfg.Thermal && h.hot) && len(h.queue) < s.cfg.QueueCap
+}
+
+// beacon is what host h publishes about itself now.
+func (h *host) beacon(s *sim) scheduler.PeerState {
+	ps := scheduler.PeerState{
+		ID:        h.id,
+		Models:    s.models,
+		FreeMemMB: h.memMB,
+		Accepting: h.accepting(s),
+		Slots:     h.slots,
+		Busy:      len(h.running),
+		QueueLen:  len(h.queue),
+		ServiceMs: h.svcMs,
+		Speed:     1,
+		RTTMs:     h.rtt * 1000,
+		Updated:   s.wall(s.now),
+	}
+	if s.cfg.Thermal {
+		ps.TempC, ps.SlowdownC, ps.LimitC = h.temp, h.prof.SlowdownC, h.limit
+		if c := h.clock(s); c < 1 {
+			ps.Throttled, ps.Speed = true, 0.5
+		}
+		ps.HeatPerTaskC = h.heatPerTask(s)
+	}
+	return ps
+}
+
+// heatRuns is how many mean service times the host's heat prediction
+// covers: a long task, 3 mean runs being the 95th percentile of an
+// exponential run. Predicting for a mean-length task let laptops pass their
+// limits by 6 °C without the governor; see docs/scheduling.md.
+const heatRuns = 3
+
+// heatPerTask is the host's own prediction of how much warmer it will be
+// when one more task, started behind its queue, has run for a long time.
+func (h *host) heatPerTask(s *sim) float64 {
+	n := len(h.running) + len(h.queue)
+	u1 := min(float64(n+1)/float64(h.slots), 1)
+	svc := s.cfg.MeanServiceS / h.speed
+	ahead := max(n-h.slots+1, 0)
+	d := (float64(ahead)/float64(h.slots) + heatRuns) * svc
+	ti := h.tinfAt(u1)
+	end := ti + (h.temp-ti)*math.Exp(-d/h.tau)
+	// Positive means "predicted": a prediction of no rise is sent as a
+	// small one rather than as 0, which means "unknown".
+	return max(end-h.temp, 0.05)
+}
+
+func (s *sim) arrive() {
+	ti := int32(len(s.tasks))
+	cfg := &s.cfg
+	t := task{arrival: s.now, host: -1, avoid: -1, client: int32(s.rngArr.IntN(cfg.Clients))}
+	switch cfg.Service {
+	case ServiceExp:
+		t.work = s.rngWork.ExpFloat64() * cfg.MeanServiceS
+	case ServiceFixed:
+		t.work = cfg.MeanServiceS
+	case ServiceLognormal:
+		const sigma = lognormalSigma
+		t.work = cfg.MeanServiceS * math.Exp(sigma*s.rngWork.NormFloat64()-sigma*sigma/2)
+	}
+	// Prompt: a repeat of an earlier one (Zipf by age) or a new one.
+	if cfg.Repeat > 0 && s.prompts > 0 && s.rngPop.Float64() < cfg.Repeat {
+		t.prompt = uint64(zipfRank(s.rngPop, cfg.Zipf, int(s.prompts)))
+	} else {
+		s.prompts++
+		t.prompt = s.prompts
+	}
+	t.key = keyOf(t.prompt)
+	if cfg.Tasks > 0 {
+		t.measured = int(ti) >= s.warmupIdx
+	} else {
+		t.measured = s.now >= cfg.Warmup*cfg.Duration
+	}
+	s.tasks = append(s.tasks, t)
+
+	s.lastArrival = s.now
+	next := s.now + s.rngArr.ExpFloat64()/s.rate
+	if (cfg.Tasks > 0 && len(s.tasks) >= cfg.Tasks) || (cfg.Duration > 0 && next > cfg.Duration) {
+		s.arrivalsDone = true
+	} else {
+		s.q.push(next, evArrival, 0, 0)
+	}
+
+	if cfg.Repeat > 0 {
+		tp := &s.tasks[ti]
+		if e, ok := s.cache[tp.key]; ok {
+			if e.prompt == tp.prompt {
+				s.res.CacheHits++
+				s.res.GPUSSaved += e.gpuS
+				s.q.push(s.now+cfg.HitLatencyS, evHit, ti, 0)
+				return
+			}
+			s.res.WrongHits++
+		}
+		cl := &s.clients[tp.client]
+		if p, ok := cl.inflight[tp.key]; ok {
+			if s.tasks[p].prompt == tp.prompt {
+				s.coalesce(p, ti)
+				return
+			}
+			s.res.WrongHits++
+		} else {
+			cl.inflight[tp.key] = ti
+		}
+	}
+	s.dispatch(ti)
+}
+
+// coalesce makes task w wait for primary p's result.
+func (s *sim) coalesce(p, w int32) {
+	s.tasks[p].waiters = append(s.tasks[p].waiters, w)
+	s.res.Coalesced++
+}
+
+// finish records primary ti's run and completes it and its waiters.
+func (s *sim) finish(now float64, ti int32) {
+	t := &s.tasks[ti]
+	ran := now - t.started
+	if t.measured {
+		s.waitSum += t.started - t.arrival
+		s.runSum += ran
+		s.runs++
+	}
+	if s.cfg.Repeat > 0 {
+		s.cache[t.key] = cacheEntry{prompt: t.prompt, gpuS: ran}
+	}
+	s.complete(ti, ran)
+}
+
+// complete finishes task ti at s.now; ran is the GPU time of the run whose
+// result it gets, counted as saved for every waiter.
+func (s *sim) complete(ti int32, ran float64) {
+	t := &s.tasks[ti]
+	if t.done {
+		s.res.DoubleFinish++
+		return
+	}
+	t.done = true
+	s.completed++
+	if t.measured {
+		s.times = append(s.times, s.now-t.arrival+t.rtt)
+	}
+	if cl := &s.clients[t.client]; cl.inflight[t.key] == ti {
+		delete(cl.inflight, t.key)
+	}
+	for _, w := range t.waiters {
+		s.res.GPUSSaved += ran
+		s.complete(w, ran)
+	}
+	t.waiters = nil
+}
+
+// offer hands task ti to host hi and books the outcome.
+func (s *sim) offer(ti, hi int32) int {
+	h := &s.hosts[hi]
+	s.res.Attempts++
+	s.tasks[ti].rtt += h.rtt
+	out := h.offer(s, s.now, ti)
+	switch out {
+	case refusedBusy:
+		s.res.RefusedBusy++
+	case refusedHot:
+		s.res.RefusedHot++
+	case refusedGone:
+		s.res.RefusedGone++
+	}
+	return out
+}
+
+func placed(out int) bool { return out == accepted || out == joined }
+
+// dispatch runs the policy for task ti; when every choice refuses, the
+// client tries again after RetryS.
+func (s *sim) dispatch(ti int32) {
+	var ok bool
+	switch s.cfg.Policy {
+	case Gpunet:
+		ok = s.dispatchGpunet(ti)
+	case Random:
+		ok = s.dispatchRandom(ti)
+	case RoundRobin:
+		ok = s.dispatchRoundRobin(ti)
+	case Pod:
+		ok = s.dispatchPod(ti)
+	case Oracle:
+		ok = s.dispatchOracle(ti)
+	}
+	if !ok {
+		s.res.Retries++
+		s.q.push(s.now+s.cfg.RetryS, evRetry, ti, 0)
+	}
+}
+
+func (s *sim) known(hi int) bool {
+	return s.beaconSeq[hi] > 0 && s.now-s.lastBeacon[hi] <= s.staleness
+}
+
+func (s *sim) dispatchGpunet(ti int32) bool {
+	return s.offerAll(ti, s.placeGpunet(ti))
+}
+
+// placeGpunet runs scheduler.Place for task ti on its client's view. The
+// candidates live in the client's buffer until its next call.
+func (s *sim) placeGpunet(ti int32) []scheduler.Candidate {
+	t := &s.tasks[ti]
+	cl := &s.clients[t.client]
+	sum := promptCID(t.prompt)
+	req := scheduler.Request{Model: protocol.DefaultModel, MemMB: 4096, Key: sum[:]}
+	if t.avoid >= 0 {
+		req.Exclude = map[string]bool{s.hosts[t.avoid].id: true}
+	}
+	view := cl.view
+	if !s.fullView {
+		view = s.sampleView(cl)
+	}
+	cl.cands = scheduler.AppendPlace(cl.cands[:0], view, req, s.wall(s.now), cl.rng, s.place)
+	return cl.cands
+}
+
+// offerAll walks the candidates as the node's dispatcher does: the first
+// that accepts gets the task; a refusal moves to the next.
+func (s *sim) offerAll(ti int32, cands []scheduler.Candidate) bool {
+	t := &s.tasks[ti]
+	cl := &s.clients[t.client]
+	for i, c := range cands {
+		if i == maxAttempts {
+			break
+		}
+		hi := s.hostOf(cl, c)
+		switch s.offer(ti, hi) {
+		case accepted:
+			// Count our own placement until the host's next beacon does.
+			if s.fullView {
+				cl.view[hi].Charge()
+			} else {
+				s.mark(cl, hi).n++
+			}
+			if h := &s.hosts[hi]; s.cfg.Hedge && len(h.queue) > 0 && h.queue[len(h.queue)-1] == ti {
+				s.q.push(s.now+s.hedgeAfter(c.WaitMs/1000), evHedge, ti, t.ver)
+			}
+			return true
+		case joined:
+			return true
+		}
+		// A refusal says the host takes nothing now: believe it until its
+		// next beacon, as the node's dispatcher does.
+		if s.fullView {
+			cl.view[hi].Accepting = false
+		} else {
+			s.mark(cl, hi).refused = true
+		}
+	}
+	return false
+}
+
+func (s *sim) hostOf(cl *client, c scheduler.Candidate) int32 {
+	if s.fullView {
+		return int32(c.Index)
+	}
+	return cl.vidx[c.Index]
+}
+
+// mark is client cl's record of what it did at host hi since the host's
+// last beacon (sampled views).
+func (s *sim) mark(cl *client, hi int32) *ownMark {
+	o := &cl.own[hi]
+	if o.seq != s.beaconSeq[hi] {
+		*o = ownMark{seq: s.beaconSeq[hi]}
+	}
+	return o
+}
+
+// hedgeAfter is how long a queued task waits before its client checks on
+// it: HedgeFactor times the wait predicted, at least HedgeMinS.
+func (s *sim) hedgeAfter(waitS float64) float64 {
+	return max(s.cfg.HedgeMinS, s.cfg.HedgeFactor*waitS)
+}
+
+// hedge is the dispatcher's check on task ti, still queued where it was
+// placed when its deadline passed. The host's progress events give its
+// queue position, hence an ETA there; if Place predicts another host
+// finishes it sooner, the client offers it there and, once accepted,
+// cancels it here (the hedged retry, loser cancelled). Otherwise it checks
+// again later.
+func (s *sim) hedge(ti int32, ver uint32) {
+	t := &s.tasks[ti]
+	if t.done || t.ver != ver || t.host < 0 {
+		return
+	}
+	h := &s.hosts[t.host]
+	i := slices.Index(h.queue, ti)
+	if !h.online || h.epoch != t.epoch || i < 0 {
+		return
+	}
+	h.advance(s, s.now)
+	run := s.cfg.MeanServiceS / (h.speed * max(h.clock(s), 0.1))
+	wait := float64(i+1) / float64(h.slots) * run
+	t.avoid = h.idx
+	cands := s.placeGpunet(ti)
+	if len(cands) == 0 || cands[0].PredictedMs/1000 >= s.cfg.HedgeGain*(wait+run) || !s.fresh(t.client, cands[0]) {
+		s.q.push(s.now+s.hedgeAfter(wait), evHedge, ti, ver)
+		return
+	}
+	// Take it out of the queue while it is offered elsewhere; if nobody
+	// takes it, it goes back where it was, at the same instant.
+	h.queue = slices.Delete(h.queue, i, i+1)
+	h.release(s, ti)
+	if s.offerAll(ti, cands[:min(len(cands), s.cfg.HedgeAttempts)]) {
+		s.res.Hedges++
+		t.rtt += h.rtt // the cancel
+		s.changed(h)
+		return
+	}
+	h.queue = slices.Insert(h.queue, i, ti)
+	h.admit(s, ti)
+	s.q.push(s.now+s.hedgeAfter(wait), evHedge, ti, ver)
+}
+
+// fresh reports whether client c's knowledge of candidate c's host is
+// younger than the host's own service time: older, and the prediction says
+// little about whether the host is free now, so it is no reason to move a
+// task that is sure to run where it waits.
+func (s *sim) fresh(ci int32, c scheduler.Candidate) bool {
+	hi := s.hostOf(&s.clients[ci], c)
+	h := &s.hosts[hi]
+	return s.now-s.lastBeacon[hi] < s.cfg.MeanServiceS/h.speed
+}
+
+// sampleView fills cl.view with ViewSize hosts, each as of its last beacon
+// plus this client's placements and refusals since. The sample is a window
+// of consecutive host indices at a random offset: hosts' attributes are
+// drawn independently of their index, so a window is as good a sample as
+// any, and reading it is cache-friendly where random indices were three
+// times slower at 100,000 hosts.
+func (s *sim) sampleView(cl *client) scheduler.View {
+	cl.view, cl.vidx = cl.view[:0], cl.vidx[:0]
+	n := len(s.hosts)
+	start := cl.rng.IntN(n)
+	for i := range s.cfg.ViewSize {
+		hi := start + i
+		if hi >= n {
+			hi -= n
+		}
+		if s.beaconSeq[hi] == 0 {
+			continue
+		}
+		cl.view = append(cl.view, s.beacons[hi])
+		ps := &cl.view[len(cl.view)-1]
+		if o := cl.own[hi]; o.seq == s.beaconSeq[hi] {
+			for range o.n {
+				ps.Charge()
+			}
+			if o.refused {
+				ps.Accepting = false
+			}
+		}
+		cl.vidx = append(cl.vidx, int32(hi))
+	}
+	return cl.view
+}
+
+// pickKnown draws a uniformly random host among those with a fresh beacon.
+func (s *sim) pickKnown(rng *rand.Rand) (int32, bool) {
+	for range 64 {
+		if hi := rng.IntN(len(s.hosts)); s.known(hi) {
+			return int32(hi), true
+		}
+	}
+	return 0, false
+}
+
+func (s *sim) dispatchRandom(ti int32) bool {
+	rng := s.clients[s.tasks[ti].client].rng
+	for range maxAttempts {
+		hi, ok := s.pickKnown(rng)
+		if !ok {
+			return false
+		}
+		if placed(s.offer(ti, hi)) {
+			return true
+		}
+	}
+	return false
+}
+
+func (s *sim) dispatchRoundRobin(ti int32) bool {
+	cl := &s.clients[s.tasks[ti].client]
+	n := len(s.hosts)
+	for a, scanned := 0, 0; a < maxAttempts && scanned < n; scanned++ {
+		hi := cl.rr % n
+		cl.rr++
+		if !s.known(hi) {
+			continue
+		}
+		a++
+		if placed(s.offer(ti, int32(hi))) {
+			return true
+		}
+	}
+	return false
+}
+
+// dispatchPod probes D random known hosts for their current queue (one
+// round trip, exact) and offers the task to the least loaded per slot.
+func (s *sim) dispatchPod(ti int32) bool {
+	t := &s.tasks[ti]
+	rng := s.clients[t.client].rng
+	for range maxAttempts {
+		best, bestLoad := int32(-1), math.Inf(1)
+		probeRTT := 0.0
+		for range s.cfg.D {
+			hi, ok := s.pickKnown(rng)
+			if !ok {
+				break
+			}
+			h := &s.hosts[hi]
+			probeRTT = max(probeRTT, h.rtt)
+			if !h.online {
+				s.res.RefusedGone++ // the probe fails
+				continue
+			}
+			load := float64(len(h.running)+len(h.queue)+1) / float64(h.slots)
+			if load < bestLoad {
+				best, bestLoad = hi, load
+			}
+		}
+		t.rtt += probeRTT
+		if best < 0 {
+			continue
+		}
+		if placed(s.offer(ti, best)) {
+			return true
+		}
+	}
+	return false
+}
+
+// dispatchOracle sends the task where it is predicted to finish first,
+// from perfect, instant knowledge of the present: every host's queue, the
+// work already done on each running task, its clock. Work not yet done is
+// predicted by its expectation under the service distribution; nobody knows
+// a task's size before it runs. Hosts that would refuse are skipped, so the
+// oracle is never refused.
+func (s *sim) dispatchOracle(ti int32) bool {
+	if s.oracle != nil {
+		best := s.oracle.best()
+		return best >= 0 && placed(s.offer(ti, best))
+	}
+	best, bestT := int32(-1), math.Inf(1)
+	mean := s.cfg.MeanServiceS
+	for i := range s.hosts {
+		h := &s.hosts[i]
+		if !h.online || (s.cfg.Thermal && h.hot) || (len(h.running) >= h.slots && len(h.queue) >= s.cfg.QueueCap) {
+			continue
+		}
+		rate := h.speed * h.clock(s)
+		if rate <= 0 {
+			continue
+		}
+		if f := s.oracleWait(h, rate) + mean/rate; f < bestT {
+			best, bestT = int32(i), f
+		}
+	}
+	if best < 0 {
+		return false
+	}
+	return placed(s.offer(ti, best))
+}
+
+// oracleWait is how long a task offered to h now is expected to wait: each
+// running task's expected remaining work given the work it has done, then
+// the queue, each task its mean, on the earliest free slot.
+func (s *sim) oracleWait(h *host, rate float64) float64 {
+	if len(h.running) < h.slots {
+		return 0
+	}
+	free := s.oracleFree[:0]
+	for _, ti := range h.running {
+		t := &s.tasks[ti]
+		done := t.work - (t.remaining - rate*(s.now-h.tLast))
+		free = append(free, s.expectedRemaining(done)/rate)
+	}
+	for range h.queue {
+		m := 0
+		for j := range free {
+			if free[j] < free[m] {
+				m = j
+			}
+		}
+		free[m] += s.cfg.MeanServiceS / rate
+	}
+	s.oracleFree = free
+	return slices.Min(free)
+}
+
+// expectedRemaining is E[W − done | W > done] for a task's work W.
+func (s *sim) expectedRemaining(done float64) float64 {
+	mean := s.cfg.MeanServiceS
+	done = max(done, 0)
+	switch s.cfg.Service {
+	case ServiceFixed:
+		return max(mean-done, 0)
+	case ServiceLognormal:
+		if done <= 0 {
+			return mean
+		}
+		// W = exp(μ + σZ): E[W; W > e] = e^(μ+σ²/2) Φ((μ+σ²−ln e)/σ),
+		// P(W > e) = Φ((μ−ln e)/σ).
+		const sigma = lognormalSigma
+		mu := math.Log(mean) - sigma*sigma/2
+		phi := func(x float64) float64 { return 0.5 * math.Erfc(-x/math.Sqrt2) }
+		z := math.Log(done)
+		den := phi((mu - z) / sigma)
+		if den < 1e-12 {
+			// Far in the tail the conditional excess tends to e·σ²/(ln e − μ).
+			return done * sigma * sigma / max(z-mu, 1e-9)
+		}
+		return max(mean*phi((mu+sigma*sigma-z)/sigma)/den-done, 0)
+	}
+	return mean // exponential: memoryless
+}
+
+func (s *sim) summarise() {
+	r := &s.res
+	r.Tasks = len(s.tasks)
+	r.Completed = s.completed
+	r.SimS = s.now
+	r.Refusals = r.RefusedBusy + r.RefusedHot + r.RefusedGone
+	if s.now > 0 {
+		r.BeaconsPerHostS = float64(r.Beacons) / float64(s.cfg.Hosts) / s.now
+	}
+	r.GossipBytesPerNodeS = GossipModel(s.cfg.Hosts, r.BeaconsPerHostS)
+	if r.Tasks > 0 {
+		r.CacheHitRatio = float64(r.CacheHits+r.Coalesced) / float64(r.Tasks)
+	}
+	if n := len(s.times); n > 0 {
+		slices.Sort(s.times)
+		sum := 0.0
+		for _, x := range s.times {
+			sum += x
+		}
+		r.MeanS = sum / float64(n)
+		q := func(p float64) float64 { return s.times[min(int(p*float64(n)), n-1)] }
+		r.P50S, r.P99S, r.P999S = q(0.5), q(0.99), q(0.999)
+	}
+	if s.runs > 0 {
+		r.MeanWaitS, r.MeanRunS = s.waitSum/float64(s.runs), s.runSum/float64(s.runs)
+	}
+	byName := map[string]*ProfileStats{}
+	for _, p := range Profiles() {
+		r.ByProfile = append(r.ByProfile, ProfileStats{Name: p.Name})
+	}
+	for i := range r.ByProfile {
+		byName[r.ByProfile[i].Name] = &r.ByProfile[i]
+	}
+	busy := 0.0
+	for i := range s.hosts {
+		h := &s.hosts[i]
+		if h.online {
+			h.advance(s, s.now)
+		}
+		busy += h.busyS
+		r.ThrottledGPUS += h.throttledS
+		ps := byName[h.prof.Name]
+		ps.Hosts++
+		ps.TasksRun += h.tasksRun
+		ps.Utilisation += h.busyS
+		ps.ThrottledGPUS += h.throttledS
+		if s.cfg.Thermal {
+			margin := h.prof.SlowdownC - h.peak
+			if i == 0 || margin < r.MinSlowdownMarginC {
+				r.MinSlowdownMarginC = margin
+			}
+			r.PeakTempC = max(r.PeakTempC, h.peak)
+			ps.PeakTempC = max(ps.PeakTempC, h.peak)
+			if over := h.peak - h.limit; over > 1e-9 {
+				r.HostsOverLimit++
+				r.MaxOverLimitC = max(r.MaxOverLimitC, over)
+			}
+		}
+	}
+	if s.now > 0 {
+		r.Utilisation = busy / (float64(len(s.hosts)) * s.now)
+		for i := range r.ByProfile {
+			if ps := &r.ByProfile[i]; ps.Hosts > 0 {
+				ps.Utilisation /= float64(ps.Hosts) * s.now
+			}
+		}
+	}
+}
