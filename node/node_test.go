@@ -29,9 +29,18 @@ func testLogger(t testing.TB) *slog.Logger {
 // daemon's address, so they can reach hosts only through the DHT.
 func startSwarm(t *testing.T, profiles ...string) *swarm.Swarm {
 	t.Helper()
+	return startSwarmWith(t, swarm.Options{Profiles: profiles})
+}
+
+// startSwarmWith starts a swarm from o behind a bootstrap daemon, logging
+// through t, and closes it when the test ends.
+func startSwarmWith(t *testing.T, o swarm.Options) *swarm.Swarm {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	sw, err := swarm.Start(ctx, swarm.Options{Profiles: profiles, BootstrapDaemon: true, Logger: testLogger(t)})
+	o.BootstrapDaemon = true
+	o.Logger = testLogger(t)
+	sw, err := swarm.Start(ctx, o)
 	if err != nil {
 		t.Fatal(err)
 	}

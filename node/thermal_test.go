@@ -94,21 +94,13 @@ func waitForView(t *testing.T, c *node.Node, want int) {
 // TestBurstSpreadsByHeadroom: two identical GPUs, one already near its
 // limit. A burst goes mostly to the cool one, and no GPU passes its limit.
 func TestBurstSpreadsByHeadroom(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	sw, err := swarm.Start(ctx, swarm.Options{
+	sw := startSwarmWith(t, swarm.Options{
 		Profiles:   []string{"rtx4090", "rtx4090"},
 		StartTempC: []float64{40, 83},
 		// Slow enough that the hot GPU stays hot for the whole burst.
-		TimeScale:       2,
-		BootstrapDaemon: true,
-		Tune:            fastBeacons,
-		Logger:          testLogger(t),
+		TimeScale: 2,
+		Tune:      fastBeacons,
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { sw.Close() })
 	c := addClient(t, sw)
 	waitForView(t, c, 2)
 	ps := samplePeaks(sw)
@@ -137,20 +129,12 @@ func TestBurstSpreadsByHeadroom(t *testing.T) {
 // seconds, with more work than it can take cool: the governor must pause
 // it short of its limit, and every task still completes.
 func TestHotGPUNeverPassesItsLimit(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	sw, err := swarm.Start(ctx, swarm.Options{
-		Profiles:        []string{"laptop-4070"},
-		StartTempC:      []float64{75},
-		TimeScale:       40,
-		BootstrapDaemon: true,
-		Tune:            fastBeacons,
-		Logger:          testLogger(t),
+	sw := startSwarmWith(t, swarm.Options{
+		Profiles:   []string{"laptop-4070"},
+		StartTempC: []float64{75},
+		TimeScale:  40,
+		Tune:       fastBeacons,
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { sw.Close() })
 	c := addClient(t, sw)
 	ps := samplePeaks(sw)
 	served := burst(t, c, 6, 3, protocol.Task{Prompt: "a hot laptop", Width: 256, Height: 256, Steps: 10})
@@ -170,16 +154,10 @@ func TestHotGPUNeverPassesItsLimit(t *testing.T) {
 func TestHostKilledMidTaskDoesNotLoseIt(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	sw, err := swarm.Start(ctx, swarm.Options{
-		Profiles:        []string{"rtx3060", "rtx3060"},
-		BootstrapDaemon: true,
-		Tune:            fastBeacons,
-		Logger:          testLogger(t),
+	sw := startSwarmWith(t, swarm.Options{
+		Profiles: []string{"rtx3060", "rtx3060"},
+		Tune:     fastBeacons,
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { sw.Close() })
 	c := addClient(t, sw)
 	waitForView(t, c, 2)
 	var once sync.Once
@@ -210,24 +188,18 @@ func TestHostKilledMidTaskDoesNotLoseIt(t *testing.T) {
 func TestHedgedAttemptAfterDeadline(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	sw, err := swarm.Start(ctx, swarm.Options{
-		Profiles:        []string{"rtx3060", "rtx3060"},
-		BootstrapDaemon: true,
+	sw := startSwarmWith(t, swarm.Options{
+		Profiles: []string{"rtx3060", "rtx3060"},
 		Tune: func(c *node.Config) {
 			fastBeacons(c)
 			c.HedgeAfter = 100 * time.Millisecond
 		},
-		Logger: testLogger(t),
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { sw.Close() })
 	c := addClient(t, sw)
 	waitForView(t, c, 2)
 	var mu sync.Mutex
 	tried := map[string]bool{}
-	_, err = c.Submit(ctx, protocol.Task{Prompt: "hedge me", Width: 256, Height: 256, Steps: 12}, node.SubmitOptions{Progress: func(p node.Progress) {
+	_, err := c.Submit(ctx, protocol.Task{Prompt: "hedge me", Width: 256, Height: 256, Steps: 12}, node.SubmitOptions{Progress: func(p node.Progress) {
 		mu.Lock()
 		defer mu.Unlock()
 		if p.Stage == "trying" {
@@ -247,16 +219,10 @@ func TestHedgedAttemptAfterDeadline(t *testing.T) {
 func TestPauseHandsBackQueuedWork(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	sw, err := swarm.Start(ctx, swarm.Options{
-		Profiles:        []string{"rtx3060", "rtx3060"},
-		BootstrapDaemon: true,
-		Tune:            fastBeacons,
-		Logger:          testLogger(t),
+	sw := startSwarmWith(t, swarm.Options{
+		Profiles: []string{"rtx3060", "rtx3060"},
+		Tune:     fastBeacons,
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { sw.Close() })
 	c := addClient(t, sw)
 	waitForView(t, c, 2)
 	target := sw.Hosts[0]
