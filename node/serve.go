@@ -222,18 +222,47 @@ func asRemote(err error) *protocol.RemoteError {
 	return &protocol.RemoteError{Code: protocol.CodeInternal, Message: err.Error()}
 }
 
-// wait forwards the flight's events to the stream until it finishes.
+// keepaliveEvery is how often a waiting client hears from the host even
+// when nothing changed (a long queue wait, a long step), so that it can
+// tell a slow host from a silent one (see eventIdleTimeout).
+const keepaliveEvery = 5 * time.Second
+
+// wait forwards the flight's events to the stream until it finishes,
+// repeating the latest one when nothing was sent for keepaliveEvery.
 func (s *server) wait(st network.Stream, f *flight) (*store.Result, error) {
 	ch := f.subscribe()
 	defer f.unsubscribe(ch)
+	tick := time.NewTicker(keepaliveEvery)
+	defer tick.Stop()
+	last := protocol.Event{Type: protocol.EventQueued}
+	lastSent := time.Now()
+	send := func(e protocol.Event) error {
+		_ = st.SetWriteDeadline(time.Now().Add(writeTimeout))
+		if err := protocol.WriteMsg(st, e); err != nil {
+			return fmt.Errorf("%w: %v", errClientGone, err)
+		}
+		last, lastSent = e, time.Now()
+		return nil
+	}
 	for {
 		select {
 		case <-f.done:
 			return f.res, f.err
 		case e := <-ch:
-			_ = st.SetWriteDeadline(time.Now().Add(writeTimeout))
-			if err := protocol.WriteMsg(st, e); err != nil {
-				return nil, fmt.Errorf("%w: %v", errClientGone, err)
+			if err := send(e); err != nil {
+				return nil, err
+			}
+		case <-tick.C:
+			if time.Since(lastSent) < keepaliveEvery {
+				continue
+			}
+			if last.Type == protocol.EventQueued {
+				s.mu.Lock()
+				last.Position = uint32(s.queue.position(f))
+				s.mu.Unlock()
+			}
+			if err := send(last); err != nil {
+				return nil, err
 			}
 		}
 	}
