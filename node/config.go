@@ -85,6 +85,10 @@ type Config struct {
 	FindTimeout time.Duration
 	// TaskTimeout bounds one attempt at one host, from stream open to result.
 	TaskTimeout time.Duration
+	// EventIdleTimeout is how long a client waits for the next event from a
+	// host before giving the task to another. Hosts send one at least every
+	// 5 s (keepaliveEvery), so 30 s is six missed keepalives.
+	EventIdleTimeout time.Duration
 	// MaxAttempts bounds how many hosts Submit tries before giving up.
 	MaxAttempts int
 
@@ -111,6 +115,7 @@ func DefaultConfig() Config {
 		AdvertiseInterval: 10 * time.Minute,
 		FindTimeout:       5 * time.Second,
 		TaskTimeout:       5 * time.Minute,
+		EventIdleTimeout:  6 * keepaliveEvery,
 		MaxAttempts:       5,
 		Version:           "dev",
 	}
@@ -145,7 +150,7 @@ func (c *Config) validate() error {
 	if c.MaxTempC < 0 || c.MaxTempC > 120 {
 		errs = append(errs, fmt.Errorf("max temperature %.0f °C: want 0 (device default) or up to 120", c.MaxTempC))
 	}
-	if c.FindTimeout <= 0 || c.TaskTimeout <= 0 || c.AdvertiseInterval <= 0 || c.BeaconInterval <= 0 {
+	if c.FindTimeout <= 0 || c.TaskTimeout <= 0 || c.EventIdleTimeout <= 0 || c.AdvertiseInterval <= 0 || c.BeaconInterval <= 0 {
 		errs = append(errs, errors.New("timeouts and intervals must be positive"))
 	}
 	if c.MaxAttempts < 1 {

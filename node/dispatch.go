@@ -336,10 +336,6 @@ func (n *Node) nextCandidate(ctx context.Context, t protocol.Task, tc cid.Cid, t
 // rng returns a source of randomness for one placement.
 func (n *Node) rng() *rand.Rand { return rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())) }
 
-// eventIdleTimeout is how long a client waits for the next event from a
-// host before it gives the task to another: six missed keepalives.
-const eventIdleTimeout = 6 * keepaliveEvery
-
 // runAt sends t to one host and reads its events until the result.
 func (n *Node) runAt(ctx context.Context, p peer.ID, t protocol.Task, tc cid.Cid, noCache bool, onEvent func(protocol.Event)) (*Result, error) {
 	ctx, cancel := context.WithTimeout(ctx, n.cfg.TaskTimeout)
@@ -367,8 +363,8 @@ func (n *Node) runAt(ctx context.Context, p peer.ID, t protocol.Task, tc cid.Cid
 	var blocks [][]byte
 	for i := 0; i < protocol.MaxEventsPerTask; i++ {
 		// A host sends something at least every keepaliveEvery; one silent
-		// for eventIdleTimeout is gone, and the task moves elsewhere.
-		idle := time.Now().Add(eventIdleTimeout)
+		// for EventIdleTimeout is gone, and the task moves elsewhere.
+		idle := time.Now().Add(n.cfg.EventIdleTimeout)
 		if dl, ok := ctx.Deadline(); ok && dl.Before(idle) {
 			idle = dl
 		}

@@ -8,8 +8,10 @@ import (
 	"time"
 
 	"github.com/gpunet/gpunet/node"
+	"github.com/gpunet/gpunet/node/swarm"
 	"github.com/gpunet/gpunet/protocol"
 	"github.com/libp2p/go-libp2p"
+	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	lp2pproto "github.com/libp2p/go-libp2p/core/protocol"
 )
@@ -82,3 +84,33 @@ func TestHostRefusesMalformedRequests(t *testing.T) {
 }
 
 func frame(b []byte) []byte { return append(binary.AppendUvarint(nil, uint64(len(b))), b...) }
+
+// TestSilentHostIsAbandoned: a peer that takes the task stream and then
+// says nothing is given up after EventIdleTimeout, not TaskTimeout.
+func TestSilentHostIsAbandoned(t *testing.T) {
+	sw := startSwarmWith(t, swarm.Options{Profiles: []string{"rtx4090"},
+		Tune: func(c *node.Config) { c.EventIdleTimeout = 300 * time.Millisecond }})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	silent, err := libp2p.New(libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+	release := make(chan struct{})
+	defer close(release)
+	silent.SetStreamHandler(lp2pproto.ID(protocol.TaskProtocol), func(s network.Stream) {
+		<-release // read nothing, answer nothing
+		s.Reset()
+	})
+	c := addClient(t, sw)
+	c.Host().Peerstore().AddAddrs(silent.ID(), silent.Addrs(), time.Minute)
+	start := time.Now()
+	_, err = c.SubmitTo(ctx, silent.ID(), smallTask, node.SubmitOptions{})
+	if err == nil {
+		t.Fatal("a silent host produced a result")
+	}
+	if ctx.Err() != nil {
+		t.Fatalf("gave up only when the test's own deadline passed (%s): %v", time.Since(start), err)
+	}
+}
