@@ -153,9 +153,12 @@ func simTable(w io.Writer, cfg sim.Config, rs []*sim.Result) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "policy\tmean s\tp50 s\tp99 s\tthrottled GPU-s\tpeak °C\tslowdown margin °C\tover limit °C\trefusals\thedges\tcache hits\twall s\t")
 	for _, r := range rs {
-		fmt.Fprintf(tw, "%s\t%.2f\t%.2f\t%.2f\t%.0f\t%.1f\t%.1f\t%.2f\t%d\t%d\t%.1f%%\t%.1f\t\n",
-			r.Policy, r.MeanS, r.P50S, r.P99S, r.ThrottledGPUS, r.PeakTempC, r.MinSlowdownMarginC, r.MaxOverLimitC,
-			r.Refusals, r.Hedges, 100*r.CacheHitRatio, r.WallS)
+		heat := "-\t-\t-\t-"
+		if cfg.Thermal {
+			heat = fmt.Sprintf("%.0f\t%.1f\t%.1f\t%.2f", r.ThrottledGPUS, r.PeakTempC, r.MinSlowdownMarginC, r.MaxOverLimitC)
+		}
+		fmt.Fprintf(tw, "%s\t%.2f\t%.2f\t%.2f\t%s\t%d\t%d\t%.1f%%\t%.1f\t\n",
+			r.Policy, r.MeanS, r.P50S, r.P99S, heat, r.Refusals, r.Hedges, 100*r.CacheHitRatio, r.WallS)
 	}
 	return tw.Flush()
 }

@@ -226,11 +226,11 @@ func (h *host) offer(s *sim, now float64, ti int32) int {
 	}
 	switch {
 	case len(h.running) < h.slots:
-		h.admit(s, ti)
+		h.admit(s, ti, false)
 		h.start(s, now, ti)
 		h.rethermal(s, now)
 	case len(h.queue) < s.cfg.QueueCap:
-		h.admit(s, ti)
+		h.admit(s, ti, false)
 		h.queue = append(h.queue, ti)
 	default:
 		return refusedBusy
@@ -239,7 +239,10 @@ func (h *host) offer(s *sim, now float64, ti int32) int {
 	return accepted
 }
 
-func (h *host) admit(s *sim, ti int32) {
+// admit books task ti on the host. A new admission of a task whose key
+// another host is already running counts as a duplicate run; putting back a
+// task a hedge could not move (again) does not.
+func (h *host) admit(s *sim, ti int32, again bool) {
 	t := &s.tasks[ti]
 	t.host = h.idx
 	t.epoch = h.epoch
@@ -248,7 +251,7 @@ func (h *host) admit(s *sim, ti int32) {
 			h.inflight = map[uint64]int32{}
 		}
 		h.inflight[t.key] = ti
-		if s.running[t.key] > 0 {
+		if s.running[t.key] > 0 && !again {
 			s.res.DuplicateRuns++
 		}
 		s.running[t.key]++

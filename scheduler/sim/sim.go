@@ -619,7 +619,8 @@ func (s *sim) offerAll(ti int32, cands []scheduler.Candidate) bool {
 			break
 		}
 		hi := s.hostOf(cl, c)
-		switch s.offer(ti, hi) {
+		out := s.offer(ti, hi)
+		switch out {
 		case accepted:
 			// Count our own placement until the host's next beacon does.
 			if s.fullView {
@@ -634,15 +635,30 @@ func (s *sim) offerAll(ti int32, cands []scheduler.Candidate) bool {
 		case joined:
 			return true
 		}
-		// A refusal says the host takes nothing now: believe it until its
-		// next beacon, as the node's dispatcher does.
-		if s.fullView {
-			cl.view[hi].Accepting = false
-		} else {
-			s.mark(cl, hi).refused = true
-		}
+		s.refused(cl, hi, out)
 	}
 	return false
+}
+
+// refused records in client cl's view what a refusal from host hi said.
+// A busy host is full now: its refusal carries its queue, and the client
+// keeps that as a fresh observation, which ages like a beacon (a host that
+// refused is likely to have room again a service time later). A host too
+// hot or gone takes nothing until its next beacon says otherwise. With a
+// sampled view the client only keeps that the host refused.
+func (s *sim) refused(cl *client, hi int32, out int) {
+	if !s.fullView {
+		s.mark(cl, hi).refused = true
+		return
+	}
+	v := &cl.view[hi]
+	if out != refusedBusy || !s.cfg.RefusalState {
+		v.Accepting = false
+		return
+	}
+	h := &s.hosts[hi]
+	v.Busy, v.QueueLen, v.Pending = len(h.running), len(h.queue), 0
+	v.Updated = s.wall(s.now)
 }
 
 func (s *sim) hostOf(cl *client, c scheduler.Candidate) int32 {
@@ -689,7 +705,7 @@ func (s *sim) hedge(ti int32, ver uint32) {
 	wait := float64(i+1) / float64(h.slots) * run
 	t.avoid = h.idx
 	cands := s.placeGpunet(ti)
-	if len(cands) == 0 || cands[0].PredictedMs/1000 >= s.cfg.HedgeGain*(wait+run) || !s.fresh(t.client, cands[0]) {
+	if len(cands) == 0 || cands[0].PredictedMs/1000 >= s.cfg.HedgeGain*(wait+run) {
 		s.q.push(s.now+s.hedgeAfter(wait), evHedge, ti, ver)
 		return
 	}
@@ -704,18 +720,8 @@ func (s *sim) hedge(ti int32, ver uint32) {
 		return
 	}
 	h.queue = slices.Insert(h.queue, i, ti)
-	h.admit(s, ti)
+	h.admit(s, ti, true)
 	s.q.push(s.now+s.hedgeAfter(wait), evHedge, ti, ver)
-}
-
-// fresh reports whether client c's knowledge of candidate c's host is
-// younger than the host's own service time: older, and the prediction says
-// little about whether the host is free now, so it is no reason to move a
-// task that is sure to run where it waits.
-func (s *sim) fresh(ci int32, c scheduler.Candidate) bool {
-	hi := s.hostOf(&s.clients[ci], c)
-	h := &s.hosts[hi]
-	return s.now-s.lastBeacon[hi] < s.cfg.MeanServiceS/h.speed
 }
 
 // sampleView fills cl.view with ViewSize hosts, each as of its last beacon
