@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"strings"
 	"sync"
 	"text/tabwriter"
@@ -155,7 +156,11 @@ func simTable(w io.Writer, cfg sim.Config, rs []*sim.Result) error {
 	for _, r := range rs {
 		heat := "-\t-\t-\t-"
 		if cfg.Thermal {
-			heat = fmt.Sprintf("%.0f\t%.1f\t%.1f\t%.2f", r.ThrottledGPUS, r.PeakTempC, r.MinSlowdownMarginC, r.MaxOverLimitC)
+			margin := r.MinSlowdownMarginC
+			if math.Abs(margin) < 0.05 {
+				margin = 0 // a card held at its slowdown temperature, less rounding: not "-0.0"
+			}
+			heat = fmt.Sprintf("%.0f\t%.1f\t%.1f\t%.2f", r.ThrottledGPUS, r.PeakTempC, margin, r.MaxOverLimitC)
 		}
 		fmt.Fprintf(tw, "%s\t%.2f\t%.2f\t%.2f\t%s\t%d\t%d\t%.1f%%\t%.1f\t\n",
 			r.Policy, r.MeanS, r.P50S, r.P99S, heat, r.Refusals, r.Hedges, 100*r.CacheHitRatio, r.WallS)
