@@ -48,6 +48,26 @@ func (fq *fairQueue) pop() *flight {
 	return f
 }
 
+// remove takes f out of the queue; false if it was not queued.
+func (fq *fairQueue) remove(f *flight) bool {
+	for i, id := range fq.order {
+		q := fq.q[id]
+		for j, g := range q {
+			if g != f {
+				continue
+			}
+			fq.q[id] = append(q[:j:j], q[j+1:]...)
+			if len(fq.q[id]) == 0 {
+				delete(fq.q, id)
+				fq.order = append(fq.order[:i:i], fq.order[i+1:]...)
+			}
+			fq.n--
+			return true
+		}
+	}
+	return false
+}
+
 // drain removes and returns every queued task.
 func (fq *fairQueue) drain() []*flight {
 	var out []*flight

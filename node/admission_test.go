@@ -63,3 +63,17 @@ func TestRateLimiterTokenBucket(t *testing.T) {
 }
 
 func taskNamed(s string) protocol.Task { return protocol.Task{Prompt: s} }
+
+func TestFairQueueRemove(t *testing.T) {
+	var fq fairQueue
+	a1, a2, b1 := &flight{task: taskNamed("a1")}, &flight{task: taskNamed("a2")}, &flight{task: taskNamed("b1")}
+	fq.push("A", a1)
+	fq.push("A", a2)
+	fq.push("B", b1)
+	if !fq.remove(b1) || fq.remove(b1) {
+		t.Fatal("remove: want true once, then false")
+	}
+	if !fq.remove(a1) || fq.len() != 1 || fq.pop() != a2 || fq.pop() != nil {
+		t.Fatal("after removing b1 and a1 only a2 should remain")
+	}
+}

@@ -177,6 +177,7 @@ func (n *Node) place(ctx context.Context, t protocol.Task, tc cid.Cid, noCache b
 	var dhtHosts []HostInfo
 	searched := false
 	attempts := 0
+	redispatched := false // at most once per Submit, so a task never ping-pongs
 	for round := 0; round < maxRounds; round++ {
 		tried := map[string]bool{}
 		var retryAfter time.Duration
@@ -199,12 +200,18 @@ func (n *Node) place(ctx context.Context, t protocol.Task, tc cid.Cid, noCache b
 			}
 			res, p, err := n.hedged(ctx, p, next, func(ctx context.Context, p peer.ID) (*Result, error) {
 				defer n.ledger.start(p)()
-				return n.runAt(ctx, p, t, tc, noCache, func(e protocol.Event) {
+				return n.runAt(ctx, p, t, tc, noCache, func(e protocol.Event) bool {
 					stage := "running"
 					if e.Type == protocol.EventQueued {
 						stage = "queued"
+						if !redispatched && n.shouldRedispatch(p, t, tc, e.Position, tried) {
+							redispatched = true
+							progress(Progress{Stage: "redispatch", Peer: p.String(), Event: e})
+							return false
+						}
 					}
 					progress(Progress{Stage: stage, Peer: p.String(), Event: e})
+					return true
 				})
 			})
 			if err == nil {
@@ -243,6 +250,38 @@ func (n *Node) place(ctx context.Context, t protocol.Task, tc cid.Cid, noCache b
 		return nil, fmt.Errorf("no host serves model %q: none in the gossip view, none found on the DHT within %s (is a `gpunet host` running and connected?)", t.Model, n.cfg.FindTimeout)
 	}
 	return nil, fmt.Errorf("no host completed the task after %d attempts: %w", attempts, errors.Join(errs...))
+}
+
+// errRedispatch means the client left a host's queue for a better place.
+var errRedispatch = errors.New("left the host's queue: another host should finish sooner")
+
+// shouldRedispatch decides, when host p reports the task at queue position
+// pos, whether to take it elsewhere: when the wait that position implies is
+// more than twice, plus a second, the best predicted completion among the
+// hosts not yet tried. The margin keeps a client from leaving a queue for
+// an estimate that is only slightly better (the view is seconds old).
+func (n *Node) shouldRedispatch(p peer.ID, t protocol.Task, tc cid.Cid, pos uint32, tried map[string]bool) bool {
+	if pos <= 1 {
+		return false
+	}
+	view := n.View()
+	n.ledger.adjust(view, n.viewExpiry())
+	slots, serviceMs := 1, n.schedCfg.DefaultServiceMs
+	for _, ps := range view {
+		if ps.ID == p.String() {
+			slots = max(1, ps.Slots)
+			if ms, ok := ps.ServiceMs[t.Model]; ok && ms > 0 {
+				serviceMs = ms
+			}
+		}
+	}
+	wait := float64(pos) / float64(slots) * serviceMs
+	exclude := map[string]bool{p.String(): true}
+	for id := range tried {
+		exclude[id] = true
+	}
+	cands := scheduler.Place(view, scheduler.Request{Model: t.Model, Key: tc.Bytes(), Exclude: exclude}, time.Now(), nil, n.schedCfg)
+	return len(cands) > 0 && wait > 2*cands[0].PredictedMs+1000
 }
 
 // hedged runs the task at p. With HedgeAfter set, if p has not answered by
@@ -337,7 +376,11 @@ func (n *Node) nextCandidate(ctx context.Context, t protocol.Task, tc cid.Cid, t
 func (n *Node) rng() *rand.Rand { return rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())) }
 
 // runAt sends t to one host and reads its events until the result.
-func (n *Node) runAt(ctx context.Context, p peer.ID, t protocol.Task, tc cid.Cid, noCache bool, onEvent func(protocol.Event)) (*Result, error) {
+//
+// onEvent sees every queued and progress event; when it returns false the
+// client gives up on this host (errRedispatch) and the host drops the task
+// from its queue if nobody else waits for it.
+func (n *Node) runAt(ctx context.Context, p peer.ID, t protocol.Task, tc cid.Cid, noCache bool, onEvent func(protocol.Event) bool) (*Result, error) {
 	ctx, cancel := context.WithTimeout(ctx, n.cfg.TaskTimeout)
 	defer cancel()
 	n.ensureAddrs(ctx, p)
@@ -398,7 +441,10 @@ func (n *Node) runAt(ctx context.Context, p peer.ID, t protocol.Task, tc cid.Cid
 			}
 			return res, nil
 		default:
-			onEvent(*e)
+			if !onEvent(*e) {
+				st.Reset()
+				return nil, errRedispatch
+			}
 		}
 	}
 	st.Reset()
@@ -473,7 +519,7 @@ func (n *Node) SubmitTo(ctx context.Context, p peer.ID, task protocol.Task, opts
 	if err != nil {
 		return nil, err
 	}
-	res, err := n.runAt(ctx, p, t, tc, opts.NoCache, func(protocol.Event) {})
+	res, err := n.runAt(ctx, p, t, tc, opts.NoCache, func(protocol.Event) bool { return true })
 	if err != nil {
 		return nil, err
 	}

@@ -189,6 +189,7 @@ func (s *server) handle(st network.Stream) {
 			if errors.Is(err, errClientGone) {
 				log.Debug("client went away", "err", err)
 				st.Reset()
+				s.abandon(f)
 				return
 			}
 			refuse(err)
@@ -253,7 +254,7 @@ func (s *server) wait(st network.Stream, f *flight) (*store.Result, error) {
 				return nil, err
 			}
 		case <-tick.C:
-			if time.Since(lastSent) < keepaliveEvery {
+			if time.Since(lastSent) < keepaliveEvery/2 {
 				continue
 			}
 			if last.Type == protocol.EventQueued {
@@ -265,6 +266,26 @@ func (s *server) wait(st network.Stream, f *flight) (*store.Result, error) {
 				return nil, err
 			}
 		}
+	}
+}
+
+// abandon drops a queued flight that nobody waits for any more (its clients
+// took the task elsewhere), so the GPU does not compute what nobody wants.
+// A running flight finishes into the cache: stopping it mid-run would
+// waste what is done.
+func (s *server) abandon(f *flight) {
+	f.mu.Lock()
+	waiters := len(f.listeners)
+	f.mu.Unlock()
+	if waiters > 0 {
+		return
+	}
+	s.mu.Lock()
+	removed := s.queue.remove(f)
+	s.mu.Unlock()
+	if removed {
+		s.finish(f, nil, &protocol.RemoteError{Code: protocol.CodeBusy, Message: "every submitter left the queue"})
+		poke(s.changed)
 	}
 }
 
