@@ -288,3 +288,49 @@ func TestPauseHandsBackQueuedWork(t *testing.T) {
 		t.Errorf("task after resume: %v", err)
 	}
 }
+
+// TestAbandonedQueuedTaskIsNotComputed: a client that leaves a host's queue
+// takes its task with it; the GPU does not compute it for nobody.
+func TestAbandonedQueuedTaskIsNotComputed(t *testing.T) {
+	sw := startSwarmWith(t, swarm.Options{Profiles: []string{"rtx3060"}, Tune: fastBeacons})
+	h := sw.Hosts[0]
+	c := addClient(t, sw)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	waitFor := func(what string, ok func(node.Status) bool) {
+		t.Helper()
+		for !ok(h.Status(ctx)) {
+			if ctx.Err() != nil {
+				t.Fatalf("never saw: %s", what)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	first := make(chan error, 1)
+	go func() {
+		// About 7.5 s on a simulated 3060: longer than a keepalive interval,
+		// the latest point at which the host notices a client has left.
+		_, err := c.SubmitTo(ctx, h.ID(), protocol.Task{Prompt: "long", Width: 512, Height: 512, Steps: 60}, node.SubmitOptions{})
+		first <- err
+	}()
+	waitFor("the long task running", func(st node.Status) bool { return st.Running == 1 })
+	qctx, leave := context.WithCancel(ctx)
+	second := make(chan error, 1)
+	go func() {
+		_, err := c.SubmitTo(qctx, h.ID(), protocol.Task{Prompt: "queued then abandoned", Width: 64, Height: 64, Steps: 1}, node.SubmitOptions{})
+		second <- err
+	}()
+	waitFor("the second task queued", func(st node.Status) bool { return st.Queued == 1 })
+	leave()
+	if err := <-second; err == nil {
+		t.Fatal("the abandoned submit returned a result")
+	}
+	waitFor("the abandoned task dropped from the queue", func(st node.Status) bool { return st.Queued == 0 })
+	if err := <-first; err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(200 * time.Millisecond) // a few dispatcher ticks: it must not start it now
+	if runs := h.KernelRuns(); runs != 1 {
+		t.Errorf("%d kernel runs, want 1: the abandoned task was computed", runs)
+	}
+}
