@@ -35,7 +35,7 @@ type SubmitOptions struct {
 
 // Progress is one step of a task's journey, for people watching it.
 type Progress struct {
-	Stage string `json:"stage"` // lookup, searching, trying, queued, running, verifying, done, refused
+	Stage string `json:"stage"` // lookup, joined, searching, trying, queued, running, redispatch, refused, done
 	Peer  string `json:"peer,omitempty"`
 	protocol.Event
 }

@@ -154,12 +154,7 @@ func TestHotGPUNeverPassesItsLimit(t *testing.T) {
 func TestHostKilledMidTaskDoesNotLoseIt(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	sw := startSwarmWith(t, swarm.Options{
-		Profiles: []string{"rtx3060", "rtx3060"},
-		Tune:     fastBeacons,
-	})
-	c := addClient(t, sw)
-	waitForView(t, c, 2)
+	sw, c := twoHostsInView(t)
 	var once sync.Once
 	var killed string
 	task := protocol.Task{Prompt: "a long task", Width: 512, Height: 512, Steps: 30} // ~3.7 s on a simulated 3060
@@ -219,12 +214,7 @@ func TestHedgedAttemptAfterDeadline(t *testing.T) {
 func TestPauseHandsBackQueuedWork(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	sw := startSwarmWith(t, swarm.Options{
-		Profiles: []string{"rtx3060", "rtx3060"},
-		Tune:     fastBeacons,
-	})
-	c := addClient(t, sw)
-	waitForView(t, c, 2)
+	sw, c := twoHostsInView(t)
 	target := sw.Hosts[0]
 	const n = 4
 	var wg sync.WaitGroup
@@ -333,4 +323,14 @@ func TestAbandonedQueuedTaskIsNotComputed(t *testing.T) {
 	if runs := h.KernelRuns(); runs != 1 {
 		t.Errorf("%d kernel runs, want 1: the abandoned task was computed", runs)
 	}
+}
+
+// twoHostsInView starts two simulated RTX 3060 hosts with fast beacons and
+// a client whose gossip view already holds both.
+func twoHostsInView(t *testing.T) (*swarm.Swarm, *node.Node) {
+	t.Helper()
+	sw := startSwarmWith(t, swarm.Options{Profiles: []string{"rtx3060", "rtx3060"}, Tune: fastBeacons})
+	c := addClient(t, sw)
+	waitForView(t, c, 2)
+	return sw, c
 }

@@ -17,7 +17,6 @@ var ErrBadManifest = errors.New("invalid manifest")
 const (
 	manifestDomain = "gpunet-manifest-v1\x00"
 	capacityDomain = "gpunet-capacity-v1\x00"
-	beaconDomain   = "gpunet-beacon-v1\x00"
 )
 
 // Output is one file a task produced, stored as one raw block.
