@@ -96,6 +96,9 @@ func (n *Node) FindHosts(ctx context.Context, model string, max int) ([]HostInfo
 		}
 		hi := HostInfo{AddrInfo: ai}
 		if c, err := n.lookupCapacity(ctx, ai.ID); err == nil {
+			if !c.Serves(model) {
+				continue // a provider record older than the host's current models
+			}
 			hi.Capacity = c
 		} else {
 			n.log.Debug("no capacity record", "peer", ai.ID, "err", err)
