@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/gpunet/gpunet/kernel"
+	"github.com/gpunet/gpunet/scheduler"
 )
 
 // DefaultAPIAddr is the local HTTP API's address: loopback only (the API is
@@ -70,10 +71,15 @@ type Config struct {
 	// seconds keeps views fresh next to a diffusion task's seconds of
 	// runtime for about 100 B/s per host.
 	BeaconInterval time.Duration
-	// HedgeAfter, when positive, starts a second attempt at the next
-	// candidate if the first has not finished by then; the loser is
-	// cancelled.
-	HedgeAfter time.Duration
+	// QueueHedge lets Submit move a task that waits in a host's queue well
+	// past its predicted wait to a host predicted to finish it sooner, once
+	// that host has accepted it (scheduler/hedge.go; the scheduler config
+	// tunes it). Default on: in the simulator it brings p99 time in system
+	// from 1.43× to within 1.1× of an omniscient scheduler.
+	QueueHedge bool
+	// Scheduler tunes placement and the queue hedge; every default's reason
+	// is in scheduler/config.go.
+	Scheduler scheduler.Config
 
 	// StoreBudget bounds the results store in bytes (LRU eviction).
 	StoreBudget int64
@@ -117,6 +123,8 @@ func DefaultConfig() Config {
 		TaskTimeout:       5 * time.Minute,
 		EventIdleTimeout:  6 * keepaliveEvery,
 		MaxAttempts:       5,
+		QueueHedge:        true,
+		Scheduler:         scheduler.DefaultConfig(),
 		Version:           "dev",
 	}
 }
@@ -155,6 +163,9 @@ func (c *Config) validate() error {
 	}
 	if c.MaxAttempts < 1 {
 		errs = append(errs, errors.New("max attempts must be at least 1"))
+	}
+	if err := c.Scheduler.Validate(); err != nil {
+		errs = append(errs, err)
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()

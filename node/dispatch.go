@@ -166,54 +166,49 @@ func (s *submitCalls) leave(tc cid.Cid, noCache bool, c *submitCall) {
 // every one refused with a retry-after.
 const maxRounds = 5
 
+// candidate is a host to try, with Place's predicted wait there (negative
+// when unknown: a host found on the DHT, or one running the task already).
+type candidate struct {
+	p      peer.ID
+	waitMs float64
+	pred   scheduler.Candidate // Place's prediction, when it came from Place
+}
+
+// journey is one Submit's search for a host, from the first candidate to
+// the result. Its methods run on Submit's goroutine; only the attempts it
+// starts (follow) run beside it.
+type journey struct {
+	n        *Node
+	t        protocol.Task
+	tc       cid.Cid
+	noCache  bool
+	progress func(Progress)
+
+	tried    map[string]bool // this round's hosts
+	attempts int
+	dhtHosts []HostInfo
+	searched bool
+}
+
 // place walks candidates until one host returns the result. Candidates come
 // from the gossip view through scheduler.Place (cool, idle hosts first);
 // hosts the view does not know are found on the DHT. A refusal (busy, too
 // hot, paused) moves on to the next candidate; a host that fails mid-task
 // is retried elsewhere; when all refused, it waits for the shortest
-// retry-after and places again, a bounded number of times.
+// retry-after and places again, a bounded number of times. While the task
+// waits in a host's queue, follow may move it (the queue hedge).
 func (n *Node) place(ctx context.Context, t protocol.Task, tc cid.Cid, noCache bool, start time.Time, progress func(Progress)) (*Result, error) {
+	j := &journey{n: n, t: t, tc: tc, noCache: noCache, progress: progress}
 	var errs []error
-	var dhtHosts []HostInfo
-	searched := false
-	attempts := 0
-	redispatched := false // at most once per Submit, so a task never ping-pongs
 	for round := 0; round < maxRounds; round++ {
-		tried := map[string]bool{}
+		j.tried = map[string]bool{}
 		var retryAfter time.Duration
-		next := func() (peer.ID, bool) {
-			if attempts >= n.cfg.MaxAttempts*maxRounds {
-				return "", false
-			}
-			p, ok := n.nextCandidate(ctx, t, tc, tried, &dhtHosts, &searched, progress)
-			if ok {
-				tried[p.String()] = true
-				attempts++
-				progress(Progress{Stage: "trying", Peer: p.String()})
-			}
-			return p, ok
-		}
 		for {
-			p, ok := next()
+			c, ok := j.next(ctx)
 			if !ok {
 				break
 			}
-			res, p, err := n.hedged(ctx, p, next, func(ctx context.Context, p peer.ID) (*Result, error) {
-				defer n.ledger.start(p)()
-				return n.runAt(ctx, p, t, tc, noCache, func(e protocol.Event) bool {
-					stage := "running"
-					if e.Type == protocol.EventQueued {
-						stage = "queued"
-						if !redispatched && n.shouldRedispatch(p, t, tc, e.Position, tried) {
-							redispatched = true
-							progress(Progress{Stage: "redispatch", Peer: p.String(), Event: e})
-							return false
-						}
-					}
-					progress(Progress{Stage: stage, Peer: p.String(), Event: e})
-					return true
-				})
-			})
+			res, p, err := j.follow(ctx, c)
 			if err == nil {
 				res.Elapsed = time.Since(start)
 				progress(Progress{Stage: "done", Peer: p.String()})
@@ -231,12 +226,10 @@ func (n *Node) place(ctx context.Context, t protocol.Task, tc cid.Cid, noCache b
 					retryAfter = re.RetryAfter
 				}
 			}
-			n.gossip.forget(p) // until its next beacon says otherwise
-			progress(Progress{Stage: "refused", Peer: p.String(), Event: protocol.Event{Message: err.Error()}})
-			n.log.Debug("host did not complete the task, trying the next", "peer", p, "err", err)
+			j.failed(p, err)
 			errs = append(errs, fmt.Errorf("%s: %w", p, err))
 		}
-		if len(tried) == 0 {
+		if len(j.tried) == 0 {
 			break // no candidate at all
 		}
 		wait := min(max(retryAfter, 100*time.Millisecond), 5*time.Second)
@@ -249,127 +242,256 @@ func (n *Node) place(ctx context.Context, t protocol.Task, tc cid.Cid, noCache b
 	if len(errs) == 0 {
 		return nil, fmt.Errorf("no host serves model %q: none in the gossip view, none found on the DHT within %s (is a `gpunet host` running and connected?)", t.Model, n.cfg.FindTimeout)
 	}
-	return nil, fmt.Errorf("no host completed the task after %d attempts: %w", attempts, errors.Join(errs...))
+	return nil, fmt.Errorf("no host completed the task after %d attempts: %w", j.attempts, errors.Join(errs...))
 }
 
-// errRedispatch means the client left a host's queue for a better place.
-var errRedispatch = errors.New("left the host's queue: another host should finish sooner")
+// failed notes that p refused or failed the task: the view shuns it until
+// its next beacon says otherwise.
+func (j *journey) failed(p peer.ID, err error) {
+	j.n.gossip.forget(p)
+	j.progress(Progress{Stage: "refused", Peer: p.String(), Event: protocol.Event{Message: err.Error()}})
+	j.n.log.Debug("host did not complete the task, trying the next", "peer", p, "err", err)
+}
 
-// shouldRedispatch decides, when host p reports the task at queue position
-// pos, whether to take it elsewhere: when the wait that position implies is
-// more than twice, plus a second, the best predicted completion among the
-// hosts not yet tried. The margin keeps a client from leaving a queue for
-// an estimate that is only slightly better (the view is seconds old).
-func (n *Node) shouldRedispatch(p peer.ID, t protocol.Task, tc cid.Cid, pos uint32, tried map[string]bool) bool {
-	if pos <= 1 {
-		return false
+// try records c as tried in this round.
+func (j *journey) try(c candidate, stage string) {
+	j.tried[c.p.String()] = true
+	j.attempts++
+	j.progress(Progress{Stage: stage, Peer: c.p.String()})
+}
+
+func (j *journey) exhausted() bool { return j.attempts >= j.n.cfg.MaxAttempts*maxRounds }
+
+// next returns the best host not yet tried, marked as tried: a host already
+// running this very task, then placement over the gossip view, then the
+// DHT (searched once per Submit, in rendezvous order).
+func (j *journey) next(ctx context.Context) (candidate, bool) {
+	if j.exhausted() {
+		return candidate{}, false
 	}
+	c, ok := j.pick(ctx)
+	if ok {
+		j.try(c, "trying")
+	}
+	return c, ok
+}
+
+func (j *journey) pick(ctx context.Context) (candidate, bool) {
+	n := j.n
+	// A host already running this very task takes a duplicate for free,
+	// whatever its load or heat: it joins the running computation.
+	if ids := n.gossip.running(protocol.TaskKey(j.tc), n.host.ID(), j.tried); len(ids) > 0 {
+		return candidate{p: ids[0], waitMs: -1}, true
+	}
+	if c, ok := j.placeInView(j.tried, n.rng()); ok {
+		return c, true
+	}
+	if !j.searched {
+		j.searched = true
+		j.progress(Progress{Stage: "searching"})
+		if hosts, err := n.FindHosts(ctx, j.t.Model, 20); err == nil {
+			rendezvousOrder(hosts, j.tc)
+			j.dhtHosts = hosts
+		} else {
+			n.log.Debug("DHT search for hosts", "model", j.t.Model, "err", err)
+		}
+	}
+	for _, h := range j.dhtHosts {
+		if !j.tried[h.ID.String()] {
+			return candidate{p: h.ID, waitMs: -1}, true
+		}
+	}
+	return candidate{}, false
+}
+
+// placeInView runs scheduler.Place over the gossip view, corrected by this
+// node's own placements since each beacon, and returns the first
+// candidate not excluded, with its prediction.
+func (j *journey) placeInView(exclude map[string]bool, rng *rand.Rand) (candidate, bool) {
+	n := j.n
+	req := scheduler.Request{Model: j.t.Model, Key: j.tc.Bytes(), Exclude: exclude}
 	view := n.View()
 	n.ledger.adjust(view, n.viewExpiry())
-	slots, serviceMs := 1, n.schedCfg.DefaultServiceMs
-	for _, ps := range view {
+	for _, sc := range scheduler.Place(view, req, time.Now(), rng, n.schedCfg) {
+		if id, err := peer.Decode(sc.ID); err == nil {
+			return candidate{p: id, waitMs: sc.WaitMs, pred: sc}, true
+		}
+	}
+	return candidate{}, false
+}
+
+// attempt is the task at one host: runAt on its own goroutine, reporting
+// on the journey's channel.
+type attempt struct {
+	c        candidate
+	cancel   context.CancelFunc
+	accepted bool    // the host sent a queued or progress event
+	running  bool    // its latest event was progress: the task started
+	etaMs    float64 // from its latest queued event
+}
+
+type attemptNews struct {
+	a    *attempt
+	e    protocol.Event // an event, when !done
+	done bool
+	res  *Result
+	err  error
+}
+
+// follow runs the task at c until a host returns the result, applying the
+// queue hedge of scheduler/hedge.go while it waits in a queue: HedgeDelay
+// after the host queued it, if it has not started, the client compares
+// the host's ETA for it with Place's best other host; if ShouldMove, it
+// offers the task there as well and, as soon as that host accepts it (its
+// first queued or progress event), cancels it where it waited by resetting
+// the stream, which makes that host drop it. A second host that refuses is
+// forgotten and the next is tried; one that accepts after the first host
+// started the task is cancelled instead. It returns the host whose answer
+// it used, or the last host's error.
+func (j *journey) follow(ctx context.Context, c candidate) (*Result, peer.ID, error) {
+	n := j.n
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel() // whatever attempt is still running
+	news := make(chan attemptNews, 4)
+	start := func(c candidate) *attempt {
+		actx, acancel := context.WithCancel(ctx)
+		a := &attempt{c: c, cancel: acancel}
+		go func() {
+			defer n.ledger.start(c.p)()
+			res, err := n.runAt(actx, c.p, j.t, j.tc, j.noCache, func(e protocol.Event) {
+				select {
+				case news <- attemptNews{a: a, e: e}:
+				case <-actx.Done():
+				}
+			})
+			select {
+			case news <- attemptNews{a: a, done: true, res: res, err: err}:
+			case <-ctx.Done():
+			}
+		}()
+		return a
+	}
+	cur, alt := start(c), (*attempt)(nil)
+	var timer *time.Timer
+	var check <-chan time.Time
+	arm := func(waitMs float64) {
+		if !n.cfg.QueueHedge {
+			return
+		}
+		if timer != nil {
+			timer.Stop()
+		}
+		timer = time.NewTimer(n.schedCfg.HedgeDelay(waitMs))
+		check = timer.C
+	}
+	defer func() {
+		if timer != nil {
+			timer.Stop()
+		}
+	}()
+	// hedge looks for a better host for the task queued at cur, and offers
+	// it there; otherwise it looks again later.
+	hedge := func() {
+		if alt != nil || cur.running || !cur.accepted {
+			return
+		}
+		exclude := map[string]bool{cur.c.p.String(): true}
+		for id := range j.tried {
+			exclude[id] = true
+		}
+		if b, ok := j.placeInView(exclude, n.rng()); ok && !j.exhausted() && n.schedCfg.ShouldMove(cur.etaMs, b.pred) {
+			j.try(b, "hedge")
+			alt = start(b)
+			return
+		}
+		arm(cur.etaMs)
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return nil, cur.c.p, ctx.Err()
+		case <-check:
+			check = nil
+			hedge()
+		case m := <-news:
+			if m.a != cur && m.a != alt {
+				continue // an attempt cancelled earlier
+			}
+			if m.done {
+				if m.err == nil {
+					return m.res, m.a.c.p, nil
+				}
+				if m.a == alt || alt == nil {
+					if m.a == cur {
+						return nil, cur.c.p, m.err
+					}
+					alt = nil // the other host refused: stay, and look again
+					j.failed(m.a.c.p, m.err)
+					hedge()
+					continue
+				}
+				// cur failed while alt was being offered: alt carries on.
+				j.failed(cur.c.p, m.err)
+				cur, alt = alt, nil
+				if cur.accepted && !cur.running {
+					arm(cur.c.waitMs)
+				}
+				continue
+			}
+			a := m.a
+			first := !a.accepted
+			a.accepted = true
+			a.running = m.e.Type == protocol.EventProgress
+			stage := "running"
+			if !a.running {
+				stage = "queued"
+				a.etaMs = float64(m.e.EtaMs)
+				if a.etaMs == 0 {
+					a.etaMs = j.etaFromView(a.c.p, m.e.Position)
+				}
+			}
+			j.progress(Progress{Stage: stage, Peer: a.c.p.String(), Event: m.e})
+			switch {
+			case a == cur && a.running && alt != nil:
+				// It started here while another host was being asked.
+				alt.cancel()
+				alt = nil
+			case a == cur && first && !a.running:
+				wait := a.c.waitMs
+				if wait < 0 {
+					wait = a.etaMs
+				}
+				arm(wait)
+			case a == alt && first:
+				if cur.running {
+					alt.cancel()
+					alt = nil
+					continue
+				}
+				j.progress(Progress{Stage: "moved", Peer: alt.c.p.String(), Event: protocol.Event{Message: "left the queue at " + cur.c.p.String()}})
+				cur.cancel()
+				cur, alt = alt, nil
+				if !cur.running {
+					arm(cur.c.waitMs)
+				}
+			}
+		}
+	}
+}
+
+// etaFromView estimates the ETA of a task at queue position pos of host p
+// from p's beacon, for a host that sends no eta_ms with its queued events.
+func (j *journey) etaFromView(p peer.ID, pos uint32) float64 {
+	slots, serviceMs := 1, j.n.schedCfg.DefaultServiceMs
+	for _, ps := range j.n.View() {
 		if ps.ID == p.String() {
 			slots = max(1, ps.Slots)
-			if ms, ok := ps.ServiceMs[t.Model]; ok && ms > 0 {
+			if ms, ok := ps.ServiceMs[j.t.Model]; ok && ms > 0 {
 				serviceMs = ms
 			}
 		}
 	}
-	wait := float64(pos) / float64(slots) * serviceMs
-	exclude := map[string]bool{p.String(): true}
-	for id := range tried {
-		exclude[id] = true
-	}
-	cands := scheduler.Place(view, scheduler.Request{Model: t.Model, Key: tc.Bytes(), Exclude: exclude}, time.Now(), nil, n.schedCfg)
-	return len(cands) > 0 && wait > 2*cands[0].PredictedMs+1000
-}
-
-// hedged runs the task at p. With HedgeAfter set, if p has not answered by
-// then it also starts the next candidate, takes whichever succeeds first
-// and cancels the other (the cancelled host's stream is reset; a
-// computation it already started still completes into its cache). Without
-// hedging it is just run(ctx, p). It returns the peer whose answer it used.
-func (n *Node) hedged(ctx context.Context, p peer.ID, next func() (peer.ID, bool), run func(context.Context, peer.ID) (*Result, error)) (*Result, peer.ID, error) {
-	if n.cfg.HedgeAfter <= 0 {
-		res, err := run(ctx, p)
-		return res, p, err
-	}
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	type outcome struct {
-		res *Result
-		err error
-		p   peer.ID
-	}
-	ch := make(chan outcome, 2)
-	launch := func(p peer.ID) {
-		go func() {
-			res, err := run(ctx, p)
-			ch <- outcome{res, err, p}
-		}()
-	}
-	launch(p)
-	inflight, hedged := 1, false
-	timer := time.NewTimer(n.cfg.HedgeAfter)
-	defer timer.Stop()
-	var first *outcome
-	for inflight > 0 {
-		select {
-		case <-timer.C:
-			if q, ok := next(); ok && !hedged {
-				hedged = true
-				inflight++
-				launch(q)
-			}
-		case o := <-ch:
-			inflight--
-			if o.err == nil {
-				return o.res, o.p, nil
-			}
-			if first == nil {
-				first = &o
-			}
-			if !hedged {
-				return nil, o.p, o.err // no second attempt running: let the caller move on
-			}
-		}
-	}
-	return nil, first.p, first.err
-}
-
-// nextCandidate returns the best host not yet tried: first by placement
-// over the gossip view, then from the DHT (searched once per Submit, in
-// rendezvous order).
-func (n *Node) nextCandidate(ctx context.Context, t protocol.Task, tc cid.Cid, tried map[string]bool, dhtHosts *[]HostInfo, searched *bool, progress func(Progress)) (peer.ID, bool) {
-	// A host already running this very task takes a duplicate for free,
-	// whatever its load or heat: it joins the running computation.
-	if ids := n.gossip.running(protocol.TaskKey(tc), n.host.ID(), tried); len(ids) > 0 {
-		return ids[0], true
-	}
-	req := scheduler.Request{Model: t.Model, Key: tc.Bytes(), Exclude: tried}
-	view := n.View()
-	n.ledger.adjust(view, n.viewExpiry())
-	if cands := scheduler.Place(view, req, time.Now(), n.rng(), n.schedCfg); len(cands) > 0 {
-		if id, err := peer.Decode(cands[0].ID); err == nil {
-			return id, true
-		}
-	}
-	if !*searched {
-		*searched = true
-		progress(Progress{Stage: "searching"})
-		if hosts, err := n.FindHosts(ctx, t.Model, 20); err == nil {
-			rendezvousOrder(hosts, tc)
-			*dhtHosts = hosts
-		} else {
-			n.log.Debug("DHT search for hosts", "model", t.Model, "err", err)
-		}
-	}
-	for _, h := range *dhtHosts {
-		if !tried[h.ID.String()] {
-			return h.ID, true
-		}
-	}
-	return "", false
+	return scheduler.QueuedETAMs(int(pos), slots, serviceMs)
 }
 
 // rng returns a source of randomness for one placement.
@@ -377,10 +499,10 @@ func (n *Node) rng() *rand.Rand { return rand.New(rand.NewPCG(rand.Uint64(), ran
 
 // runAt sends t to one host and reads its events until the result.
 //
-// onEvent sees every queued and progress event; when it returns false the
-// client gives up on this host (errRedispatch) and the host drops the task
-// from its queue if nobody else waits for it.
-func (n *Node) runAt(ctx context.Context, p peer.ID, t protocol.Task, tc cid.Cid, noCache bool, onEvent func(protocol.Event) bool) (*Result, error) {
+// onEvent sees every queued and progress event. Cancelling ctx resets the
+// stream, which tells the host that this client no longer waits: it drops
+// the task from its queue if nobody else waits for it.
+func (n *Node) runAt(ctx context.Context, p peer.ID, t protocol.Task, tc cid.Cid, noCache bool, onEvent func(protocol.Event)) (*Result, error) {
 	ctx, cancel := context.WithTimeout(ctx, n.cfg.TaskTimeout)
 	defer cancel()
 	n.ensureAddrs(ctx, p)
@@ -396,11 +518,12 @@ func (n *Node) runAt(ctx context.Context, p peer.ID, t protocol.Task, tc cid.Cid
 	}
 	stop := context.AfterFunc(ctx, func() { st.Reset() })
 	defer stop()
+	// The write side stays open: a reset, not a half-close, is how the host
+	// learns at once that the client has gone (see the protocol spec).
 	if err := protocol.WriteMsg(st, protocol.TaskRequest{Task: t, NoCache: noCache}); err != nil {
 		st.Reset()
 		return nil, fmt.Errorf("sending task: %w", err)
 	}
-	_ = st.CloseWrite()
 
 	r := bufio.NewReader(st)
 	var blocks [][]byte
@@ -441,10 +564,7 @@ func (n *Node) runAt(ctx context.Context, p peer.ID, t protocol.Task, tc cid.Cid
 			}
 			return res, nil
 		default:
-			if !onEvent(*e) {
-				st.Reset()
-				return nil, errRedispatch
-			}
+			onEvent(*e)
 		}
 	}
 	st.Reset()
@@ -519,7 +639,7 @@ func (n *Node) SubmitTo(ctx context.Context, p peer.ID, task protocol.Task, opts
 	if err != nil {
 		return nil, err
 	}
-	res, err := n.runAt(ctx, p, t, tc, opts.NoCache, func(protocol.Event) bool { return true })
+	res, err := n.runAt(ctx, p, t, tc, opts.NoCache, func(protocol.Event) {})
 	if err != nil {
 		return nil, err
 	}

@@ -79,7 +79,7 @@ func New(ctx context.Context, cfg Config) (n *Node, err error) {
 	if err := cfg.validate(); err != nil {
 		return nil, fmt.Errorf("invalid config: %w", err)
 	}
-	n = &Node{cfg: cfg, log: cfg.Logger, started: time.Now(), schedCfg: scheduler.DefaultConfig()}
+	n = &Node{cfg: cfg, log: cfg.Logger, started: time.Now(), schedCfg: cfg.Scheduler}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	defer func() {
 		if err != nil {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"sync"
 	"time"
@@ -12,6 +13,7 @@ import (
 	"github.com/gpunet/gpunet/kernel"
 	"github.com/gpunet/gpunet/node/store"
 	"github.com/gpunet/gpunet/protocol"
+	"github.com/gpunet/gpunet/scheduler"
 	"github.com/ipfs/go-cid"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -147,7 +149,8 @@ func (s *server) handle(st network.Stream) {
 	}
 
 	_ = st.SetReadDeadline(time.Now().Add(protocol.RequestTimeout))
-	body, err := protocol.ReadFrame(bufio.NewReader(st), protocol.MaxRequestBytes)
+	br := bufio.NewReader(st)
+	body, err := protocol.ReadFrame(br, protocol.MaxRequestBytes)
 	if err != nil {
 		refuse(badRequest(err))
 		return
@@ -176,16 +179,16 @@ func (s *server) handle(st network.Stream) {
 		}
 	}
 	if res == nil {
-		f, pos, err := s.admit(remote, req.Task, tc)
+		f, _, err := s.admit(remote, req.Task, tc)
 		if err != nil {
 			refuse(err)
 			return
 		}
-		if pos > 0 {
+		if e, ok := s.queuedEvent(f); ok {
 			_ = st.SetWriteDeadline(time.Now().Add(writeTimeout))
-			_ = protocol.WriteMsg(st, protocol.Event{Type: protocol.EventQueued, Position: uint32(pos)})
+			_ = protocol.WriteMsg(st, e)
 		}
-		if res, err = s.wait(st, f); err != nil {
+		if res, err = s.wait(st, f, watchCancel(st, br)); err != nil {
 			if errors.Is(err, errClientGone) {
 				log.Debug("client went away", "err", err)
 				st.Reset()
@@ -210,6 +213,36 @@ func (s *server) handle(st network.Stream) {
 
 var errClientGone = errors.New("client stopped reading")
 
+// watchCancel returns a channel closed when the client cancels the task by
+// resetting the stream (or breaks the protocol by writing after its
+// request). A client that closed its write side after the request, as
+// clients before the queue hedge did, reads as EOF here: it is noticed
+// only when a write to it fails. The watcher ends when the stream closes.
+func watchCancel(st network.Stream, br *bufio.Reader) <-chan struct{} {
+	gone := make(chan struct{})
+	_ = st.SetReadDeadline(time.Time{})
+	go func() {
+		if _, err := br.ReadByte(); err != io.EOF {
+			close(gone)
+		}
+	}()
+	return gone
+}
+
+// queuedEvent is the queued event for f with its current position and the
+// host's ETA for it (scheduler.QueuedETAMs), or false once f has left the
+// queue.
+func (s *server) queuedEvent(f *flight) (protocol.Event, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	pos := s.queue.position(f)
+	if pos <= 0 {
+		return protocol.Event{}, false
+	}
+	eta := scheduler.QueuedETAMs(pos, s.n.cfg.Slots, s.meanServiceLocked(f.task))
+	return protocol.Event{Type: protocol.EventQueued, Position: uint32(pos), EtaMs: uint64(eta)}, true
+}
+
 func badRequest(err error) error {
 	return &protocol.RemoteError{Code: protocol.CodeBadRequest, Message: err.Error()}
 }
@@ -230,7 +263,7 @@ const keepaliveEvery = 5 * time.Second
 
 // wait forwards the flight's events to the stream until it finishes,
 // repeating the latest one when nothing was sent for keepaliveEvery.
-func (s *server) wait(st network.Stream, f *flight) (*store.Result, error) {
+func (s *server) wait(st network.Stream, f *flight, cancelled <-chan struct{}) (*store.Result, error) {
 	ch := f.subscribe()
 	defer f.unsubscribe(ch)
 	tick := time.NewTicker(keepaliveEvery)
@@ -249,6 +282,8 @@ func (s *server) wait(st network.Stream, f *flight) (*store.Result, error) {
 		select {
 		case <-f.done:
 			return f.res, f.err
+		case <-cancelled:
+			return nil, fmt.Errorf("%w: stream reset", errClientGone)
 		case e := <-ch:
 			if err := send(e); err != nil {
 				return nil, err
@@ -258,9 +293,9 @@ func (s *server) wait(st network.Stream, f *flight) (*store.Result, error) {
 				continue
 			}
 			if last.Type == protocol.EventQueued {
-				s.mu.Lock()
-				last.Position = uint32(s.queue.position(f))
-				s.mu.Unlock()
+				if e, ok := s.queuedEvent(f); ok {
+					last = e
+				}
 			}
 			if err := send(last); err != nil {
 				return nil, err

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -178,34 +179,107 @@ func TestHostKilledMidTaskDoesNotLoseIt(t *testing.T) {
 	}
 }
 
-// TestHedgedAttemptAfterDeadline: with HedgeAfter shorter than a task, the
-// client starts a second host and takes the first answer.
-func TestHedgedAttemptAfterDeadline(t *testing.T) {
+// TestQueueHedgeMovesTask: a task placed behind a long one, because the
+// only other host was paused, moves there once it is back and idle. The
+// other host accepts it before the client leaves the first queue, and the
+// first host drops it at once: it never computes it.
+func TestQueueHedgeMovesTask(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	sw := startSwarmWith(t, swarm.Options{
 		Profiles: []string{"rtx3060", "rtx3060"},
 		Tune: func(c *node.Config) {
 			fastBeacons(c)
-			c.HedgeAfter = 100 * time.Millisecond
+			c.Scheduler.HedgeFactor, c.Scheduler.HedgeMin = 0.1, 100*time.Millisecond
 		},
 	})
 	c := addClient(t, sw)
 	waitForView(t, c, 2)
-	var mu sync.Mutex
-	tried := map[string]bool{}
-	_, err := c.Submit(ctx, protocol.Task{Prompt: "hedge me", Width: 256, Height: 256, Steps: 12}, node.SubmitOptions{Progress: func(p node.Progress) {
-		mu.Lock()
-		defer mu.Unlock()
-		if p.Stage == "trying" {
-			tried[p.Peer] = true
+	busy, idle := sw.Hosts[0], sw.Hosts[1]
+	accepting := func(h *node.Node) bool {
+		for _, ps := range c.View() {
+			if ps.ID == h.ID().String() {
+				return ps.Accepting
+			}
 		}
-	}})
-	if err != nil {
+		return false
+	}
+	waitUntil := func(what string, ok func() bool) {
+		t.Helper()
+		for !ok() {
+			if ctx.Err() != nil {
+				t.Fatalf("never saw: %s", what)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	idle.Pause()
+	waitUntil("the paused host not accepting in the client's view", func() bool { return !accepting(idle) })
+
+	// About 3.7 s on a simulated 3060 each.
+	long := protocol.Task{Prompt: "long one ahead", Width: 512, Height: 512, Steps: 30}
+	moved := protocol.Task{Prompt: "queued, then moved", Width: 512, Height: 512, Steps: 30}
+	first := make(chan error, 1)
+	go func() {
+		_, err := c.SubmitTo(ctx, busy.ID(), long, node.SubmitOptions{})
+		first <- err
+	}()
+	waitUntil("the long task running", func() bool { return busy.Status(ctx).Running == 1 })
+
+	var mu sync.Mutex
+	var stages []string
+	queuedAtBusy := make(chan struct{})
+	var once sync.Once
+	type outcome struct {
+		res *node.Result
+		err error
+	}
+	second := make(chan outcome, 1)
+	go func() {
+		res, err := c.Submit(ctx, moved, node.SubmitOptions{Progress: func(p node.Progress) {
+			mu.Lock()
+			defer mu.Unlock()
+			stages = append(stages, p.Stage+" "+p.Peer)
+			if p.Stage == "queued" && p.Peer == busy.ID().String() {
+				if p.EtaMs == 0 {
+					t.Error("queued event without the host's ETA")
+				}
+				once.Do(func() { close(queuedAtBusy) })
+			}
+		}})
+		second <- outcome{res, err}
+	}()
+	select {
+	case <-queuedAtBusy:
+	case o := <-second:
+		t.Fatalf("the task was not queued behind the long one: %v", o.err)
+	}
+	idle.Resume()
+	o := <-second
+	if o.err != nil {
+		t.Fatal(o.err)
+	}
+	if o.res.Host != idle.ID() {
+		t.Errorf("result from %s, want the host that was idle (%s)", o.res.Host, idle.ID())
+	}
+	if err := <-first; err != nil {
 		t.Fatal(err)
 	}
-	if len(tried) != 2 {
-		t.Errorf("tried %d hosts, want a hedge to the second one", len(tried))
+	mu.Lock()
+	want := []string{"hedge " + idle.ID().String(), "moved " + idle.ID().String()}
+	for _, w := range want {
+		if !slices.Contains(stages, w) {
+			t.Errorf("no %q stage in %v", w, stages)
+		}
+	}
+	mu.Unlock()
+	time.Sleep(200 * time.Millisecond) // a few dispatcher ticks: it must not start it now
+	if st := busy.Status(ctx); st.Running+st.Queued != 0 || st.KernelRuns != 1 {
+		t.Errorf("the busy host has %d running, %d queued, %d kernel runs; want 0, 0, 1: it kept the task that moved away",
+			st.Running, st.Queued, st.KernelRuns)
+	}
+	if runs := idle.KernelRuns(); runs != 1 {
+		t.Errorf("the idle host ran the kernel %d times, want 1", runs)
 	}
 }
 
@@ -298,9 +372,9 @@ func TestAbandonedQueuedTaskIsNotComputed(t *testing.T) {
 	}
 	first := make(chan error, 1)
 	go func() {
-		// About 7.5 s on a simulated 3060: longer than a keepalive interval,
-		// the latest point at which the host notices a client has left.
-		_, err := c.SubmitTo(ctx, h.ID(), protocol.Task{Prompt: "long", Width: 512, Height: 512, Steps: 60}, node.SubmitOptions{})
+		// About 3.7 s on a simulated 3060: the host must notice the client
+		// left the queue long before this ends.
+		_, err := c.SubmitTo(ctx, h.ID(), protocol.Task{Prompt: "long", Width: 512, Height: 512, Steps: 30}, node.SubmitOptions{})
 		first <- err
 	}()
 	waitFor("the long task running", func(st node.Status) bool { return st.Running == 1 })
@@ -316,6 +390,9 @@ func TestAbandonedQueuedTaskIsNotComputed(t *testing.T) {
 		t.Fatal("the abandoned submit returned a result")
 	}
 	waitFor("the abandoned task dropped from the queue", func(st node.Status) bool { return st.Queued == 0 })
+	if st := h.Status(ctx); st.Running != 1 || st.KernelRuns != 0 {
+		t.Errorf("%d running, %d kernel runs when the abandoned task left the queue: want the long task still running", st.Running, st.KernelRuns)
+	}
 	if err := <-first; err != nil {
 		t.Fatal(err)
 	}

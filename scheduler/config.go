@@ -108,6 +108,19 @@ type Config struct {
 	// step, spread tasks uniformly over the near-best peers and cost 30 % of
 	// mean time in the simulator.)
 	Rendezvous bool
+
+	// HedgeFactor, HedgeMin and HedgeGain tune the queue hedge (hedge.go).
+	// A task still queued HedgeFactor × its predicted wait after a host
+	// accepted it, and at least HedgeMin, moves to another host when Place
+	// predicts that one finishes it in under HedgeGain × the host's ETA.
+	// Defaults 2, 1 s and 1: twice the prediction is a clear sign the view
+	// was wrong rather than noise in the service time, and any predicted
+	// gain is worth a move because the task leaves its queue only once the
+	// other host has accepted it. In the simulator the hedge brings p99 from
+	// 1.43× the oracle's to within 1.1× (docs/scheduling.md).
+	HedgeFactor float64
+	HedgeMin    time.Duration
+	HedgeGain   float64
 }
 
 // maxTopK and maxChoices bound TopK and Choices so the sampler can use
@@ -134,6 +147,9 @@ func DefaultConfig() Config {
 		TopK:                256,
 		SampleSlack:         3,
 		Rendezvous:          true,
+		HedgeFactor:         2,
+		HedgeMin:            time.Second,
+		HedgeGain:           1,
 	}
 }
 
@@ -171,6 +187,12 @@ func (c Config) Validate() error {
 		return bad("TopK %d must be in 1..%d", c.TopK, maxTopK)
 	case !finite(c.SampleSlack) || c.SampleSlack < 0:
 		return bad("SampleSlack %v must be ≥ 0", c.SampleSlack)
+	case !finite(c.HedgeFactor) || c.HedgeFactor <= 0:
+		return bad("HedgeFactor %v must be positive", c.HedgeFactor)
+	case c.HedgeMin < 0:
+		return bad("HedgeMin %v must be ≥ 0", c.HedgeMin)
+	case !finite(c.HedgeGain) || c.HedgeGain <= 0 || c.HedgeGain > 1:
+		return bad("HedgeGain %v must be in (0, 1]", c.HedgeGain)
 	}
 	return nil
 }

@@ -100,18 +100,14 @@ type Config struct {
 	// Warmup is the fraction of tasks, from the start, left out of the
 	// time-in-system statistics.
 	Warmup float64
-	// Hedge models the gpunet dispatcher's hedged retry. When a task is
-	// queued (not started) HedgeFactor × its predicted wait after it was
-	// placed, and at least HedgeMinS, the client compares its ETA there (the
-	// queue position from the host's progress events) with Place's best
-	// prediction elsewhere; when that is below HedgeGain × the ETA it offers
-	// the task to up to HedgeAttempts other hosts and, once one accepts,
-	// cancels it where it waited. Otherwise it checks again later. Only the
-	// gpunet policy hedges.
-	Hedge                  bool
-	HedgeFactor, HedgeMinS float64
-	HedgeGain              float64
-	HedgeAttempts          int
+	// Hedge models the gpunet dispatcher's queue hedge with the same
+	// functions (scheduler/hedge.go, tuned by Place's HedgeFactor, HedgeMin
+	// and HedgeGain): a task still queued after its deadline is offered to
+	// up to HedgeAttempts other hosts when scheduler.Config.ShouldMove says
+	// so and, once one accepts, cancelled where it waited. Only the gpunet
+	// policy hedges.
+	Hedge         bool
+	HedgeAttempts int
 	// RefusalState: a busy refusal carries the host's queue and the client
 	// keeps it as a fresh observation, which ages like a beacon, instead of
 	// shunning the host until its next beacon. (With 4 s beacons and 10
@@ -151,9 +147,6 @@ func DefaultConfig() Config {
 		HitLatencyS:    0.02,
 		Warmup:         0.1,
 		Hedge:          true,
-		HedgeFactor:    2,
-		HedgeMinS:      1,
-		HedgeGain:      1,
 		RefusalState:   true,
 		HedgeAttempts:  maxAttempts,
 		Place:          scheduler.DefaultConfig(),
@@ -208,8 +201,8 @@ func (c Config) Validate() error {
 		return bad("view size %d: want ≥ 0", c.ViewSize)
 	case c.QueueCap < 0:
 		return bad("queue cap %d: want ≥ 0", c.QueueCap)
-	case !pos(c.HedgeFactor) || !nonneg(c.HedgeMinS) || !(c.HedgeGain > 0 && c.HedgeGain <= 1) || c.HedgeAttempts < 1:
-		return bad("hedge factor must be > 0, hedge minimum ≥ 0, gain in (0, 1], attempts ≥ 1")
+	case c.HedgeAttempts < 1:
+		return bad("hedge attempts %d: want ≥ 1", c.HedgeAttempts)
 	case !(c.Warmup >= 0 && c.Warmup < 1):
 		return bad("warmup %v: want 0 ≤ warmup < 1", c.Warmup)
 	}

@@ -678,18 +678,18 @@ func (s *sim) mark(cl *client, hi int32) *ownMark {
 	return o
 }
 
-// hedgeAfter is how long a queued task waits before its client checks on
-// it: HedgeFactor times the wait predicted, at least HedgeMinS.
+// hedgeAfter is how long a queued task waits before its client looks at it
+// again, the node's scheduler.Config.HedgeDelay.
 func (s *sim) hedgeAfter(waitS float64) float64 {
-	return max(s.cfg.HedgeMinS, s.cfg.HedgeFactor*waitS)
+	return s.place.HedgeDelay(1000 * waitS).Seconds()
 }
 
-// hedge is the dispatcher's check on task ti, still queued where it was
-// placed when its deadline passed. The host's progress events give its
-// queue position, hence an ETA there; if Place predicts another host
-// finishes it sooner, the client offers it there and, once accepted,
-// cancels it here (the hedged retry, loser cancelled). Otherwise it checks
-// again later.
+// hedge is the dispatcher's look at task ti, still queued where it was
+// placed, when its deadline passed: the queue hedge of scheduler/hedge.go.
+// The host's ETA for it is what its queued events carry
+// (scheduler.QueuedETAMs of its place in the queue); if ShouldMove says
+// Place's best other host finishes it sooner, the client offers it there
+// and, once accepted, cancels it here. Otherwise it looks again later.
 func (s *sim) hedge(ti int32, ver uint32) {
 	t := &s.tasks[ti]
 	if t.done || t.ver != ver || t.host < 0 {
@@ -701,12 +701,12 @@ func (s *sim) hedge(ti int32, ver uint32) {
 		return
 	}
 	h.advance(s, s.now)
-	run := s.cfg.MeanServiceS / (h.speed * max(h.clock(s), 0.1))
-	wait := float64(i+1) / float64(h.slots) * run
+	runMs := 1000 * s.cfg.MeanServiceS / (h.speed * max(h.clock(s), 0.1))
+	etaMs := scheduler.QueuedETAMs(i+1, h.slots, runMs)
 	t.avoid = h.idx
 	cands := s.placeGpunet(ti)
-	if len(cands) == 0 || cands[0].PredictedMs/1000 >= s.cfg.HedgeGain*(wait+run) {
-		s.q.push(s.now+s.hedgeAfter(wait), evHedge, ti, ver)
+	if len(cands) == 0 || !s.place.ShouldMove(etaMs, cands[0]) {
+		s.q.push(s.now+s.hedgeAfter(etaMs/1000), evHedge, ti, ver)
 		return
 	}
 	// Take it out of the queue while it is offered elsewhere; if nobody
@@ -721,7 +721,7 @@ func (s *sim) hedge(ti int32, ver uint32) {
 	}
 	h.queue = slices.Insert(h.queue, i, ti)
 	h.admit(s, ti, true)
-	s.q.push(s.now+s.hedgeAfter(wait), evHedge, ti, ver)
+	s.q.push(s.now+s.hedgeAfter(etaMs/1000), evHedge, ti, ver)
 }
 
 // sampleView fills cl.view with ViewSize hosts, each as of its last beacon
