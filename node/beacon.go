@@ -108,7 +108,7 @@ func deci(c float64) uint32 {
 // View returns the live part of this node's view of the swarm, as the
 // scheduler sees it.
 func (n *Node) View() scheduler.View {
-	return n.gossip.snapshot(time.Now(), n.viewExpiry(), n.host.ID())
+	return n.gossip.snapshot(time.Now(), n.viewExpiry(), n.host.ID(), n.host.Peerstore().LatencyEWMA)
 }
 
 // viewExpiry drops peers that missed about three beacons.

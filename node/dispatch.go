@@ -35,7 +35,7 @@ type SubmitOptions struct {
 
 // Progress is one step of a task's journey, for people watching it.
 type Progress struct {
-	Stage string `json:"stage"` // lookup, joined, searching, trying, queued, running, redispatch, refused, done
+	Stage string `json:"stage"` // lookup, joined, searching, trying, queued, running, hedge, moved, refused, done
 	Peer  string `json:"peer,omitempty"`
 	protocol.Event
 }
@@ -525,6 +525,7 @@ func (n *Node) runAt(ctx context.Context, p peer.ID, t protocol.Task, tc cid.Cid
 		return nil, fmt.Errorf("sending task: %w", err)
 	}
 
+	sent := time.Now()
 	r := bufio.NewReader(st)
 	var blocks [][]byte
 	for i := 0; i < protocol.MaxEventsPerTask; i++ {
@@ -544,6 +545,11 @@ func (n *Node) runAt(ctx context.Context, p peer.ID, t protocol.Task, tc cid.Cid
 		if err != nil {
 			st.Reset()
 			return nil, fmt.Errorf("host sent a bad event: %w", err)
+		}
+		if i == 0 && e.Type != protocol.EventBlock {
+			// A host answers a request at once (queued, first step, or a
+			// refusal): about one round trip, which placement counts.
+			n.host.Peerstore().RecordLatency(p, time.Since(sent))
 		}
 		switch e.Type {
 		case protocol.EventError:

@@ -158,7 +158,10 @@ func (g *gossip) publish(ctx context.Context, b *protocol.Beacon) (int, error) {
 
 // snapshot returns the live part of the view as the scheduler sees it,
 // dropping peers silent for longer than expiry.
-func (g *gossip) snapshot(now time.Time, expiry time.Duration, self peer.ID) scheduler.View {
+//
+// rtt, if set, gives this node's round-trip estimate to a peer (0 when
+// unknown), which placement adds to the predicted completion.
+func (g *gossip) snapshot(now time.Time, expiry time.Duration, self peer.ID, rtt func(peer.ID) time.Duration) scheduler.View {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	v := make(scheduler.View, 0, len(g.view))
@@ -170,7 +173,11 @@ func (g *gossip) snapshot(now time.Time, expiry time.Duration, self peer.ID) sch
 		if id == self {
 			continue
 		}
-		v = append(v, peerState(id, &e.b))
+		ps := peerState(id, &e.b)
+		if rtt != nil {
+			ps.RTTMs = float64(rtt(id)) / float64(time.Millisecond)
+		}
+		v = append(v, ps)
 	}
 	return v
 }

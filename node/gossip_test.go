@@ -95,12 +95,21 @@ func TestBeaconValidator(t *testing.T) {
 	if got := g.validate(context.Background(), "", beaconMsg(t, alice, next)); got != pubsub.ValidationAccept {
 		t.Fatalf("next beacon after the interval: %v", got)
 	}
-	v := g.snapshot(time.Now(), time.Minute, "")
+	v := g.snapshot(time.Now(), time.Minute, "", nil)
 	if len(v) != 1 || v[0].TempC != 70 || v[0].LimitC != 85 || v[0].Slots != 2 || !v[0].Accepting {
 		t.Errorf("snapshot %+v: want alice at 70 °C, limit 85, 2 slots, accepting", v)
 	}
+	rtt := func(id peer.ID) time.Duration {
+		if id == alice {
+			return 7 * time.Millisecond
+		}
+		return 0
+	}
+	if v := g.snapshot(time.Now(), time.Minute, "", rtt); len(v) != 1 || v[0].RTTMs != 7 {
+		t.Errorf("snapshot %+v: want alice with the 7 ms round trip this node measured", v)
+	}
 	// Silent peers expire from the view.
-	if v := g.snapshot(time.Now().Add(time.Hour), time.Minute, ""); len(v) != 0 {
+	if v := g.snapshot(time.Now().Add(time.Hour), time.Minute, "", nil); len(v) != 0 {
 		t.Errorf("silent peer still in the view: %+v", v)
 	}
 }

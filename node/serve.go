@@ -103,6 +103,7 @@ type flight struct {
 
 	mu        sync.Mutex
 	listeners map[chan protocol.Event]struct{}
+	last      protocol.Event // the latest progress event, once it runs
 
 	res *store.Result
 	err error
@@ -127,6 +128,7 @@ func (f *flight) unsubscribe(ch chan protocol.Event) {
 func (f *flight) broadcast(e protocol.Event) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.last = e
 	for ch := range f.listeners {
 		select {
 		case ch <- e:
@@ -184,10 +186,8 @@ func (s *server) handle(st network.Stream) {
 			refuse(err)
 			return
 		}
-		if e, ok := s.queuedEvent(f); ok {
-			_ = st.SetWriteDeadline(time.Now().Add(writeTimeout))
-			_ = protocol.WriteMsg(st, e)
-		}
+		_ = st.SetWriteDeadline(time.Now().Add(writeTimeout))
+		_ = protocol.WriteMsg(st, s.stateEvent(f))
 		if res, err = s.wait(st, f, watchCancel(st, br)); err != nil {
 			if errors.Is(err, errClientGone) {
 				log.Debug("client went away", "err", err)
@@ -229,18 +229,30 @@ func watchCancel(st network.Stream, br *bufio.Reader) <-chan struct{} {
 	return gone
 }
 
-// queuedEvent is the queued event for f with its current position and the
-// host's ETA for it (scheduler.QueuedETAMs), or false once f has left the
-// queue.
-func (s *server) queuedEvent(f *flight) (protocol.Event, bool) {
+// stateEvent is where f stands now, as the first event a new submitter
+// gets: queued, with its position and the host's ETA for it
+// (scheduler.QueuedETAMs); or running, as its latest progress event (step 0
+// when it has just started).
+func (s *server) stateEvent(f *flight) protocol.Event {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	pos := s.queue.position(f)
-	if pos <= 0 {
-		return protocol.Event{}, false
+	svc := s.meanServiceLocked(f.task)
+	s.mu.Unlock()
+	if pos > 0 {
+		eta := scheduler.QueuedETAMs(pos, s.n.cfg.Slots, svc)
+		return protocol.Event{Type: protocol.EventQueued, Position: uint32(pos), EtaMs: uint64(eta)}
 	}
-	eta := scheduler.QueuedETAMs(pos, s.n.cfg.Slots, s.meanServiceLocked(f.task))
-	return protocol.Event{Type: protocol.EventQueued, Position: uint32(pos), EtaMs: uint64(eta)}, true
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.last.Type == protocol.EventProgress {
+		return f.last
+	}
+	return startedEvent(f.task, svc)
+}
+
+// startedEvent is the progress event a host sends as a task starts: step 0.
+func startedEvent(t protocol.Task, serviceMs float64) protocol.Event {
+	return protocol.Event{Type: protocol.EventProgress, Total: uint32(t.Steps), EtaMs: uint64(serviceMs)}
 }
 
 func badRequest(err error) error {
@@ -293,9 +305,7 @@ func (s *server) wait(st network.Stream, f *flight, cancelled <-chan struct{}) (
 				continue
 			}
 			if last.Type == protocol.EventQueued {
-				if e, ok := s.queuedEvent(f); ok {
-					last = e
-				}
+				last = s.stateEvent(f)
 			}
 			if err := send(last); err != nil {
 				return nil, err
@@ -461,6 +471,10 @@ func (s *server) compute(f *flight) (*store.Result, error) {
 	defer release()
 	var lastTemp float64
 	s.coolDown(lt, &lastTemp)
+	s.mu.Lock()
+	svc := s.meanServiceLocked(f.task)
+	s.mu.Unlock()
+	f.broadcast(startedEvent(f.task, svc))
 	pace := newPacer(s.dev, f.task, n.cfg.SimulateGPUSpeed)
 	start := time.Now()
 	outs, err := n.cfg.Kernel.Run(n.ctx, f.task, func(step, total int) {

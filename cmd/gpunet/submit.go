@@ -230,6 +230,9 @@ func (b *stageBar) update(p node.Progress) {
 		_ = b.bar.Set(int(p.Step))
 	case p.Type == protocol.EventQueued:
 		desc = fmt.Sprintf("queued at %s (position %d)", shortID(p.Peer), p.Position)
+		if p.EtaMs > 0 {
+			desc += fmt.Sprintf(", eta %s", time.Duration(p.EtaMs)*time.Millisecond)
+		}
 	}
 	b.bar.Describe(desc)
 }
