@@ -325,6 +325,21 @@ func (g *SimGPU) Speed() float64 {
 	return g.speedLocked()
 }
 
+// PredictTempC is the temperature the GPU would reach if its utilisation
+// were u (clamped to 0..1) from now on for d of clock time, slowdown
+// included: the model run forward on a copy of its state. A host uses it to
+// tell schedulers how much one more task would warm it.
+func (g *SimGPU) PredictTempC(u float64, d time.Duration) float64 {
+	g.mu.Lock()
+	g.advanceLocked()
+	f := SimGPU{p: g.p, tempC: g.tempC, throttled: g.throttled, util: min(max(u, 0), 1)}
+	g.mu.Unlock()
+	if d > 0 {
+		f.integrateLocked(d.Seconds() * g.scale)
+	}
+	return f.tempC
+}
+
 // Telemetry returns the modelled state now.
 func (g *SimGPU) Telemetry(ctx context.Context) (Telemetry, error) {
 	if err := ctx.Err(); err != nil {

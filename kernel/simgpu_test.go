@@ -352,3 +352,30 @@ func TestThrottleReasons(t *testing.T) {
 		t.Errorf("HeadroomC with unknown slowdown = %g, want 0", h)
 	}
 }
+
+// TestSimPredictTempC: the prediction is what the GPU then does, through
+// slowdown too, and predicting changes nothing.
+func TestSimPredictTempC(t *testing.T) {
+	for _, d := range []time.Duration{0, 10 * time.Second, time.Minute, 10 * time.Minute} {
+		g, clk := newSim(t, "laptop-4070", WithTimeScale(2))
+		clk.Advance(time.Second)
+		before := tel(t, g).TempC
+		want := g.PredictTempC(1, d)
+		if got := tel(t, g).TempC; got != before {
+			t.Fatalf("predicting moved the model from %.3f to %.3f °C", before, got)
+		}
+		g.Begin()
+		clk.Advance(d)
+		if got := tel(t, g).TempC; math.Abs(got-want) > 1e-9 {
+			t.Errorf("after %v at full load: %.4f °C, predicted %.4f", d, got, want)
+		}
+		if d >= time.Minute && !(want > before+10) {
+			t.Errorf("after %v at full load predicted %.1f °C from %.1f: a laptop GPU heats fast", d, want, before)
+		}
+	}
+	g, _ := newSim(t, "rtx4090")
+	g.Begin()
+	if idle, busy := g.PredictTempC(0, time.Minute), g.PredictTempC(1, time.Minute); !(idle < busy) {
+		t.Errorf("a minute idle predicted %.1f °C, busy %.1f: idle should be cooler", idle, busy)
+	}
+}

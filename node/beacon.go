@@ -89,6 +89,7 @@ func (s *server) beacon(ctx context.Context, seq uint64) *protocol.Beacon {
 		}
 		b.Inflight = append(b.Inflight, protocol.TaskKey(tc))
 	}
+	b.HeatDC = s.heatDCLocked(b.Models)
 	if len(s.service) > 0 {
 		b.ServiceMs = make(map[string]uint32, len(s.service))
 		for m, ms := range s.service {
@@ -96,6 +97,38 @@ func (s *server) beacon(ctx context.Context, seq uint64) *protocol.Beacon {
 		}
 	}
 	return b
+}
+
+// heatPredictor is a device that can run its heat model forward (the
+// simulated GPU). Real GPUs have none: their beacons leave heat_dc out and
+// schedulers assume a default rise.
+type heatPredictor interface {
+	PredictTempC(util float64, d time.Duration) float64
+}
+
+// heatRuns is how many service times the heat prediction covers, as in the
+// simulator: a long task (three mean runs is the 95th percentile of an
+// exponential run), since a prediction for a mean run let hosts pass their
+// limits there (docs/scheduling.md).
+const heatRuns = 3
+
+// heatDCLocked is the beacon's heat_dc: how much warmer the GPU will be once
+// one more reference task, started behind the work it has, has run for
+// heatRuns service times; 0 when the device cannot say. Callers hold mu.
+func (s *server) heatDCLocked(models []string) uint32 {
+	hp, ok := s.dev.(heatPredictor)
+	if !ok || len(models) == 0 {
+		return 0
+	}
+	slots := s.n.cfg.Slots
+	n := s.running + s.queue.len()
+	util := min(float64(n+1)/float64(slots), 1)
+	svc := s.meanServiceLocked(protocol.Task{Model: models[0], Width: protocol.DefaultWidth, Height: protocol.DefaultHeight, Steps: protocol.DefaultSteps})
+	ahead := max(n-slots+1, 0)
+	d := time.Duration((float64(ahead)/float64(slots) + heatRuns) * svc * float64(time.Millisecond))
+	rise := hp.PredictTempC(util, d) - hp.PredictTempC(util, 0)
+	// At least 0.1 °C: 0 on the wire means "no prediction".
+	return max(deci(rise), 1)
 }
 
 func deci(c float64) uint32 {

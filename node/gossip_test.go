@@ -91,13 +91,13 @@ func TestBeaconValidator(t *testing.T) {
 	e.received = e.received.Add(-protocol.BeaconMinInterval)
 	g.view[alice] = e
 	next := goodBeacon(alice, 12, time.Now())
-	next.TempDC = 700
+	next.TempDC, next.HeatDC = 700, 55
 	if got := g.validate(context.Background(), "", beaconMsg(t, alice, next)); got != pubsub.ValidationAccept {
 		t.Fatalf("next beacon after the interval: %v", got)
 	}
 	v := g.snapshot(time.Now(), time.Minute, "", nil)
-	if len(v) != 1 || v[0].TempC != 70 || v[0].LimitC != 85 || v[0].Slots != 2 || !v[0].Accepting {
-		t.Errorf("snapshot %+v: want alice at 70 °C, limit 85, 2 slots, accepting", v)
+	if len(v) != 1 || v[0].TempC != 70 || v[0].LimitC != 85 || v[0].HeatPerTaskC != 5.5 || v[0].Slots != 2 || !v[0].Accepting {
+		t.Errorf("snapshot %+v: want alice at 70 °C, limit 85, 5.5 °C predicted heat, 2 slots, accepting", v)
 	}
 	rtt := func(id peer.ID) time.Duration {
 		if id == alice {

@@ -92,6 +92,23 @@ func waitForView(t *testing.T, c *node.Node, want int) {
 	}
 }
 
+// TestBeaconsPredictHeat: simulated hosts publish their heat model's
+// prediction; a laptop GPU, which heats fast, predicts a larger rise than
+// a data-centre card with a large heat capacity.
+func TestBeaconsPredictHeat(t *testing.T) {
+	sw := startSwarmWith(t, swarm.Options{Profiles: []string{"laptop-4070", "a100"}, Tune: fastBeacons})
+	c := addClient(t, sw)
+	waitForView(t, c, 2)
+	heat := map[string]float64{}
+	for _, ps := range c.View() {
+		heat[ps.ID] = ps.HeatPerTaskC
+	}
+	laptop, dc := heat[sw.Hosts[0].ID().String()], heat[sw.Hosts[1].ID().String()]
+	if !(dc > 0) || !(laptop > 2*dc) || laptop > 30 {
+		t.Errorf("predicted rise: laptop %.1f °C, data-centre card %.1f °C; want both positive, the laptop's over twice the other's and plausible", laptop, dc)
+	}
+}
+
 // TestBurstSpreadsByHeadroom: two identical GPUs, one already near its
 // limit. A burst goes mostly to the cool one, and no GPU passes its limit.
 func TestBurstSpreadsByHeadroom(t *testing.T) {

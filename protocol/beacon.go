@@ -61,6 +61,11 @@ type Beacon struct {
 	SpeedPm    uint32 `cbor:"speed_pm"` // clock factor: 1000 full, ≤500 throttled
 	Throttled  bool   `cbor:"throttled"`
 	FreeMemMB  uint64 `cbor:"free_mem_mb"`
+	// HeatDC is the host's prediction of how much warmer its GPU will be
+	// after one more reference task, queued behind its current work, has
+	// run for a long time (three mean service times); 0 when the host
+	// cannot predict it.
+	HeatDC uint32 `cbor:"heat_dc,omitempty"`
 	// Inflight lists the tasks the host is running or has queued, each as
 	// its TaskKey (8 bytes), at most MaxBeaconInflight: a client with an
 	// identical task joins it there at no cost to the GPU.
@@ -125,7 +130,7 @@ func DecodeBeacon(data []byte, now time.Time) (*Beacon, error) {
 	switch {
 	case b.Slots == 0 || b.Slots > 1024 || b.Busy > b.Slots || b.Queue > 1<<16:
 		return nil, bad("load %d/%d busy, %d queued", b.Busy, b.Slots, b.Queue)
-	case b.TempDC > 2000 || b.LimitDC > 2000 || b.SlowdownDC > 2000:
+	case b.TempDC > 2000 || b.LimitDC > 2000 || b.SlowdownDC > 2000 || b.HeatDC > 2000:
 		return nil, bad("temperature beyond 200 °C")
 	case b.UtilPm > 1000 || b.SpeedPm > 1000:
 		return nil, bad("ratio beyond 1000 per mille")

@@ -18,7 +18,7 @@ func testBeacon(tb testing.TB) Beacon {
 		Peer: testID(tb, testKey(tb, 1)).String(), Seq: 1767323000000, Issued: uint64(beaconNow.Add(-time.Second).UnixMilli()),
 		Models: []string{DefaultModel, "other/model-v2"}, Slots: 2, Busy: 1, Queue: 3, Accepting: true,
 		ServiceMs: map[string]uint32{DefaultModel: 1800},
-		TempDC:    712, SlowdownDC: 900, LimitDC: 830, UtilPm: 640, SpeedPm: 1000, FreeMemMB: 40960,
+		TempDC:    712, SlowdownDC: 900, LimitDC: 830, UtilPm: 640, SpeedPm: 1000, FreeMemMB: 40960, HeatDC: 43,
 	}
 }
 
@@ -36,7 +36,7 @@ func beaconsEqual(a, b *Beacon) bool {
 		a.Slots == b.Slots && a.Busy == b.Busy && a.Queue == b.Queue && a.Accepting == b.Accepting &&
 		maps.Equal(a.ServiceMs, b.ServiceMs) && a.TempDC == b.TempDC && a.SlowdownDC == b.SlowdownDC &&
 		a.LimitDC == b.LimitDC && a.UtilPm == b.UtilPm && a.SpeedPm == b.SpeedPm && a.Throttled == b.Throttled &&
-		a.FreeMemMB == b.FreeMemMB
+		a.FreeMemMB == b.FreeMemMB && a.HeatDC == b.HeatDC
 }
 
 func TestBeaconRoundTrip(t *testing.T) {
@@ -45,7 +45,7 @@ func TestBeaconRoundTrip(t *testing.T) {
 	if err := checkDAGCBOR(enc); err != nil {
 		t.Fatalf("beacon is not canonical DAG-CBOR: %v", err)
 	}
-	want := []string{"seq", "busy", "peer", "queue", "slots", "issued", "models", "temp_dc", "util_pm", "limit_dc",
+	want := []string{"seq", "busy", "peer", "queue", "slots", "issued", "models", "heat_dc", "temp_dc", "util_pm", "limit_dc",
 		"speed_pm", "accepting", "throttled", "service_ms", "free_mem_mb", "slowdown_dc"}
 	if got := mapKeys(t, enc); !slices.Equal(got, want) {
 		t.Errorf("beacon keys %v, want %v", got, want)
@@ -116,6 +116,9 @@ func TestDecodeBeaconLimits(t *testing.T) {
 		{"temp over 200 °C", func(b *Beacon) { b.TempDC = 2001 }, beaconNow, false},
 		{"slowdown over 200 °C", func(b *Beacon) { b.SlowdownDC = 2001 }, beaconNow, false},
 		{"limit over 200 °C", func(b *Beacon) { b.LimitDC = 2001 }, beaconNow, false},
+		{"heat 200 °C", func(b *Beacon) { b.HeatDC = 2000 }, beaconNow, true},
+		{"heat over 200 °C", func(b *Beacon) { b.HeatDC = 2001 }, beaconNow, false},
+		{"no heat prediction", func(b *Beacon) { b.HeatDC = 0 }, beaconNow, true},
 		{"util 1000", func(b *Beacon) { b.UtilPm, b.SpeedPm = 1000, 1000 }, beaconNow, true},
 		{"util over 1000", func(b *Beacon) { b.UtilPm = 1001 }, beaconNow, false},
 		{"speed over 1000", func(b *Beacon) { b.SpeedPm = 1001 }, beaconNow, false},

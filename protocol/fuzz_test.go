@@ -487,7 +487,7 @@ func FuzzDecodeBeacon(f *testing.F) {
 			return
 		}
 		if len(b.Models) == 0 || len(b.Models) > 16 || b.Slots == 0 || b.Busy > b.Slots ||
-			b.TempDC > 2000 || b.UtilPm > 1000 || b.SpeedPm > 1000 {
+			b.TempDC > 2000 || b.HeatDC > 2000 || b.UtilPm > 1000 || b.SpeedPm > 1000 {
 			t.Fatalf("accepted an out-of-range beacon: %+v", b)
 		}
 		enc, err := b.Encode()
