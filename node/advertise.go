@@ -3,6 +3,7 @@ package node
 import (
 	"context"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/gpunet/gpunet/protocol"
@@ -86,7 +87,14 @@ func (n *Node) capacityRecord() ([]byte, error) {
 func (n *Node) FindHosts(ctx context.Context, model string, max int) ([]HostInfo, error) {
 	ctx, cancel := context.WithTimeout(ctx, n.cfg.FindTimeout)
 	defer cancel()
-	var out []HostInfo
+	// Capacity records are fetched side by side as providers arrive (at
+	// most max lookups), and the hosts kept in the order they were found.
+	type found struct {
+		hi     HostInfo
+		stale  bool // its capacity record no longer lists the model
+		lookup sync.WaitGroup
+	}
+	var all []*found
 	for ai := range n.dht.FindProvidersAsync(ctx, ModelKey(model), max) {
 		if ai.ID == n.host.ID() {
 			continue
@@ -94,16 +102,26 @@ func (n *Node) FindHosts(ctx context.Context, model string, max int) ([]HostInfo
 		if len(ai.Addrs) > 0 {
 			n.host.Peerstore().AddAddrs(ai.ID, ai.Addrs, 10*time.Minute)
 		}
-		hi := HostInfo{AddrInfo: ai}
-		if c, err := n.lookupCapacity(ctx, ai.ID); err == nil {
-			if !c.Serves(model) {
-				continue // a provider record older than the host's current models
+		f := &found{hi: HostInfo{AddrInfo: ai}}
+		all = append(all, f)
+		f.lookup.Go(func() {
+			c, err := n.lookupCapacity(ctx, ai.ID)
+			switch {
+			case err != nil:
+				n.log.Debug("no capacity record", "peer", ai.ID, "err", err)
+			case !c.Serves(model):
+				f.stale = true // a provider record older than the host's current models
+			default:
+				f.hi.Capacity = c
 			}
-			hi.Capacity = c
-		} else {
-			n.log.Debug("no capacity record", "peer", ai.ID, "err", err)
+		})
+	}
+	var out []HostInfo
+	for _, f := range all {
+		f.lookup.Wait()
+		if !f.stale {
+			out = append(out, f.hi)
 		}
-		out = append(out, hi)
 	}
 	if len(out) == 0 {
 		if err := ctx.Err(); err != nil && ctx.Err() != context.DeadlineExceeded {
