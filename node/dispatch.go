@@ -328,6 +328,7 @@ type attempt struct {
 	accepted bool    // the host sent a queued or progress event
 	running  bool    // its latest event was progress: the task started
 	etaMs    float64 // from its latest queued event
+	pos      int     // its latest queue position
 }
 
 type attemptNews struct {
@@ -404,7 +405,8 @@ func (j *journey) follow(ctx context.Context, c candidate) (*Result, peer.ID, er
 			alt = start(b)
 			return
 		}
-		arm(cur.etaMs)
+		slots, _ := j.peerLoad(cur.c.p)
+		arm(scheduler.QueuedWaitMs(cur.etaMs, cur.pos, slots))
 	}
 	for {
 		select {
@@ -445,9 +447,11 @@ func (j *journey) follow(ctx context.Context, c candidate) (*Result, peer.ID, er
 			stage := "running"
 			if !a.running {
 				stage = "queued"
-				a.etaMs = float64(m.e.EtaMs)
+				a.pos, a.etaMs = int(m.e.Position), float64(m.e.EtaMs)
 				if a.etaMs == 0 {
-					a.etaMs = j.etaFromView(a.c.p, m.e.Position)
+					// A host that sends no ETA: estimate it from its beacon.
+					slots, serviceMs := j.peerLoad(a.c.p)
+					a.etaMs = scheduler.QueuedETAMs(a.pos, slots, serviceMs)
 				}
 			}
 			j.progress(Progress{Stage: stage, Peer: a.c.p.String(), Event: m.e})
@@ -458,8 +462,9 @@ func (j *journey) follow(ctx context.Context, c candidate) (*Result, peer.ID, er
 				alt = nil
 			case a == cur && first && !a.running:
 				wait := a.c.waitMs
-				if wait < 0 {
-					wait = a.etaMs
+				if wait < 0 { // not placed from the view: the host's word
+					slots, _ := j.peerLoad(a.c.p)
+					wait = scheduler.QueuedWaitMs(a.etaMs, a.pos, slots)
 				}
 				arm(wait)
 			case a == alt && first:
@@ -479,10 +484,10 @@ func (j *journey) follow(ctx context.Context, c candidate) (*Result, peer.ID, er
 	}
 }
 
-// etaFromView estimates the ETA of a task at queue position pos of host p
-// from p's beacon, for a host that sends no eta_ms with its queued events.
-func (j *journey) etaFromView(p peer.ID, pos uint32) float64 {
-	slots, serviceMs := 1, j.n.schedCfg.DefaultServiceMs
+// peerLoad returns p's slots and service time for the task's model, as its
+// beacon says (1 slot and the default service time when unknown).
+func (j *journey) peerLoad(p peer.ID) (slots int, serviceMs float64) {
+	slots, serviceMs = 1, j.n.schedCfg.DefaultServiceMs
 	for _, ps := range j.n.View() {
 		if ps.ID == p.String() {
 			slots = max(1, ps.Slots)
@@ -491,7 +496,7 @@ func (j *journey) etaFromView(p peer.ID, pos uint32) float64 {
 			}
 		}
 	}
-	return scheduler.QueuedETAMs(int(pos), slots, serviceMs)
+	return slots, serviceMs
 }
 
 // rng returns a source of randomness for one placement.

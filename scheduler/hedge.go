@@ -19,13 +19,21 @@ import (
 //  3. if ShouldMove, it offers the task there and, once that host has
 //     accepted it, cancels it where it waited (make before break: a task
 //     never leaves a queue for a place that refuses it);
-//  4. otherwise it looks again HedgeDelay(ETA) later.
+//  4. otherwise it looks again HedgeDelay(wait) later, the wait being the
+//     part of the ETA still spent queued (QueuedWaitMs).
 
 // QueuedETAMs is a host's prediction of when a task at 1-based position pos
 // of its queue finishes: the pos tasks ahead of it (counting the one it
 // waits behind) spread over slots, then its own run, each taking runMs.
 func QueuedETAMs(pos, slots int, runMs float64) float64 {
 	return (float64(max(pos, 0))/float64(max(slots, 1)) + 1) * runMs
+}
+
+// QueuedWaitMs inverts QueuedETAMs: the part of etaMs a task at position pos
+// on a host with slots slots spends waiting to start.
+func QueuedWaitMs(etaMs float64, pos, slots int) float64 {
+	q := float64(max(pos, 0)) / float64(max(slots, 1))
+	return etaMs * q / (q + 1)
 }
 
 // HedgeDelay is how long after it was queued, or last looked at, a task

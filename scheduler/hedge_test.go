@@ -27,6 +27,16 @@ func TestQueuedETAMs(t *testing.T) {
 	}
 }
 
+func TestQueuedWaitMsInvertsETA(t *testing.T) {
+	for _, c := range []struct{ pos, slots int }{{1, 1}, {3, 1}, {4, 2}, {1, 4}, {0, 1}} {
+		const runMs = 1500
+		eta := QueuedETAMs(c.pos, c.slots, runMs)
+		if got, want := QueuedWaitMs(eta, c.pos, c.slots), eta-runMs; math.Abs(got-want) > 1e-9 {
+			t.Errorf("position %d of %d slots: wait %v of ETA %v, want %v", c.pos, c.slots, got, eta, want)
+		}
+	}
+}
+
 func TestHedgeDelay(t *testing.T) {
 	c := DefaultConfig()
 	cases := []struct {

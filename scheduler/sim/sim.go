@@ -705,8 +705,9 @@ func (s *sim) hedge(ti int32, ver uint32) {
 	etaMs := scheduler.QueuedETAMs(i+1, h.slots, runMs)
 	t.avoid = h.idx
 	cands := s.placeGpunet(ti)
+	again := s.now + s.hedgeAfter(scheduler.QueuedWaitMs(etaMs, i+1, h.slots)/1000)
 	if len(cands) == 0 || !s.place.ShouldMove(etaMs, cands[0]) {
-		s.q.push(s.now+s.hedgeAfter(etaMs/1000), evHedge, ti, ver)
+		s.q.push(again, evHedge, ti, ver)
 		return
 	}
 	// Take it out of the queue while it is offered elsewhere; if nobody
@@ -721,7 +722,7 @@ func (s *sim) hedge(ti int32, ver uint32) {
 	}
 	h.queue = slices.Insert(h.queue, i, ti)
 	h.admit(s, ti, true)
-	s.q.push(s.now+s.hedgeAfter(etaMs/1000), evHedge, ti, ver)
+	s.q.push(again, evHedge, ti, ver)
 }
 
 // sampleView fills cl.view with ViewSize hosts, each as of its last beacon
