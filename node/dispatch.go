@@ -476,6 +476,7 @@ func (j *journey) follow(ctx context.Context, c candidate) (*Result, peer.ID, er
 				j.progress(Progress{Stage: "moved", Peer: alt.c.p.String(), Event: protocol.Event{Message: "left the queue at " + cur.c.p.String()}})
 				cur.cancel()
 				cur, alt = alt, nil
+				n.stats.moved.Add(1)
 				if !cur.running {
 					arm(cur.c.waitMs)
 				}

@@ -68,6 +68,7 @@ type counters struct {
 	servedCached atomic.Uint64 // ... of which from the store
 	refused      atomic.Uint64
 	submitted    atomic.Uint64
+	moved        atomic.Uint64 // queued tasks the queue hedge moved to another host
 	beaconsSent  atomic.Uint64
 	beaconBytes  atomic.Uint64 // payload bytes of beacons this node published
 }

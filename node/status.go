@@ -24,6 +24,7 @@ type Status struct {
 	ServedHits uint64     `json:"served_from_cache"`
 	Refused    uint64     `json:"refused"`
 	Submitted  uint64     `json:"submitted"`
+	Moved      uint64     `json:"moved"` // submitted tasks the queue hedge moved to another host
 	Cache      CacheStats `json:"cache"`
 	Fetch      FetchStats `json:"fetch"`
 	GPU        *GPUStatus `json:"gpu,omitempty"`
@@ -75,6 +76,7 @@ func (n *Node) Status(ctx context.Context) Status {
 		ServedHits: n.stats.servedCached.Load(),
 		Refused:    n.stats.refused.Load(),
 		Submitted:  n.stats.submitted.Load(),
+		Moved:      n.stats.moved.Load(),
 	}
 	if n.cfg.Kernel != nil {
 		s.Kernel = n.cfg.Kernel.Name()

@@ -295,6 +295,9 @@ func TestQueueHedgeMovesTask(t *testing.T) {
 		t.Errorf("the busy host has %d running, %d queued, %d kernel runs; want 0, 0, 1: it kept the task that moved away",
 			st.Running, st.Queued, st.KernelRuns)
 	}
+	if moved := c.Status(ctx).Moved; moved != 1 {
+		t.Errorf("client status says %d tasks moved, want 1", moved)
+	}
 	if runs := idle.KernelRuns(); runs != 1 {
 		t.Errorf("the idle host ran the kernel %d times, want 1", runs)
 	}
