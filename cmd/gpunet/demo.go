@@ -41,6 +41,7 @@ type demoFlags struct {
 	size                            string
 	steps                           uint32
 	timeScale                       float64
+	queueHedge                      bool
 }
 
 type demoTask struct {
@@ -70,6 +71,9 @@ type demoReport struct {
 	Hosts   []demoHost `json:"hosts"`
 	Dir     string     `json:"dir"`
 	Elapsed float64    `json:"elapsed_s"`
+	// Moved counts tasks the clients' queue hedge took from one host's
+	// queue to another host.
+	Moved uint64 `json:"moved"`
 }
 
 func newDemoCmd(g *globals) *cobra.Command {
@@ -99,6 +103,7 @@ func newDemoCmd(g *globals) *cobra.Command {
 	fl.StringVar(&f.size, "size", "384x384", "image size WxH")
 	fl.Uint32Var(&f.steps, "steps", 16, "steps per image")
 	fl.Float64Var(&f.timeScale, "sim-time-scale", 40, "how much faster than real time the simulated GPUs heat and cool")
+	fl.BoolVar(&f.queueHedge, "queue-hedge", true, "let clients move a task stuck in a host's queue to a host predicted to finish it sooner")
 	return cmd
 }
 
@@ -126,7 +131,10 @@ func runDemo(ctx context.Context, f *demoFlags, quiet bool) (*demoReport, error)
 	say("starting %d hosts on loopback (simulated GPUs: %s)…", f.hosts, strings.Join(profiles, ", "))
 	sw, err := swarm.Start(ctx, swarm.Options{Profiles: profiles, TimeScale: f.timeScale,
 		// Beacons 4x as often as a real swarm's: the whole demo lasts seconds.
-		Tune: func(c *node.Config) { c.BeaconInterval = 500 * time.Millisecond }})
+		Tune: func(c *node.Config) {
+			c.BeaconInterval = 500 * time.Millisecond
+			c.QueueHedge = f.queueHedge
+		}})
 	if err != nil {
 		return nil, err
 	}
@@ -190,6 +198,9 @@ func runDemo(ctx context.Context, f *demoFlags, quiet bool) (*demoReport, error)
 	wg.Wait()
 	peaks := stopSampling()
 	r := &demoReport{Tasks: tasks, Dir: f.out, Elapsed: math.Round(time.Since(start).Seconds()*10) / 10}
+	for _, c := range sw.Clients {
+		r.Moved += c.Status(ctx).Moved
+	}
 	for i, hn := range sw.Hosts {
 		st := hn.Status(ctx)
 		tel, _ := sw.Devices[i].Telemetry(ctx)
@@ -251,7 +262,7 @@ func printDemo(r *demoReport) {
 		fmt.Fprintf(w, "%s\t%s\t%d\t%d\t%.1f\t%.0f\n", shortID(h.PeerID), h.GPU, h.Tasks, h.KernelRuns, h.PeakTempC, h.TempLimitC)
 	}
 	w.Flush()
-	fmt.Printf("\n%d images in %s/ in %.1f s\n", len(r.Tasks), r.Dir, r.Elapsed)
+	fmt.Printf("\n%d images in %s/ in %.1f s; %d moved from a queue by the queue hedge\n", len(r.Tasks), r.Dir, r.Elapsed, r.Moved)
 }
 
 func slug(s string) string {
