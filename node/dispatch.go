@@ -60,11 +60,8 @@ type Result struct {
 func (n *Node) Submit(ctx context.Context, task protocol.Task, opts SubmitOptions) (*Result, error) {
 	start := time.Now()
 	n.stats.submitted.Add(1)
-	var pmu sync.Mutex // hedged attempts report from two goroutines
 	progress := func(p Progress) {
 		if opts.Progress != nil {
-			pmu.Lock()
-			defer pmu.Unlock()
 			opts.Progress(p)
 		}
 	}
