@@ -83,6 +83,7 @@ func newDemoCmd(g *globals) *cobra.Command {
 		Short: "Run a small gpunet swarm on loopback and generate a batch of images",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			f.queueHedge = g.hedge
 			r, err := runDemo(cmd.Context(), f, g.json)
 			if err != nil {
 				return err
@@ -103,7 +104,6 @@ func newDemoCmd(g *globals) *cobra.Command {
 	fl.StringVar(&f.size, "size", "384x384", "image size WxH")
 	fl.Uint32Var(&f.steps, "steps", 16, "steps per image")
 	fl.Float64Var(&f.timeScale, "sim-time-scale", 40, "how much faster than real time the simulated GPUs heat and cool")
-	fl.BoolVar(&f.queueHedge, "queue-hedge", true, "let clients move a task stuck in a host's queue to a host predicted to finish it sooner")
 	return cmd
 }
 

@@ -29,6 +29,7 @@ type globals struct {
 	mdns      bool
 	json      bool
 	logLevel  string
+	hedge     bool
 }
 
 func main() {
@@ -57,6 +58,7 @@ func newRootCmd() *cobra.Command {
 	pf.StringSliceVar(&g.bootstrap, "bootstrap", nil, "peers to join through: multiaddrs ending in /p2p/PEER_ID, comma-separated")
 	pf.BoolVar(&g.mdns, "mdns", true, "discover peers on the local network with mDNS")
 	pf.BoolVar(&g.json, "json", false, "print results as JSON")
+	pf.BoolVar(&g.hedge, "queue-hedge", true, "when this node submits: move a task still queued well past its predicted wait to a host predicted to finish it sooner")
 	pf.StringVar(&g.logLevel, "log-level", "", "debug, info, warn or error (default: info for daemon and host, warn otherwise)")
 
 	root.AddCommand(
@@ -84,6 +86,7 @@ func (g *globals) nodeConfig(cmd *cobra.Command, log *slog.Logger) node.Config {
 	cfg.ListenAddrs = g.listen
 	cfg.Bootstrap = g.bootstrap
 	cfg.MDNS = g.mdns
+	cfg.QueueHedge = g.hedge
 	cfg.Version = version
 	cfg.Logger = log
 	return cfg
