@@ -100,6 +100,13 @@ type flight struct {
 	task    protocol.Task
 	taskCID cid.Cid
 	done    chan struct{} // closed when res or err is set
+	// ctx is the computation's; cancel stops it once nobody waits for it.
+	ctx    context.Context
+	cancel context.CancelFunc
+	// waiters counts the requests attached to it (guarded by server.mu,
+	// counted at admission, so a request that joined but has not
+	// subscribed yet still counts).
+	waiters int
 
 	mu        sync.Mutex
 	listeners map[chan protocol.Event]struct{}
@@ -188,13 +195,15 @@ func (s *server) handle(st network.Stream) {
 		}
 		_ = st.SetWriteDeadline(time.Now().Add(writeTimeout))
 		_ = protocol.WriteMsg(st, s.stateEvent(f))
-		if res, err = s.wait(st, f, watchCancel(st, br)); err != nil {
-			if errors.Is(err, errClientGone) {
-				log.Debug("client went away", "err", err)
-				st.Reset()
-				s.abandon(f)
-				return
-			}
+		res, err = s.wait(st, f, watchCancel(st, br))
+		gone := errors.Is(err, errClientGone)
+		s.leave(f, gone)
+		if gone {
+			log.Debug("client went away", "err", err)
+			st.Reset()
+			return
+		}
+		if err != nil {
 			refuse(err)
 			return
 		}
@@ -314,23 +323,26 @@ func (s *server) wait(st network.Stream, f *flight, cancelled <-chan struct{}) (
 	}
 }
 
-// abandon drops a queued flight that nobody waits for any more (its clients
-// took the task elsewhere), so the GPU does not compute what nobody wants.
-// A running flight finishes into the cache: stopping it mid-run would
-// waste what is done.
-func (s *server) abandon(f *flight) {
-	f.mu.Lock()
-	waiters := len(f.listeners)
-	f.mu.Unlock()
-	if waiters > 0 {
-		return
-	}
+// leave ends one request's wait on f. When the last request leaves because
+// its client went away (it gave up, or took the task elsewhere), nobody
+// wants f any more: a queued flight is dropped and a running one cancelled
+// at its next step, so the GPU does not compute what nobody wants. A
+// request for the same task that arrives later starts afresh.
+func (s *server) leave(f *flight, gone bool) {
 	s.mu.Lock()
-	removed := s.queue.remove(f)
+	f.waiters--
+	drop := gone && f.waiters == 0
+	queued := drop && s.queue.remove(f)
+	if drop && s.flights[f.taskCID] == f {
+		delete(s.flights, f.taskCID)
+	}
 	s.mu.Unlock()
-	if removed {
+	switch {
+	case queued:
 		s.finish(f, nil, &protocol.RemoteError{Code: protocol.CodeBusy, Message: "every submitter left the queue"})
 		poke(s.changed)
+	case drop:
+		f.cancel()
 	}
 }
 
@@ -345,6 +357,7 @@ func (s *server) admit(from peer.ID, t protocol.Task, tc cid.Cid) (*flight, int,
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if f, ok := s.flights[tc]; ok {
+		f.waiters++
 		return f, s.queue.position(f), nil
 	}
 	switch {
@@ -363,7 +376,8 @@ func (s *server) admit(from peer.ID, t protocol.Task, tc cid.Cid) (*flight, int,
 		return nil, 0, &protocol.RemoteError{Code: protocol.CodeBusy, Message: fmt.Sprintf("queue full (%d waiting)", s.queue.len()),
 			RetryAfter: time.Duration(s.meanServiceLocked(t)) * time.Millisecond}
 	}
-	f := &flight{task: t, taskCID: tc, done: make(chan struct{}), listeners: map[chan protocol.Event]struct{}{}}
+	f := &flight{task: t, taskCID: tc, done: make(chan struct{}), listeners: map[chan protocol.Event]struct{}{}, waiters: 1}
+	f.ctx, f.cancel = context.WithCancel(s.n.ctx)
 	s.flights[tc] = f
 	s.queue.push(from, f)
 	poke(s.wake)
@@ -433,7 +447,10 @@ func (s *server) run(f *flight) {
 		s.service[f.task.Model] = ms
 	}
 	s.mu.Unlock()
-	if err != nil {
+	switch {
+	case err != nil && f.ctx.Err() != nil && s.n.ctx.Err() == nil:
+		s.log.Debug("task cancelled: nobody waits for it", "task", f.taskCID)
+	case err != nil:
 		s.log.Warn("task failed", "task", f.taskCID, "err", err)
 	}
 	s.finish(f, res, err)
@@ -448,6 +465,7 @@ func (s *server) finish(f *flight, res *store.Result, err error) {
 		delete(s.flights, f.taskCID)
 	}
 	s.mu.Unlock()
+	f.cancel() // releases its context
 	f.res, f.err = res, err
 	close(f.done)
 }
@@ -470,19 +488,19 @@ func (s *server) compute(f *flight) (*store.Result, error) {
 	}
 	defer release()
 	var lastTemp float64
-	s.coolDown(lt, &lastTemp)
+	s.coolDown(f.ctx, lt, &lastTemp)
 	s.mu.Lock()
 	svc := s.meanServiceLocked(f.task)
 	s.mu.Unlock()
 	f.broadcast(startedEvent(f.task, svc))
 	pace := newPacer(s.dev, f.task, n.cfg.SimulateGPUSpeed)
 	start := time.Now()
-	outs, err := n.cfg.Kernel.Run(n.ctx, f.task, func(step, total int) {
-		pace.step(n.ctx)
+	outs, err := n.cfg.Kernel.Run(f.ctx, f.task, func(step, total int) {
+		pace.step(f.ctx)
 		if step >= total {
 			release()
 		} else {
-			s.coolDown(lt, &lastTemp)
+			s.coolDown(f.ctx, lt, &lastTemp)
 			pace.mark() // time spent cooling down is not the GPU's pace
 		}
 		var eta time.Duration
@@ -524,7 +542,7 @@ func (s *server) compute(f *flight) (*store.Result, error) {
 // Predicting, rather than reacting to the reading, keeps the GPU under its
 // owner's limit however long a step takes; prev carries the last reading
 // between calls for one task.
-func (s *server) coolDown(lt loadTracker, prev *float64) {
+func (s *server) coolDown(ctx context.Context, lt loadTracker, prev *float64) {
 	if s.dev == nil {
 		return
 	}
@@ -547,9 +565,9 @@ func (s *server) coolDown(lt loadTracker, prev *float64) {
 		lt.End()
 		defer lt.Begin()
 	}
-	for hot && s.n.ctx.Err() == nil {
+	for hot && ctx.Err() == nil {
 		select {
-		case <-s.n.ctx.Done():
+		case <-ctx.Done():
 		case <-time.After(20 * time.Millisecond):
 		}
 		s.observe()

@@ -34,6 +34,7 @@ type Status struct {
 	MaxTempC float64 `json:"max_temp_c,omitempty"`
 	Running  int     `json:"running,omitempty"`
 	Queued   int     `json:"queued,omitempty"`
+	Waiting  int     `json:"waiting,omitempty"` // requests waiting on those tasks (identical ones share a task)
 	// Gossip: peers in the view, beacons this node published and their bytes.
 	ViewPeers   int    `json:"view_peers"`
 	BeaconsSent uint64 `json:"beacons_sent,omitempty"`
@@ -84,6 +85,9 @@ func (n *Node) Status(ctx context.Context) Status {
 		n.serve.mu.Lock()
 		s.Paused, s.Hot, s.MaxTempC = n.serve.gov.Paused(), n.serve.gov.Hot(), n.serve.gov.LimitC
 		s.Running, s.Queued = n.serve.running, n.serve.queue.len()
+		for _, f := range n.serve.flights {
+			s.Waiting += f.waiters
+		}
 		n.serve.mu.Unlock()
 	}
 	s.Fetch = n.FetchStats()

@@ -422,6 +422,61 @@ func TestAbandonedQueuedTaskIsNotComputed(t *testing.T) {
 	}
 }
 
+// TestRunningTaskNobodyWantsIsCancelled: a running task stops when its last
+// submitter leaves, and not before.
+func TestRunningTaskNobodyWantsIsCancelled(t *testing.T) {
+	sw := startSwarmWith(t, swarm.Options{Profiles: []string{"rtx3060"}, Tune: fastBeacons})
+	h := sw.Hosts[0]
+	c1, c2 := addClient(t, sw), addClient(t, sw)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	waitFor := func(what string, ok func(node.Status) bool) {
+		t.Helper()
+		for !ok(h.Status(ctx)) {
+			if ctx.Err() != nil {
+				t.Fatalf("never saw: %s", what)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	// About 3.7 s on a simulated 3060.
+	long := protocol.Task{Prompt: "long, wanted by two, then by nobody", Width: 512, Height: 512, Steps: 30}
+	submit := func(c *node.Node) (context.CancelFunc, chan error) {
+		cctx, leave := context.WithCancel(ctx)
+		done := make(chan error, 1)
+		go func() {
+			_, err := c.SubmitTo(cctx, h.ID(), long, node.SubmitOptions{})
+			done <- err
+		}()
+		return leave, done
+	}
+	leave1, done1 := submit(c1)
+	waitFor("the task running", func(st node.Status) bool { return st.Running == 1 && st.Waiting == 1 })
+	leave2, done2 := submit(c2)
+	waitFor("the second submitter joining it", func(st node.Status) bool { return st.Waiting == 2 })
+	leave1()
+	if err := <-done1; err == nil {
+		t.Fatal("the first submitter left but got a result")
+	}
+	waitFor("one submitter left", func(st node.Status) bool { return st.Waiting == 1 })
+	if st := h.Status(ctx); st.Running != 1 {
+		t.Fatalf("the task stopped while the second submitter still waited (running %d)", st.Running)
+	}
+	leave2()
+	<-done2
+	waitFor("the task stopped", func(st node.Status) bool { return st.Running == 0 && st.Waiting == 0 })
+	if runs := h.KernelRuns(); runs != 0 {
+		t.Errorf("%d kernel runs: the task nobody wanted ran to the end", runs)
+	}
+	// The same task asked again runs afresh, to the end.
+	if _, err := c1.SubmitTo(ctx, h.ID(), long, node.SubmitOptions{}); err != nil {
+		t.Fatalf("the task asked again after it was cancelled: %v", err)
+	}
+	if runs := h.KernelRuns(); runs != 1 {
+		t.Errorf("%d kernel runs after asking again, want 1", runs)
+	}
+}
+
 // twoHostsInView starts two simulated RTX 3060 hosts with fast beacons and
 // a client whose gossip view already holds both.
 func twoHostsInView(t *testing.T) (*swarm.Swarm, *node.Node) {
