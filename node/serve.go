@@ -188,7 +188,7 @@ func (s *server) handle(st network.Stream) {
 		}
 	}
 	if res == nil {
-		f, _, err := s.admit(remote, req.Task, tc)
+		f, err := s.admit(remote, req.Task, tc)
 		if err != nil {
 			refuse(err)
 			return
@@ -246,6 +246,9 @@ func (s *server) stateEvent(f *flight) protocol.Event {
 	s.mu.Lock()
 	pos := s.queue.position(f)
 	svc := s.meanServiceLocked(f.task)
+	if pos > 0 && pos <= s.n.cfg.Slots-s.running && !s.gov.Hot() {
+		pos = 0 // a free slot takes it now: the dispatcher was woken for it
+	}
 	s.mu.Unlock()
 	if pos > 0 {
 		eta := scheduler.QueuedETAMs(pos, s.n.cfg.Slots, svc)
@@ -352,28 +355,29 @@ func (s *server) leave(f *flight, gone bool) {
 // thermal governor, the submitter's rate limit, and the queue bound. Every
 // refusal says when to retry, so the client can go elsewhere meanwhile.
 //
-// It returns the flight and its place in the queue (0 once running).
-func (s *server) admit(from peer.ID, t protocol.Task, tc cid.Cid) (*flight, int, error) {
+// Either way the request counts as one of the flight's waiters until it
+// leaves.
+func (s *server) admit(from peer.ID, t protocol.Task, tc cid.Cid) (*flight, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if f, ok := s.flights[tc]; ok {
 		f.waiters++
-		return f, s.queue.position(f), nil
+		return f, nil
 	}
 	switch {
 	case s.n.closed.Load():
-		return nil, 0, &protocol.RemoteError{Code: protocol.CodeBusy, Message: "host shutting down"}
+		return nil, &protocol.RemoteError{Code: protocol.CodeBusy, Message: "host shutting down"}
 	case s.gov.Paused():
-		return nil, 0, &protocol.RemoteError{Code: protocol.CodePaused, Message: "the host's owner paused it", RetryAfter: time.Minute}
+		return nil, &protocol.RemoteError{Code: protocol.CodePaused, Message: "the host's owner paused it", RetryAfter: time.Minute}
 	case s.gov.Hot():
-		return nil, 0, &protocol.RemoteError{Code: protocol.CodeTooHot,
+		return nil, &protocol.RemoteError{Code: protocol.CodeTooHot,
 			Message: fmt.Sprintf("GPU at %.1f °C, limit %.0f °C", s.tempC, s.gov.LimitC), RetryAfter: 5 * time.Second}
 	}
 	if ok, retry := s.limiter.take(from, time.Now()); !ok {
-		return nil, 0, &protocol.RemoteError{Code: protocol.CodeRateLimited, Message: "too many tasks from you", RetryAfter: retry}
+		return nil, &protocol.RemoteError{Code: protocol.CodeRateLimited, Message: "too many tasks from you", RetryAfter: retry}
 	}
 	if s.queue.len() >= s.n.cfg.QueueLen && s.running >= s.n.cfg.Slots {
-		return nil, 0, &protocol.RemoteError{Code: protocol.CodeBusy, Message: fmt.Sprintf("queue full (%d waiting)", s.queue.len()),
+		return nil, &protocol.RemoteError{Code: protocol.CodeBusy, Message: fmt.Sprintf("queue full (%d waiting)", s.queue.len()),
 			RetryAfter: time.Duration(s.meanServiceLocked(t)) * time.Millisecond}
 	}
 	f := &flight{task: t, taskCID: tc, done: make(chan struct{}), listeners: map[chan protocol.Event]struct{}{}, waiters: 1}
@@ -382,10 +386,7 @@ func (s *server) admit(from peer.ID, t protocol.Task, tc cid.Cid) (*flight, int,
 	s.queue.push(from, f)
 	poke(s.wake)
 	poke(s.changed)
-	if s.running < s.n.cfg.Slots && s.queue.len() == 1 {
-		return f, 0, nil // starts at once: nothing to wait for
-	}
-	return f, s.queue.position(f), nil
+	return f, nil
 }
 
 // dispatchLoop starts queued flights while the governor allows. It wakes on
