@@ -111,8 +111,14 @@ func DecodeBeacon(data []byte, now time.Time) (*Beacon, error) {
 		return nil, bad("%d bytes, cap %d", len(data), MaxBeaconBytes)
 	}
 	var b Beacon
-	if err := Unmarshal(data, &b); err != nil {
+	// Unknown keys are ignored: beacons are advisory, and a field added by a
+	// newer host must not make older nodes reject it and penalise its
+	// relays. A change old nodes must not misread gets a new topic.
+	if err := unmarshalWith(lenientDecMode, data, &b); err != nil {
 		return nil, bad("%v", err)
+	}
+	if b.Peer == "" || len(b.Peer) > 128 {
+		return nil, bad("peer %q", b.Peer)
 	}
 	if len(b.Models) == 0 || len(b.Models) > 16 || len(b.ServiceMs) > 16 {
 		return nil, bad("want 1..16 models")

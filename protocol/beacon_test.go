@@ -149,6 +149,28 @@ func TestDecodeBeaconLimits(t *testing.T) {
 	}
 }
 
+// TestDecodeBeaconIgnoresUnknownKeys: a beacon from a newer host, with a
+// key this version does not know, is read for the keys it does know.
+func TestDecodeBeaconIgnoresUnknownKeys(t *testing.T) {
+	in := testBeacon(t)
+	var m map[string]any
+	if err := Unmarshal(encodeBeacon(t, in), &m); err != nil {
+		t.Fatal(err)
+	}
+	m["zz_added_later"] = uint64(7)
+	enc, err := Marshal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := DecodeBeacon(enc, beaconNow)
+	if err != nil {
+		t.Fatalf("DecodeBeacon with an unknown key: %v", err)
+	}
+	if !beaconsEqual(got, &in) {
+		t.Errorf("decoded %+v, want %+v", got, in)
+	}
+}
+
 func TestDecodeBeaconRejectsEncodings(t *testing.T) {
 	enc := encodeBeacon(t, testBeacon(t))
 	tests := map[string][]byte{
@@ -156,7 +178,8 @@ func TestDecodeBeaconRejectsEncodings(t *testing.T) {
 		"oversize":      make([]byte, MaxBeaconBytes+1),
 		"trailing byte": append(slices.Clone(enc), 0),
 		"truncated":     enc[:len(enc)-1],
-		"unknown field": replaceOnce(t, enc, []byte("\x64busy"), []byte("\x64bust")),
+		"duplicate key": replaceOnce(t, enc, []byte("\x64busy"), []byte("\x63seq")),
+		"no peer":       replaceOnce(t, enc, []byte("\x64peer"), []byte("\x64peeR")),
 		"negative busy": replaceOnce(t, enc, []byte("\x64busy\x01"), []byte("\x64busy\x20")),
 		"float temp":    replaceOnce(t, enc, []byte("\x67temp_dc\x19\x02\xc8"), []byte("\x67temp_dc\xfb\x40\x86\x40\x00\x00\x00\x00\x00")),
 		"a capacity":    signCapacity(t, testCapacity(capIssued), testKey(t, 1)),

@@ -47,13 +47,27 @@ var decMode = func() cbor.DecMode {
 	return dm
 }()
 
+// lenientDecMode is decMode without the unknown-field error, for messages
+// that must stay readable when newer peers add fields (beacons).
+var lenientDecMode = func() cbor.DecMode {
+	opts := decMode.DecOptions()
+	opts.ExtraReturnErrors = cbor.ExtraDecErrorNone
+	dm, err := opts.DecMode()
+	if err != nil {
+		panic(err)
+	}
+	return dm
+}()
+
 // Marshal encodes v as DAG-CBOR.
 func Marshal(v any) ([]byte, error) { return encMode.Marshal(v) }
 
 // Unmarshal decodes DAG-CBOR b into v, refusing trailing bytes, unknown
 // fields and anything over the decoder's bounds.
-func Unmarshal(b []byte, v any) error {
-	rest, err := decMode.UnmarshalFirst(b, v)
+func Unmarshal(b []byte, v any) error { return unmarshalWith(decMode, b, v) }
+
+func unmarshalWith(dm cbor.DecMode, b []byte, v any) error {
+	rest, err := dm.UnmarshalFirst(b, v)
 	if err != nil {
 		return err
 	}
