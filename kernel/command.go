@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/gpunet/gpunet/protocol"
@@ -50,6 +51,7 @@ type commandConfig struct {
 	env     []string
 	dir     string
 	timeout time.Duration
+	serve   int // serve mode with this many generators; 0: a process per task
 }
 
 // WithCommandLogger sets the logger for the generator's stderr lines (debug)
@@ -107,14 +109,17 @@ const commandWaitDelay = 2 * time.Second
 // Run kills the generator's whole process group (where the OS has them)
 // when ctx is done, when stdout overflows, or after the timeout.
 //
-// Command holds no state between runs and is safe for concurrent use: each
-// Run starts its own process.
+// Per task, Command holds no state between runs and is safe for concurrent
+// use: each Run starts its own process. In serve mode (WithCommandServe,
+// serve.go) it keeps generators running between tasks instead; Close stops
+// them.
 type Command struct {
 	name   string
 	models []string
 	path   string   // argv[0] resolved by exec.LookPath
 	argv   []string // as configured, for messages and Args
 	cfg    commandConfig
+	pool   *servePool // serve mode only
 }
 
 var _ Kernel = (*Command)(nil)
@@ -157,6 +162,12 @@ func NewCommand(name string, models []string, argv []string, opts ...CommandOpti
 	if c.cfg.timeout < 0 {
 		return nil, fmt.Errorf("command kernel: negative timeout %v", c.cfg.timeout)
 	}
+	if c.cfg.serve < 0 || c.cfg.serve > 1024 {
+		return nil, fmt.Errorf("command kernel: %d serve-mode generators, want 1 to 1024 (0: a process per task)", c.cfg.serve)
+	}
+	if c.cfg.serve > 0 {
+		c.pool = newServePool(c, c.cfg.serve)
+	}
 	c.cfg.env = slices.Clone(c.cfg.env)
 	return c, nil
 }
@@ -188,6 +199,9 @@ func (c *Command) Run(ctx context.Context, t protocol.Task, progress Progress) (
 		return nil, fmt.Errorf("encoding task: %w", err)
 	}
 	in = append(in, '\n')
+	if c.pool != nil {
+		return c.pool.run(ctx, t, in, progress)
+	}
 
 	runCtx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
@@ -315,14 +329,16 @@ func (b *cappedBuffer) Write(p []byte) (int, error) {
 // stderrLines splits the generator's stderr into lines, each cut at
 // CommandMaxStderrLine bytes: progress lines go to steps, others to the
 // debug log (at most commandMaxLogged a run), and the last few are kept for
-// error messages. exec calls Write from one goroutine, and Wait returns only
-// after that goroutine has finished, so tailSuffix (called after Wait) needs
-// no lock.
+// error messages. exec calls Write from one goroutine; in serve mode the
+// task's goroutine reads the tail and starts a new task while the generator
+// runs, hence mu. A progress send happens outside mu: it may block until
+// the task's goroutine takes it.
 type stderrLines struct {
 	log   *slog.Logger
 	steps chan<- [2]int
 	done  <-chan struct{}
 
+	mu      sync.Mutex
 	line    []byte
 	cut     bool // the current line passed the cap; drop until newline
 	logged  int
@@ -339,6 +355,7 @@ func (s *stderrLines) Write(p []byte) (int, error) {
 		if i >= 0 {
 			chunk = p[:i]
 		}
+		s.mu.Lock()
 		if !s.cut {
 			room := CommandMaxStderrLine - len(s.line)
 			if len(chunk) > room {
@@ -346,33 +363,42 @@ func (s *stderrLines) Write(p []byte) (int, error) {
 			}
 			s.line = append(s.line, chunk...)
 		}
+		var step [2]int
+		send := false
+		if i >= 0 {
+			step, send = s.endLineLocked()
+		}
+		s.mu.Unlock()
+		if send {
+			select {
+			case s.steps <- step:
+			case <-s.done:
+			}
+		}
 		if i < 0 {
 			break
 		}
-		s.endLine()
 		p = p[i+1:]
 	}
 	return n, nil
 }
 
-func (s *stderrLines) endLine() {
+// endLineLocked ends the current line; a progress line is returned to be
+// sent.
+func (s *stderrLines) endLineLocked() (step [2]int, send bool) {
 	line := strings.TrimRight(string(s.line), "\r")
 	s.line, s.cut = s.line[:0], false
 	if k, total, ok := parseProgress(line); ok {
 		// Steps never go backwards: a generator that restarts its count
 		// (a second pass, a retry) must not make the ETA jump back.
 		if k < s.lastK {
-			return
+			return step, false
 		}
 		s.lastK = k
-		select {
-		case s.steps <- [2]int{k, total}:
-		case <-s.done:
-		}
-		return
+		return [2]int{k, total}, true
 	}
 	if line == "" {
-		return
+		return step, false
 	}
 	s.tail = append(s.tail, line)
 	s.tailLen += len(line)
@@ -387,10 +413,21 @@ func (s *stderrLines) endLine() {
 		s.log.Debug("generator: further stderr lines not logged", "after", commandMaxLogged)
 	}
 	s.logged++
+	return step, false
 }
 
-// tailSuffix returns ": stderr: <last lines>" for an error, or "".
+// newTask starts a serve-mode generator's next task: steps count from 0
+// again, and the tail and log budget are the new task's.
+func (s *stderrLines) newTask() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.lastK, s.logged, s.tail, s.tailLen = 0, 0, nil, 0
+}
+
+// tailSuffix returns "; stderr ends: <last lines>" for an error, or "".
 func (s *stderrLines) tailSuffix() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	tail := s.tail
 	if len(s.line) > 0 {
 		tail = append(slices.Clone(tail), string(s.line))

@@ -15,6 +15,10 @@ Contract (docs/kernels.md): the task arrives as one JSON object on stdin;
     gpunet host --kernel cmd --kernel-cmd "python3 kernels/torch_sketch.py" \\
         --kernel-models gpunet/torch-sketch-v1
 
+With --serve it follows serve mode instead (gpunet host --kernel-serve): torch
+and the CUDA context start once, then each stdin line is a task, answered on
+stdout with "png N" and N bytes, or "error MESSAGE", until stdin closes.
+
 Runs on CUDA only, unless --allow-cpu is given. The same task gives the same
 bytes on the same GPU model, driver and torch build (deterministic algorithms,
 no TF32, a seeded generator); other GPU models may differ in the last bits of
@@ -103,19 +107,31 @@ def words(s):
     return re.findall(r"[a-z0-9]+", s.lower())
 
 
+class TaskError(ValueError):
+    """A task this generator cannot run as given."""
+
+
+def parse_task(t):
+    """Returns (w, h, steps, seed, prompt, negative) of a decoded task."""
+    try:
+        w, h, steps, seed = int(t["width"]), int(t["height"]), int(t["steps"]), int(t["seed"])
+        prompt = str(t["prompt"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise TaskError(f"task lacks a field or has a bad one: {e!r}") from None
+    if not (64 <= w <= 2048 and 64 <= h <= 2048 and 1 <= steps <= 150):
+        raise TaskError(f"task out of range: {w}x{h}, {steps} steps")
+    return w, h, steps, seed, prompt, str(t.get("negative_prompt") or "")
+
+
 def read_task():
     try:
         t = json.load(sys.stdin)
     except ValueError as e:
         fail(f"stdin is not one JSON task: {e}")
     try:
-        w, h, steps, seed = int(t["width"]), int(t["height"]), int(t["steps"]), int(t["seed"])
-        prompt = str(t["prompt"])
-    except (KeyError, TypeError, ValueError) as e:
-        fail(f"task lacks a field or has a bad one: {e!r}")
-    if not (64 <= w <= 2048 and 64 <= h <= 2048 and 1 <= steps <= 150):
-        fail(f"task out of range: {w}x{h}, {steps} steps")
-    return t, w, h, steps, seed, prompt, str(t.get("negative_prompt") or "")
+        return parse_task(t)
+    except TaskError as e:
+        fail(str(e))
 
 
 def open_device(torch, allow_cpu):
@@ -319,25 +335,13 @@ def png_bytes(torch, img):
             + chunk(b"IEND", b""))
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--allow-cpu", action="store_true", help="run on the CPU when CUDA is unavailable")
-    args = ap.parse_args()
-    _, w, h, steps, seed, prompt, negative = read_task()
-    clock = [time.perf_counter()]
-
-    def lap():
-        now = time.perf_counter()
-        d, clock[0] = now - clock[0], now
-        return f"{d:.3f} s"
-
+def start_torch(allow_cpu):
+    """Imports torch and makes its device ready, deterministic."""
     try:
         import torch
     except ImportError as e:
         fail(f"PyTorch is not installed for {sys.executable}: {e}")
-    t_import = lap()
-    dev = open_device(torch, args.allow_cpu)
-    torch.manual_seed(seed)
+    dev = open_device(torch, allow_cpu)
     torch.use_deterministic_algorithms(True)
     torch.backends.cudnn.benchmark = False
     torch.backends.cudnn.deterministic = True
@@ -347,7 +351,13 @@ def main():
     torch.backends.cuda.matmul.allow_tf32 = False
     with torch.no_grad():
         torch.zeros(1, device=dev).add_(1).cpu()  # create the context now, to time it apart
-        t_init = lap()
+    return torch, dev
+
+
+def paint(torch, dev, w, h, steps, seed, prompt, negative, lap):
+    """The task's PNG, and how long its stages took."""
+    torch.manual_seed(seed)
+    with torch.no_grad():
         target = scene(torch, dev, w, h, seed, prompt, negative)
         if dev.type == "cuda":
             torch.cuda.synchronize()
@@ -356,11 +366,61 @@ def main():
         t_steps = lap()
         data = png_bytes(torch, img)
         t_png = lap()
+    return data, f"scene {t_scene}, steps {t_steps}, png {t_png} ({len(data)} bytes)"
+
+
+def serve(torch, dev, lap):
+    """Serve mode: a task per stdin line, each answered on stdout."""
+    out = sys.stdout.buffer
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        lap()
+        try:
+            w, h, steps, seed, prompt, negative = parse_task(json.loads(line))
+            data, timing = paint(torch, dev, w, h, steps, seed, prompt, negative, lap)
+        except (ValueError, RuntimeError) as e:  # TaskError, bad JSON, CUDA errors (out of memory)
+            if dev.type == "cuda":
+                torch.cuda.empty_cache()
+            msg = " ".join(str(e).split())[:900] or type(e).__name__
+            out.write(f"error {msg}\n".encode())
+            out.flush()
+            print(f"torch_sketch: task failed: {msg}", file=sys.stderr, flush=True)
+            continue
+        out.write(f"png {len(data)}\n".encode())
+        out.write(data)
+        out.flush()
+        print(f"torch_sketch: {w}x{h} {steps} steps on {name}: {timing}", file=sys.stderr, flush=True)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--allow-cpu", action="store_true", help="run on the CPU when CUDA is unavailable")
+    ap.add_argument("--serve", action="store_true", help="serve mode: a task per stdin line until stdin closes")
+    args = ap.parse_args()
+    clock = [time.perf_counter()]
+
+    def lap():
+        now = time.perf_counter()
+        d, clock[0] = now - clock[0], now
+        return f"{d:.3f} s"
+
+    if args.serve:
+        torch, dev = start_torch(args.allow_cpu)
+        print(f"torch_sketch: serving on {dev} after {lap()}", file=sys.stderr, flush=True)
+        serve(torch, dev, lap)
+        return
+    w, h, steps, seed, prompt, negative = read_task()
+    lap()
+    torch, dev = start_torch(args.allow_cpu)
+    t_start = lap()
+    data, timing = paint(torch, dev, w, h, steps, seed, prompt, negative, lap)
     sys.stdout.buffer.write(data)
     sys.stdout.buffer.flush()
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
-    print(f"torch_sketch: {w}x{h} {steps} steps on {name}: import {t_import}, device init {t_init}, "
-          f"scene {t_scene}, steps {t_steps}, png {t_png} ({len(data)} bytes)", file=sys.stderr, flush=True)
+    print(f"torch_sketch: {w}x{h} {steps} steps on {name}: import and device init {t_start}, {timing}",
+          file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"strings"
@@ -34,6 +35,7 @@ type hostFlags struct {
 	kernelName    string
 	kernelModels  []string
 	kernelTimeout time.Duration
+	kernelServe   bool
 	gpu           string
 	slots         int
 	queue         int
@@ -57,6 +59,9 @@ func newHostCmd(g *globals) *cobra.Command {
 			if cfg.Kernel, err = openKernel(f, log); err != nil {
 				return err
 			}
+			if c, ok := cfg.Kernel.(io.Closer); ok {
+				defer c.Close() // after the node: serve-mode generators
+			}
 			dev, picked, err := kernel.OpenDevice(f.gpu, kernel.WithTimeScale(f.timeScale), kernel.WithSlots(f.slots))
 			if err != nil {
 				return err
@@ -76,6 +81,7 @@ func newHostCmd(g *globals) *cobra.Command {
 	fl.StringVar(&f.kernelName, "kernel-name", "", "--kernel cmd: kernel name and version recorded in manifests (default: cmd: and the first model's last path element)")
 	fl.StringSliceVar(&f.kernelModels, "kernel-models", nil, "--kernel cmd: models the generator serves, comma-separated (e.g. gpunet/torch-sketch-v1)")
 	fl.DurationVar(&f.kernelTimeout, "kernel-timeout", kernel.DefaultCommandTimeout, "--kernel cmd: kill a run that has not finished after this long (0: never)")
+	fl.BoolVar(&f.kernelServe, "kernel-serve", false, "--kernel cmd: keep --slots generators running and send them one task per stdin line (serve mode, docs/kernels.md), so a model loads once")
 	fl.StringVar(&f.gpu, "gpu", "auto", "GPU telemetry: auto, nvml[:N], nvidia-smi[:N], sim:PROFILE ("+strings.Join(kernel.ProfileNames(), ", ")+") or none")
 	fl.IntVar(&f.slots, "slots", 1, "tasks run at once")
 	fl.IntVar(&f.queue, "queue", 8, "tasks that may wait for a slot before the host refuses with busy")
@@ -119,8 +125,8 @@ func newHostPauseCmd(g *globals, pause bool) *cobra.Command {
 func kernelNames() []string { return []string{"sketch", "noop", "cmd"} }
 
 func openKernel(f *hostFlags, log *slog.Logger) (kernel.Kernel, error) {
-	if f.kernel != "cmd" && (f.kernelCmd != "" || len(f.kernelModels) > 0 || f.kernelName != "") {
-		return nil, fmt.Errorf("--kernel-cmd, --kernel-models and --kernel-name need --kernel cmd (got --kernel %s)", f.kernel)
+	if f.kernel != "cmd" && (f.kernelCmd != "" || len(f.kernelModels) > 0 || f.kernelName != "" || f.kernelServe) {
+		return nil, fmt.Errorf("--kernel-cmd, --kernel-models, --kernel-name and --kernel-serve need --kernel cmd (got --kernel %s)", f.kernel)
 	}
 	switch f.kernel {
 	case "sketch":
@@ -142,8 +148,11 @@ func openKernel(f *hostFlags, log *slog.Logger) (kernel.Kernel, error) {
 			m := f.kernelModels[0]
 			name = "cmd:" + m[strings.LastIndex(m, "/")+1:]
 		}
-		return kernel.NewCommand(name, f.kernelModels, argv,
-			kernel.WithCommandLogger(log.With("sub", "kernel")), kernel.WithCommandTimeout(f.kernelTimeout))
+		opts := []kernel.CommandOption{kernel.WithCommandLogger(log.With("sub", "kernel")), kernel.WithCommandTimeout(f.kernelTimeout)}
+		if f.kernelServe {
+			opts = append(opts, kernel.WithCommandServe(max(f.slots, 1)))
+		}
+		return kernel.NewCommand(name, f.kernelModels, argv, opts...)
 	}
 	return nil, fmt.Errorf("unknown kernel %q: want one of %s", f.kernel, strings.Join(kernelNames(), ", "))
 }

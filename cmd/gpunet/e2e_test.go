@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gpunet/gpunet/kernel"
 	"github.com/gpunet/gpunet/protocol"
 	"github.com/ipfs/go-cid"
 )
@@ -38,7 +39,7 @@ func TestMain(m *testing.M) {
 
 // startHostProcess runs `gpunet host` on loopback and returns what it
 // printed at start (peer_id, addrs, api).
-func startHostProcess(t *testing.T, dataDir string) (info struct {
+func startHostProcess(t *testing.T, dataDir string, extra ...string) (info struct {
 	PeerID string   `json:"peer_id"`
 	Addrs  []string `json:"addrs"`
 	API    string   `json:"api"`
@@ -46,8 +47,9 @@ func startHostProcess(t *testing.T, dataDir string) (info struct {
 	t.Helper()
 	// Not CommandContext: the process must outlive the test's context until
 	// the cleanup below stops it with SIGINT, as a person would.
-	cmd := exec.Command(gpunetBin, "host", "--data", dataDir, "--listen", "/ip4/127.0.0.1/tcp/0",
-		"--api", "127.0.0.1:0", "--mdns=false", "--json", "--gpu", "sim:rtx3060", "--log-level", "warn")
+	args := append([]string{"host", "--data", dataDir, "--listen", "/ip4/127.0.0.1/tcp/0",
+		"--api", "127.0.0.1:0", "--mdns=false", "--json", "--gpu", "sim:rtx3060", "--log-level", "warn"}, extra...)
+	cmd := exec.Command(gpunetBin, args...)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	stdout, err := cmd.StdoutPipe()
@@ -196,5 +198,41 @@ func TestSameTaskSameBytesAcrossRuns(t *testing.T) {
 		if o.s.TaskCID == a.TaskCID || bytes.Equal(o.b, ab) {
 			t.Errorf("%s gave the same task or bytes", o.name)
 		}
+	}
+}
+
+// TestServeModeGeneratorProcess runs a host whose kernel is an external
+// generator in serve mode (`gpunet generator --serve`, the sketch kernel
+// behind the --kernel cmd contract): tasks reach it through the host, and
+// its images are byte for byte the built-in kernel's.
+func TestServeModeGeneratorProcess(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	host := startHostProcess(t, t.TempDir(), "--kernel", "cmd", "--kernel-serve",
+		"--kernel-cmd", gpunetBin+" generator --serve", "--kernel-models", protocol.DefaultModel, "--kernel-name", "cmd:sketch-v1")
+	dir := t.TempDir()
+	for i, prompt := range []string{"a red fox in fresh snow", "sunflowers in a summer field"} {
+		var s submitJSON
+		runJSON(t, ctx, &s, "submit", prompt, "--p2p", "--mdns=false", "--json", "--bootstrap", host.Addrs[0],
+			"--size", "128x96", "--steps", "3", "-o", filepath.Join(dir, fmt.Sprintf("%d.png", i)))
+		if s.Cache != "miss" || s.Host != host.PeerID || len(s.Outputs) != 1 {
+			t.Fatalf("submit %q: %+v; want a miss computed by the host", prompt, s)
+		}
+		task, _ := protocol.Task{Prompt: prompt, Width: 128, Height: 96, Steps: 3}.Normalize()
+		outs, err := kernel.Sketch{}.Run(ctx, task, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := protocol.RawCID(outs[0].Data).String(); s.Outputs[0].CID != want {
+			t.Errorf("submit %q: output %s, want the sketch kernel's %s", prompt, s.Outputs[0].CID, want)
+		}
+	}
+	var st struct {
+		Kernel     string `json:"kernel"`
+		KernelRuns uint64 `json:"kernel_runs"`
+	}
+	runJSON(t, ctx, &st, "status", "--api", host.API, "--json")
+	if st.Kernel != "cmd:sketch-v1" || st.KernelRuns != 2 {
+		t.Errorf("host status: %+v; want kernel cmd:sketch-v1 with 2 runs", st)
 	}
 }

@@ -63,7 +63,7 @@ func newRootCmd() *cobra.Command {
 
 	root.AddCommand(
 		newDaemonCmd(g), newHostCmd(g), newSubmitCmd(g), newPeersCmd(g), newStatusCmd(g),
-		newDemoCmd(g), newBenchCmd(g), newCacheCmd(g), newSimCmd(),
+		newDemoCmd(g), newBenchCmd(g), newCacheCmd(g), newSimCmd(), newGeneratorCmd(),
 	)
 	return root
 }

@@ -1,0 +1,99 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+
+	"github.com/gpunet/gpunet/kernel"
+	"github.com/gpunet/gpunet/protocol"
+	"github.com/spf13/cobra"
+)
+
+// generatorMaxTask bounds one task on stdin, as the host bounds a request.
+const generatorMaxTask = protocol.MaxRequestBytes
+
+func newGeneratorCmd() *cobra.Command {
+	var serve bool
+	cmd := &cobra.Command{
+		Use:   "generator",
+		Short: "Run the sketch kernel behind the external-generator contract of --kernel cmd (a reference implementation)",
+		Long: `Reads a task as JSON on stdin and paints it with the built-in sketch kernel, following the
+contract a --kernel cmd generator follows (docs/kernels.md): progress lines on stderr, one PNG on
+stdout. With --serve it follows serve mode instead: one task per stdin line, each answered on stdout
+with "png N" and N bytes, or "error MESSAGE", until stdin closes. The bytes are the same as the
+sketch kernel's, so a host running it through --kernel cmd serves the same images.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if serve {
+				return serveGenerator(cmd.Context(), os.Stdin, os.Stdout, os.Stderr)
+			}
+			in, err := io.ReadAll(io.LimitReader(os.Stdin, generatorMaxTask+1))
+			if err != nil {
+				return err
+			}
+			if len(in) > generatorMaxTask {
+				return fmt.Errorf("task over %d bytes", generatorMaxTask)
+			}
+			png, err := paint(cmd.Context(), in, os.Stderr)
+			if err != nil {
+				return err
+			}
+			_, err = os.Stdout.Write(png)
+			return err
+		},
+	}
+	cmd.Flags().BoolVar(&serve, "serve", false, "serve mode: one task per stdin line, answers framed on stdout, until stdin closes")
+	return cmd
+}
+
+// paint decodes one task and runs the sketch kernel on it, writing progress
+// lines to stderr.
+func paint(ctx context.Context, line []byte, stderr io.Writer) ([]byte, error) {
+	var t protocol.Task
+	if err := json.Unmarshal(line, &t); err != nil {
+		return nil, fmt.Errorf("decoding the task: %w", err)
+	}
+	t, err := t.Normalize()
+	if err != nil {
+		return nil, err
+	}
+	outs, err := kernel.Sketch{}.Run(ctx, t, func(k, n int) { fmt.Fprintf(stderr, "progress %d %d\n", k, n) })
+	if err != nil {
+		return nil, err
+	}
+	return outs[0].Data, nil
+}
+
+// serveGenerator answers tasks in serve mode until stdin ends.
+func serveGenerator(ctx context.Context, stdin io.Reader, stdout, stderr io.Writer) error {
+	in := bufio.NewScanner(stdin)
+	in.Buffer(make([]byte, 0, 4096), generatorMaxTask+1)
+	out := bufio.NewWriter(stdout)
+	for in.Scan() {
+		png, err := paint(ctx, in.Bytes(), stderr)
+		if err != nil {
+			// One line: the host reads the message up to the newline.
+			msg := strings.Join(strings.Fields(err.Error()), " ")
+			fmt.Fprintf(out, "error %.900s\n", msg)
+		} else {
+			fmt.Fprintf(out, "png %d\n", len(png))
+			out.Write(png)
+		}
+		if err := out.Flush(); err != nil {
+			return err
+		}
+	}
+	if err := in.Err(); err != nil {
+		if errors.Is(err, bufio.ErrTooLong) {
+			return fmt.Errorf("a task line over %d bytes", generatorMaxTask)
+		}
+		return err
+	}
+	return nil
+}
