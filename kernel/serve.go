@@ -124,15 +124,20 @@ func (c *Command) Close() error {
 	p := c.pool
 	p.mu.Lock()
 	p.closed = true
-	p.mu.Unlock()
-	for {
+	var idle []*serveWorker
+	for drained := false; !drained; {
 		select {
 		case w := <-p.idle:
-			w.stop()
+			idle = append(idle, w)
 		default:
-			return nil
+			drained = true
 		}
 	}
+	p.mu.Unlock()
+	for _, w := range idle {
+		w.stop()
+	}
+	return nil
 }
 
 // run is Run in serve mode: a generator from the pool takes the task.
@@ -175,17 +180,18 @@ func (p *servePool) get() (*serveWorker, error) {
 
 // put returns w to the pool after a task, or ends it.
 func (p *servePool) put(w *serveWorker, keep bool) {
-	p.mu.Lock()
-	closed := p.closed
-	p.mu.Unlock()
-	switch {
-	case !keep || !w.alive():
+	if !keep || !w.alive() {
 		w.kill()
-	case closed:
-		w.stop()
-	default:
-		p.idle <- w // never blocks: at most cap(slots) workers exist
+		return
 	}
+	p.mu.Lock()
+	if !p.closed {
+		p.idle <- w // never blocks: at most cap(slots) workers exist
+		p.mu.Unlock()
+		return
+	}
+	p.mu.Unlock()
+	w.stop()
 }
 
 // start launches a generator in serve mode.
@@ -345,9 +351,14 @@ func (c *Command) runOn(ctx context.Context, w *serveWorker, t protocol.Task, in
 			return fail("killed: %v", context.Cause(runCtx))
 		case <-w.exited:
 			// It may have answered just before it exited: the reader gets
-			// the frame or EOF, now that every write end is closed.
-			if f := <-got; f.err == nil && f.failed == "" && checkPNG(f.data, int(t.Width), int(t.Height)) == nil {
-				return []Output{{MediaType: "image/png", Data: f.data}}, false, nil
+			// the frame or EOF, now that its group is gone (a process it
+			// moved out of its group could hold stdout: wait a little).
+			select {
+			case f := <-got:
+				if f.err == nil && f.failed == "" && checkPNG(f.data, int(t.Width), int(t.Height)) == nil {
+					return []Output{{MediaType: "image/png", Data: f.data}}, false, nil
+				}
+			case <-time.After(commandWaitDelay):
 			}
 			return fail("exited during the task: %v", w.waitErr)
 		}
