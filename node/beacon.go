@@ -114,10 +114,12 @@ const heatRuns = 3
 
 // heatDCLocked is the beacon's heat_dc: how much warmer the GPU will be once
 // one more reference task, started behind the work it has, has run for
-// heatRuns service times; 0 when the device cannot say. Callers hold mu.
+// heatRuns service times; 0 when the host cannot say. A simulated GPU runs
+// its own model forward; a real one uses the model its host has learned
+// from its readings (kernel.HeatFit), once that model is trusted. Callers
+// hold mu.
 func (s *server) heatDCLocked(models []string) uint32 {
-	hp, ok := s.dev.(heatPredictor)
-	if !ok || len(models) == 0 {
+	if len(models) == 0 || s.dev == nil {
 		return 0
 	}
 	slots := s.n.cfg.Slots
@@ -126,7 +128,14 @@ func (s *server) heatDCLocked(models []string) uint32 {
 	svc := s.meanServiceLocked(protocol.Task{Model: models[0], Width: protocol.DefaultWidth, Height: protocol.DefaultHeight, Steps: protocol.DefaultSteps})
 	ahead := max(n-slots+1, 0)
 	d := time.Duration((float64(ahead)/float64(slots) + heatRuns) * svc * float64(time.Millisecond))
-	rise := hp.PredictTempC(util, d) - hp.PredictTempC(util, 0)
+	var rise float64
+	if hp, ok := s.dev.(heatPredictor); ok {
+		rise = hp.PredictTempC(util, d) - hp.PredictTempC(util, 0)
+	} else if m, ok := s.heat.Model(); ok && s.tempC > 0 {
+		rise = m.PredictTempC(s.tempC, util, d) - s.tempC
+	} else {
+		return 0
+	}
 	// At least 0.1 °C: 0 on the wire means "no prediction".
 	return max(deci(rise), 1)
 }

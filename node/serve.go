@@ -30,6 +30,9 @@ type server struct {
 	n   *Node
 	log *slog.Logger
 	dev kernel.Device // may be nil
+	// heat learns the GPU's thermal model from its readings, for devices
+	// without one of their own (real GPUs); nil otherwise.
+	heat *kernel.HeatFit
 
 	mu      sync.Mutex          // guards everything below
 	flights map[cid.Cid]*flight // queued or running computations by TaskCID
@@ -52,6 +55,9 @@ func newServer(n *Node) *server {
 		gov:     NewGovernor(n.cfg.MaxTempC, n.cfg.Slots),
 		limiter: rateLimiter{rate: n.cfg.RateLimit, burst: float64(n.cfg.RateBurst)},
 		wake:    make(chan struct{}, 1), changed: make(chan struct{}, 1),
+	}
+	if _, ok := s.dev.(heatPredictor); s.dev != nil && !ok {
+		s.heat = &kernel.HeatFit{}
 	}
 	// A simulated GPU's speed is known before it runs anything: seed the
 	// service-time estimate from it, so the first beacons already tell a
@@ -426,6 +432,9 @@ func (s *server) observe() {
 	t, err := s.dev.Telemetry(ctx)
 	if err != nil {
 		return
+	}
+	if s.heat != nil {
+		s.heat.Add(time.Now(), t.TempC, t.PowerW, t.UtilPct/100)
 	}
 	s.mu.Lock()
 	s.tempC = t.TempC
