@@ -337,6 +337,9 @@ type stderrLines struct {
 	log   *slog.Logger
 	steps chan<- [2]int
 	done  <-chan struct{}
+	// logOnly treats progress lines as logs (serve mode: progress comes on
+	// stdout there).
+	logOnly bool
 
 	mu      sync.Mutex
 	line    []byte
@@ -388,7 +391,7 @@ func (s *stderrLines) Write(p []byte) (int, error) {
 func (s *stderrLines) endLineLocked() (step [2]int, send bool) {
 	line := strings.TrimRight(string(s.line), "\r")
 	s.line, s.cut = s.line[:0], false
-	if k, total, ok := parseProgress(line); ok {
+	if k, total, ok := parseProgress(line); ok && !s.logOnly {
 		// Steps never go backwards: a generator that restarts its count
 		// (a second pass, a retry) must not make the ETA jump back.
 		if k < s.lastK {

@@ -24,10 +24,11 @@ import (
 //
 //   - stdin gets one task per line (the same JSON object) and stays open;
 //     closing it asks the generator to exit;
-//   - stderr carries "progress K N" lines and logs, as per task;
-//   - stdout answers each task with one header line, "png N" followed by
-//     exactly N bytes of PNG, or "error MESSAGE" when the task failed but
-//     the generator can go on.
+//   - stdout carries the task's "progress K N" lines, then one header
+//     line, "png N" followed by exactly N bytes of PNG, or "error MESSAGE"
+//     when the task failed but the generator can go on. Progress shares the
+//     answer's stream so that it can never be taken for the next task's;
+//   - stderr is for logs only.
 //
 // A generator that breaks the framing, exits, or has a task cancelled under
 // it (ctx done, timeout) is killed with its process group; the next task
@@ -216,7 +217,7 @@ func (p *servePool) start() (*serveWorker, error) {
 	cmd.Stdout = pw
 	w := &serveWorker{cmd: cmd, stdin: stdin, stdout: bufio.NewReaderSize(pr, 64<<10), pr: pr,
 		steps: make(chan [2]int, 16), exited: make(chan struct{})}
-	w.stderr = &stderrLines{log: c.cfg.log, steps: w.steps, done: w.exited}
+	w.stderr = &stderrLines{log: c.cfg.log, logOnly: true}
 	cmd.Stderr = w.stderr
 	setProcessGroup(cmd)
 	cmd.Cancel = nil // no context: kill ends it
@@ -246,51 +247,62 @@ type serveFrame struct {
 	ended  bool   // stdout ended (the generator exited or closed it)
 }
 
-// readServeFrame reads one answer: "png N\n" and N bytes, or "error MSG\n".
-func readServeFrame(r *bufio.Reader) serveFrame {
+// readServeFrame reads one answer: any number of "progress K N" lines,
+// passed to onProgress, then "png N\n" and N bytes, or "error MSG\n".
+func readServeFrame(r *bufio.Reader, onProgress func(k, n int)) serveFrame {
+	for {
+		f, more := readServeLine(r, onProgress)
+		if !more {
+			return f
+		}
+	}
+}
+
+// readServeLine reads one line of an answer; more is true after a progress
+// line.
+func readServeLine(r *bufio.Reader, onProgress func(k, n int)) (f serveFrame, more bool) {
 	line, err := r.ReadSlice('\n')
 	if err != nil {
 		if errors.Is(err, bufio.ErrBufferFull) || len(line) >= serveMaxHeader {
-			return serveFrame{err: fmt.Errorf("a stdout line over %d bytes where a header was due (log lines belong on stderr)", serveMaxHeader)}
+			return serveFrame{err: fmt.Errorf("a stdout line over %d bytes where a header was due (log lines belong on stderr)", serveMaxHeader)}, false
 		}
-		return serveFrame{err: fmt.Errorf("stdout ended before an answer: %w", err), ended: true}
+		return serveFrame{err: fmt.Errorf("stdout ended before an answer: %w", err), ended: true}, false
 	}
 	if len(line) > serveMaxHeader {
-		return serveFrame{err: fmt.Errorf("a stdout line over %d bytes where a header was due (log lines belong on stderr)", serveMaxHeader)}
+		return serveFrame{err: fmt.Errorf("a stdout line over %d bytes where a header was due (log lines belong on stderr)", serveMaxHeader)}, false
 	}
 	header := strings.TrimRight(string(line), "\r\n")
 	verb, arg, _ := strings.Cut(header, " ")
 	switch verb {
+	case "progress":
+		// A malformed one is ignored, as on stderr per task.
+		if k, n, ok := parseProgress(header); ok {
+			onProgress(k, n)
+		}
+		return serveFrame{}, true
 	case "png":
 		n, err := strconv.Atoi(arg)
 		if err != nil || n <= 0 || n > protocol.MaxBlockBytes {
-			return serveFrame{err: fmt.Errorf("header %q: want png N with 1 ≤ N ≤ %d", header, protocol.MaxBlockBytes)}
+			return serveFrame{err: fmt.Errorf("header %q: want png N with 1 ≤ N ≤ %d", header, protocol.MaxBlockBytes)}, false
 		}
 		data := make([]byte, n)
 		if _, err := io.ReadFull(r, data); err != nil {
-			return serveFrame{err: fmt.Errorf("stdout ended inside a %d-byte PNG: %w", n, err), ended: true}
+			return serveFrame{err: fmt.Errorf("stdout ended inside a %d-byte PNG: %w", n, err), ended: true}, false
 		}
-		return serveFrame{data: data}
+		return serveFrame{data: data}, false
 	case "error":
 		if arg == "" {
 			arg = "no message"
 		}
-		return serveFrame{failed: arg}
+		return serveFrame{failed: arg}, false
 	}
-	return serveFrame{err: fmt.Errorf("unexpected stdout line %.80q where a header was due (log lines belong on stderr)", header)}
+	return serveFrame{err: fmt.Errorf("unexpected stdout line %.80q where a header was due (log lines belong on stderr)", header)}, false
 }
 
 // runOn gives task t to generator w and waits for its answer. keep says
 // whether w is fit for another task.
 func (c *Command) runOn(ctx context.Context, w *serveWorker, t protocol.Task, in []byte, progress Progress) (out []Output, keep bool, err error) {
 	w.stderr.newTask()
-	for drained := false; !drained; {
-		select {
-		case <-w.steps: // progress written between tasks belongs to none
-		default:
-			drained = true
-		}
-	}
 	runCtx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	if c.cfg.timeout > 0 {
@@ -305,9 +317,20 @@ func (c *Command) runOn(ctx context.Context, w *serveWorker, t protocol.Task, in
 		return fail("writing the task: %v", err)
 	}
 	got := make(chan serveFrame, 1)
-	go func() { got <- readServeFrame(w.stdout) }()
+	go func() {
+		got <- readServeFrame(w.stdout, func(k, n int) {
+			select {
+			case w.steps <- [2]int{k, n}:
+			case <-w.exited:
+			case <-runCtx.Done():
+			}
+		})
+	}()
+	lastK := 0
 	report := func(s [2]int) {
-		if progress != nil && ctx.Err() == nil {
+		// Steps never go backwards (see stderrLines).
+		if progress != nil && ctx.Err() == nil && s[0] >= lastK {
+			lastK = s[0]
 			progress(s[0], s[1])
 		}
 	}
@@ -316,7 +339,7 @@ func (c *Command) runOn(ctx context.Context, w *serveWorker, t protocol.Task, in
 		case s := <-w.steps:
 			report(s)
 		case f := <-got:
-			// Progress written before the answer comes first.
+			// The reader passed every progress line before the answer.
 			for drained := false; !drained; {
 				select {
 				case s := <-w.steps:

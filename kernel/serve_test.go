@@ -37,17 +37,24 @@ func fakeServe() int {
 		case "fail":
 			fmt.Fprintln(out, "error CUDA out of memory at", t.Width, "x", t.Height)
 		case "crash":
-			fmt.Fprintln(os.Stderr, "progress 1", t.Steps)
+			fmt.Fprintln(out, "progress 1", t.Steps)
+			out.Flush()
 			fmt.Fprintln(os.Stderr, "Segmentation fault")
 			return 3
 		case "garbage":
 			fmt.Fprintln(out, "Loading pipeline components...")
 		case "hang":
-			fmt.Fprintln(os.Stderr, "progress 1", t.Steps)
+			fmt.Fprintln(out, "progress 1", t.Steps)
+			out.Flush()
 			time.Sleep(time.Hour)
 		default:
+			// Progress on stdout; the same lines on stderr are only logs.
+			fmt.Fprintf(os.Stderr, "progress 9 9\n")
 			for k := 1; k <= int(t.Steps); k++ {
-				fmt.Fprintf(os.Stderr, "progress %d %d\n", k, t.Steps)
+				fmt.Fprintf(out, "progress %d %d\n", k, t.Steps)
+				if k == 2 {
+					fmt.Fprintf(out, "progress 1 %d\nprogress x y\n", t.Steps) // ignored
+				}
 			}
 			img := image.NewGray(image.Rect(0, 0, int(t.Width), int(t.Height)))
 			for i := range img.Pix {
@@ -217,15 +224,17 @@ func TestReadServeFrame(t *testing.T) {
 		"hello\n":                 "unexpected stdout line",
 	}
 	for in, want := range cases {
-		f := readServeFrame(bufio.NewReaderSize(strings.NewReader(in), 4096))
+		f := readServeFrame(bufio.NewReaderSize(strings.NewReader(in), 4096), func(int, int) {})
 		if f.err == nil || !strings.Contains(f.err.Error(), want) {
 			t.Errorf("%.20q: %v, want an error saying %q", in, f.err, want)
 		}
 	}
-	if f := readServeFrame(bufio.NewReader(strings.NewReader("error\n"))); f.failed != "no message" {
+	if f := readServeFrame(bufio.NewReader(strings.NewReader("error\n")), nil); f.failed != "no message" {
 		t.Errorf("a bare error: %+v", f)
 	}
-	if f := readServeFrame(bufio.NewReader(strings.NewReader("png 3\nabcNEXT"))); f.err != nil || string(f.data) != "abc" {
-		t.Errorf("a 3-byte frame: %+v", f)
+	var steps []int
+	f := readServeFrame(bufio.NewReader(strings.NewReader("progress 1 2\nprogress 2 2\npng 3\nabcNEXT")), func(k, n int) { steps = append(steps, k) })
+	if f.err != nil || string(f.data) != "abc" || fmt.Sprint(steps) != "[1 2]" {
+		t.Errorf("a 3-byte frame after two steps: %+v, steps %v", f, steps)
 	}
 }

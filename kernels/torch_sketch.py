@@ -17,7 +17,8 @@ Contract (docs/kernels.md): the task arrives as one JSON object on stdin;
 
 With --serve it follows serve mode instead (gpunet host --kernel-serve): torch
 and the CUDA context start once, then each stdin line is a task, answered on
-stdout with "png N" and N bytes, or "error MESSAGE", until stdin closes.
+stdout with its "progress K N" lines, then "png N" and N bytes or
+"error MESSAGE", until stdin closes.
 
 Runs on CUDA only, unless --allow-cpu is given. The same task gives the same
 bytes on the same GPU model, driver and torch build (deterministic algorithms,
@@ -291,7 +292,7 @@ def scene(torch, dev, w, h, seed, prompt, negative):
     return (img * vig.unsqueeze(0)).clamp(0, 1)
 
 
-def denoise(torch, dev, target, steps, seed):
+def denoise(torch, dev, target, steps, seed, progress_out):
     """Moves seeded noise towards target in `steps` passes on dev."""
     F = torch.nn.functional
     g = torch.Generator(device=dev).manual_seed(seed)
@@ -310,7 +311,7 @@ def denoise(torch, dev, target, steps, seed):
             x = x + torch.randn(shape, generator=g, device=dev) * (0.12 * (1 - t))
         if dev.type == "cuda":
             torch.cuda.synchronize()  # report work done, not work queued
-        print(f"progress {k} {steps}", file=sys.stderr, flush=True)
+        print(f"progress {k} {steps}", file=progress_out, flush=True)
     return x[0]
 
 
@@ -354,7 +355,7 @@ def start_torch(allow_cpu):
     return torch, dev
 
 
-def paint(torch, dev, w, h, steps, seed, prompt, negative, lap):
+def paint(torch, dev, w, h, steps, seed, prompt, negative, lap, progress_out):
     """The task's PNG, and how long its stages took."""
     torch.manual_seed(seed)
     with torch.no_grad():
@@ -362,7 +363,7 @@ def paint(torch, dev, w, h, steps, seed, prompt, negative, lap):
         if dev.type == "cuda":
             torch.cuda.synchronize()
         t_scene = lap()
-        img = denoise(torch, dev, target, steps, seed)
+        img = denoise(torch, dev, target, steps, seed, progress_out)
         t_steps = lap()
         data = png_bytes(torch, img)
         t_png = lap()
@@ -372,6 +373,7 @@ def paint(torch, dev, w, h, steps, seed, prompt, negative, lap):
 def serve(torch, dev, lap):
     """Serve mode: a task per stdin line, each answered on stdout."""
     out = sys.stdout.buffer
+    progress_out = sys.stdout  # progress shares the answers' stream
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
     for line in sys.stdin:
         if not line.strip():
@@ -379,7 +381,7 @@ def serve(torch, dev, lap):
         lap()
         try:
             w, h, steps, seed, prompt, negative = parse_task(json.loads(line))
-            data, timing = paint(torch, dev, w, h, steps, seed, prompt, negative, lap)
+            data, timing = paint(torch, dev, w, h, steps, seed, prompt, negative, lap, progress_out)
         except (ValueError, RuntimeError) as e:  # TaskError, bad JSON, CUDA errors (out of memory)
             if dev.type == "cuda":
                 torch.cuda.empty_cache()
@@ -415,7 +417,7 @@ def main():
     lap()
     torch, dev = start_torch(args.allow_cpu)
     t_start = lap()
-    data, timing = paint(torch, dev, w, h, steps, seed, prompt, negative, lap)
+    data, timing = paint(torch, dev, w, h, steps, seed, prompt, negative, lap, sys.stderr)
     sys.stdout.buffer.write(data)
     sys.stdout.buffer.flush()
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"

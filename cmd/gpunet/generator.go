@@ -52,9 +52,9 @@ sketch kernel's, so a host running it through --kernel cmd serves the same image
 	return cmd
 }
 
-// paint decodes one task and runs the sketch kernel on it, writing progress
-// lines to stderr.
-func paint(ctx context.Context, line []byte, stderr io.Writer) ([]byte, error) {
+// paint decodes one task and runs the sketch kernel on it, writing a
+// progress line to progress after each step.
+func paint(ctx context.Context, line []byte, progress io.Writer) ([]byte, error) {
 	var t protocol.Task
 	if err := json.Unmarshal(line, &t); err != nil {
 		return nil, fmt.Errorf("decoding the task: %w", err)
@@ -63,24 +63,27 @@ func paint(ctx context.Context, line []byte, stderr io.Writer) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	outs, err := kernel.Sketch{}.Run(ctx, t, func(k, n int) { fmt.Fprintf(stderr, "progress %d %d\n", k, n) })
+	outs, err := kernel.Sketch{}.Run(ctx, t, func(k, n int) { fmt.Fprintf(progress, "progress %d %d\n", k, n) })
 	if err != nil {
 		return nil, err
 	}
 	return outs[0].Data, nil
 }
 
-// serveGenerator answers tasks in serve mode until stdin ends.
+// serveGenerator answers tasks in serve mode until stdin ends: progress
+// lines and the answer on stdout, each flushed as written.
 func serveGenerator(ctx context.Context, stdin io.Reader, stdout, stderr io.Writer) error {
 	in := bufio.NewScanner(stdin)
 	in.Buffer(make([]byte, 0, 4096), generatorMaxTask+1)
 	out := bufio.NewWriter(stdout)
+	progress := flushingWriter{out}
 	for in.Scan() {
-		png, err := paint(ctx, in.Bytes(), stderr)
+		png, err := paint(ctx, in.Bytes(), progress)
 		if err != nil {
 			// One line: the host reads the message up to the newline.
 			msg := strings.Join(strings.Fields(err.Error()), " ")
 			fmt.Fprintf(out, "error %.900s\n", msg)
+			fmt.Fprintln(stderr, "generator: task failed:", msg)
 		} else {
 			fmt.Fprintf(out, "png %d\n", len(png))
 			out.Write(png)
@@ -96,4 +99,16 @@ func serveGenerator(ctx context.Context, stdin io.Reader, stdout, stderr io.Writ
 		return err
 	}
 	return nil
+}
+
+// flushingWriter flushes after every write, so a progress line leaves at
+// once.
+type flushingWriter struct{ w *bufio.Writer }
+
+func (f flushingWriter) Write(p []byte) (int, error) {
+	n, err := f.w.Write(p)
+	if err == nil {
+		err = f.w.Flush()
+	}
+	return n, err
 }
