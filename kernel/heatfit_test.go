@@ -104,3 +104,27 @@ func TestHeatFitNeedsVariation(t *testing.T) {
 		t.Error("a model from NaN temperatures and negative power")
 	}
 }
+
+// FuzzHeatFit: any readings (a driver can report anything) leave the fit
+// either without a model or with one in the range of real boards.
+func FuzzHeatFit(f *testing.F) {
+	f.Add([]byte{40, 30, 0, 60, 200, 255, 80, 250, 255, 45, 20, 0})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		fit := &HeatFit{}
+		at := time.Unix(1_700_000_000, 0)
+		for i := 0; i+2 < len(b); i += 3 {
+			at = at.Add(time.Duration(b[i]%8) * 500 * time.Millisecond)
+			fit.Add(at, float64(b[i+1]), 2*float64(b[i+2]), float64(b[i]%3)/2)
+		}
+		m, ok := fit.Model()
+		if !ok {
+			return
+		}
+		if !(m.RKPerW > 0.01 && m.RKPerW < 3) || !(m.Tau > time.Second && m.Tau < time.Hour) || !finite(m.AmbientC) {
+			t.Fatalf("implausible model offered: %+v", m)
+		}
+		if p := m.PredictTempC(50, 1, time.Minute); !finite(p) {
+			t.Fatalf("prediction %v", p)
+		}
+	})
+}

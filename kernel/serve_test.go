@@ -238,3 +238,37 @@ func TestReadServeFrame(t *testing.T) {
 		t.Errorf("a 3-byte frame after two steps: %+v, steps %v", f, steps)
 	}
 }
+
+// FuzzReadServeFrame: whatever a generator writes, the reader returns one
+// answer or an error, never more bytes than a block may hold, and steps
+// that parseProgress accepts.
+func FuzzReadServeFrame(f *testing.F) {
+	f.Add([]byte("progress 1 2\nprogress 2 2\npng 3\nabc"))
+	f.Add([]byte("error CUDA out of memory\n"))
+	f.Add([]byte("png 99999999999999999999\n"))
+	f.Add([]byte("progress -1 2\nprogress 3 2\nhello\n"))
+	f.Add([]byte("png 4\r\n\x89PNG"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		fr := readServeFrame(bufio.NewReaderSize(bytes.NewReader(b), 4096), func(k, n int) {
+			if k < 0 || n <= 0 || k > n {
+				t.Fatalf("progress %d of %d passed on", k, n)
+			}
+		})
+		answers := 0
+		if fr.err != nil {
+			answers++
+		}
+		if fr.failed != "" {
+			answers++
+		}
+		if fr.data != nil {
+			answers++
+		}
+		if answers != 1 {
+			t.Fatalf("%d answers in %+v", answers, fr)
+		}
+		if len(fr.data) > protocol.MaxBlockBytes || len(fr.failed) > serveMaxHeader {
+			t.Fatalf("answer over its caps: %d bytes of data, %d of message", len(fr.data), len(fr.failed))
+		}
+	})
+}
