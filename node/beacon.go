@@ -7,6 +7,7 @@ import (
 
 	"github.com/gpunet/gpunet/protocol"
 	"github.com/gpunet/gpunet/scheduler"
+	"github.com/libp2p/go-libp2p/core/peer"
 )
 
 // minBeaconGap spaces beacons sent early on a change: well above the
@@ -151,6 +152,17 @@ func deci(c float64) uint32 {
 // scheduler sees it.
 func (n *Node) View() scheduler.View {
 	return n.gossip.snapshot(time.Now(), n.viewExpiry(), n.host.ID(), n.host.Peerstore().LatencyEWMA)
+}
+
+// Hears reports whether this node subscribes to the beacon shard of peer
+// id, so that id, if it is a host, appears in its view.
+func (n *Node) Hears(id peer.ID) bool {
+	k := max(n.cfg.BeaconShards, 1)
+	d := protocol.BeaconShard(id.String(), k) - protocol.BeaconShard(n.host.ID().String(), k)
+	if d < 0 {
+		d += k
+	}
+	return d < viewShards(&n.cfg)
 }
 
 // viewExpiry drops peers that missed about three beacons.

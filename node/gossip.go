@@ -17,14 +17,20 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 )
 
-// gossip owns the beacon topic: it publishes this host's beacons and folds
+// gossip owns the beacon topics: it publishes this host's beacons and folds
 // everyone's into a view of the swarm. Task hand-off never rides on gossip.
+//
+// With Config.BeaconShards k > 1 the beacons are split over k topics, a
+// host publishing on the shard of its peer ID (protocol.BeaconShard); a
+// node subscribes to Config.ViewShards of them, starting at its own, and
+// its view holds the hosts of those shards only. Others are found on the
+// DHT when the view has no candidate.
 type gossip struct {
-	log   *slog.Logger
-	ps    *pubsub.PubSub
-	topic *pubsub.Topic
-	sub   *pubsub.Subscription
-	cfg   *Config
+	log    *slog.Logger
+	ps     *pubsub.PubSub
+	topics []*pubsub.Topic // the subscribed shards'; topics[0] is this node's own
+	subs   []*pubsub.Subscription
+	cfg    *Config
 
 	mu   sync.Mutex
 	view map[peer.ID]viewEntry // guarded by mu
@@ -38,6 +44,12 @@ type viewEntry struct {
 // newGossip joins the beacon topic with strict signing, a validator and
 // peer scoring.
 func newGossip(ctx context.Context, h host.Host, cfg *Config, log *slog.Logger) (*gossip, error) {
+	k := max(cfg.BeaconShards, 1)
+	own := protocol.BeaconShard(h.ID().String(), k)
+	names := make([]string, 0, k)
+	for i := range viewShards(cfg) {
+		names = append(names, protocol.BeaconShardTopic(k, (own+i)%k))
+	}
 	ps, err := pubsub.NewGossipSub(ctx, h,
 		pubsub.WithMessageSignaturePolicy(pubsub.StrictSign),
 		// Every message on the network is a small beacon; RPCs batch a few
@@ -45,7 +57,7 @@ func newGossip(ctx context.Context, h host.Host, cfg *Config, log *slog.Logger) 
 		pubsub.WithMaxMessageSize(64<<10),
 		pubsub.WithPeerOutboundQueueSize(256),
 		pubsub.WithValidateQueueSize(256),
-		pubsub.WithPeerScore(beaconScoreParams(cfg.BeaconInterval), &pubsub.PeerScoreThresholds{
+		pubsub.WithPeerScore(beaconScoreParams(names), &pubsub.PeerScoreThresholds{
 			GossipThreshold: -100, PublishThreshold: -500, GraylistThreshold: -1000,
 			AcceptPXThreshold: 10, OpportunisticGraftThreshold: 5,
 		}),
@@ -54,16 +66,37 @@ func newGossip(ctx context.Context, h host.Host, cfg *Config, log *slog.Logger) 
 		return nil, fmt.Errorf("starting gossipsub: %w", err)
 	}
 	g := &gossip{log: log, ps: ps, cfg: cfg, view: map[peer.ID]viewEntry{}}
-	if err := ps.RegisterTopicValidator(protocol.BeaconTopic, g.validate); err != nil {
-		return nil, err
-	}
-	if g.topic, err = ps.Join(protocol.BeaconTopic); err != nil {
-		return nil, fmt.Errorf("joining %s: %w", protocol.BeaconTopic, err)
-	}
-	if g.sub, err = g.topic.Subscribe(pubsub.WithBufferSize(256)); err != nil {
-		return nil, err
+	for i, name := range names {
+		shard := (own + i) % k
+		validate := func(ctx context.Context, from peer.ID, msg *pubsub.Message) pubsub.ValidationResult {
+			if protocol.BeaconShard(msg.GetFrom().String(), k) != shard {
+				return pubsub.ValidationReject // published on a shard not its own
+			}
+			return g.validate(ctx, from, msg)
+		}
+		if err := ps.RegisterTopicValidator(name, validate); err != nil {
+			return nil, err
+		}
+		topic, err := ps.Join(name)
+		if err != nil {
+			return nil, fmt.Errorf("joining %s: %w", name, err)
+		}
+		sub, err := topic.Subscribe(pubsub.WithBufferSize(256))
+		if err != nil {
+			return nil, err
+		}
+		g.topics, g.subs = append(g.topics, topic), append(g.subs, sub)
 	}
 	return g, nil
+}
+
+// viewShards is how many beacon shards a node subscribes to.
+func viewShards(cfg *Config) int {
+	k := max(cfg.BeaconShards, 1)
+	if cfg.ViewShards <= 0 || cfg.ViewShards > k {
+		return k
+	}
+	return cfg.ViewShards
 }
 
 // beaconScoreParams: peers that send invalid beacons lose score fast and
@@ -71,27 +104,9 @@ func newGossip(ctx context.Context, h host.Host, cfg *Config, log *slog.Logger) 
 // penalties stay off: beacons are sparse, so a quiet honest peer would look
 // like a lazy one. IP colocation is off too: volunteers behind one carrier
 // NAT share an address, and so does a loopback test swarm.
-func beaconScoreParams(interval time.Duration) *pubsub.PeerScoreParams {
-	return &pubsub.PeerScoreParams{
-		Topics: map[string]*pubsub.TopicScoreParams{
-			protocol.BeaconTopic: {
-				TopicWeight:                     1,
-				TimeInMeshWeight:                0.01,
-				TimeInMeshQuantum:               time.Second,
-				TimeInMeshCap:                   100,
-				FirstMessageDeliveriesWeight:    1,
-				FirstMessageDeliveriesDecay:     0.9,
-				FirstMessageDeliveriesCap:       50,
-				MeshMessageDeliveriesDecay:      0.9,
-				MeshFailurePenaltyDecay:         0.9,
-				InvalidMessageDeliveriesWeight:  -100,
-				InvalidMessageDeliveriesDecay:   0.99,
-				MeshMessageDeliveriesWindow:     10 * time.Millisecond,
-				MeshMessageDeliveriesActivation: time.Minute,
-				MeshMessageDeliveriesThreshold:  1,
-				MeshMessageDeliveriesCap:        10,
-			},
-		},
+func beaconScoreParams(topics []string) *pubsub.PeerScoreParams {
+	params := &pubsub.PeerScoreParams{
+		Topics:                    map[string]*pubsub.TopicScoreParams{},
 		AppSpecificScore:          func(peer.ID) float64 { return 0 },
 		IPColocationFactorWeight:  0,
 		BehaviourPenaltyWeight:    -10,
@@ -100,6 +115,30 @@ func beaconScoreParams(interval time.Duration) *pubsub.PeerScoreParams {
 		DecayInterval:             time.Second,
 		DecayToZero:               0.01,
 		RetainScore:               10 * time.Minute,
+	}
+	for _, t := range topics {
+		params.Topics[t] = beaconTopicScore()
+	}
+	return params
+}
+
+func beaconTopicScore() *pubsub.TopicScoreParams {
+	return &pubsub.TopicScoreParams{
+		TopicWeight:                     1,
+		TimeInMeshWeight:                0.01,
+		TimeInMeshQuantum:               time.Second,
+		TimeInMeshCap:                   100,
+		FirstMessageDeliveriesWeight:    1,
+		FirstMessageDeliveriesDecay:     0.9,
+		FirstMessageDeliveriesCap:       50,
+		MeshMessageDeliveriesDecay:      0.9,
+		MeshFailurePenaltyDecay:         0.9,
+		InvalidMessageDeliveriesWeight:  -100,
+		InvalidMessageDeliveriesDecay:   0.99,
+		MeshMessageDeliveriesWindow:     10 * time.Millisecond,
+		MeshMessageDeliveriesActivation: time.Minute,
+		MeshMessageDeliveriesThreshold:  1,
+		MeshMessageDeliveriesCap:        10,
 	}
 }
 
@@ -138,13 +177,19 @@ func (g *gossip) validate(_ context.Context, _ peer.ID, msg *pubsub.Message) pub
 }
 
 // drain consumes delivered messages: the validator has already folded them
-// into the view, so the subscription exists only to be in the mesh.
+// into the view, so the subscriptions exist only to be in the meshes.
 func (g *gossip) drain(ctx context.Context) {
-	for {
-		if _, err := g.sub.Next(ctx); err != nil {
-			return
-		}
+	var wg sync.WaitGroup
+	for _, sub := range g.subs {
+		wg.Go(func() {
+			for {
+				if _, err := sub.Next(ctx); err != nil {
+					return
+				}
+			}
+		})
 	}
+	wg.Wait()
 }
 
 // publish sends one beacon.
@@ -153,7 +198,7 @@ func (g *gossip) publish(ctx context.Context, b *protocol.Beacon) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	return len(data), g.topic.Publish(ctx, data)
+	return len(data), g.topics[0].Publish(ctx, data)
 }
 
 // snapshot returns the live part of the view as the scheduler sees it,
@@ -214,8 +259,10 @@ func (g *gossip) forget(id peer.ID) {
 }
 
 func (g *gossip) close() {
-	g.sub.Cancel()
-	_ = g.topic.Close()
+	for i := range g.subs {
+		g.subs[i].Cancel()
+		_ = g.topics[i].Close()
+	}
 }
 
 // peerState maps a beacon to the scheduler's plain fields.

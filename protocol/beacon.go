@@ -1,6 +1,8 @@
 package protocol
 
 import (
+	"crypto/sha256"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"time"
@@ -156,4 +158,30 @@ func DecodeBeacon(data []byte, now time.Time) (*Beacon, error) {
 		return nil, fmt.Errorf("%w: issued %s in the future", ErrStaleBeacon, issued.Sub(now).Round(time.Second))
 	}
 	return &b, nil
+}
+
+// MaxBeaconShards bounds how many shards a swarm's beacons may be split
+// into.
+const MaxBeaconShards = 1024
+
+// BeaconShardTopic is the GossipSub topic of shard i of k: BeaconTopic
+// itself when k is 1 (no sharding), else BeaconTopic + "/k/i". A swarm
+// splits its beacons into k shards so that a node hears only the shards it
+// subscribes to, not every host.
+func BeaconShardTopic(k, i int) string {
+	if k <= 1 {
+		return BeaconTopic
+	}
+	return fmt.Sprintf("%s/%d/%d", BeaconTopic, k, i)
+}
+
+// BeaconShard is the shard, 0 … k−1, whose topic the peer with this ID (in
+// its text form) publishes its beacons on: the first 8 bytes of the
+// sha2-256 of the ID, big-endian, modulo k.
+func BeaconShard(peerID string, k int) int {
+	if k <= 1 {
+		return 0
+	}
+	sum := sha256.Sum256([]byte(peerID))
+	return int(binary.BigEndian.Uint64(sum[:8]) % uint64(k))
 }

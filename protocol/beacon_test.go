@@ -193,3 +193,35 @@ func TestDecodeBeaconRejectsEncodings(t *testing.T) {
 		})
 	}
 }
+
+func TestBeaconShards(t *testing.T) {
+	if got := BeaconShardTopic(1, 0); got != BeaconTopic {
+		t.Errorf("one shard: topic %q, want %q", got, BeaconTopic)
+	}
+	if got := BeaconShardTopic(16, 3); got != "/gpunet/beacon/1.0.0/16/3" {
+		t.Errorf("shard 3 of 16: topic %q", got)
+	}
+	// The example of docs/protocol.md: sha2-256 of the ID starts
+	// be297f969b1252da, 13702623626074936026, which is 5 mod 7 and 10 mod 16
+	// (computed apart from this code, with Python's hashlib).
+	id := "12D3KooWK99VoVxNE7XzyBwXEzW7xhK7Gpv85r9F3V3fyKSUKPH5"
+	if got := BeaconShard(id, 7); got != 5 {
+		t.Errorf("shard of %s among 7: %d, want 5", id, got)
+	}
+	if got := BeaconShard(id, 16); got != 10 {
+		t.Errorf("shard of %s among 16: %d, want 10", id, got)
+	}
+	// Random IDs spread evenly.
+	counts := make([]int, 4)
+	for i := range 4000 {
+		counts[BeaconShard(fmt.Sprintf("peer-%d", i), 4)]++
+	}
+	for i, c := range counts {
+		if c < 850 || c > 1150 {
+			t.Errorf("shard %d of 4 got %d of 4000 peers", i, c)
+		}
+	}
+	if BeaconShard(id, 1) != 0 || BeaconShard(id, 0) != 0 {
+		t.Error("with one shard every peer is in shard 0")
+	}
+}

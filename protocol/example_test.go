@@ -192,7 +192,7 @@ func TestProtocolDocMatchesCode(t *testing.T) {
 		{"DefaultWidth", DefaultWidth}, {"DefaultHeight", DefaultHeight},
 		{"RequestTimeout", RequestTimeout}, {"CapacityMaxAge", CapacityMaxAge}, {"MaxClockSkew", MaxClockSkew},
 		{"ManifestVersion", ManifestVersion},
-		{"MaxBeaconBytes", MaxBeaconBytes}, {"BeaconMaxAge", BeaconMaxAge}, {"BeaconMinInterval", BeaconMinInterval},
+		{"MaxBeaconBytes", MaxBeaconBytes}, {"MaxBeaconShards", MaxBeaconShards}, {"BeaconMaxAge", BeaconMaxAge}, {"BeaconMinInterval", BeaconMinInterval},
 	}
 	for _, c := range consts {
 		// The tables in the doc have a row "| `Name` | value |".

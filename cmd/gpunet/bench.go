@@ -24,10 +24,11 @@ import (
 const benchEcho = lp2pproto.ID("/gpunet-bench/echo/1.0.0")
 
 type benchFlags struct {
-	n           int
-	payload     int
-	gossipSizes []int
-	gossipFor   time.Duration
+	n            int
+	payload      int
+	gossipSizes  []int
+	gossipFor    time.Duration
+	gossipShards int
 }
 
 // benchReport is what `bench --json` prints. Every ratio is between figures
@@ -51,12 +52,18 @@ type benchReport struct {
 	// at the bench's beacon interval; scale by 1/interval for others.
 	GossipBeaconIntervalMs int                `json:"gossip_beacon_interval_ms"`
 	Gossip                 []gossipBenchPoint `json:"gossip"`
+	// GossipShardedRatio is the last point's bytes per node with beacons
+	// sharded (--gossip-shards, each node hearing one shard) over the same
+	// swarm's unsharded figure, measured in the same run.
+	GossipShardedRatio float64 `json:"gossip_sharded_ratio,omitempty"`
 
 	cacheBench
 }
 
 type gossipBenchPoint struct {
 	Nodes             int     `json:"nodes"`
+	Shards            int     `json:"shards"`      // beacon topics
+	ViewShards        int     `json:"view_shards"` // topics each node hears
 	BytesPerNodePerS  float64 `json:"bytes_per_node_s"`
 	BeaconBytesPerSec float64 `json:"beacon_payload_bytes_per_node_s"`
 }
@@ -81,7 +88,11 @@ func newBenchCmd(g *globals) *cobra.Command {
 			fmt.Printf("%-34s %10.2f %10.2f\n", "ratio task / raw", r.RatioP50, r.RatioP99)
 			fmt.Printf("\nplacement over 1,000 peers: %.0f decisions/s (%.1f µs, %.3f of a raw round trip)\n", r.PlacementPerS, r.PlacementUs, r.PlacementOverRawRT)
 			for _, g := range r.Gossip {
-				fmt.Printf("gossip, %2d hosts, beacon every %d ms: %.0f B/s per node (beacon payload %.0f B/s)\n", g.Nodes, r.GossipBeaconIntervalMs, g.BytesPerNodePerS, g.BeaconBytesPerSec)
+				fmt.Printf("gossip, %2d hosts, %d shard(s), hearing %d, beacon every %d ms: %.0f B/s per node (beacon payload %.0f B/s)\n",
+					g.Nodes, g.Shards, g.ViewShards, r.GossipBeaconIntervalMs, g.BytesPerNodePerS, g.BeaconBytesPerSec)
+			}
+			if r.GossipShardedRatio > 0 {
+				fmt.Printf("sharded / unsharded gossip bytes per node: %.2f\n", r.GossipShardedRatio)
 			}
 			return nil
 		},
@@ -89,6 +100,7 @@ func newBenchCmd(g *globals) *cobra.Command {
 	cmd.Flags().IntVar(&f.n, "n", 500, "round trips per measurement")
 	cmd.Flags().IntSliceVar(&f.gossipSizes, "gossip-sizes", []int{4, 12}, "swarm sizes for the gossip measurement (empty: skip)")
 	cmd.Flags().DurationVar(&f.gossipFor, "gossip-for", 3*time.Second, "how long to measure gossip at each size")
+	cmd.Flags().IntVar(&f.gossipShards, "gossip-shards", 4, "also measure the largest size with beacons over this many shards, each node hearing one (≤ 1: skip)")
 	cmd.Flags().IntVar(&f.payload, "payload", 200, "raw echo payload bytes")
 	return cmd
 }
@@ -169,11 +181,20 @@ func runBench(ctx context.Context, f *benchFlags) (*benchReport, error) {
 	benchPlacement(r)
 	r.GossipBeaconIntervalMs = int(gossipBenchInterval / time.Millisecond)
 	for _, size := range f.gossipSizes {
-		pt, err := benchGossip(ctx, size, f.gossipFor)
+		pt, err := benchGossip(ctx, size, 1, f.gossipFor)
 		if err != nil {
 			return nil, fmt.Errorf("gossip bench with %d nodes: %w", size, err)
 		}
 		r.Gossip = append(r.Gossip, pt)
+	}
+	if n := len(r.Gossip); n > 0 && f.gossipShards > 1 {
+		base := r.Gossip[n-1]
+		pt, err := benchGossip(ctx, base.Nodes, f.gossipShards, f.gossipFor)
+		if err != nil {
+			return nil, fmt.Errorf("sharded gossip bench: %w", err)
+		}
+		r.Gossip = append(r.Gossip, pt)
+		r.GossipShardedRatio = round2(pt.BytesPerNodePerS / base.BytesPerNodePerS)
 	}
 	if r.cacheBench, err = runCacheBench(ctx, f.n); err != nil {
 		return nil, fmt.Errorf("cache bench: %w", err)
@@ -204,14 +225,22 @@ func benchPlacement(r *benchReport) {
 // gossipBenchInterval is short so that a few seconds hold many beacons.
 const gossipBenchInterval = 250 * time.Millisecond
 
-// benchGossip runs a swarm of size hosts and measures GossipSub traffic per
-// node over d, after a warm-up for the mesh to form.
-func benchGossip(ctx context.Context, size int, d time.Duration) (gossipBenchPoint, error) {
+// benchGossip runs a swarm of size hosts, with beacons over shards topics
+// and each node hearing one of them, and measures GossipSub traffic per
+// node over d, after a warm-up for the meshes to form.
+func benchGossip(ctx context.Context, size, shards int, d time.Duration) (gossipBenchPoint, error) {
 	profiles := make([]string, size)
 	for i := range profiles {
 		profiles[i] = "rtx4090"
 	}
-	sw, err := swarm.Start(ctx, swarm.Options{Profiles: profiles, Tune: func(c *node.Config) { c.BeaconInterval = gossipBenchInterval }})
+	view, heard := 0, shards // 0: every shard
+	if shards > 1 {
+		view, heard = 1, 1
+	}
+	sw, err := swarm.Start(ctx, swarm.Options{Profiles: profiles, Tune: func(c *node.Config) {
+		c.BeaconInterval = gossipBenchInterval
+		c.BeaconShards, c.ViewShards = shards, view
+	}})
 	if err != nil {
 		return gossipBenchPoint{}, err
 	}
@@ -236,6 +265,8 @@ func benchGossip(ctx context.Context, size int, d time.Duration) (gossipBenchPoi
 	// Every byte is counted twice, by its sender and its receiver.
 	return gossipBenchPoint{
 		Nodes:             size,
+		Shards:            shards,
+		ViewShards:        heard,
 		BytesPerNodePerS:  round2(float64(b1-b0) / 2 / secs / float64(size)),
 		BeaconBytesPerSec: round2(float64(p1-p0) / secs / float64(size)),
 	}, nil

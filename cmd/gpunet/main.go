@@ -30,6 +30,8 @@ type globals struct {
 	json      bool
 	logLevel  string
 	hedge     bool
+	shards    int
+	heard     int
 }
 
 func main() {
@@ -59,6 +61,8 @@ func newRootCmd() *cobra.Command {
 	pf.BoolVar(&g.mdns, "mdns", true, "discover peers on the local network with mDNS")
 	pf.BoolVar(&g.json, "json", false, "print results as JSON")
 	pf.BoolVar(&g.hedge, "queue-hedge", true, "when this node submits: move a task still queued well past its predicted wait to a host predicted to finish it sooner")
+	pf.IntVar(&g.shards, "beacon-shards", 1, "split the swarm's beacons over this many gossip topics (every node of a swarm must agree; see docs/protocol.md)")
+	pf.IntVar(&g.heard, "view-shards", 0, "with --beacon-shards: how many shards this node hears, from its own on (0: all)")
 	pf.StringVar(&g.logLevel, "log-level", "", "debug, info, warn or error (default: info for daemon and host, warn otherwise)")
 
 	root.AddCommand(
@@ -87,6 +91,7 @@ func (g *globals) nodeConfig(cmd *cobra.Command, log *slog.Logger) node.Config {
 	cfg.Bootstrap = g.bootstrap
 	cfg.MDNS = g.mdns
 	cfg.QueueHedge = g.hedge
+	cfg.BeaconShards, cfg.ViewShards = g.shards, g.heard
 	cfg.Version = version
 	cfg.Logger = log
 	return cfg

@@ -213,13 +213,20 @@ func (s *Swarm) Close() error {
 	return errors.Join(errs...)
 }
 
-// WaitViews waits until every client's gossip view holds every host, so
-// placement has load and heat to go on, bounded by ctx.
+// WaitViews waits until every client's gossip view holds every host it
+// hears (all of them unless beacons are sharded), so placement has load and
+// heat to go on, bounded by ctx.
 func (s *Swarm) WaitViews(ctx context.Context) error {
 	for {
 		ready := true
 		for _, c := range s.Clients {
-			if len(c.View()) < len(s.Hosts) {
+			want := 0
+			for _, h := range s.Hosts {
+				if c.Hears(h.ID()) {
+					want++
+				}
+			}
+			if len(c.View()) < want {
 				ready = false
 			}
 		}
