@@ -115,6 +115,7 @@ docs/scheduling.md describes the model and the results.`,
 	f.Float64Var(&cfg.Repeat, "repeat", 0, "fraction of tasks that repeat an earlier prompt")
 	f.Float64Var(&cfg.Zipf, "zipf", cfg.Zipf, "Zipf exponent of prompt popularity")
 	f.IntVar(&cfg.ViewSize, "view", cfg.ViewSize, "peers one gpunet decision scans (a fresh sample when there are more hosts; 0 = all)")
+	f.BoolVar(&cfg.ViewFixed, "view-fixed", cfg.ViewFixed, "each client's view is a fixed window of --view hosts (sharded beacons), with a fallback to random hosts when all refuse")
 	f.IntVar(&cfg.QueueCap, "queue-cap", cfg.QueueCap, "tasks a host queues beyond its slots before refusing")
 	f.StringVar(&hedge, "hedge", "on", "gpunet clients move a queued task that has not started by its deadline: on or off")
 	f.IntVar(&cfg.Place.Choices, "choices", cfg.Place.Choices, "gpunet placement: candidates drawn from the pool (d)")

@@ -91,6 +91,13 @@ type Config struct {
 	// than that, each decision scans a fresh uniform sample of ViewSize
 	// known hosts. 0 means every host.
 	ViewSize int
+	// ViewFixed models sharded beacons (node.Config.BeaconShards): each
+	// client's sample is a fixed window of ViewSize hosts, client c's
+	// starting at host c × ViewSize (mod hosts), so clients tile the swarm
+	// shard by shard, instead of a fresh sample per decision. When every
+	// host of its window refuses, a client offers the task to random hosts
+	// outside it, as the node falls back to the DHT.
+	ViewFixed bool
 	// QueueCap is how many tasks a host queues beyond its slots before it
 	// refuses as busy.
 	QueueCap int

@@ -33,7 +33,8 @@ type task struct {
 
 // client is one independent scheduler.
 type client struct {
-	rng *rand.Rand
+	rng   *rand.Rand
+	fixed int // ViewFixed: the first host of this client's window
 	// view is, with a full view, this client's copy of every host's last
 	// beacon, charged with its own placements since; with a sampled view it
 	// is the buffer one decision's sample is built in, vidx its host indices.
@@ -172,6 +173,9 @@ func newSim(cfg Config) *sim {
 	for c := range s.clients {
 		cl := &s.clients[c]
 		cl.rng = stream(cfg.Seed, 100+uint64(c))
+		if cfg.Hosts > 0 {
+			cl.fixed = c * cfg.ViewSize % cfg.Hosts
+		}
 		cl.inflight = map[uint64]int32{}
 		if cfg.Policy != Gpunet {
 			continue
@@ -588,7 +592,12 @@ func (s *sim) known(hi int) bool {
 }
 
 func (s *sim) dispatchGpunet(ti int32) bool {
-	return s.offerAll(ti, s.placeGpunet(ti))
+	if s.offerAll(ti, s.placeGpunet(ti)) {
+		return true
+	}
+	// A fixed view that refused everything: the node looks beyond its
+	// shard on the DHT, which knows no load, so any host will do.
+	return s.cfg.ViewFixed && !s.fullView && s.dispatchRandom(ti)
 }
 
 // placeGpunet runs scheduler.Place for task ti on its client's view. The
@@ -735,6 +744,9 @@ func (s *sim) sampleView(cl *client) scheduler.View {
 	cl.view, cl.vidx = cl.view[:0], cl.vidx[:0]
 	n := len(s.hosts)
 	start := cl.rng.IntN(n)
+	if s.cfg.ViewFixed {
+		start = cl.fixed
+	}
 	for i := range s.cfg.ViewSize {
 		hi := start + i
 		if hi >= n {

@@ -264,3 +264,22 @@ func TestOracleIndex(t *testing.T) {
 		t.Fatalf("index and scan differ:\n%s\n%s", a, b)
 	}
 }
+
+// TestFixedViews: fixed per-client windows (sharded beacons) lose every
+// task to nobody, and cost time in system when few clients share the
+// windows unevenly (10 clients over 4 windows), against fresh samples of
+// the same size.
+func TestFixedViews(t *testing.T) {
+	c := small(Gpunet)
+	c.Tasks, c.ViewSize, c.Clients = 20000, 50, 10
+	fresh := run(t, c)
+	c.ViewFixed = true
+	fixed := run(t, c)
+	if fixed.Completed != fixed.Tasks {
+		t.Fatalf("fixed views completed %d of %d tasks", fixed.Completed, fixed.Tasks)
+	}
+	t.Logf("mean / p99: fresh samples %.2f / %.2f s, fixed windows %.2f / %.2f s", fresh.MeanS, fresh.P99S, fixed.MeanS, fixed.P99S)
+	if !(fixed.MeanS > 1.1*fresh.MeanS) {
+		t.Errorf("fixed windows shared unevenly: mean %.2f s against %.2f s with fresh samples; want clearly worse", fixed.MeanS, fresh.MeanS)
+	}
+}
