@@ -417,23 +417,24 @@ func (j *journey) follow(ctx context.Context, c candidate) (*Result, peer.ID, er
 				continue // an attempt cancelled earlier
 			}
 			if m.done {
-				if m.err == nil {
+				switch {
+				case m.err == nil:
 					return m.res, m.a.c.p, nil
-				}
-				if m.a == alt || alt == nil {
-					if m.a == cur {
-						return nil, cur.c.p, m.err
-					}
-					alt = nil // the other host refused: stay, and look again
+				case m.a == cur && alt == nil:
+					return nil, cur.c.p, m.err
+				case m.a == alt:
+					// The other host refused (an alt that accepted would
+					// be cur by now): stay, and look again.
+					alt = nil
 					j.failed(m.a.c.p, m.err)
 					hedge()
-					continue
-				}
-				// cur failed while alt was being offered: alt carries on.
-				j.failed(cur.c.p, m.err)
-				cur, alt = alt, nil
-				if cur.accepted && !cur.running {
-					arm(cur.c.waitMs)
+				default:
+					// cur failed while alt was being offered: alt carries on.
+					j.failed(cur.c.p, m.err)
+					cur, alt = alt, nil
+					if cur.accepted && !cur.running {
+						arm(cur.c.waitMs)
+					}
 				}
 				continue
 			}
