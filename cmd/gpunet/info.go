@@ -33,6 +33,10 @@ func newStatusCmd(g *globals) *cobra.Command {
 			if st.Host {
 				fmt.Fprintf(w, "kernel\t%s serving %v\n", st.Kernel, st.Models)
 				fmt.Fprintf(w, "tasks\t%d kernel runs, %d served (%d from cache), %d refused\n", st.KernelRuns, st.Served, st.ServedHits, st.Refused)
+				fmt.Fprintf(w, "now\t%d running, %d queued, %d requests waiting\n", st.Running, st.Queued, st.Waiting)
+			}
+			if st.Submitted > 0 {
+				fmt.Fprintf(w, "submitted\t%d tasks, %d moved from a queue by the queue hedge\n", st.Submitted, st.Moved)
 			}
 			if st.GPU != nil {
 				sim := ""
