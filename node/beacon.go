@@ -39,6 +39,7 @@ func (n *Node) beaconLoop() {
 		seq++
 		b := n.serve.beacon(n.ctx, seq)
 		b.Peer = n.host.ID().String()
+		n.own.Store(b)
 		size, err := n.gossip.publish(n.ctx, b)
 		if err != nil {
 			n.log.Debug("publishing beacon", "err", err)

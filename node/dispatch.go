@@ -283,6 +283,11 @@ func (j *journey) pick(ctx context.Context) (candidate, bool) {
 	if c, ok := j.placeInView(j.tried, n.rng()); ok {
 		return c, true
 	}
+	// This host itself, if its beacon has not placed it already (it has
+	// none yet, say): a lone host serves its own submissions.
+	if self := n.host.ID(); n.serve != nil && serves(n.cfg.Kernel, j.t.Model) && !j.tried[self.String()] {
+		return candidate{p: self, waitMs: -1}, true
+	}
 	if !j.searched {
 		j.searched = true
 		j.progress(Progress{Stage: "searching"})
@@ -308,6 +313,11 @@ func (j *journey) placeInView(exclude map[string]bool, rng *rand.Rand) (candidat
 	n := j.n
 	req := scheduler.Request{Model: j.t.Model, Key: j.tc.Bytes(), Exclude: exclude}
 	view := n.View()
+	if b := n.own.Load(); b != nil {
+		// A host's own GPU is a candidate for its own submissions, ranked
+		// like any other (with no link to cross).
+		view = append(view, peerState(n.host.ID(), b))
+	}
 	n.ledger.adjust(view, n.viewExpiry())
 	for _, sc := range scheduler.Place(view, req, time.Now(), rng, n.schedCfg) {
 		if id, err := peer.Decode(sc.ID); err == nil {
@@ -509,6 +519,13 @@ func (n *Node) rng() *rand.Rand { return rand.New(rand.NewPCG(rand.Uint64(), ran
 func (n *Node) runAt(ctx context.Context, p peer.ID, t protocol.Task, tc cid.Cid, noCache bool, onEvent func(protocol.Event)) (*Result, error) {
 	ctx, cancel := context.WithTimeout(ctx, n.cfg.TaskTimeout)
 	defer cancel()
+	if p == n.host.ID() && n.serve != nil {
+		r, err := n.serve.local(ctx, t, tc, noCache, onEvent)
+		if err != nil {
+			return nil, err
+		}
+		return resultFrom(r, tc, p, CacheMiss), nil
+	}
 	n.ensureAddrs(ctx, p)
 	st, err := n.host.NewStream(ctx, p, libp2pProto(protocol.TaskProtocol))
 	if err != nil {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"strings"
 	"testing"
 	"time"
 
@@ -198,4 +199,45 @@ func mustNormalize(t *testing.T, task protocol.Task) protocol.Task {
 		t.Fatal(err)
 	}
 	return n
+}
+
+// TestHostServesItsOwnSubmissions: a host alone on the network runs what
+// is submitted on it on its own GPU, through the same admission as any
+// submitter's.
+func TestHostServesItsOwnSubmissions(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	sw := startSwarmWith(t, swarm.Options{Profiles: []string{"rtx3060"}})
+	h := sw.Hosts[0]
+	task := protocol.Task{Prompt: "a lighthouse, by itself", Width: 128, Height: 128, Steps: 3}
+	var stages []string
+	res, err := h.Submit(ctx, task, node.SubmitOptions{Progress: func(p node.Progress) { stages = append(stages, p.Stage) }})
+	if err != nil {
+		t.Fatalf("a lone host submitting to itself: %v", err)
+	}
+	if res.Host != h.ID() || res.Cache != node.CacheMiss || h.KernelRuns() != 1 {
+		t.Errorf("result from %s, cache %q, %d kernel runs; want this host, a miss, 1 run (stages %v)", res.Host, res.Cache, h.KernelRuns(), stages)
+	}
+	if err := protocol.VerifyBlock(res.Manifest.Outputs[0].CID.Cid, res.Blocks[0]); err != nil {
+		t.Error(err)
+	}
+	again, err := h.Submit(ctx, task, node.SubmitOptions{})
+	if err != nil || again.Cache != node.CacheLocal || h.KernelRuns() != 1 {
+		t.Errorf("the repeat: %v, cache %q, %d kernel runs; want a local hit", err, again.Cache, h.KernelRuns())
+	}
+	if _, err := h.Submit(ctx, task, node.SubmitOptions{NoCache: true}); err != nil || h.KernelRuns() != 2 {
+		t.Errorf("--no-cache on itself: %v, %d kernel runs; want 2", err, h.KernelRuns())
+	}
+	h.Pause()
+	// Refused as paused, it would retry for half a minute: a short wait is
+	// enough to see it refused.
+	pctx, pcancel := context.WithTimeout(ctx, 2*time.Second)
+	defer pcancel()
+	var refused bool
+	_, err = h.Submit(pctx, protocol.Task{Prompt: "while paused", Width: 64, Height: 64, Steps: 1}, node.SubmitOptions{Progress: func(p node.Progress) {
+		refused = refused || (p.Stage == "refused" && strings.Contains(p.Message, "paused"))
+	}})
+	if err == nil || !refused || h.KernelRuns() != 2 {
+		t.Errorf("a paused lone host: %v, refused %v, %d kernel runs; want a refusal as paused and no run", err, refused, h.KernelRuns())
+	}
 }

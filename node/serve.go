@@ -228,6 +228,45 @@ func (s *server) handle(st network.Stream) {
 
 var errClientGone = errors.New("client stopped reading")
 
+// local runs a task submitted on this host on its own GPU: the host side of
+// the task protocol without the stream. Admission is the same as for a
+// remote submitter's (the owner's pause, the governor, the queue); onEvent
+// gets the events a stream would carry.
+func (s *server) local(ctx context.Context, t protocol.Task, tc cid.Cid, noCache bool, onEvent func(protocol.Event)) (*store.Result, error) {
+	if !serves(s.n.cfg.Kernel, t.Model) {
+		return nil, &protocol.RemoteError{Code: protocol.CodeUnsupportedModel, Message: fmt.Sprintf("this host serves %v", s.n.cfg.Kernel.Models())}
+	}
+	if !noCache {
+		if r, err := s.n.store.Get(ctx, tc); err == nil {
+			s.n.stats.served.Add(1)
+			s.n.stats.servedCached.Add(1)
+			return r, nil
+		}
+	}
+	f, err := s.admit(s.n.host.ID(), t, tc)
+	if err != nil {
+		return nil, err
+	}
+	ch := f.subscribe()
+	defer f.unsubscribe(ch)
+	onEvent(s.stateEvent(f))
+	for {
+		select {
+		case <-f.done:
+			s.leave(f, false)
+			if f.err == nil {
+				s.n.stats.served.Add(1)
+			}
+			return f.res, f.err
+		case e := <-ch:
+			onEvent(e)
+		case <-ctx.Done():
+			s.leave(f, true)
+			return nil, ctx.Err()
+		}
+	}
+}
+
 // watchCancel returns a channel closed when the client cancels the task by
 // resetting the stream (or breaks the protocol by writing after its
 // request). A client that closed its write side after the request, as
