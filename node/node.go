@@ -44,10 +44,10 @@ type Node struct {
 	mdns  interface{ Close() error }
 	bw    *metrics.BandwidthCounter
 
-	serve    *server // nil unless cfg.Kernel is set
+	serve *server // nil unless cfg.Kernel is set
 	// own is this host's latest beacon, so that its own submissions can
 	// be placed on it as on any other host.
-	own atomic.Pointer[protocol.Beacon]
+	own      atomic.Pointer[protocol.Beacon]
 	schedCfg scheduler.Config
 	ledger   ledger      // tasks this node placed, to correct its view
 	submits  submitCalls // identical Submits in flight share one journey
