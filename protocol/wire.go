@@ -94,7 +94,7 @@ const (
 // Event is one message from host to client on TaskProtocol. Which fields are
 // set depends on Type; the others are omitted from the encoding.
 type Event struct {
-	Type string `cbor:"type" json:"type"`
+	Type string `cbor:"type" json:"type,omitempty"`
 	// queued: 1-based position in the host's queue.
 	Position uint32 `cbor:"position,omitempty" json:"position,omitempty"`
 	// progress: step k of n, and the host's estimate of the time left.
