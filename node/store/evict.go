@@ -19,14 +19,10 @@ func (s *Store) Pin(ctx context.Context, c cid.Cid) error { return s.setPinned(c
 func (s *Store) Unpin(ctx context.Context, c cid.Cid) error { return s.setPinned(ctx, c, false) }
 
 func (s *Store) setPinned(ctx context.Context, c cid.Cid, pinned bool) error {
-	if err := ctx.Err(); err != nil {
+	if err := s.lockOpen(ctx); err != nil {
 		return err
 	}
-	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.closed {
-		return ErrClosed
-	}
 	e := s.resolveLocked(c)
 	if e == nil {
 		return fmt.Errorf("pinning %s: %w", c, ErrNotFound)
@@ -50,14 +46,10 @@ func (s *Store) setPinned(ctx context.Context, c cid.Cid, pinned bool) error {
 // Remove deletes the result c names (a TaskCID or a ResultCID), pinned or
 // not, and the blocks no other result references.
 func (s *Store) Remove(ctx context.Context, c cid.Cid) error {
-	if err := ctx.Err(); err != nil {
+	if err := s.lockOpen(ctx); err != nil {
 		return err
 	}
-	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.closed {
-		return ErrClosed
-	}
 	e := s.resolveLocked(c)
 	if e == nil {
 		return fmt.Errorf("removing %s: %w", c, ErrNotFound)

@@ -36,13 +36,8 @@ func (s *Store) Has(ctx context.Context, taskCID cid.Cid) bool {
 // GetManifest returns the encoded manifest of resultCID, verified against it.
 // It counts as a use of the result for LRU, not as a hit.
 func (s *Store) GetManifest(ctx context.Context, resultCID cid.Cid) ([]byte, error) {
-	if err := ctx.Err(); err != nil {
+	if err := s.rlockOpen(ctx); err != nil {
 		return nil, err
-	}
-	s.mu.RLock()
-	if s.closed {
-		s.mu.RUnlock()
-		return nil, ErrClosed
 	}
 	e := s.entries[resultCID]
 	if e == nil {
@@ -64,13 +59,8 @@ func (s *Store) GetManifest(ctx context.Context, resultCID cid.Cid) ([]byte, err
 // GetBlock returns the block c of a stored result, verified against c. It
 // does not change the LRU order: a block may belong to several results.
 func (s *Store) GetBlock(ctx context.Context, c cid.Cid) ([]byte, error) {
-	if err := ctx.Err(); err != nil {
+	if err := s.rlockOpen(ctx); err != nil {
 		return nil, err
-	}
-	s.mu.RLock()
-	if s.closed {
-		s.mu.RUnlock()
-		return nil, ErrClosed
 	}
 	// Only blocks of indexed results are served, not orphans awaiting GC.
 	if s.refs[c] == nil {
@@ -97,13 +87,8 @@ const (
 // result reads and verifies a whole result. count says whether the lookup
 // counts as a hit or miss.
 func (s *Store) result(ctx context.Context, c cid.Cid, by lookupBy, count bool) (*Result, error) {
-	if err := ctx.Err(); err != nil {
+	if err := s.rlockOpen(ctx); err != nil {
 		return nil, err
-	}
-	s.mu.RLock()
-	if s.closed {
-		s.mu.RUnlock()
-		return nil, ErrClosed
 	}
 	var e *entry
 	switch by {

@@ -14,14 +14,10 @@ import (
 // Host come from the manifests; a manifest that cannot be read leaves them
 // empty (Get on that result reports and drops it).
 func (s *Store) List(ctx context.Context) ([]Entry, error) {
-	if err := ctx.Err(); err != nil {
+	if err := s.rlockOpen(ctx); err != nil {
 		return nil, err
 	}
-	s.mu.RLock()
 	defer s.mu.RUnlock()
-	if s.closed {
-		return nil, ErrClosed
-	}
 	out := make([]Entry, 0, len(s.entries))
 	for _, e := range s.entries {
 		out = append(out, Entry{

@@ -312,3 +312,30 @@ func (s *Store) resolveLocked(c cid.Cid) *entry {
 }
 
 func (s *Store) nowMs() int64 { return s.now().UnixMilli() }
+
+// lockOpen takes mu for writing, unless ctx is done or the store is
+// closed; on an error mu is not held.
+func (s *Store) lockOpen(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return ErrClosed
+	}
+	return nil
+}
+
+// rlockOpen is lockOpen for reading.
+func (s *Store) rlockOpen(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	s.mu.RLock()
+	if s.closed {
+		s.mu.RUnlock()
+		return ErrClosed
+	}
+	return nil
+}
