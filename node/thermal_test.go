@@ -80,6 +80,18 @@ func burst(t *testing.T, c *node.Node, n, parallel int, task protocol.Task) map[
 	return served
 }
 
+// eventually polls ok until it holds, and fails the test saying what it
+// never saw once ctx is done.
+func eventually(t *testing.T, ctx context.Context, what string, ok func() bool) {
+	t.Helper()
+	for !ok() {
+		if ctx.Err() != nil {
+			t.Fatalf("never saw: %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
 // waitForView waits until c's gossip view holds want hosts.
 func waitForView(t *testing.T, c *node.Node, want int) {
 	t.Helper()
@@ -223,17 +235,8 @@ func TestQueueHedgeMovesTask(t *testing.T) {
 		}
 		return false
 	}
-	waitUntil := func(what string, ok func() bool) {
-		t.Helper()
-		for !ok() {
-			if ctx.Err() != nil {
-				t.Fatalf("never saw: %s", what)
-			}
-			time.Sleep(5 * time.Millisecond)
-		}
-	}
 	idle.Pause()
-	waitUntil("the paused host not accepting in the client's view", func() bool { return !accepting(idle) })
+	eventually(t, ctx, "the paused host not accepting in the client's view", func() bool { return !accepting(idle) })
 
 	// About 3.7 s on a simulated 3060 each.
 	long := protocol.Task{Prompt: "long one ahead", Width: 512, Height: 512, Steps: 30}
@@ -243,7 +246,7 @@ func TestQueueHedgeMovesTask(t *testing.T) {
 		_, err := c.SubmitTo(ctx, busy.ID(), long, node.SubmitOptions{})
 		first <- err
 	}()
-	waitUntil("the long task running", func() bool { return busy.Status(ctx).Running == 1 })
+	eventually(t, ctx, "the long task running", func() bool { return busy.Status(ctx).Running == 1 })
 
 	var mu sync.Mutex
 	var stages []string
@@ -385,12 +388,7 @@ func TestAbandonedQueuedTaskIsNotComputed(t *testing.T) {
 	defer cancel()
 	waitFor := func(what string, ok func(node.Status) bool) {
 		t.Helper()
-		for !ok(h.Status(ctx)) {
-			if ctx.Err() != nil {
-				t.Fatalf("never saw: %s", what)
-			}
-			time.Sleep(5 * time.Millisecond)
-		}
+		eventually(t, ctx, what, func() bool { return ok(h.Status(ctx)) })
 	}
 	first := make(chan error, 1)
 	go func() {
@@ -434,12 +432,7 @@ func TestRunningTaskNobodyWantsIsCancelled(t *testing.T) {
 	defer cancel()
 	waitFor := func(what string, ok func(node.Status) bool) {
 		t.Helper()
-		for !ok(h.Status(ctx)) {
-			if ctx.Err() != nil {
-				t.Fatalf("never saw: %s", what)
-			}
-			time.Sleep(5 * time.Millisecond)
-		}
+		eventually(t, ctx, what, func() bool { return ok(h.Status(ctx)) })
 	}
 	// About 3.7 s on a simulated 3060.
 	long := protocol.Task{Prompt: "long, wanted by two, then by nobody", Width: 512, Height: 512, Steps: 30}
