@@ -65,11 +65,7 @@ func (n *Node) Submit(ctx context.Context, task protocol.Task, opts SubmitOption
 			opts.Progress(p)
 		}
 	}
-	t, err := task.Normalize()
-	if err != nil {
-		return nil, err
-	}
-	tc, err := t.CID()
+	t, tc, err := task.NormalizeCID()
 	if err != nil {
 		return nil, err
 	}
@@ -658,11 +654,7 @@ func resultFrom(r *store.Result, tc cid.Cid, provider peer.ID, cache string) *Re
 // the task protocol's round trip alone, which the bench command measures.
 func (n *Node) SubmitTo(ctx context.Context, p peer.ID, task protocol.Task, opts SubmitOptions) (*Result, error) {
 	start := time.Now()
-	t, err := task.Normalize()
-	if err != nil {
-		return nil, err
-	}
-	tc, err := t.CID()
+	t, tc, err := task.NormalizeCID()
 	if err != nil {
 		return nil, err
 	}

@@ -198,6 +198,20 @@ func (t Task) CID() (cid.Cid, error) {
 	return dagCBORCID(b), nil
 }
 
+// NormalizeCID normalises t and returns it with its TaskCID: what a
+// submitter does first with any task.
+func (t Task) NormalizeCID() (Task, cid.Cid, error) {
+	n, err := t.Normalize()
+	if err != nil {
+		return Task{}, cid.Undef, err
+	}
+	c, err := n.CID()
+	if err != nil {
+		return Task{}, cid.Undef, err
+	}
+	return n, c, nil
+}
+
 // DecodeTask decodes and validates a canonical task encoding. It rejects
 // encodings that are valid CBOR but not canonical, so one TaskCID never has
 // two spellings.

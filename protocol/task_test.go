@@ -592,3 +592,21 @@ func reverseMap(t *testing.T, b []byte) []byte {
 	}
 	return out
 }
+
+// TestNormalizeCID: the task and TaskCID of the spec's worked example, and
+// no CID for a task that does not normalise.
+func TestNormalizeCID(t *testing.T) {
+	n, c, err := exampleTask().NormalizeCID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.String() != "bafyreidn2yh3jrcnx63lm5e3yofnwibcgrmx4n74oydnzc3ef3ebrttvym" {
+		t.Errorf("TaskCID %s, want the worked example's (docs/protocol.md)", c)
+	}
+	if !n.Equal(mustNormalize(t, exampleTask())) {
+		t.Errorf("task %+v, want the normalised one", n)
+	}
+	if _, c, err := (Task{Prompt: "  "}).NormalizeCID(); !errors.Is(err, ErrBadTask) || c.Defined() {
+		t.Errorf("a blank prompt: %v, CID %v; want ErrBadTask and no CID", err, c)
+	}
+}

@@ -183,11 +183,7 @@ func runCacheBench(ctx context.Context, n int) (cacheBench, error) {
 // lookup is what Submit does before it schedules: normalise, TaskCID, the
 // local store, then the network cache within DefaultNetworkCacheBound.
 func lookup(ctx context.Context, n *node.Node, task protocol.Task) (*node.Result, error) {
-	t, err := task.Normalize()
-	if err != nil {
-		return nil, err
-	}
-	tc, err := t.CID()
+	_, tc, err := task.NormalizeCID()
 	if err != nil {
 		return nil, err
 	}
