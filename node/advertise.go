@@ -25,15 +25,26 @@ func ModelKey(model string) cid.Cid { return protocol.RawCID([]byte(model)) }
 // peer has no one to store its records.
 func (n *Node) advertiseLoop() {
 	defer n.wg.Done()
-	retry := 250 * time.Millisecond
-	for {
+	n.repeat(n.cfg.AdvertiseInterval, 30*time.Second, func() error {
 		err := n.advertise(n.ctx)
-		wait := n.cfg.AdvertiseInterval
 		if err != nil {
-			n.log.Debug("advertising capacity", "err", err, "retry", retry)
-			wait, retry = retry, min(retry*2, 30*time.Second)
+			n.log.Debug("advertising capacity", "err", err)
+		}
+		return err
+	})
+}
+
+// repeat runs do now and then every interval until the node closes. After a
+// failure it tries again sooner: 250 ms, doubling up to maxRetry.
+func (n *Node) repeat(interval, maxRetry time.Duration, do func() error) {
+	const firstRetry = 250 * time.Millisecond
+	retry := firstRetry
+	for {
+		wait := interval
+		if err := do(); err != nil {
+			wait, retry = retry, min(retry*2, maxRetry)
 		} else {
-			retry = 250 * time.Millisecond
+			retry = firstRetry
 		}
 		select {
 		case <-n.ctx.Done():

@@ -524,22 +524,13 @@ func (f *fetcher) reprovideLoop() {
 	n := f.n
 	defer n.wg.Done()
 	defer f.close()
-	retry := 250 * time.Millisecond
-	for {
+	n.repeat(ReprovideInterval, 5*time.Minute, func() error {
 		provided, err := f.reprovide(n.ctx)
-		wait := ReprovideInterval
 		if err != nil {
-			n.log.Debug("re-providing results", "provided", provided, "err", err, "retry", retry)
-			wait, retry = retry, min(retry*2, 5*time.Minute)
-		} else {
-			retry = 250 * time.Millisecond
+			n.log.Debug("re-providing results", "provided", provided, "err", err)
 		}
-		select {
-		case <-n.ctx.Done():
-			return
-		case <-time.After(wait):
-		}
-	}
+		return err
+	})
 }
 
 // reprovide provides the TaskCID of every stored result once. It fails only
