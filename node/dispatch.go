@@ -159,12 +159,12 @@ func (s *submitCalls) leave(tc cid.Cid, noCache bool, c *submitCall) {
 // every one refused with a retry-after.
 const maxRounds = 5
 
-// candidate is a host to try, with Place's predicted wait there (negative
-// when unknown: a host found on the DHT, or one running the task already).
+// candidate is a host to try, with Place's prediction for it; pred is zero
+// for a host Place did not rank (found on the DHT, running the task
+// already, or this host itself as a last resort).
 type candidate struct {
-	p      peer.ID
-	waitMs float64
-	pred   scheduler.Candidate // Place's prediction, when it came from Place
+	p    peer.ID
+	pred scheduler.Candidate
 }
 
 // journey is one Submit's search for a host, from the first candidate to
@@ -274,7 +274,7 @@ func (j *journey) pick(ctx context.Context) (candidate, bool) {
 	// A host already running this very task takes a duplicate for free,
 	// whatever its load or heat: it joins the running computation.
 	if ids := n.gossip.running(protocol.TaskKey(j.tc), n.host.ID(), j.tried); len(ids) > 0 {
-		return candidate{p: ids[0], waitMs: -1}, true
+		return candidate{p: ids[0]}, true
 	}
 	if c, ok := j.placeInView(j.tried, n.rng()); ok {
 		return c, true
@@ -282,7 +282,7 @@ func (j *journey) pick(ctx context.Context) (candidate, bool) {
 	// This host itself, if its beacon has not placed it already (it has
 	// none yet, say): a lone host serves its own submissions.
 	if self := n.host.ID(); n.serve != nil && serves(n.cfg.Kernel, j.t.Model) && !j.tried[self.String()] {
-		return candidate{p: self, waitMs: -1}, true
+		return candidate{p: self}, true
 	}
 	if !j.searched {
 		j.searched = true
@@ -296,7 +296,7 @@ func (j *journey) pick(ctx context.Context) (candidate, bool) {
 	}
 	for _, h := range j.dhtHosts {
 		if !j.tried[h.ID.String()] {
-			return candidate{p: h.ID, waitMs: -1}, true
+			return candidate{p: h.ID}, true
 		}
 	}
 	return candidate{}, false
@@ -317,7 +317,7 @@ func (j *journey) placeInView(exclude map[string]bool, rng *rand.Rand) (candidat
 	n.ledger.adjust(view, n.viewExpiry())
 	for _, sc := range scheduler.Place(view, req, time.Now(), rng, n.schedCfg) {
 		if id, err := peer.Decode(sc.ID); err == nil {
-			return candidate{p: id, waitMs: sc.WaitMs, pred: sc}, true
+			return candidate{p: id, pred: sc}, true
 		}
 	}
 	return candidate{}, false
@@ -393,6 +393,16 @@ func (j *journey) follow(ctx context.Context, c candidate) (*Result, peer.ID, er
 			timer.Stop()
 		}
 	}()
+	// waitAt is how long the task queued at a should wait before it starts:
+	// Place's prediction, or for a host Place did not rank, what its queued
+	// event implies.
+	waitAt := func(a *attempt) float64 {
+		if a.c.pred.ID != "" {
+			return a.c.pred.WaitMs
+		}
+		slots, _ := j.peerLoad(a.c.p)
+		return scheduler.QueuedWaitMs(a.etaMs, a.pos, slots)
+	}
 	// hedge looks for a better host for the task queued at cur, and offers
 	// it there; otherwise it looks again later.
 	hedge := func() {
@@ -439,7 +449,7 @@ func (j *journey) follow(ctx context.Context, c candidate) (*Result, peer.ID, er
 					j.failed(cur.c.p, m.err)
 					cur, alt = alt, nil
 					if cur.accepted && !cur.running {
-						arm(cur.c.waitMs)
+						arm(waitAt(cur))
 					}
 				}
 				continue
@@ -465,12 +475,7 @@ func (j *journey) follow(ctx context.Context, c candidate) (*Result, peer.ID, er
 				alt.cancel()
 				alt = nil
 			case a == cur && first && !a.running:
-				wait := a.c.waitMs
-				if wait < 0 { // not placed from the view: the host's word
-					slots, _ := j.peerLoad(a.c.p)
-					wait = scheduler.QueuedWaitMs(a.etaMs, a.pos, slots)
-				}
-				arm(wait)
+				arm(waitAt(a))
 			case a == alt && first:
 				if cur.running {
 					alt.cancel()
@@ -482,7 +487,7 @@ func (j *journey) follow(ctx context.Context, c candidate) (*Result, peer.ID, er
 				cur, alt = alt, nil
 				n.stats.moved.Add(1)
 				if !cur.running {
-					arm(cur.c.waitMs)
+					arm(waitAt(cur))
 				}
 			}
 		}
