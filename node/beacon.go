@@ -108,28 +108,20 @@ type heatPredictor interface {
 	PredictTempC(util float64, d time.Duration) float64
 }
 
-// heatRuns is how many service times the heat prediction covers, as in the
-// simulator: a long task (three mean runs is the 95th percentile of an
-// exponential run), since a prediction for a mean run let hosts pass their
-// limits there (docs/scheduling.md).
-const heatRuns = 3
-
 // heatDCLocked is the beacon's heat_dc: how much warmer the GPU will be once
 // one more reference task, started behind the work it has, has run for
-// heatRuns service times; 0 when the host cannot say. A simulated GPU runs
-// its own model forward; a real one uses the model its host has learned
-// from its readings (kernel.HeatFit), once that model is trusted. Callers
-// hold mu.
+// scheduler.HeatRuns service times (scheduler.HeatHorizon, as the
+// simulator's hosts predict); 0 when the host cannot say. A simulated GPU
+// runs its own model forward; a real one uses the model its host has
+// learned from its readings (kernel.HeatFit), once that model is trusted.
+// Callers hold mu.
 func (s *server) heatDCLocked(models []string) uint32 {
 	if len(models) == 0 || s.dev == nil {
 		return 0
 	}
-	slots := s.n.cfg.Slots
-	n := s.running + s.queue.len()
-	util := min(float64(n+1)/float64(slots), 1)
 	svc := s.meanServiceLocked(protocol.Task{Model: models[0], Width: protocol.DefaultWidth, Height: protocol.DefaultHeight, Steps: protocol.DefaultSteps})
-	ahead := max(n-slots+1, 0)
-	d := time.Duration((float64(ahead)/float64(slots) + heatRuns) * svc * float64(time.Millisecond))
+	util, spanMs := scheduler.HeatHorizon(s.running+s.queue.len(), s.n.cfg.Slots, svc)
+	d := time.Duration(spanMs * float64(time.Millisecond))
 	var rise float64
 	if hp, ok := s.dev.(heatPredictor); ok {
 		rise = hp.PredictTempC(util, d) - hp.PredictTempC(util, 0)

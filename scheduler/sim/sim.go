@@ -420,20 +420,10 @@ func (h *host) beacon(s *sim) scheduler.PeerState {
 	return ps
 }
 
-// heatRuns is how many mean service times the host's heat prediction
-// covers: a long task, 3 mean runs being the 95th percentile of an
-// exponential run. Predicting for a mean-length task let laptops pass their
-// limits by 6 °C without the governor; see docs/scheduling.md.
-const heatRuns = 3
-
 // heatPerTask is the host's own prediction of how much warmer it will be
 // when one more task, started behind its queue, has run for a long time.
 func (h *host) heatPerTask(s *sim) float64 {
-	n := len(h.running) + len(h.queue)
-	u1 := min(float64(n+1)/float64(h.slots), 1)
-	svc := s.cfg.MeanServiceS / h.speed
-	ahead := max(n-h.slots+1, 0)
-	d := (float64(ahead)/float64(h.slots) + heatRuns) * svc
+	u1, d := scheduler.HeatHorizon(len(h.running)+len(h.queue), h.slots, s.cfg.MeanServiceS/h.speed)
 	ti := h.tinfAt(u1)
 	end := ti + (h.temp-ti)*math.Exp(-d/h.tau)
 	// Positive means "predicted": a prediction of no rise is sent as a
