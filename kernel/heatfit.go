@@ -22,20 +22,18 @@ import (
 // them, power and temperature that have varied, and R and τ in the range
 // of real boards. A HeatFit is safe for concurrent use.
 type HeatFit struct {
-	mu       sync.Mutex
-	last     heatSample
-	have     bool
-	xtx      [3][3]float64 // Σ w·x·xᵀ over x = (P, T, 1)
-	xty      [3]float64    // Σ w·x·y over y = dT/dt
-	n        float64       // Σ w
-	idleW    float64       // power with nothing running (EWMA), 0 until seen
-	busyW    float64       // power at full utilisation (EWMA), 0 until seen
-	tMin     float64       // temperature and power range seen (for identifiability)
-	tMax     float64
-	pMin     float64
-	pMax     float64
-	lastFit  HeatModel
-	fitDirty bool
+	mu    sync.Mutex
+	last  heatSample
+	have  bool
+	xtx   [3][3]float64 // Σ w·x·xᵀ over x = (P, T, 1)
+	xty   [3]float64    // Σ w·x·y over y = dT/dt
+	n     float64       // Σ w
+	idleW float64       // power with nothing running (EWMA), 0 until seen
+	busyW float64       // power at full utilisation (EWMA), 0 until seen
+	tMin  float64       // temperature and power range seen (for identifiability)
+	tMax  float64
+	pMin  float64
+	pMax  float64
 }
 
 type heatSample struct {
@@ -119,7 +117,6 @@ func (f *HeatFit) Add(at time.Time, tempC, powerW, busyFraction float64) {
 	}
 	f.tMin, f.tMax = min(f.tMin, t), max(f.tMax, t)
 	f.pMin, f.pMax = min(f.pMin, p), max(f.pMax, p)
-	f.fitDirty = true
 }
 
 // Model returns the fitted model, or false while the samples do not pin it
@@ -134,26 +131,19 @@ func (f *HeatFit) Model() (HeatModel, bool) {
 	if f.n < heatFitMinN || f.tMax-f.tMin < heatFitMinSpread || f.pMax-f.pMin < heatFitMinPowerW || f.busyW == 0 {
 		return HeatModel{}, false
 	}
-	if f.fitDirty {
-		f.fitDirty = false
-		f.lastFit = HeatModel{}
-		if sol, ok := solve3(f.xtx, f.xty); ok && sol[1] < 0 {
-			a, b, c := sol[0], sol[1], sol[2]
-			tau := -1 / b
-			m := HeatModel{AmbientC: -c / b, RKPerW: -a / b, Tau: time.Duration(tau * float64(time.Second))}
-			// Boards: R from about 0.03 K/W (a data-centre heatsink) to
-			// about 1 (a thin laptop), τ from seconds to tens of minutes,
-			// air between freezing and a hot attic.
-			if m.RKPerW > 0.01 && m.RKPerW < 3 && tau > 1 && tau < 3600 && m.AmbientC > -10 && m.AmbientC < 60 {
-				f.lastFit = m
-			}
-		}
-	}
-	if f.lastFit.Tau == 0 {
+	sol, ok := solve3(f.xtx, f.xty)
+	if !ok || sol[1] >= 0 {
 		return HeatModel{}, false
 	}
-	m := f.lastFit
-	m.IdleW, m.BusyW = f.idleW, f.busyW
+	a, b, c := sol[0], sol[1], sol[2]
+	tau := -1 / b
+	m := HeatModel{AmbientC: -c / b, RKPerW: -a / b, Tau: time.Duration(tau * float64(time.Second)), IdleW: f.idleW, BusyW: f.busyW}
+	// Boards: R from about 0.03 K/W (a data-centre heatsink) to about 1 (a
+	// thin laptop), τ from seconds to tens of minutes, air between freezing
+	// and a hot attic.
+	if !(m.RKPerW > 0.01 && m.RKPerW < 3 && tau > 1 && tau < 3600 && m.AmbientC > -10 && m.AmbientC < 60) {
+		return HeatModel{}, false
+	}
 	if m.IdleW == 0 || m.IdleW > m.BusyW {
 		m.IdleW = f.pMin
 	}
