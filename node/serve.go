@@ -291,9 +291,6 @@ func (s *server) stateEvent(f *flight) protocol.Event {
 	s.mu.Lock()
 	pos := s.queue.position(f)
 	svc := s.meanServiceLocked(f.task)
-	if pos > 0 && pos <= s.n.cfg.Slots-s.running && !s.gov.Hot() {
-		pos = 0 // a free slot takes it now: the dispatcher was woken for it
-	}
 	s.mu.Unlock()
 	if pos > 0 {
 		eta := scheduler.QueuedETAMs(pos, s.n.cfg.Slots, svc)
@@ -429,14 +426,27 @@ func (s *server) admit(from peer.ID, t protocol.Task, tc cid.Cid) (*flight, erro
 	f.ctx, f.cancel = context.WithCancel(s.n.ctx)
 	s.flights[tc] = f
 	s.queue.push(from, f)
-	poke(s.wake)
+	s.startLocked() // a free slot takes it now, so its first event says so
 	poke(s.changed)
 	return f, nil
 }
 
-// dispatchLoop starts queued flights while the governor allows. It wakes on
-// new work, on finished work, and on a short tick while work waits (the
-// GPU may have cooled).
+// startLocked starts queued flights, in the fair queue's order, while the
+// governor allows at the last temperature read. Callers hold mu.
+func (s *server) startLocked() {
+	allowed := s.gov.Observe(s.tempC)
+	for s.running < allowed && s.queue.len() > 0 {
+		f := s.queue.pop()
+		s.running++
+		s.wg.Add(1)
+		go s.run(f)
+	}
+}
+
+// dispatchLoop starts queued flights while the governor allows, with a
+// fresh temperature reading. It wakes on finished work, and on a short tick
+// while work waits (the GPU may have cooled); admit starts new work itself
+// when a slot is free.
 func (s *server) dispatchLoop() {
 	defer s.wg.Done()
 	tick := time.NewTicker(50 * time.Millisecond)
@@ -444,13 +454,7 @@ func (s *server) dispatchLoop() {
 	for {
 		s.observe()
 		s.mu.Lock()
-		allowed := s.gov.Observe(s.tempC)
-		for s.running < allowed && s.queue.len() > 0 {
-			f := s.queue.pop()
-			s.running++
-			s.wg.Add(1)
-			go s.run(f)
-		}
+		s.startLocked()
 		s.mu.Unlock()
 		select {
 		case <-s.n.ctx.Done():
