@@ -3,6 +3,7 @@ package node
 import (
 	"context"
 	"math"
+	"slices"
 	"time"
 
 	"github.com/gpunet/gpunet/protocol"
@@ -150,12 +151,7 @@ func (n *Node) View() scheduler.View {
 // Hears reports whether this node subscribes to the beacon shard of peer
 // id, so that id, if it is a host, appears in its view.
 func (n *Node) Hears(id peer.ID) bool {
-	k := max(n.cfg.BeaconShards, 1)
-	d := protocol.BeaconShard(id.String(), k) - protocol.BeaconShard(n.host.ID().String(), k)
-	if d < 0 {
-		d += k
-	}
-	return d < viewShards(&n.cfg)
+	return slices.Contains(heardShards(&n.cfg, n.host.ID()), protocol.BeaconShard(id.String(), max(n.cfg.BeaconShards, 1)))
 }
 
 // viewExpiry drops peers that missed about three beacons.

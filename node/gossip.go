@@ -45,10 +45,10 @@ type viewEntry struct {
 // peer scoring.
 func newGossip(ctx context.Context, h host.Host, cfg *Config, log *slog.Logger) (*gossip, error) {
 	k := max(cfg.BeaconShards, 1)
-	own := protocol.BeaconShard(h.ID().String(), k)
-	names := make([]string, 0, k)
-	for i := range viewShards(cfg) {
-		names = append(names, protocol.BeaconShardTopic(k, (own+i)%k))
+	shards := heardShards(cfg, h.ID())
+	names := make([]string, len(shards))
+	for i, shard := range shards {
+		names[i] = protocol.BeaconShardTopic(k, shard)
 	}
 	ps, err := pubsub.NewGossipSub(ctx, h,
 		pubsub.WithMessageSignaturePolicy(pubsub.StrictSign),
@@ -67,7 +67,7 @@ func newGossip(ctx context.Context, h host.Host, cfg *Config, log *slog.Logger) 
 	}
 	g := &gossip{log: log, ps: ps, cfg: cfg, view: map[peer.ID]viewEntry{}}
 	for i, name := range names {
-		shard := (own + i) % k
+		shard := shards[i]
 		validate := func(ctx context.Context, from peer.ID, msg *pubsub.Message) pubsub.ValidationResult {
 			if protocol.BeaconShard(msg.GetFrom().String(), k) != shard {
 				return pubsub.ValidationReject // published on a shard not its own
@@ -90,13 +90,20 @@ func newGossip(ctx context.Context, h host.Host, cfg *Config, log *slog.Logger) 
 	return g, nil
 }
 
-// viewShards is how many beacon shards a node subscribes to.
-func viewShards(cfg *Config) int {
+// heardShards are the beacon shards the node self subscribes to: its own,
+// then the following ones, ViewShards in all (every shard when 0).
+func heardShards(cfg *Config, self peer.ID) []int {
 	k := max(cfg.BeaconShards, 1)
-	if cfg.ViewShards <= 0 || cfg.ViewShards > k {
-		return k
+	v := cfg.ViewShards
+	if v <= 0 || v > k {
+		v = k
 	}
-	return cfg.ViewShards
+	own := protocol.BeaconShard(self.String(), k)
+	out := make([]int, v)
+	for i := range out {
+		out[i] = (own + i) % k
+	}
+	return out
 }
 
 // beaconScoreParams: peers that send invalid beacons lose score fast and
