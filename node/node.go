@@ -79,36 +79,45 @@ type counters struct {
 // New starts a node: identity, store, libp2p host, DHT, discovery and, when
 // cfg.Kernel is set, the task service and capacity advertisement. Close
 // stops everything New started.
-func New(ctx context.Context, cfg Config) (n *Node, err error) {
+func New(ctx context.Context, cfg Config) (*Node, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, fmt.Errorf("invalid config: %w", err)
 	}
-	n = &Node{cfg: cfg, log: cfg.Logger, started: time.Now(), schedCfg: cfg.Scheduler}
+	n := &Node{cfg: cfg, log: cfg.Logger, started: time.Now(), schedCfg: cfg.Scheduler}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
-	defer func() {
-		if err != nil {
-			n.Close()
-		}
-	}()
+	if err := n.start(ctx); err != nil {
+		// The named node, not a nil result: Close undoes whatever start
+		// got through (the temporary directory included).
+		_ = n.Close()
+		return nil, err
+	}
+	n.log.Info("node started", "peer", n.host.ID(), "addrs", n.host.Addrs(), "host", cfg.Kernel != nil)
+	return n, nil
+}
+
+// start is New's work after validation; on error, New closes what it
+// started.
+func (n *Node) start(ctx context.Context) (err error) {
+	cfg := n.cfg
 
 	dir := cfg.DataDir
 	if dir == "" {
 		if n.tmpDir, err = os.MkdirTemp("", "gpunet-ephemeral-"); err != nil {
-			return nil, err
+			return err
 		}
 		dir = n.tmpDir
 		if n.key, _, err = crypto.GenerateEd25519Key(nil); err != nil {
-			return nil, err
+			return err
 		}
 	} else if n.key, err = loadIdentity(dir); err != nil {
-		return nil, err
+		return err
 	}
 	if n.store, err = store.Open(filepath.Join(dir, "store"), store.WithBudget(cfg.StoreBudget), store.WithLogger(n.log.With("sub", "store"))); err != nil {
-		return nil, fmt.Errorf("opening results store in %s: %w", dir, err)
+		return fmt.Errorf("opening results store in %s: %w", dir, err)
 	}
 	n.bw = metrics.NewBandwidthCounter()
 	if n.host, err = newHost(n.key, cfg.ListenAddrs, n.bw); err != nil {
-		return nil, err
+		return err
 	}
 	mode := dht.ModeClient
 	if cfg.DHTServer {
@@ -122,10 +131,10 @@ func New(ctx context.Context, cfg Config) (n *Node, err error) {
 		dht.BootstrapPeers(),
 	)
 	if err != nil {
-		return nil, fmt.Errorf("starting DHT: %w", err)
+		return fmt.Errorf("starting DHT: %w", err)
 	}
 	if n.gossip, err = newGossip(n.ctx, n.host, &n.cfg, n.log.With("sub", "gossip")); err != nil {
-		return nil, err
+		return err
 	}
 	n.wg.Add(1)
 	go func() {
@@ -143,12 +152,12 @@ func New(ctx context.Context, cfg Config) (n *Node, err error) {
 	}
 	n.startFetch()
 	if err := n.connectBootstrap(ctx, cfg.Bootstrap); err != nil {
-		return nil, err
+		return err
 	}
 	if cfg.MDNS {
 		s := mdns.NewMdnsService(n.host, mdnsService, mdnsNotifee{n})
 		if err := s.Start(); err != nil {
-			return nil, fmt.Errorf("starting mDNS: %w", err)
+			return fmt.Errorf("starting mDNS: %w", err)
 		}
 		n.mdns = s
 	}
@@ -157,8 +166,7 @@ func New(ctx context.Context, cfg Config) (n *Node, err error) {
 		go n.advertiseLoop()
 		go n.beaconLoop()
 	}
-	n.log.Info("node started", "peer", n.host.ID(), "addrs", n.host.Addrs(), "host", cfg.Kernel != nil)
-	return n, nil
+	return nil
 }
 
 // newHost builds the libp2p host: TCP and QUIC, Noise and TLS, and a
