@@ -1,6 +1,7 @@
 package node
 
 import (
+	"slices"
 	"testing"
 	"time"
 
@@ -9,14 +10,14 @@ import (
 )
 
 func TestFairQueueRoundRobin(t *testing.T) {
-	var fq fairQueue
+	var fq fairQueue[*flight]
 	mk := func(name string) *flight { return &flight{task: taskNamed(name)} }
 	a1, a2, a3, b1, c1 := mk("a1"), mk("a2"), mk("a3"), mk("b1"), mk("c1")
-	fq.push("A", a1)
-	fq.push("A", a2)
-	fq.push("A", a3)
-	fq.push("B", b1)
-	fq.push("C", c1)
+	fq.push(fairKey{outer: "A"}, a1)
+	fq.push(fairKey{outer: "A"}, a2)
+	fq.push(fairKey{outer: "A"}, a3)
+	fq.push(fairKey{outer: "B"}, b1)
+	fq.push(fairKey{outer: "C"}, c1)
 	if p := fq.position(b1); p != 2 {
 		t.Errorf("B's only task at position %d, want 2 (after A's first)", p)
 	}
@@ -24,7 +25,7 @@ func TestFairQueueRoundRobin(t *testing.T) {
 		t.Errorf("A's third task at position %d, want 5", p)
 	}
 	var got []string
-	for f := fq.pop(); f != nil; f = fq.pop() {
+	for f, ok := fq.pop(); ok; f, ok = fq.pop() {
 		got = append(got, f.task.Prompt)
 	}
 	want := []string{"a1", "b1", "c1", "a2", "a3"}
@@ -65,15 +66,66 @@ func TestRateLimiterTokenBucket(t *testing.T) {
 func taskNamed(s string) protocol.Task { return protocol.Task{Prompt: s} }
 
 func TestFairQueueRemove(t *testing.T) {
-	var fq fairQueue
+	var fq fairQueue[*flight]
 	a1, a2, b1 := &flight{task: taskNamed("a1")}, &flight{task: taskNamed("a2")}, &flight{task: taskNamed("b1")}
-	fq.push("A", a1)
-	fq.push("A", a2)
-	fq.push("B", b1)
+	fq.push(fairKey{outer: "A"}, a1)
+	fq.push(fairKey{outer: "A"}, a2)
+	fq.push(fairKey{outer: "B"}, b1)
 	if !fq.remove(b1) || fq.remove(b1) {
 		t.Fatal("remove: want true once, then false")
 	}
-	if !fq.remove(a1) || fq.len() != 1 || fq.pop() != a2 || fq.pop() != nil {
+	if !fq.remove(a1) || fq.len() != 1 {
+		t.Fatal("after removing b1 and a1 one task should remain")
+	}
+	if f, ok := fq.pop(); !ok || f != a2 {
 		t.Fatal("after removing b1 and a1 only a2 should remain")
+	}
+	if _, ok := fq.pop(); ok {
+		t.Fatal("popped from an empty queue")
+	}
+}
+
+// TestFairQueueTwoLevels: a peer forwarding for several submitters gets one
+// peer's share, split round robin between its submitters; a heavy
+// submitter cannot starve a light one behind the same peer, nor gain its
+// peer more than one peer's share by inventing names.
+func TestFairQueueTwoLevels(t *testing.T) {
+	var fq fairQueue[string]
+	heavy, light, other := fairKey{"daemon", "heavy"}, fairKey{"daemon", "light"}, fairKey{"client", ""}
+	for _, x := range []string{"h1", "h2", "h3", "h4"} {
+		fq.push(heavy, x)
+	}
+	fq.push(light, "l1")
+	fq.push(other, "o1")
+	fq.push(other, "o2")
+	fq.push(fairKey{"daemon", "made-up"}, "m1")
+	want := []string{"h1", "o1", "l1", "o2", "m1", "h2", "h3", "h4"}
+	if got := fq.serviceOrder(); !slices.Equal(got, want) {
+		t.Fatalf("service order %v, want %v", got, want)
+	}
+	if p := fq.position("l1"); p != 3 {
+		t.Errorf("light submitter's task at position %d, want 3", p)
+	}
+	if fq.len() != len(want) {
+		t.Fatalf("serviceOrder changed the queue: len %d", fq.len())
+	}
+	got := fq.drain()
+	if !slices.Equal(got, want) {
+		t.Fatalf("popped %v, want %v", got, want)
+	}
+}
+
+// TestFairQueuePushFront: a task that comes back keeps the head of its own
+// line, and its key rejoins the rotation at the back.
+func TestFairQueuePushFront(t *testing.T) {
+	var fq fairQueue[string]
+	a, b := fairKey{outer: "a"}, fairKey{outer: "b"}
+	fq.push(a, "a2")
+	fq.push(b, "b1")
+	fq.pushFront(a, "a1")
+	fq.pushFront(fairKey{outer: "c"}, "c1")
+	want := []string{"a1", "b1", "c1", "a2"}
+	if got := fq.drain(); !slices.Equal(got, want) {
+		t.Fatalf("popped %v, want %v", got, want)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -28,6 +29,11 @@ const (
 type SubmitOptions struct {
 	// NoCache skips every cache and asks the host for a fresh computation.
 	NoCache bool
+	// Submitter names the person or program this node submits for, when it
+	// forwards for several (a daemon's API callers): hosts and this node's
+	// own waiting room share their slots fairly between submitters, not
+	// just between nodes. Empty means the node itself.
+	Submitter string
 	// Progress, if set, receives events as the task travels. It is called
 	// from Submit's goroutine and must not block for long.
 	Progress func(Progress)
@@ -60,6 +66,11 @@ type Result struct {
 func (n *Node) Submit(ctx context.Context, task protocol.Task, opts SubmitOptions) (*Result, error) {
 	start := time.Now()
 	n.stats.submitted.Add(1)
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, n.cfg.SubmitTimeout)
+		defer cancel()
+	}
 	progress := func(p Progress) {
 		if opts.Progress != nil {
 			opts.Progress(p)
@@ -110,7 +121,7 @@ func (n *Node) submit(ctx context.Context, t protocol.Task, tc cid.Cid, opts Sub
 			return nil, ctx.Err()
 		}
 	}
-	return n.place(ctx, t, tc, opts.NoCache, start, progress)
+	return n.place(ctx, t, tc, opts.NoCache, opts.Submitter, start, progress)
 }
 
 // submitCalls coalesces identical Submits on one node: the first does the
@@ -155,8 +166,10 @@ func (s *submitCalls) leave(tc cid.Cid, noCache bool, c *submitCall) {
 	close(c.done)
 }
 
-// maxRounds bounds how many times Submit walks the candidates again after
-// every one refused with a retry-after.
+// maxRounds, times MaxAttempts, bounds how many hosts may fail one task
+// (a kernel error, a broken stream, a bad result) before Submit gives up on
+// it. Refusals for load are not failures: a task waits them out until its
+// deadline.
 const maxRounds = 5
 
 // candidate is a host to try, with Place's prediction for it; pred is zero
@@ -171,14 +184,16 @@ type candidate struct {
 // the result. Its methods run on Submit's goroutine; only the attempts it
 // starts (follow) run beside it.
 type journey struct {
-	n        *Node
-	t        protocol.Task
-	tc       cid.Cid
-	noCache  bool
-	progress func(Progress)
+	n         *Node
+	t         protocol.Task
+	tc        cid.Cid
+	noCache   bool
+	submitter string
+	progress  func(Progress)
 
 	tried    map[string]bool // this round's hosts
 	attempts int
+	failures int // attempts that failed other than by a refusal for load
 	dhtHosts []HostInfo
 	searched bool
 }
@@ -186,14 +201,27 @@ type journey struct {
 // place walks candidates until one host returns the result. Candidates come
 // from the gossip view through scheduler.Place (cool, idle hosts first);
 // hosts the view does not know are found on the DHT. A refusal (busy, too
-// hot, paused) moves on to the next candidate; a host that fails mid-task
-// is retried elsewhere; when all refused, it waits for the shortest
-// retry-after and places again, a bounded number of times. While the task
-// waits in a host's queue, follow may move it (the queue hedge).
-func (n *Node) place(ctx context.Context, t protocol.Task, tc cid.Cid, noCache bool, start time.Time, progress func(Progress)) (*Result, error) {
-	j := &journey{n: n, t: t, tc: tc, noCache: noCache, progress: progress}
-	var errs []error
-	for round := 0; round < maxRounds; round++ {
+// hot, paused, rate limited) moves on to the next candidate; a host that
+// fails mid-task is retried elsewhere. When every candidate refused, the
+// task waits in the node's waiting room (waitroom.go) until the swarm has
+// room for it, then is placed afresh: a surge is queued, never refused,
+// until the caller's deadline. While the task waits in a host's queue, or
+// its host goes silent, follow may move it (the queue hedge).
+func (n *Node) place(ctx context.Context, t protocol.Task, tc cid.Cid, noCache bool, submitter string, start time.Time, progress func(Progress)) (*Result, error) {
+	j := &journey{n: n, t: t, tc: tc, noCache: noCache, submitter: submitter, progress: progress}
+	// Whatever place this task held at a host is free once it ends: the
+	// next waiting task may have it.
+	defer n.waiting.release(1)
+	// A task arriving while others of its model wait joins the line
+	// rather than jumping it.
+	if n.waiting.waiting(t.Model) > 0 {
+		if err := j.wait(ctx, 0, false); err != nil {
+			return nil, err
+		}
+	}
+	var last error // the latest host's error, for the message
+	everCandidate := false
+	for {
 		j.tried = map[string]bool{}
 		var retryAfter time.Duration
 		for {
@@ -201,6 +229,7 @@ func (n *Node) place(ctx context.Context, t protocol.Task, tc cid.Cid, noCache b
 			if !ok {
 				break
 			}
+			everCandidate = true
 			res, p, err := j.follow(ctx, c)
 			if err == nil {
 				res.Elapsed = time.Since(start)
@@ -208,34 +237,108 @@ func (n *Node) place(ctx context.Context, t protocol.Task, tc cid.Cid, noCache b
 				return res, nil
 			}
 			if ctx.Err() != nil {
-				return nil, ctx.Err()
+				return nil, j.deadline(ctx, last)
 			}
 			var re *protocol.RemoteError
-			if errors.As(err, &re) {
-				if !re.Retryable() {
-					return nil, err
-				}
+			switch {
+			case errors.As(err, &re) && !re.Retryable():
+				return nil, err
+			case errors.As(err, &re) && backPressure(re.Code):
 				if re.RetryAfter > 0 && (retryAfter == 0 || re.RetryAfter < retryAfter) {
 					retryAfter = re.RetryAfter
 				}
+			default:
+				j.failures++
 			}
 			j.failed(p, err)
-			errs = append(errs, fmt.Errorf("%s: %w", p, err))
+			last = fmt.Errorf("%s: %w", p, err)
+			if j.exhausted() {
+				return nil, fmt.Errorf("no host completed the task: %d attempts failed, the last: %w", j.failures, last)
+			}
 		}
-		if len(j.tried) == 0 {
-			break // no candidate at all
+		if !everCandidate {
+			return nil, j.noHost()
 		}
-		wait := min(max(retryAfter, 100*time.Millisecond), 5*time.Second)
+		// Every candidate refused for load, or failed: the swarm is full.
+		// Wait for room instead of asking again at once.
+		if err := j.wait(ctx, retryAfter, true); err != nil {
+			return nil, j.deadline(ctx, last)
+		}
+	}
+}
+
+// backPressure reports whether a refusal code says "not now" (the host is
+// loaded, hot or paused), which a task waits out, rather than a failure.
+func backPressure(code string) bool {
+	switch code {
+	case protocol.CodeBusy, protocol.CodeTooHot, protocol.CodePaused, protocol.CodeRateLimited:
+		return true
+	}
+	return false
+}
+
+// wait holds the task in the node's waiting room until it may try the
+// hosts again, telling the submitter its place in line and the swarm's
+// ETA for it as they change. back puts it at the head of its submitter's
+// line: it was waiting already.
+func (j *journey) wait(ctx context.Context, hint time.Duration, back bool) error {
+	n := j.n
+	tk := n.waiting.enter(j.submitter, j.t.Model, hint, back)
+	defer n.waiting.leave(tk)
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	last := 0
+	for {
+		if pos := n.waiting.position(tk); pos > 0 && pos != last {
+			last = pos
+			eta, _ := scheduler.SwarmETAMs(n.View(), j.t.Model, pos-1, n.schedCfg.DefaultServiceMs)
+			j.progress(Progress{Stage: "waiting", Event: protocol.Event{Position: uint32(pos), EtaMs: uint64(eta)}})
+		}
 		select {
+		case <-tk.ready:
+			return nil
 		case <-ctx.Done():
-			return nil, ctx.Err()
-		case <-time.After(wait):
+			return ctx.Err()
+		case <-tick.C:
 		}
 	}
-	if len(errs) == 0 {
-		return nil, fmt.Errorf("no host serves model %q: none in the gossip view, none found on the DHT within %s (is a `gpunet host` running and connected?)", t.Model, n.cfg.FindTimeout)
+}
+
+// deadline is the error for a task whose caller gave up or whose deadline
+// passed, with the last host's word.
+func (j *journey) deadline(ctx context.Context, last error) error {
+	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		if last != nil {
+			return fmt.Errorf("task not done before its deadline (raise it with submit --timeout or timeout_ms); the last host said %v: %w", last, ctx.Err())
+		}
+		return fmt.Errorf("task not done before its deadline (raise it with submit --timeout or timeout_ms): %w", ctx.Err())
 	}
-	return nil, fmt.Errorf("no host completed the task after %d attempts: %w", j.attempts, errors.Join(errs...))
+	return ctx.Err()
+}
+
+// noHost is the error for a model no host was found for: it names the
+// models the swarm does serve.
+func (j *journey) noHost() error {
+	n := j.n
+	seen := map[string]bool{}
+	var models []string
+	add := func(ms []string) {
+		for _, m := range ms {
+			if !seen[m] {
+				seen[m] = true
+				models = append(models, m)
+			}
+		}
+	}
+	for _, p := range n.View() {
+		add(p.Models)
+	}
+	add(n.Models())
+	if len(models) == 0 {
+		return fmt.Errorf("no host serves model %q: none in the gossip view, none found on the DHT within %s (is a `gpunet host` running and connected?)", j.t.Model, n.cfg.FindTimeout)
+	}
+	sort.Strings(models)
+	return fmt.Errorf("no host serves model %q; the swarm serves %s (pick one with --model)", j.t.Model, strings.Join(models, ", "))
 }
 
 // failed notes that p refused or failed the task: the view shuns it until
@@ -253,7 +356,7 @@ func (j *journey) try(c candidate, stage string) {
 	j.progress(Progress{Stage: stage, Peer: c.p.String()})
 }
 
-func (j *journey) exhausted() bool { return j.attempts >= j.n.cfg.MaxAttempts*maxRounds }
+func (j *journey) exhausted() bool { return j.failures >= j.n.cfg.MaxAttempts*maxRounds }
 
 // next returns the best host not yet tried, marked as tried: a host already
 // running this very task, then placement over the gossip view, then the
@@ -332,6 +435,10 @@ type attempt struct {
 	running  bool    // its latest event was progress: the task started
 	etaMs    float64 // from its latest queued event
 	pos      int     // its latest queue position
+	// heard is when the host last said anything (or the attempt began);
+	// suspected is set once it has been silent for SuspectAfter.
+	heard     time.Time
+	suspected bool
 }
 
 type attemptNews struct {
@@ -352,6 +459,13 @@ type attemptNews struct {
 // forgotten and the next is tried; one that accepts after the first host
 // started the task is cancelled instead. It returns the host whose answer
 // it used, or the last host's error.
+//
+// A host silent for SuspectAfter (frozen, or its link gone: a live host
+// sends a keepalive every protocol.KeepaliveInterval) is suspected: the
+// task is offered to the best other host the same way, and moves there as
+// soon as that host accepts, even if the silent one had started it. Should
+// the silent host speak first, it is trusted again and the usual rules
+// apply.
 func (j *journey) follow(ctx context.Context, c candidate) (*Result, peer.ID, error) {
 	n := j.n
 	ctx, cancel := context.WithCancel(ctx)
@@ -359,10 +473,10 @@ func (j *journey) follow(ctx context.Context, c candidate) (*Result, peer.ID, er
 	news := make(chan attemptNews, 4)
 	start := func(c candidate) *attempt {
 		actx, acancel := context.WithCancel(ctx)
-		a := &attempt{c: c, cancel: acancel}
+		a := &attempt{c: c, cancel: acancel, heard: time.Now()}
 		go func() {
 			defer n.ledger.start(c.p)()
-			res, err := n.runAt(actx, c.p, j.t, j.tc, j.noCache, func(e protocol.Event) {
+			res, err := n.runAt(actx, c.p, j.t, j.tc, j.noCache, j.submitter, func(e protocol.Event) {
 				select {
 				case news <- attemptNews{a: a, e: e}:
 				case <-actx.Done():
@@ -421,10 +535,28 @@ func (j *journey) follow(ctx context.Context, c candidate) (*Result, peer.ID, er
 		slots, _ := j.peerLoad(cur.c.p)
 		arm(scheduler.QueuedWaitMs(cur.etaMs, cur.pos, slots))
 	}
+	// suspect offers the task elsewhere when cur has been silent too long.
+	suspect := func() {
+		if alt != nil || cur.suspected || cur.c.p == n.host.ID() || time.Since(cur.heard) < n.cfg.SuspectAfter || j.exhausted() {
+			return
+		}
+		b, ok := j.elsewhere(cur.c.p)
+		if !ok {
+			return // nowhere else: EventIdleTimeout decides
+		}
+		cur.suspected = true
+		n.log.Info("host silent: offering the task elsewhere too", "peer", cur.c.p, "task", j.tc, "silent_ms", time.Since(cur.heard).Milliseconds(), "to", b.p)
+		j.try(b, "suspect")
+		alt = start(b)
+	}
+	watch := time.NewTicker(max(n.cfg.SuspectAfter/4, 10*time.Millisecond))
+	defer watch.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return nil, cur.c.p, ctx.Err()
+		case <-watch.C:
+			suspect()
 		case <-check:
 			check = nil
 			hedge()
@@ -455,6 +587,7 @@ func (j *journey) follow(ctx context.Context, c candidate) (*Result, peer.ID, er
 				continue
 			}
 			a := m.a
+			a.heard, a.suspected = time.Now(), false
 			first := !a.accepted
 			a.accepted = true
 			a.running = m.e.Type == protocol.EventProgress
@@ -477,7 +610,7 @@ func (j *journey) follow(ctx context.Context, c candidate) (*Result, peer.ID, er
 			case a == cur && first && !a.running:
 				arm(waitAt(a))
 			case a == alt && first:
-				if cur.running {
+				if cur.running && !cur.suspected {
 					alt.cancel()
 					alt = nil
 					continue
@@ -492,6 +625,28 @@ func (j *journey) follow(ctx context.Context, c candidate) (*Result, peer.ID, er
 			}
 		}
 	}
+}
+
+// elsewhere is the best host for the task other than p and this round's
+// tried ones, without a new DHT search: Place over the view, then hosts
+// the DHT already named, then this host itself.
+func (j *journey) elsewhere(p peer.ID) (candidate, bool) {
+	exclude := map[string]bool{p.String(): true}
+	for id := range j.tried {
+		exclude[id] = true
+	}
+	if c, ok := j.placeInView(exclude, j.n.rng()); ok {
+		return c, true
+	}
+	for _, h := range j.dhtHosts {
+		if !exclude[h.ID.String()] {
+			return candidate{p: h.ID}, true
+		}
+	}
+	if self := j.n.host.ID(); j.n.serve != nil && serves(j.n.cfg.Kernel, j.t.Model) && !exclude[self.String()] {
+		return candidate{p: self}, true
+	}
+	return candidate{}, false
 }
 
 // peerLoad returns p's slots and service time for the task's model, as its
@@ -517,11 +672,11 @@ func (n *Node) rng() *rand.Rand { return rand.New(rand.NewPCG(rand.Uint64(), ran
 // onEvent sees every queued and progress event. Cancelling ctx resets the
 // stream, which tells the host that this client no longer waits: it drops
 // the task from its queue if nobody else waits for it.
-func (n *Node) runAt(ctx context.Context, p peer.ID, t protocol.Task, tc cid.Cid, noCache bool, onEvent func(protocol.Event)) (*Result, error) {
+func (n *Node) runAt(ctx context.Context, p peer.ID, t protocol.Task, tc cid.Cid, noCache bool, submitter string, onEvent func(protocol.Event)) (*Result, error) {
 	ctx, cancel := context.WithTimeout(ctx, n.cfg.TaskTimeout)
 	defer cancel()
 	if p == n.host.ID() && n.serve != nil {
-		r, err := n.serve.local(ctx, t, tc, noCache, onEvent)
+		r, err := n.serve.local(ctx, t, tc, noCache, submitter, onEvent)
 		if err != nil {
 			return nil, err
 		}
@@ -542,7 +697,7 @@ func (n *Node) runAt(ctx context.Context, p peer.ID, t protocol.Task, tc cid.Cid
 	defer stop()
 	// The write side stays open: a reset, not a half-close, is how the host
 	// learns at once that the client has gone (see the protocol spec).
-	if err := protocol.WriteMsg(st, protocol.TaskRequest{Task: t, NoCache: noCache}); err != nil {
+	if err := protocol.WriteMsg(st, protocol.TaskRequest{Task: t, NoCache: noCache, Submitter: submitter}); err != nil {
 		st.Reset()
 		return nil, fmt.Errorf("sending task: %w", err)
 	}
@@ -663,7 +818,7 @@ func (n *Node) SubmitTo(ctx context.Context, p peer.ID, task protocol.Task, opts
 	if err != nil {
 		return nil, err
 	}
-	res, err := n.runAt(ctx, p, t, tc, opts.NoCache, func(protocol.Event) {})
+	res, err := n.runAt(ctx, p, t, tc, opts.NoCache, opts.Submitter, func(protocol.Event) {})
 	if err != nil {
 		return nil, err
 	}

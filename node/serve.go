@@ -36,13 +36,19 @@ type server struct {
 
 	mu      sync.Mutex          // guards everything below
 	flights map[cid.Cid]*flight // queued or running computations by TaskCID
-	queue   fairQueue
+	queue   fairQueue[*flight]
 	running int
 	gov     *Governor
 	limiter rateLimiter
 	tempC   float64            // last temperature reading
 	service map[string]float64 // EWMA of run time per model, ms
 	changed chan struct{}      // poked when the beacon should go out early
+	// throttled is set while coolDown holds work back for heat, and
+	// coolers counts the tasks waiting in it, so that the episode is
+	// logged once.
+	throttled bool
+	coolers   int
+	refusals  map[string]uint64 // task requests refused, by error code
 
 	wake chan struct{} // poked when a slot may be free or work arrived
 	wg   sync.WaitGroup
@@ -51,7 +57,7 @@ type server struct {
 func newServer(n *Node) *server {
 	s := &server{
 		n: n, log: n.log.With("sub", "serve"), dev: n.cfg.Device,
-		flights: map[cid.Cid]*flight{}, service: map[string]float64{},
+		flights: map[cid.Cid]*flight{}, service: map[string]float64{}, refusals: map[string]uint64{},
 		gov:     NewGovernor(n.cfg.MaxTempC, n.cfg.Slots),
 		limiter: rateLimiter{rate: n.cfg.RateLimit, burst: float64(n.cfg.RateBurst)},
 		wake:    make(chan struct{}, 1), changed: make(chan struct{}, 1),
@@ -153,11 +159,15 @@ func (f *flight) broadcast(e protocol.Event) {
 // handle serves one task stream.
 func (s *server) handle(st network.Stream) {
 	defer st.Close()
+	start := time.Now()
 	remote := st.Conn().RemotePeer()
 	log := s.log.With("peer", remote)
 	refuse := func(err error) {
 		re := asRemote(err)
 		s.n.stats.refused.Add(1)
+		s.mu.Lock()
+		s.refusals[re.Code]++
+		s.mu.Unlock()
 		log.Debug("refusing task", "code", re.Code, "msg", re.Message)
 		_ = st.SetWriteDeadline(time.Now().Add(writeTimeout))
 		_ = protocol.WriteMsg(st, protocol.ErrorEvent(re.Code, re.Message, re.RetryAfter))
@@ -194,7 +204,7 @@ func (s *server) handle(st network.Stream) {
 		}
 	}
 	if res == nil {
-		f, err := s.admit(remote, req.Task, tc)
+		f, err := s.admit(remote, req.Submitter, req.Task, tc)
 		if err != nil {
 			refuse(err)
 			return
@@ -223,7 +233,7 @@ func (s *server) handle(st network.Stream) {
 	if cached {
 		s.n.stats.servedCached.Add(1)
 	}
-	log.Debug("task served", "cached", cached)
+	log.Info("task served", "cache", cacheWord(cached), "ms", time.Since(start).Milliseconds())
 }
 
 var errClientGone = errors.New("client stopped reading")
@@ -232,7 +242,7 @@ var errClientGone = errors.New("client stopped reading")
 // the task protocol without the stream. Admission is the same as for a
 // remote submitter's (the owner's pause, the governor, the queue); onEvent
 // gets the events a stream would carry.
-func (s *server) local(ctx context.Context, t protocol.Task, tc cid.Cid, noCache bool, onEvent func(protocol.Event)) (*store.Result, error) {
+func (s *server) local(ctx context.Context, t protocol.Task, tc cid.Cid, noCache bool, submitter string, onEvent func(protocol.Event)) (*store.Result, error) {
 	if !serves(s.n.cfg.Kernel, t.Model) {
 		return nil, &protocol.RemoteError{Code: protocol.CodeUnsupportedModel, Message: fmt.Sprintf("this host serves %v", s.n.cfg.Kernel.Models())}
 	}
@@ -243,7 +253,8 @@ func (s *server) local(ctx context.Context, t protocol.Task, tc cid.Cid, noCache
 			return r, nil
 		}
 	}
-	f, err := s.admit(s.n.host.ID(), t, tc)
+	start := time.Now()
+	f, err := s.admit(s.n.host.ID(), submitter, t, tc)
 	if err != nil {
 		return nil, err
 	}
@@ -256,6 +267,7 @@ func (s *server) local(ctx context.Context, t protocol.Task, tc cid.Cid, noCache
 			s.leave(f, false)
 			if f.err == nil {
 				s.n.stats.served.Add(1)
+				s.log.Info("task served", "peer", "self", "task", tc, "cache", cacheWord(false), "ms", time.Since(start).Milliseconds())
 			}
 			return f.res, f.err
 		case e := <-ch:
@@ -324,8 +336,8 @@ func asRemote(err error) *protocol.RemoteError {
 
 // keepaliveEvery is how often a waiting client hears from the host even
 // when nothing changed (a long queue wait, a long step), so that it can
-// tell a slow host from a silent one (see eventIdleTimeout).
-const keepaliveEvery = 5 * time.Second
+// tell a slow host from a frozen one (Config.SuspectAfter).
+const keepaliveEvery = protocol.KeepaliveInterval
 
 // wait forwards the flight's events to the stream until it finishes,
 // repeating the latest one when nothing was sent for keepaliveEvery.
@@ -394,12 +406,16 @@ func (s *server) leave(f *flight, gone bool) {
 // admit attaches the request to the running or queued computation of tc,
 // or queues a new one. Joining a computation is always allowed: it costs
 // the GPU nothing. A new one must pass, in order: the owner's pause, the
-// thermal governor, the submitter's rate limit, and the queue bound. Every
-// refusal says when to retry, so the client can go elsewhere meanwhile.
+// thermal governor, the queue bound, and the peer's rate limit, which is
+// charged last so that only admitted work spends a token (a refusal for a
+// full queue must not turn the client's retry into a rate-limit refusal).
+// Every refusal says when to retry, so the client can go elsewhere
+// meanwhile. The queue is fair between peers first and then between the
+// submitters a peer forwards for.
 //
 // Either way the request counts as one of the flight's waiters until it
 // leaves.
-func (s *server) admit(from peer.ID, t protocol.Task, tc cid.Cid) (*flight, error) {
+func (s *server) admit(from peer.ID, submitter string, t protocol.Task, tc cid.Cid) (*flight, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if f, ok := s.flights[tc]; ok {
@@ -415,17 +431,19 @@ func (s *server) admit(from peer.ID, t protocol.Task, tc cid.Cid) (*flight, erro
 		return nil, &protocol.RemoteError{Code: protocol.CodeTooHot,
 			Message: fmt.Sprintf("GPU at %.1f °C, limit %.0f °C", s.tempC, s.gov.LimitC), RetryAfter: 5 * time.Second}
 	}
+	if s.queue.len() >= s.n.cfg.QueueLen && s.running >= s.n.cfg.Slots {
+		// A place frees when a running task ends: on average a service
+		// time over the slots.
+		return nil, &protocol.RemoteError{Code: protocol.CodeBusy, Message: fmt.Sprintf("queue full (%d waiting)", s.queue.len()),
+			RetryAfter: time.Duration(s.meanServiceLocked(t)/float64(s.n.cfg.Slots)) * time.Millisecond}
+	}
 	if ok, retry := s.limiter.take(from, time.Now()); !ok {
 		return nil, &protocol.RemoteError{Code: protocol.CodeRateLimited, Message: "too many tasks from you", RetryAfter: retry}
-	}
-	if s.queue.len() >= s.n.cfg.QueueLen && s.running >= s.n.cfg.Slots {
-		return nil, &protocol.RemoteError{Code: protocol.CodeBusy, Message: fmt.Sprintf("queue full (%d waiting)", s.queue.len()),
-			RetryAfter: time.Duration(s.meanServiceLocked(t)) * time.Millisecond}
 	}
 	f := &flight{task: t, taskCID: tc, done: make(chan struct{}), listeners: map[chan protocol.Event]struct{}{}, waiters: 1}
 	f.ctx, f.cancel = context.WithCancel(s.n.ctx)
 	s.flights[tc] = f
-	s.queue.push(from, f)
+	s.queue.push(fairKey{from.String(), submitter}, f)
 	s.startLocked() // a free slot takes it now, so its first event says so
 	poke(s.changed)
 	return f, nil
@@ -436,7 +454,7 @@ func (s *server) admit(from peer.ID, t protocol.Task, tc cid.Cid) (*flight, erro
 func (s *server) startLocked() {
 	allowed := s.gov.Observe(s.tempC)
 	for s.running < allowed && s.queue.len() > 0 {
-		f := s.queue.pop()
+		f, _ := s.queue.pop()
 		s.running++
 		s.wg.Add(1)
 		go s.run(f)
@@ -613,6 +631,8 @@ func (s *server) coolDown(ctx context.Context, lt loadTracker, prev *float64) {
 	if !hot {
 		return
 	}
+	s.noteThrottle(true, now)
+	defer func() { s.noteThrottle(false, s.lastTemp()) }()
 	poke(s.changed)
 	if lt != nil {
 		lt.End()
@@ -647,8 +667,64 @@ func (s *server) setPaused(p bool) {
 	for _, f := range queued {
 		s.finish(f, nil, &protocol.RemoteError{Code: protocol.CodePaused, Message: "the host's owner paused it", RetryAfter: time.Minute})
 	}
+	if p {
+		s.log.Info("paused by the owner: taking no work", "handed_back", len(queued))
+	} else {
+		s.log.Info("resumed by the owner: taking work")
+	}
 	poke(s.wake)
 	poke(s.changed)
+}
+
+// Refusals counts the task requests this host refused, by error code
+// (protocol.CodeBusy, ...). Empty for a node that is not a host.
+func (n *Node) Refusals() map[string]uint64 {
+	out := map[string]uint64{}
+	if n.serve == nil {
+		return out
+	}
+	n.serve.mu.Lock()
+	defer n.serve.mu.Unlock()
+	for c, k := range n.serve.refusals {
+		out[c] = k
+	}
+	return out
+}
+
+// noteThrottle logs when the governor starts and stops holding work back
+// for heat: once per episode, however many tasks wait in coolDown.
+func (s *server) noteThrottle(on bool, tempC float64) {
+	s.mu.Lock()
+	changed := s.throttled != on && (on || s.coolers == 1)
+	switch {
+	case on:
+		s.coolers++
+	default:
+		s.coolers--
+	}
+	if changed {
+		s.throttled = on
+	}
+	s.mu.Unlock()
+	switch {
+	case changed && on:
+		s.log.Info("GPU at its limit: work paused until it cools", "temp_c", tempC, "limit_c", s.gov.LimitC)
+	case changed:
+		s.log.Info("GPU cooled: work resumed", "temp_c", tempC, "limit_c", s.gov.LimitC)
+	}
+}
+
+func (s *server) lastTemp() float64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.tempC
+}
+
+func cacheWord(cached bool) string {
+	if cached {
+		return "hit"
+	}
+	return "miss"
 }
 
 // meanServiceLocked is the recent mean run time of task t in ms (1 s when

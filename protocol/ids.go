@@ -41,6 +41,9 @@ const (
 	// MaxEventsPerTask bounds how many events a client reads for one task, so a
 	// host cannot keep a client reading forever.
 	MaxEventsPerTask = 10000
+	// MaxSubmitterBytes bounds a request's submitter name: an opaque key,
+	// not a person's name.
+	MaxSubmitterBytes = 64
 )
 
 // Timing defaults shared by both ends of a stream.
@@ -52,4 +55,12 @@ const (
 	CapacityMaxAge = 2 * time.Hour
 	// MaxClockSkew is how far in the future a signed timestamp may be.
 	MaxClockSkew = 5 * time.Minute
+	// KeepaliveInterval is how often a host repeats its latest event to a
+	// waiting client when nothing changed, so the client can tell a slow
+	// host from a frozen one.
+	KeepaliveInterval = 2 * time.Second
+	// SuspectAfter is how long a client hears nothing from a host before it
+	// suspects it and offers the task elsewhere too (without cancelling it
+	// there): three missed keepalives.
+	SuspectAfter = 3 * KeepaliveInterval
 )

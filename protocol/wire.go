@@ -8,6 +8,7 @@ import (
 	"io"
 	"strings"
 	"time"
+	"unicode"
 	"unicode/utf8"
 )
 
@@ -63,6 +64,12 @@ type TaskRequest struct {
 	Task Task `cbor:"task"`
 	// NoCache asks the host to run the kernel even if it holds a result.
 	NoCache bool `cbor:"no_cache"`
+	// Submitter, when set, names whom the client submits for among those
+	// it forwards for (a daemon's API callers): the host shares its queue
+	// fairly between a client's submitters as it does between clients. It
+	// is the client's word, so it is never worth more than the client's
+	// own share: the host's fairness is by peer first, submitter second.
+	Submitter string `cbor:"submitter,omitempty"`
 }
 
 // DecodeTaskRequest decodes and validates a request frame.
@@ -77,7 +84,27 @@ func DecodeTaskRequest(b []byte) (*TaskRequest, error) {
 	if err := r.Task.Validate(); err != nil {
 		return nil, err
 	}
+	if err := ValidSubmitter(r.Submitter); err != nil {
+		return nil, err
+	}
 	return &r, nil
+}
+
+// ValidSubmitter checks a request's submitter: at most MaxSubmitterBytes of
+// printable UTF-8 (empty is valid: the client submits for itself).
+func ValidSubmitter(s string) error {
+	if len(s) > MaxSubmitterBytes {
+		return fmt.Errorf("%w: submitter is %d bytes, at most %d", ErrBadTask, len(s), MaxSubmitterBytes)
+	}
+	if !utf8.ValidString(s) {
+		return fmt.Errorf("%w: submitter is not UTF-8", ErrBadTask)
+	}
+	for _, r := range s {
+		if !unicode.IsPrint(r) {
+			return fmt.Errorf("%w: submitter has a control character", ErrBadTask)
+		}
+	}
+	return nil
 }
 
 // Event types a host sends on TaskProtocol, in this order: any number of

@@ -95,3 +95,42 @@ func TestHedgeConfigValidation(t *testing.T) {
 		}
 	}
 }
+
+func TestFreeCapacity(t *testing.T) {
+	v := View{
+		{ID: "idle", Models: []string{"m"}, Accepting: true, Slots: 4, Busy: 1},
+		{ID: "full-slots", Models: []string{"m"}, Accepting: true, Slots: 2, Busy: 2}, // a queue place
+		{ID: "charged", Models: []string{"m"}, Accepting: true, Slots: 2, Pending: 2}, // our own placements fill it
+		{ID: "refusing", Models: []string{"m"}, Accepting: false, Slots: 8},           // queue full, paused or hot
+		{ID: "other-model", Models: []string{"x"}, Accepting: true, Slots: 8},
+	}
+	if got := FreeCapacity(v, "m"); got != 3+1+1 {
+		t.Errorf("FreeCapacity(m) = %d, want 5", got)
+	}
+	if got := FreeCapacity(v, ""); got != 5+8 {
+		t.Errorf("FreeCapacity(any) = %d, want 13", got)
+	}
+	if got := FreeCapacity(nil, "m"); got != 0 {
+		t.Errorf("FreeCapacity of an empty view = %d", got)
+	}
+}
+
+func TestSwarmETAMs(t *testing.T) {
+	v := View{
+		{ID: "a", Models: []string{"m"}, Slots: 1, Busy: 1, QueueLen: 3, ServiceMs: map[string]float64{"m": 1000}},
+		{ID: "b", Models: []string{"m"}, Slots: 1, Busy: 1, QueueLen: 1, ServiceMs: map[string]float64{"m": 3000}},
+		{ID: "c", Models: []string{"x"}, Slots: 8},
+	}
+	// 6 tasks on the hosts plus 2 ahead over 2 slots at a mean of 2 s:
+	// (8/2 + 1) × 2000.
+	eta, ok := SwarmETAMs(v, "m", 2, 500)
+	if !ok || eta != 10000 {
+		t.Errorf("SwarmETAMs = %v, %v; want 10000, true", eta, ok)
+	}
+	if more, _ := SwarmETAMs(v, "m", 3, 500); more <= eta {
+		t.Errorf("one more task ahead did not lengthen the ETA: %v ≤ %v", more, eta)
+	}
+	if _, ok := SwarmETAMs(v, "nobody-serves", 0, 500); ok {
+		t.Error("ETA for a model no peer serves")
+	}
+}
