@@ -85,6 +85,7 @@ func (s *server) beacon(ctx context.Context, seq uint64) *protocol.Beacon {
 	b.Slots = uint32(s.n.cfg.Slots)
 	b.Busy = uint32(min(s.running, s.n.cfg.Slots))
 	b.Queue = uint32(s.queue.len())
+	b.QueueMax = uint32(s.n.cfg.QueueLen)
 	b.Accepting = !s.gov.Paused() && !s.gov.Hot() && s.queue.len() < s.n.cfg.QueueLen
 	for tc := range s.flights {
 		if len(b.Inflight) == protocol.MaxBeaconInflight {

@@ -43,6 +43,19 @@ type Config struct {
 	// DHTServer makes this node answer DHT queries (daemons and hosts).
 	// Ephemeral clients are DHT clients so they don't pollute routing tables.
 	DHTServer bool
+	// MinPeers: while the node has fewer connected peers, it redials its
+	// bootstrap peers and the peers it remembers (DATA/peers.json), so a
+	// restarted daemon rejoins without flags. Default 4: a node with a few
+	// connections finds the rest through the DHT and gossip; one or two
+	// leave it a partition away from being alone.
+	MinPeers int
+	// RedialMin and RedialMax bound the redial loop's backoff, which
+	// doubles after each round that connects to no one (with jitter, so a
+	// swarm restarted together does not redial in step). 1 s answers a
+	// peer that restarts at once; 1 min keeps a node cut off for hours to
+	// a dial per remembered peer per minute.
+	RedialMin time.Duration
+	RedialMax time.Duration
 
 	// Kernel, when set, makes this node a host that serves tasks.
 	Kernel kernel.Kernel
@@ -104,11 +117,22 @@ type Config struct {
 	// TaskTimeout bounds one attempt at one host, from stream open to result.
 	TaskTimeout time.Duration
 	// EventIdleTimeout is how long a client waits for the next event from a
-	// host before giving the task to another. Hosts send one at least every
-	// 5 s (keepaliveEvery), so 30 s is six missed keepalives.
+	// host before it gives up on that host. Hosts send one at least every
+	// protocol.KeepaliveInterval (2 s), so 15 s is seven missed keepalives;
+	// long before that, after SuspectAfter, the client offers the task to
+	// another host too, and moves it once that one accepts.
 	EventIdleTimeout time.Duration
-	// MaxAttempts bounds how many hosts Submit tries before giving up.
+	// SuspectAfter is how long a host may be silent before the client
+	// suspects it (frozen, or its link gone) and offers the task elsewhere
+	// as well: three missed keepalives (protocol.SuspectAfter).
+	SuspectAfter time.Duration
+	// MaxAttempts, times five, bounds how many hosts may fail one task
+	// (not refuse it for load: a refused task waits) before Submit gives up.
 	MaxAttempts int
+	// SubmitTimeout is a task's deadline when its caller sets none: a
+	// surge is waited out, not refused, and an image is worth minutes of
+	// waiting in one, not hours.
+	SubmitTimeout time.Duration
 
 	// Version is reported in capacity records.
 	Version string
@@ -123,6 +147,9 @@ func DefaultConfig() Config {
 		ListenAddrs:       append([]string(nil), DefaultListenAddrs...),
 		MDNS:              true,
 		DHTServer:         true,
+		MinPeers:          4,
+		RedialMin:         time.Second,
+		RedialMax:         time.Minute,
 		Slots:             1,
 		QueueLen:          8,
 		SimulateGPUSpeed:  true,
@@ -133,8 +160,10 @@ func DefaultConfig() Config {
 		AdvertiseInterval: 10 * time.Minute,
 		FindTimeout:       5 * time.Second,
 		TaskTimeout:       5 * time.Minute,
-		EventIdleTimeout:  6 * keepaliveEvery,
+		EventIdleTimeout:  15 * time.Second,
+		SuspectAfter:      protocol.SuspectAfter,
 		MaxAttempts:       5,
+		SubmitTimeout:     10 * time.Minute,
 		QueueHedge:        true,
 		BeaconShards:      1,
 		Scheduler:         scheduler.DefaultConfig(),
@@ -171,8 +200,17 @@ func (c *Config) validate() error {
 	if c.MaxTempC < 0 || c.MaxTempC > 120 {
 		errs = append(errs, fmt.Errorf("max temperature %.0f °C: want 0 (device default) or up to 120", c.MaxTempC))
 	}
-	if c.FindTimeout <= 0 || c.TaskTimeout <= 0 || c.EventIdleTimeout <= 0 || c.AdvertiseInterval <= 0 || c.BeaconInterval <= 0 {
+	if c.SuspectAfter == 0 {
+		c.SuspectAfter = protocol.SuspectAfter
+	}
+	if c.SubmitTimeout == 0 {
+		c.SubmitTimeout = 10 * time.Minute
+	}
+	if c.FindTimeout <= 0 || c.TaskTimeout <= 0 || c.EventIdleTimeout <= 0 || c.AdvertiseInterval <= 0 || c.BeaconInterval <= 0 || c.SubmitTimeout < 0 || c.SuspectAfter < 0 {
 		errs = append(errs, errors.New("timeouts and intervals must be positive"))
+	}
+	if c.MinPeers < 0 || c.RedialMin <= 0 || c.RedialMax < c.RedialMin {
+		errs = append(errs, fmt.Errorf("min peers %d, redial backoff %v to %v: want 0 or more peers and 0 < min <= max", c.MinPeers, c.RedialMin, c.RedialMax))
 	}
 	if c.MaxAttempts < 1 {
 		errs = append(errs, errors.New("max attempts must be at least 1"))

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -256,7 +257,7 @@ func (n *Node) place(ctx context.Context, t protocol.Task, tc cid.Cid, noCache b
 				return nil, fmt.Errorf("no host completed the task: %d attempts failed, the last: %w", j.failures, last)
 			}
 		}
-		if !everCandidate {
+		if !everCandidate && !j.anyHost() {
 			return nil, j.noHost()
 		}
 		// Every candidate refused for load, or failed: the swarm is full.
@@ -314,6 +315,24 @@ func (j *journey) deadline(ctx context.Context, last error) error {
 		return fmt.Errorf("task not done before its deadline (raise it with submit --timeout or timeout_ms): %w", ctx.Err())
 	}
 	return ctx.Err()
+}
+
+// anyHost reports whether any host for the task's model is known, in the
+// view (full or not) or from the DHT.
+func (j *journey) anyHost() bool {
+	if len(j.dhtHosts) > 0 {
+		return true
+	}
+	view := j.n.View()
+	if b := j.n.own.Load(); b != nil {
+		view = append(view, peerState(j.n.host.ID(), b))
+	}
+	for _, p := range view {
+		if slices.Contains(p.Models, j.t.Model) {
+			return true
+		}
+	}
+	return false
 }
 
 // noHost is the error for a model no host was found for: it names the
@@ -382,9 +401,9 @@ func (j *journey) pick(ctx context.Context) (candidate, bool) {
 	if c, ok := j.placeInView(j.tried, n.rng()); ok {
 		return c, true
 	}
-	// This host itself, if its beacon has not placed it already (it has
-	// none yet, say): a lone host serves its own submissions.
-	if self := n.host.ID(); n.serve != nil && serves(n.cfg.Kernel, j.t.Model) && !j.tried[self.String()] {
+	// This host itself, if it has no beacon yet for Place to rank: a lone
+	// host serves its own submissions.
+	if self := n.host.ID(); n.serve != nil && n.own.Load() == nil && serves(n.cfg.Kernel, j.t.Model) && !j.tried[self.String()] {
 		return candidate{p: self}, true
 	}
 	if !j.searched {
@@ -397,10 +416,28 @@ func (j *journey) pick(ctx context.Context) (candidate, bool) {
 			n.log.Debug("DHT search for hosts", "model", j.t.Model, "err", err)
 		}
 	}
+	return j.fromDHT(j.tried)
+}
+
+// fromDHT is the first host the DHT named that is not excluded and that
+// the view does not show full or refusing (a host the view does not know
+// may be tried: it is beyond this node's beacon shards, or quiet).
+func (j *journey) fromDHT(exclude map[string]bool) (candidate, bool) {
+	if len(j.dhtHosts) == 0 {
+		return candidate{}, false
+	}
+	known := map[string]scheduler.PeerState{}
+	view := j.n.View()
+	j.n.ledger.adjust(view, j.n.viewExpiry())
+	for _, p := range view {
+		known[p.ID] = p
+	}
 	for _, h := range j.dhtHosts {
-		if !j.tried[h.ID.String()] {
-			return candidate{p: h.ID}, true
+		id := h.ID.String()
+		if p, ok := known[id]; exclude[id] || (ok && !p.Available()) {
+			continue
 		}
+		return candidate{p: h.ID}, true
 	}
 	return candidate{}, false
 }
@@ -638,12 +675,10 @@ func (j *journey) elsewhere(p peer.ID) (candidate, bool) {
 	if c, ok := j.placeInView(exclude, j.n.rng()); ok {
 		return c, true
 	}
-	for _, h := range j.dhtHosts {
-		if !exclude[h.ID.String()] {
-			return candidate{p: h.ID}, true
-		}
+	if c, ok := j.fromDHT(exclude); ok {
+		return c, true
 	}
-	if self := j.n.host.ID(); j.n.serve != nil && serves(j.n.cfg.Kernel, j.t.Model) && !exclude[self.String()] {
+	if self := j.n.host.ID(); j.n.serve != nil && j.n.own.Load() == nil && serves(j.n.cfg.Kernel, j.t.Model) && !exclude[self.String()] {
 		return candidate{p: self}, true
 	}
 	return candidate{}, false

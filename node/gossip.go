@@ -276,7 +276,7 @@ func (g *gossip) close() {
 func peerState(id peer.ID, b *protocol.Beacon) scheduler.PeerState {
 	s := scheduler.PeerState{
 		ID: id.String(), Models: b.Models, FreeMemMB: b.FreeMemMB, Accepting: b.Accepting,
-		Slots: int(b.Slots), Busy: int(b.Busy), QueueLen: int(b.Queue),
+		Slots: int(b.Slots), Busy: int(b.Busy), QueueLen: int(b.Queue), QueueMax: int(b.QueueMax),
 		TempC: float64(b.TempDC) / 10, SlowdownC: float64(b.SlowdownDC) / 10, LimitC: float64(b.LimitDC) / 10,
 		Throttled: b.Throttled, Speed: float64(b.SpeedPm) / 1000, HeatPerTaskC: float64(b.HeatDC) / 10,
 		Updated: time.UnixMilli(int64(b.Issued)),

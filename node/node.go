@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/gpunet/gpunet/node/store"
@@ -51,12 +52,15 @@ type Node struct {
 	schedCfg scheduler.Config
 	ledger   ledger      // tasks this node placed, to correct its view
 	submits  submitCalls // identical Submits in flight share one journey
+	waiting  *waitRoom   // submissions waiting out a saturated swarm
 	gossip   *gossip
 	fetch    *fetcher // set in New before any goroutine reads it
 
 	started time.Time
 	stats   counters
-	tmpDir  string // ephemeral store, removed on Close
+	tmpDir  string      // ephemeral store, removed on Close
+	lock    *dirLock    // the data directory's, held until Close
+	peers   *peerMemory // remembered peers (nil for an ephemeral node); peers.go
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -85,6 +89,11 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 	}
 	n := &Node{cfg: cfg, log: cfg.Logger, started: time.Now(), schedCfg: cfg.Scheduler}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
+	n.waiting = newWaitRoom(func() int {
+		v := n.View()
+		n.ledger.adjust(v, n.viewExpiry())
+		return scheduler.FreeCapacity(v, "")
+	})
 	if err := n.start(ctx); err != nil {
 		// The named node, not a nil result: Close undoes whatever start
 		// got through (the temporary directory included).
@@ -100,6 +109,13 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 func (n *Node) start(ctx context.Context) (err error) {
 	cfg := n.cfg
 
+	if cfg.DataDir != "" {
+		// First, so a second process on this directory stops before it
+		// touches the store or the listen port.
+		if n.lock, err = lockDataDir(cfg.DataDir); err != nil {
+			return err
+		}
+	}
 	dir := cfg.DataDir
 	if dir == "" {
 		if n.tmpDir, err = os.MkdirTemp("", "gpunet-ephemeral-"); err != nil {
@@ -112,11 +128,30 @@ func (n *Node) start(ctx context.Context) (err error) {
 	} else if n.key, err = loadIdentity(dir); err != nil {
 		return err
 	}
-	if n.store, err = store.Open(filepath.Join(dir, "store"), store.WithBudget(cfg.StoreBudget), store.WithLogger(n.log.With("sub", "store"))); err != nil {
+	storeDir := filepath.Join(dir, "store")
+	storeOpts := []store.Option{store.WithBudget(cfg.StoreBudget), store.WithLogger(n.log.With("sub", "store"))}
+	if n.tmpDir != "" {
+		// The store goes with the node's temporary directory: a sync per
+		// result would protect nothing.
+		storeOpts = append(storeOpts, store.WithoutSync())
+	}
+	n.store, err = store.Open(storeDir, storeOpts...)
+	if errors.Is(err, store.ErrCorrupt) {
+		// A damaged store must not keep the node down: what still verifies
+		// is as good as ever, and the rest is computed or fetched again.
+		n.log.Error("results store is damaged; moving it aside and starting with every result that still verifies", "dir", storeDir, "err", err)
+		rep, rerr := store.Repair(storeDir, storeOpts...)
+		if err = rerr; err == nil {
+			n.log.Warn("results store repaired: started with the results salvaged; delete the damaged copy once no longer needed",
+				"dir", storeDir, "kept", rep.Kept, "lost", len(rep.Lost), "damaged", rep.Damaged, "unlisted", rep.Unlisted)
+			n.store, err = store.Open(storeDir, storeOpts...)
+		}
+	}
+	if err != nil {
 		return fmt.Errorf("opening results store in %s: %w", dir, err)
 	}
 	n.bw = metrics.NewBandwidthCounter()
-	if n.host, err = newHost(n.key, cfg.ListenAddrs, n.bw); err != nil {
+	if n.host, err = newHost(n.key, cfg.ListenAddrs, n.bw, n.log); err != nil {
 		return err
 	}
 	mode := dht.ModeClient
@@ -154,6 +189,7 @@ func (n *Node) start(ctx context.Context) (err error) {
 	if err := n.connectBootstrap(ctx, cfg.Bootstrap); err != nil {
 		return err
 	}
+	n.startPeers()
 	if cfg.MDNS {
 		s := mdns.NewMdnsService(n.host, mdnsService, mdnsNotifee{n})
 		if err := s.Start(); err != nil {
@@ -172,7 +208,23 @@ func (n *Node) start(ctx context.Context) (err error) {
 // newHost builds the libp2p host: TCP and QUIC, Noise and TLS, and a
 // resource manager with explicit limits for gpunet's own protocols (the
 // defaults reset concurrent streams past 75 per protocol per peer).
-func newHost(key crypto.PrivKey, listen []string, bw metrics.Reporter) (host.Host, error) {
+//
+// One process per listen port: TCP listens without SO_REUSEPORT, which
+// go-libp2p sets by default so that dials leave from the listen port; with
+// it, a second daemon on the same port starts silently and the kernel splits
+// incoming connections between the two. The cost is that TCP dials leave
+// from ephemeral ports, so TCP hole punching is off; QUIC keeps it, since it
+// shares its one UDP socket in-process (quicreuse opens it with a plain
+// net.ListenUDP, which a second process cannot bind).
+func newHost(key crypto.PrivKey, listen []string, bw metrics.Reporter, log *slog.Logger) (host.Host, error) {
+	addrs := make([]ma.Multiaddr, 0, len(listen))
+	for _, s := range listen {
+		a, err := ma.NewMultiaddr(s)
+		if err != nil {
+			return nil, fmt.Errorf("listen address %q: %w", s, err)
+		}
+		addrs = append(addrs, a)
+	}
 	limits := rcmgr.DefaultLimits
 	libp2p.SetDefaultServiceLimits(&limits)
 	for _, p := range []string{protocol.TaskProtocol, protocol.FetchProtocol} {
@@ -185,31 +237,78 @@ func newHost(key crypto.PrivKey, listen []string, bw metrics.Reporter) (host.Hos
 	if err != nil {
 		return nil, fmt.Errorf("resource manager: %w", err)
 	}
-	opts := []libp2p.Option{
+	h, err := libp2p.New(
 		libp2p.Identity(key),
-		libp2p.Transport(tcp.NewTCPTransport),
+		libp2p.Transport(tcp.NewTCPTransport, tcp.DisableReuseport()),
 		libp2p.Transport(quic.NewTransport),
 		libp2p.Security(noise.ID, noise.New),
 		libp2p.Security(libp2ptls.ID, libp2ptls.New),
 		libp2p.ResourceManager(rm),
 		libp2p.EnableHolePunching(),
 		libp2p.BandwidthReporter(bw),
-	}
-	if len(listen) == 0 {
-		opts = append(opts, libp2p.NoListenAddrs)
-	} else {
-		opts = append(opts, libp2p.ListenAddrStrings(listen...))
-	}
-	h, err := libp2p.New(opts...)
+		// Listening is done below, address by address: libp2p's own
+		// listening succeeds if any one address works and drops the
+		// errors' causes, so a port taken on one transport would pass.
+		libp2p.NoListenAddrs,
+	)
 	if err != nil {
-		return nil, fmt.Errorf("starting libp2p host on %v: %w", listen, err)
+		return nil, fmt.Errorf("starting libp2p host: %w", err)
+	}
+	if err := listenAll(h, addrs, log); err != nil {
+		h.Close()
+		return nil, err
 	}
 	return h, nil
 }
 
+// listenAll listens on every address. A port in use fails at once, since
+// it means another process (most likely another gpunet) is there; other
+// failures (no IPv6 on this machine, say) only log, as long as one address
+// works.
+func listenAll(h host.Host, addrs []ma.Multiaddr, log *slog.Logger) error {
+	sw, ok := h.Network().(interface{ AddListenAddr(ma.Multiaddr) error })
+	if !ok {
+		return h.Network().Listen(addrs...)
+	}
+	var errs []error
+	for _, a := range addrs {
+		err := sw.AddListenAddr(a)
+		switch {
+		case err == nil:
+			continue
+		case errors.Is(err, syscall.EADDRINUSE):
+			return fmt.Errorf("listen port %s in use (%s): another gpunet running? stop it, or pick a free port with --listen: %w", listenPort(a), a, err)
+		}
+		errs = append(errs, fmt.Errorf("listening on %s: %w", a, err))
+	}
+	if len(errs) == len(addrs) && len(addrs) > 0 {
+		return errors.Join(errs...)
+	}
+	for _, err := range errs {
+		log.Warn("not listening on one address", "err", err)
+	}
+	return nil
+}
+
+// listenPort is a listen address's TCP or UDP port, for error messages.
+func listenPort(a ma.Multiaddr) string {
+	for _, code := range []int{ma.P_TCP, ma.P_UDP} {
+		if v, err := a.ValueForProtocol(code); err == nil {
+			return v
+		}
+	}
+	return a.String()
+}
+
 // connectBootstrap dials every bootstrap peer and waits briefly for the DHT
-// routing table to fill, so a lookup right after New finds something. It
-// fails only if peers were given and none could be reached.
+// routing table to fill, so a lookup right after New finds something.
+//
+// When peers were given and none answers, a client (not a DHT server: a
+// one-shot submit) fails, since it came to do one thing now and its user
+// should hear at once that the address is wrong. A daemon or host only
+// warns and starts: it is meant to stay up, and its redial loop (peers.go)
+// keeps trying, so a daemon started before its bootstrap peer, or restarted
+// while that peer is down, joins when the peer comes back.
 func (n *Node) connectBootstrap(ctx context.Context, addrs []string) error {
 	if len(addrs) == 0 {
 		return nil
@@ -231,7 +330,12 @@ func (n *Node) connectBootstrap(ctx context.Context, addrs []string) error {
 		ok++
 	}
 	if ok == 0 {
-		return fmt.Errorf("could not reach any bootstrap peer (is a daemon running there?): %w", errors.Join(errs...))
+		err := fmt.Errorf("could not reach any bootstrap peer (is a daemon running there?): %w", errors.Join(errs...))
+		if !n.cfg.DHTServer {
+			return err
+		}
+		n.log.Warn("starting alone; will keep dialling bootstrap and remembered peers", "err", err)
+		return nil
 	}
 	// Identify runs asynchronously after connect; the routing table takes
 	// a peer only once identify says it speaks the DHT protocol.
@@ -332,6 +436,7 @@ func (n *Node) Close() error {
 		return nil
 	}
 	n.cancel()
+	n.waiting.close()
 	var errs []error
 	if n.mdns != nil {
 		errs = append(errs, n.mdns.Close())
@@ -344,6 +449,7 @@ func (n *Node) Close() error {
 		n.serve.close()
 	}
 	n.wg.Wait()
+	errs = append(errs, n.closePeers()) // while the host still knows its peers
 	if n.gossip != nil {
 		n.gossip.close()
 	}
@@ -359,5 +465,6 @@ func (n *Node) Close() error {
 	if n.tmpDir != "" {
 		errs = append(errs, os.RemoveAll(n.tmpDir))
 	}
+	errs = append(errs, n.lock.release()) // last: the directory is free now
 	return errors.Join(errs...)
 }

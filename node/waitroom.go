@@ -17,9 +17,12 @@ import (
 //   - one whenever a task this node placed ends (its place at a host is
 //     free again: a window, the way TCP paces a sender by acknowledgements);
 //   - when the timer fires, as many as the view says the swarm would take
-//     now (at least one). The timer is armed while anyone waits, at the
-//     latest retry-after a host sent, with ±25 % jitter so that many nodes
-//     refused at the same moment do not come back at the same moment.
+//     now. The timer is armed while anyone waits, at the latest retry-after
+//     a host sent, with ±25 % jitter so that many nodes refused at the same
+//     moment do not come back at the same moment. When the view shows no
+//     room, one task still goes, as a probe (the view may be stale), and
+//     the timer backs off, doubling up to maxRetry, until the view shows
+//     room again.
 //
 // A task that leaves and is refused again comes back at the head of its
 // submitter's line. Safe for concurrent use.
@@ -32,6 +35,7 @@ type waitRoom struct {
 	q      fairQueue[*ticket]
 	counts map[string]int // waiting tasks by model
 	hint   time.Duration
+	probes int // timer ticks in a row that found no room in the view
 	timer  *time.Timer
 	closed bool
 	// order caches the service order for position, until the queue changes.
@@ -141,18 +145,23 @@ func (w *waitRoom) armLocked() {
 	if w.closed || w.timer != nil || w.q.len() == 0 {
 		return
 	}
-	d := min(max(w.hint, minRetry), maxRetry)
-	d = time.Duration(float64(d) * (0.75 + rand.Float64()/2))
+	d := max(w.hint, minRetry) << min(w.probes, 6)
+	d = time.Duration(float64(min(d, maxRetry)) * (0.75 + rand.Float64()/2))
 	w.timer = time.AfterFunc(d, w.tick)
 }
 
 // tick is the timer: it lets go as many tasks as the swarm would take now.
 func (w *waitRoom) tick() {
-	k := max(1, w.capacity())
+	k := w.capacity()
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.timer = nil
-	w.releaseLocked(k)
+	if k > 0 {
+		w.probes = 0
+	} else {
+		w.probes++
+	}
+	w.releaseLocked(max(k, 1))
 }
 
 // close stops the timer and lets every waiting task go (they find their

@@ -53,6 +53,10 @@ type Beacon struct {
 	Busy      uint32 `cbor:"busy"`
 	Queue     uint32 `cbor:"queue"`
 	Accepting bool   `cbor:"accepting"`
+	// QueueMax is how many tasks the host's queue holds (0: not said), so
+	// that a client counting its own placements since this beacon knows
+	// when the host is full without being refused.
+	QueueMax uint32 `cbor:"queue_max,omitempty"`
 	// ServiceMs is the recent mean service time per model at full clock.
 	ServiceMs map[string]uint32 `cbor:"service_ms,omitempty"`
 	// Heat.

@@ -103,12 +103,15 @@ func TestFreeCapacity(t *testing.T) {
 		{ID: "charged", Models: []string{"m"}, Accepting: true, Slots: 2, Pending: 2}, // our own placements fill it
 		{ID: "refusing", Models: []string{"m"}, Accepting: false, Slots: 8},           // queue full, paused or hot
 		{ID: "other-model", Models: []string{"x"}, Accepting: true, Slots: 8},
+		// Saying its queue length: 2 slots + 3 places, 1 busy, 1 queued, 1 ours.
+		{ID: "queue-max", Models: []string{"m"}, Accepting: true, Slots: 2, Busy: 1, QueueLen: 1, QueueMax: 3, Pending: 1},
+		{ID: "queue-max-full", Models: []string{"m"}, Accepting: true, Slots: 1, Busy: 1, QueueLen: 1, QueueMax: 2, Pending: 1},
 	}
-	if got := FreeCapacity(v, "m"); got != 3+1+1 {
-		t.Errorf("FreeCapacity(m) = %d, want 5", got)
+	if got := FreeCapacity(v, "m"); got != 3+1+1+2 {
+		t.Errorf("FreeCapacity(m) = %d, want 7", got)
 	}
-	if got := FreeCapacity(v, ""); got != 5+8 {
-		t.Errorf("FreeCapacity(any) = %d, want 13", got)
+	if got := FreeCapacity(v, ""); got != 7+8 {
+		t.Errorf("FreeCapacity(any) = %d, want 15", got)
 	}
 	if got := FreeCapacity(nil, "m"); got != 0 {
 		t.Errorf("FreeCapacity of an empty view = %d", got)

@@ -22,6 +22,9 @@ type PeerState struct {
 	// Busy is how many slots are in use and QueueLen how many tasks wait,
 	// both as of Updated.
 	Slots, Busy, QueueLen int
+	// QueueMax is how many tasks the peer's queue holds (≤ 0: unknown).
+	// With Pending it tells a full peer before the peer must refuse.
+	QueueMax int
 	// Pending counts the tasks this client placed on the peer since the
 	// beacon (see Charge); the node sets it to 0 when a beacon arrives.
 	Pending int
@@ -256,6 +259,23 @@ func viewLoad(v View, at clock) float64 {
 	return float64(tasks) / float64(slots)
 }
 
+// room is how many more tasks p would take, counting this client's own
+// placements since its beacon; -1 when p does not say how long its queue
+// is.
+func (p *PeerState) room() int {
+	if p.QueueMax <= 0 {
+		return -1
+	}
+	return max(0, max(p.Slots, 1)+p.QueueMax-p.Busy-p.QueueLen-p.Pending)
+}
+
+// full reports whether p has no room left for another task.
+func (p *PeerState) full() bool { return p.room() == 0 }
+
+// Available reports whether p, by its beacon and this client's placements
+// since, would take another task now: it accepts work and is not full.
+func (p *PeerState) Available() bool { return p.Accepting && !p.full() }
+
 // clock is the time of one Place call: now in Unix nanoseconds, and the
 // oldest beacon time that is not stale.
 type clock struct {
@@ -268,7 +288,7 @@ type clock struct {
 func assess(p *PeerState, r *Request, at clock, load float64, cfg *Config) (Candidate, bool) {
 	// Filters, cheapest first: field compares, then a map lookup, then a
 	// scan of the model list.
-	if !p.Accepting {
+	if !p.Accepting || p.full() {
 		return Candidate{}, false
 	}
 	if p.Updated.Before(at.oldest) {

@@ -20,12 +20,18 @@ func serving(p PeerState, model string) bool {
 }
 
 // FreeCapacity is how many more tasks of model the peers of v would take
-// now: for each accepting peer, its idle slots (after this client's own
-// placements since its beacon), and at least one, a place in its queue.
+// now, counting this client's own placements since each beacon: the free
+// slots and queue places of each accepting peer, or for a peer that does
+// not say how long its queue is, its idle slots and at least one.
 func FreeCapacity(v View, model string) int {
 	n := 0
 	for _, p := range v {
-		if p.Accepting && serving(p, model) {
+		if !p.Accepting || !serving(p, model) {
+			continue
+		}
+		if r := p.room(); r >= 0 {
+			n += r
+		} else {
 			n += max(1, max(p.Slots, 1)-p.Busy-p.Pending)
 		}
 	}
