@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"image/png"
+	"io/fs"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -147,7 +148,7 @@ func NewCommand(name string, models []string, argv []string, opts ...CommandOpti
 	}
 	path, err := exec.LookPath(argv[0])
 	if err != nil {
-		return nil, fmt.Errorf("command kernel: generator %q not found: %w (give a path or put it on PATH)", argv[0], err)
+		return nil, lookPathError(argv[0], err)
 	}
 	c := &Command{
 		name:   name,
@@ -170,6 +171,50 @@ func NewCommand(name string, models []string, argv []string, opts ...CommandOpti
 	}
 	c.cfg.env = slices.Clone(c.cfg.env)
 	return c, nil
+}
+
+// lookPathError says why argv0 cannot be run and what to do: the first
+// thing a host owner sees when --kernel-cmd is wrong.
+func lookPathError(argv0 string, err error) error {
+	switch {
+	case errors.Is(err, exec.ErrNotFound) || errors.Is(err, fs.ErrNotExist):
+		return fmt.Errorf("command kernel: generator %q not found: give its full path, or put it on PATH", argv0)
+	case errors.Is(err, fs.ErrPermission):
+		return fmt.Errorf("command kernel: generator %q is not executable: chmod +x it, or put its interpreter first (python3, sh, …)", argv0)
+	}
+	return fmt.Errorf("command kernel: cannot run generator %q: %w", argv0, err)
+}
+
+// checkSide is the width and height of the start-up check's task: the
+// smallest the contract allows, so the check costs a generator its start-up
+// and little else.
+const checkSide = protocol.MinSide
+
+// Check runs one small task per model through the generator (one step,
+// checkSide × checkSide, output discarded), exactly as the host will run
+// tasks, and returns the first failure. A host calls it before it
+// advertises the models: a generator that cannot start (a missing
+// interpreter or package, no GPU) or breaks the contract fails here, with
+// its stderr tail, rather than on the first submitter's task.
+//
+// Each run is bounded as any run is (WithCommandTimeout) and by ctx. In
+// serve mode the generator started for the check stays in the pool, so the
+// first real task does not pay its start-up again.
+func (c *Command) Check(ctx context.Context) error {
+	for _, m := range c.models {
+		t, err := protocol.Task{Model: m, Prompt: "gpunet start-up check", Steps: 1, Width: checkSide, Height: checkSide}.Normalize()
+		if err != nil {
+			return fmt.Errorf("command kernel: start-up check task for %s: %w", m, err)
+		}
+		if _, err := c.Run(ctx, t, nil); err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return fmt.Errorf("command kernel: %s failed its start-up check (model %s, 1 step at %dx%d): %w; fix the generator (run it by hand with a task on stdin) or --kernel-cmd, following docs/kernels.md",
+				c.argv[0], m, checkSide, checkSide, err)
+		}
+	}
+	return nil
 }
 
 // Name returns the configured name.

@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
@@ -353,13 +354,19 @@ func TestNewCommandErrors(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	notExec := filepath.Join(t.TempDir(), "generator.py")
+	if err := os.WriteFile(notExec, []byte("print('hi')\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	for _, tc := range []struct {
 		name   string
 		models []string
 		argv   []string
 		want   string
 	}{
-		{"cmd:x", []string{"m/x"}, []string{"gpunet-no-such-generator", "--flag"}, `generator "gpunet-no-such-generator" not found`},
+		{"cmd:x", []string{"m/x"}, []string{"gpunet-no-such-generator", "--flag"}, `generator "gpunet-no-such-generator" not found: give its full path, or put it on PATH`},
+		{"cmd:x", []string{"m/x"}, []string{"/nonexistent/generator"}, `generator "/nonexistent/generator" not found`},
+		{"cmd:x", []string{"m/x"}, []string{notExec}, "is not executable: chmod +x it"},
 		{"cmd:x", []string{"m/x"}, nil, "no command"},
 		{"cmd:x", nil, []string{exe}, "no models"},
 		{"cmd:x", []string{"Bad Model"}, []string{exe}, "not a normalised model name"},
@@ -369,6 +376,44 @@ func TestNewCommandErrors(t *testing.T) {
 			t.Errorf("NewCommand(%q, %q, %q) error %v, want one containing %q", tc.name, tc.models, tc.argv, err, tc.want)
 		}
 	}
+}
+
+// TestCommandCheck: the start-up check passes a generator that follows the
+// contract and fails, with the generator's own words, one that does not.
+func TestCommandCheck(t *testing.T) {
+	for _, tc := range []struct {
+		mode string
+		opts []CommandOption
+		want string // "" for success
+	}{
+		{"ok", nil, ""},
+		{"fail", nil, "CUDA out of memory"},
+		{"notpng", nil, "not a PNG"},
+		{"empty", nil, "wrote nothing to stdout"},
+		// A generator that never answers is bounded by the run timeout.
+		{"sleep", []CommandOption{WithCommandTimeout(300 * time.Millisecond)}, "no result after 300ms"},
+	} {
+		t.Run(tc.mode, func(t *testing.T) {
+			err := fakeCommand(t, tc.mode, tc.opts...).Check(context.Background())
+			switch {
+			case tc.want == "" && err != nil:
+				t.Fatalf("Check: %v", err)
+			case tc.want == "":
+			case err == nil:
+				t.Fatalf("Check passed a generator in mode %s", tc.mode)
+			case !strings.Contains(err.Error(), "failed its start-up check (model "+fakeModel+", 1 step at 64x64)") ||
+				!strings.Contains(err.Error(), tc.want):
+				t.Errorf("Check error %q, want the check named and %q", err, tc.want)
+			}
+		})
+	}
+	t.Run("cancelled", func(t *testing.T) {
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		if err := fakeCommand(t, "ok").Check(ctx); !errors.Is(err, context.Canceled) {
+			t.Errorf("Check with a cancelled ctx: %v, want context.Canceled", err)
+		}
+	})
 }
 
 // TestStderrLines feeds stderr in pieces that split lines anywhere.

@@ -111,6 +111,30 @@ func TestServeKeepsOneProcess(t *testing.T) {
 	}
 }
 
+// TestServeCheck: in serve mode the start-up check's generator stays for
+// the tasks after it, and a generator that does not speak serve mode (it
+// waits for the end of stdin) fails the check within the run timeout.
+func TestServeCheck(t *testing.T) {
+	c := fakeCommand(t, "serve", WithCommandServe(1))
+	defer c.Close()
+	if err := c.Check(context.Background()); err != nil {
+		t.Fatalf("Check: %v", err)
+	}
+	if _, err := c.Run(context.Background(), serveTask(t, "a harbour", 7), nil); err != nil {
+		t.Fatal(err)
+	}
+	if n := c.Starts(); n != 1 {
+		t.Errorf("%d generator processes for the check and one task, want 1", n)
+	}
+
+	perTask := fakeCommand(t, "ok", WithCommandServe(1), WithCommandTimeout(300*time.Millisecond))
+	defer perTask.Close()
+	err := perTask.Check(context.Background())
+	if err == nil || !strings.Contains(err.Error(), "failed its start-up check") || !strings.Contains(err.Error(), "no result after") {
+		t.Errorf("Check of a per-task generator in serve mode: %v, want a failed check after the timeout", err)
+	}
+}
+
 // TestServeFailures: a failed task leaves the generator running; a crash,
 // broken framing or a cancelled task replaces it; every error says why.
 func TestServeFailures(t *testing.T) {

@@ -28,13 +28,26 @@ type Status struct {
 	Cache      CacheStats `json:"cache"`
 	Fetch      FetchStats `json:"fetch"`
 	GPU        *GPUStatus `json:"gpu,omitempty"`
-	// Host-only: the owner's pause, the governor's state and the queue.
-	Paused   bool    `json:"paused,omitempty"`
-	Hot      bool    `json:"hot,omitempty"`
-	MaxTempC float64 `json:"max_temp_c,omitempty"`
-	Running  int     `json:"running,omitempty"`
-	Queued   int     `json:"queued,omitempty"`
-	Waiting  int     `json:"waiting,omitempty"` // requests waiting on those tasks (identical ones share a task)
+	// Host-only: the owner's pause, the thermal governor's state and the
+	// queue. paused and hot are always written, false included, so a
+	// script never reads "absent" as "unknown".
+	Paused bool `json:"paused"` // the owner paused the host: it takes no work
+	// Hot: the governor's cool-down band. The GPU reached MaxTempC − 1 °C;
+	// the host takes no new work until it falls to ResumeTempC.
+	Hot bool `json:"hot"`
+	// Cooling: running tasks are held between two steps until the GPU
+	// cools (the governor's hard stop; the GPU idles meanwhile).
+	Cooling bool `json:"cooling"`
+	// TempC is the governor's last GPU reading, the one it judged by
+	// (0: no reading yet, or no GPU telemetry).
+	TempC float64 `json:"temp_c,omitempty"`
+	// MaxTempC is the owner's limit (--max-temp, else 5 °C under the
+	// GPU's slowdown temperature); 0: none, as without GPU telemetry.
+	MaxTempC    float64 `json:"max_temp_c,omitempty"`
+	ResumeTempC float64 `json:"resume_temp_c,omitempty"` // hot ends at or below this
+	Running     int     `json:"running,omitempty"`
+	Queued      int     `json:"queued,omitempty"`
+	Waiting     int     `json:"waiting,omitempty"` // requests waiting on those tasks (identical ones share a task)
 	// Gossip: peers in the view, beacons this node published and their bytes.
 	ViewPeers   int    `json:"view_peers"`
 	BeaconsSent uint64 `json:"beacons_sent,omitempty"`
@@ -83,7 +96,7 @@ func (n *Node) Status(ctx context.Context) Status {
 		s.Kernel = n.cfg.Kernel.Name()
 		s.Models = n.cfg.Kernel.Models()
 		n.serve.mu.Lock()
-		s.Paused, s.Hot, s.MaxTempC = n.serve.gov.Paused(), n.serve.gov.Hot(), n.serve.gov.LimitC
+		n.serve.thermalLocked(&s)
 		s.Running, s.Queued = n.serve.running, n.serve.queue.len()
 		for _, f := range n.serve.flights {
 			s.Waiting += f.waiters
@@ -102,6 +115,17 @@ func (n *Node) Status(ctx context.Context) Status {
 		}
 	}
 	return s
+}
+
+// thermalLocked copies the governor's state into st. Called with s.mu
+// held, as the governor and the last reading are guarded by it.
+func (s *server) thermalLocked(st *Status) {
+	g := s.gov
+	st.Paused, st.Hot, st.Cooling = g.Paused(), g.Hot(), s.throttled
+	st.TempC = round1(s.tempC)
+	if g.LimitC > 0 {
+		st.MaxTempC, st.ResumeTempC = g.LimitC, g.LimitC-g.HysteresisC
+	}
 }
 
 func round1(f float64) float64 { return math.Round(f*10) / 10 }

@@ -94,9 +94,11 @@ func newBenchCmd(g *globals) *cobra.Command {
 			if r.GossipShardedRatio > 0 {
 				fmt.Printf("sharded / unsharded gossip bytes per node: %.2f\n", r.GossipShardedRatio)
 			}
+			fmt.Printf("store put (synced) vs (unsynced), 177 KiB, p50: %.0f µs vs %.0f µs, ratio %.2f\n", r.StorePutSyncedP50us, r.StorePutUnsyncedP50us, r.StorePutSyncRatio)
 			return nil
 		},
 	}
+	cmd.AddCommand(newSurgeCmd(g))
 	cmd.Flags().IntVar(&f.n, "n", 500, "round trips per measurement")
 	cmd.Flags().IntSliceVar(&f.gossipSizes, "gossip-sizes", []int{4, 12}, "swarm sizes for the gossip measurement (empty: skip)")
 	cmd.Flags().DurationVar(&f.gossipFor, "gossip-for", 3*time.Second, "how long to measure gossip at each size")

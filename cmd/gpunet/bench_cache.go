@@ -2,14 +2,19 @@ package main
 
 import (
 	"context"
+	crand "crypto/rand"
 	"errors"
 	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/gpunet/gpunet/node"
 	"github.com/gpunet/gpunet/node/store"
 	"github.com/gpunet/gpunet/node/swarm"
 	"github.com/gpunet/gpunet/protocol"
+	"github.com/libp2p/go-libp2p/core/crypto"
 )
 
 // cacheBench is the results cache's part of `bench --json`: what a hit costs
@@ -37,6 +42,14 @@ type cacheBench struct {
 	// miss may cost there); the measured overhead is how long lookups
 	// took to find nothing.
 	NetworkCacheBoundMs float64 `json:"network_cache_bound_ms"`
+	// Store put: what durability costs. One PNG-sized result
+	// (storePutBenchBytes) stored by store.Put as a node stores it (synced:
+	// it is on disk before the node announces it) and without the sync,
+	// alternately, in two stores under the temporary directory ($TMPDIR),
+	// so the ratio comes from one run on one disk.
+	StorePutSyncedP50us   float64 `json:"store_put_synced_p50_us"`
+	StorePutUnsyncedP50us float64 `json:"store_put_unsynced_p50_us"`
+	StorePutSyncRatio     float64 `json:"store_put_sync_ratio"`
 }
 
 // maxCacheBenchIterations caps the iterations: the network-hit loop is paced
@@ -49,6 +62,11 @@ const maxCacheBenchIterations = 300
 func runCacheBench(ctx context.Context, n int) (cacheBench, error) {
 	n = min(n, maxCacheBenchIterations)
 	cb := cacheBench{CacheIterations: n, NetworkCacheBoundMs: float64(node.DefaultNetworkCacheBound) / float64(time.Millisecond)}
+	// Before the swarm starts, so that its background work does not land
+	// on the puts.
+	if err := benchStorePut(ctx, n, &cb); err != nil {
+		return cb, fmt.Errorf("store put: %w", err)
+	}
 	sw, err := swarm.Start(ctx, swarm.Options{
 		Profiles:        []string{"rtx4090", "a100", "rtx3060"},
 		BootstrapDaemon: true,
@@ -191,4 +209,72 @@ func lookup(ctx context.Context, n *node.Node, task protocol.Task) (*node.Result
 		return nil, errors.New("lookup: unexpected local hit")
 	}
 	return n.FetchFromNetwork(ctx, tc, node.DefaultNetworkCacheBound)
+}
+
+// storePutBenchBytes is the size of the result benchStorePut stores: a
+// 512x512 PNG from the sketch kernel is about this size.
+const storePutBenchBytes = 177 << 10
+
+// benchStorePut times n puts of a fresh result into a store that syncs and
+// n into one that does not, alternating which goes first.
+func benchStorePut(ctx context.Context, n int, cb *cacheBench) error {
+	dir, err := os.MkdirTemp("", "gpunet-bench-store-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	quiet := store.WithLogger(slog.New(slog.DiscardHandler))
+	synced, err := store.Open(filepath.Join(dir, "synced"), quiet)
+	if err != nil {
+		return err
+	}
+	defer synced.Close()
+	unsynced, err := store.Open(filepath.Join(dir, "unsynced"), quiet, store.WithoutSync())
+	if err != nil {
+		return err
+	}
+	defer unsynced.Close()
+	key, _, err := crypto.GenerateEd25519Key(crand.Reader)
+	if err != nil {
+		return err
+	}
+	block := make([]byte, storePutBenchBytes)
+	_, _ = crand.Read(block) // incompressible, like a PNG
+	outs := []protocol.Output{{CID: protocol.Link{Cid: protocol.RawCID(block)}, MediaType: "image/png", Size: uint64(len(block))}}
+
+	var syncT, noSyncT []time.Duration
+	for i := range n {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		task, err := protocol.Task{Prompt: fmt.Sprint("a store put ", i)}.Normalize()
+		if err != nil {
+			return err
+		}
+		m, err := protocol.NewManifest(task, outs, "bench", uint64(time.Now().UnixMilli()), key)
+		if err != nil {
+			return err
+		}
+		mb, err := m.Encode()
+		if err != nil {
+			return err
+		}
+		stores := []struct {
+			s  *store.Store
+			ds *[]time.Duration
+		}{{synced, &syncT}, {unsynced, &noSyncT}}
+		if i%2 == 1 {
+			stores[0], stores[1] = stores[1], stores[0]
+		}
+		for _, st := range stores {
+			t0 := time.Now()
+			if _, err := st.s.Put(ctx, mb, [][]byte{block}); err != nil {
+				return err
+			}
+			*st.ds = append(*st.ds, time.Since(t0))
+		}
+	}
+	cb.StorePutSyncedP50us, cb.StorePutUnsyncedP50us = micros(pct(syncT, 50)), micros(pct(noSyncT, 50))
+	cb.StorePutSyncRatio = round2(cb.StorePutSyncedP50us / cb.StorePutUnsyncedP50us)
+	return nil
 }

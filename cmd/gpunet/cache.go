@@ -139,7 +139,7 @@ them to other peers. These commands go through the local daemon when one answers
 at --api, else they open the store in --data directly.`,
 	}
 	cmd.AddCommand(newCacheLsCmd(g), newCacheGetCmd(g), newCachePinCmd(g, true), newCachePinCmd(g, false),
-		newCacheGCCmd(g), newCacheExportCmd(g))
+		newCacheGCCmd(g), newCacheExportCmd(g), newCacheRepairCmd(g))
 	return cmd
 }
 
@@ -320,6 +320,59 @@ func newCacheGCCmd(g *globals) *cobra.Command {
 					r.Entries, float64(r.Bytes)/(1<<20))
 				return nil
 			})
+		},
+	}
+}
+
+// cacheRepairOutput is what `cache repair --json` prints.
+type cacheRepairOutput struct {
+	Damaged  string   `json:"damaged"`
+	Kept     int      `json:"kept"`
+	Lost     []string `json:"lost"`
+	Unlisted string   `json:"unlisted,omitempty"`
+}
+
+func newCacheRepairCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "repair",
+		Short: "Move a damaged results store aside and start afresh with every result that still verifies",
+		Long: `When the results store in --data is damaged (gpunet says so, and names this
+command), repair moves it aside to DATA/store.damaged-<time>, untouched, and
+starts a fresh store holding every result of the old one whose manifest and
+blocks still verify against their CIDs: results are content-addressed, so
+whatever verifies is exactly what was stored. The rest is computed or fetched
+again when asked for. Run it with no daemon using --data: a daemon repairs
+its store itself when it starts.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			dir := filepath.Join(g.data, "store")
+			if _, err := os.Stat(dir); errors.Is(err, fs.ErrNotExist) {
+				return fmt.Errorf("there is no results store in %s: nothing to repair (pass --data)", g.data)
+			}
+			log, err := g.logger(slog.LevelError)
+			if err != nil {
+				return err
+			}
+			// No budget: a repair keeps everything that verifies; the daemon
+			// evicts down to its budget when it opens the store.
+			rep, err := store.Repair(dir, store.WithBudget(noBudget), store.WithLogger(log.With("sub", "store")))
+			if rep.Damaged == "" {
+				return err // nothing moved
+			}
+			out := cacheRepairOutput{Damaged: rep.Damaged, Kept: rep.Kept, Lost: []string{}, Unlisted: rep.Unlisted}
+			for _, c := range rep.Lost {
+				out.Lost = append(out.Lost, c.String())
+			}
+			if g.json {
+				return errors.Join(printJSON(out), err)
+			}
+			fmt.Printf("moved the damaged store aside to %s: delete it once you no longer need it\n", rep.Damaged)
+			fmt.Printf("kept %d results: their manifests and blocks verify\n", rep.Kept)
+			fmt.Printf("lost %d results: unreadable or failing verification; they are computed or fetched again when asked for\n", len(rep.Lost))
+			if rep.Unlisted != "" {
+				fmt.Printf("could not list all of the damaged store (%s): results named only there are lost too\n", rep.Unlisted)
+			}
+			return err
 		},
 	}
 }

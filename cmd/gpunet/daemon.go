@@ -152,7 +152,22 @@ func openKernel(f *hostFlags, log *slog.Logger) (kernel.Kernel, error) {
 		if f.kernelServe {
 			opts = append(opts, kernel.WithCommandServe(max(f.slots, 1)))
 		}
-		return kernel.NewCommand(name, f.kernelModels, argv, opts...)
+		c, err := kernel.NewCommand(name, f.kernelModels, argv, opts...)
+		if err != nil {
+			return nil, err
+		}
+		// Before the node advertises the models: a host that cannot run
+		// them must not draw tasks it will fail. openKernel has no command
+		// context, so it listens for Ctrl-C itself (main's handler hears
+		// the signal too, and reports it).
+		ctx, stop := signalContext()
+		defer stop()
+		log.Info("checking the generator with a one-step task per model", "cmd", f.kernelCmd, "models", f.kernelModels)
+		if err := c.Check(ctx); err != nil {
+			_ = c.Close()
+			return nil, err
+		}
+		return c, nil
 	}
 	return nil, fmt.Errorf("unknown kernel %q: want one of %s", f.kernel, strings.Join(kernelNames(), ", "))
 }
@@ -177,8 +192,10 @@ func runPeer(cmd *cobra.Command, g *globals, cfg node.Config) error {
 		if cfg.Kernel != nil {
 			role = "host (kernel " + cfg.Kernel.Name() + ")"
 		}
+		// One value to paste after --bootstrap on another machine: the
+		// addresses it can dial, best first (--json lists them all).
 		fmt.Fprintf(os.Stdout, "gpunet %s running\n  peer id: %s\n  local API: http://%s\n  join with: --bootstrap %s\n",
-			role, n.ID(), api.Addr(), joinOr(n.Addrs(), "(not listening)"))
+			role, n.ID(), api.Addr(), joinOr(node.JoinAddrs(n.Addrs()), "(not listening)"))
 	}
 	<-ctx.Done()
 	fmt.Fprintln(os.Stderr, "shutting down…")

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"syscall"
 	"testing"
 	"time"
 
@@ -37,18 +38,30 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// startHostProcess runs `gpunet host` on loopback and returns what it
-// printed at start (peer_id, addrs, api).
-func startHostProcess(t *testing.T, dataDir string, extra ...string) (info struct {
+// peerInfo is what `gpunet daemon|host --json` prints at start.
+type peerInfo struct {
 	PeerID string   `json:"peer_id"`
 	Addrs  []string `json:"addrs"`
 	API    string   `json:"api"`
-}) {
+}
+
+// startHostProcess runs `gpunet host` on loopback and returns what it
+// printed at start.
+func startHostProcess(t *testing.T, dataDir string, extra ...string) peerInfo {
+	t.Helper()
+	info, _ := startPeerProcess(t, "host", dataDir, append([]string{"--gpu", "sim:rtx3060"}, extra...)...)
+	return info
+}
+
+// startPeerProcess runs `gpunet ROLE` (daemon or host) on loopback, stops
+// it with SIGINT when the test ends (continuing it first, should the test
+// have frozen it), and returns what it printed at start and its process.
+func startPeerProcess(t *testing.T, role, dataDir string, extra ...string) (peerInfo, *exec.Cmd) {
 	t.Helper()
 	// Not CommandContext: the process must outlive the test's context until
 	// the cleanup below stops it with SIGINT, as a person would.
-	args := append([]string{"host", "--data", dataDir, "--listen", "/ip4/127.0.0.1/tcp/0",
-		"--api", "127.0.0.1:0", "--mdns=false", "--json", "--gpu", "sim:rtx3060", "--log-level", "warn"}, extra...)
+	args := append([]string{role, "--data", dataDir, "--listen", "/ip4/127.0.0.1/tcp/0",
+		"--api", "127.0.0.1:0", "--mdns=false", "--json", "--log-level", "warn"}, extra...)
 	cmd := exec.Command(gpunetBin, args...)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
@@ -60,26 +73,28 @@ func startHostProcess(t *testing.T, dataDir string, extra ...string) (info struc
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGCONT)
 		_ = cmd.Process.Signal(os.Interrupt)
 		done := make(chan error, 1)
 		go func() { done <- cmd.Wait() }()
 		select {
 		case err := <-done:
 			if err != nil {
-				t.Errorf("host exited with %v; stderr:\n%s", err, stderr.String())
+				t.Errorf("%s exited with %v; stderr:\n%s", role, err, stderr.String())
 			}
 		case <-time.After(20 * time.Second):
 			_ = cmd.Process.Kill()
-			t.Errorf("host did not stop within 20 s of SIGINT")
+			t.Errorf("%s did not stop within 20 s of SIGINT", role)
 		}
 	})
+	var info peerInfo
 	if err := json.NewDecoder(bufio.NewReader(stdout)).Decode(&info); err != nil {
-		t.Fatalf("reading host's start line: %v; stderr:\n%s", err, stderr.String())
+		t.Fatalf("reading %s's start line: %v; stderr:\n%s", role, err, stderr.String())
 	}
 	if info.PeerID == "" || len(info.Addrs) == 0 {
-		t.Fatalf("host printed %+v", info)
+		t.Fatalf("%s printed %+v", role, info)
 	}
-	return info
+	return info, cmd
 }
 
 type submitJSON struct {

@@ -3,9 +3,11 @@ package main
 import (
 	"fmt"
 	"os"
+	"strings"
 	"text/tabwriter"
 	"time"
 
+	"github.com/gpunet/gpunet/node"
 	"github.com/gpunet/gpunet/node/localapi"
 	"github.com/spf13/cobra"
 )
@@ -31,6 +33,8 @@ func newStatusCmd(g *globals) *cobra.Command {
 			fmt.Fprintf(w, "uptime\t%s\n", time.Duration(st.UptimeS*float64(time.Second)).Round(time.Second))
 			fmt.Fprintf(w, "peers\t%d connected, %d in DHT routing table\n", st.Peers, st.DHTPeers)
 			if st.Host {
+				fmt.Fprintf(w, "state\t%s\n", hostState(st))
+				fmt.Fprintf(w, "temperature\t%s\n", hostTemp(st))
 				fmt.Fprintf(w, "kernel\t%s serving %v\n", st.Kernel, st.Models)
 				fmt.Fprintf(w, "tasks\t%d kernel runs, %d served (%d from cache), %d refused\n", st.KernelRuns, st.Served, st.ServedHits, st.Refused)
 				fmt.Fprintf(w, "now\t%d running, %d queued, %d requests waiting\n", st.Running, st.Queued, st.Waiting)
@@ -38,18 +42,59 @@ func newStatusCmd(g *globals) *cobra.Command {
 			if st.Submitted > 0 {
 				fmt.Fprintf(w, "submitted\t%d tasks, %d moved from a queue by the queue hedge\n", st.Submitted, st.Moved)
 			}
-			if st.GPU != nil {
-				sim := ""
-				if st.GPU.Simulated {
+			if g := st.GPU; g != nil {
+				sim, throttled := "", ""
+				if g.Simulated && !strings.Contains(g.Name, "simulated") {
 					sim = " (simulated)"
 				}
-				fmt.Fprintf(w, "gpu\t%s%s: %.1f °C of %.0f °C limit, %.0f%% busy, %.0f W\n", st.GPU.Name, sim, st.GPU.TempC, st.GPU.LimitC, st.GPU.UtilPct, st.GPU.PowerW)
+				if g.Throttled {
+					throttled = ", clocks throttled by the GPU itself"
+				}
+				// The device's own slowdown temperature, not the owner's
+				// limit (the temperature line): the two differ by 5 °C by
+				// default, and by what --max-temp says otherwise.
+				fmt.Fprintf(w, "gpu\t%s%s: %.1f °C (slows down at %.0f °C), %.0f%% busy, %.0f W%s\n",
+					g.Name, sim, g.TempC, g.LimitC, g.UtilPct, g.PowerW, throttled)
 			}
 			fmt.Fprintf(w, "cache\t%d results, %.1f MiB of %.0f MiB, %d hits, %d misses\n", st.Cache.Entries,
 				float64(st.Cache.Bytes)/(1<<20), float64(st.Cache.BudgetBytes)/(1<<20), st.Cache.Hits, st.Cache.Misses)
 			return w.Flush()
 		},
 	}
+}
+
+// hostState is the status line of a host: whether it takes work, and if
+// not, why and until when.
+func hostState(st node.Status) string {
+	var why []string
+	if st.Paused {
+		why = append(why, "paused by its owner (`gpunet host resume` lends it again)")
+	}
+	if st.Hot {
+		why = append(why, fmt.Sprintf("hot: %.1f °C against the owner's limit of %.0f °C; no new work until %.0f °C",
+			st.TempC, st.MaxTempC, st.ResumeTempC))
+	}
+	if st.Cooling {
+		why = append(why, "running tasks wait between steps for the GPU to cool")
+	}
+	if len(why) == 0 {
+		return "taking work"
+	}
+	return "taking no work: " + strings.Join(why, "; ")
+}
+
+// hostTemp is the governor's reading against the owner's limit.
+func hostTemp(st node.Status) string {
+	switch {
+	case st.MaxTempC == 0:
+		return "no limit: no GPU telemetry (see --gpu)"
+	case st.TempC == 0:
+		return fmt.Sprintf("no reading yet; owner's limit %.0f °C", st.MaxTempC)
+	}
+	if d := st.MaxTempC - st.TempC; d < 0 {
+		return fmt.Sprintf("%.1f °C, %.1f °C over the owner's limit of %.0f °C", st.TempC, -d, st.MaxTempC)
+	}
+	return fmt.Sprintf("%.1f °C, owner's limit %.0f °C (%.1f °C of headroom)", st.TempC, st.MaxTempC, st.MaxTempC-st.TempC)
 }
 
 func newPeersCmd(g *globals) *cobra.Command {

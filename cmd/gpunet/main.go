@@ -6,14 +6,18 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
 	"os/signal"
 	"strings"
+	"sync/atomic"
 	"syscall"
 
 	"github.com/gpunet/gpunet/node"
+	"github.com/libp2p/go-libp2p/core/peer"
+	ma "github.com/multiformats/go-multiaddr"
 	"github.com/spf13/cobra"
 )
 
@@ -34,14 +38,90 @@ type globals struct {
 	heard     int
 }
 
+// Exit codes. A person or a script reads them: 1 is "what you asked for
+// failed, the line on stderr says why"; a command cut short by a signal
+// exits 128 + the signal's number, as a shell reports a process the signal
+// killed, so `gpunet submit ... && next` stops at Ctrl-C.
+const (
+	exitFailed    = 1
+	exitInterrupt = 128 + int(syscall.SIGINT)  // 130: Ctrl-C
+	exitTerminate = 128 + int(syscall.SIGTERM) // 143: SIGTERM (kill, a service manager)
+)
+
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	ctx, caught := notifyContext()
 	err := newRootCmd().ExecuteContext(ctx)
-	stop()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "gpunet:", err)
-		os.Exit(1)
+	code, msg := outcome(err, caught())
+	if msg != "" {
+		fmt.Fprintln(os.Stderr, "gpunet:", msg)
 	}
+	os.Exit(code)
+}
+
+// notifyContext is signal.NotifyContext that also says which signal came.
+// Only the first is acted on; later ones are swallowed, so a second Ctrl-C
+// does not cut a clean shutdown short (runPeer bounds that).
+func notifyContext() (context.Context, func() os.Signal) {
+	ctx, cancel := context.WithCancel(context.Background())
+	ch := make(chan os.Signal, 1)
+	signal.Notify(ch, os.Interrupt, syscall.SIGTERM)
+	var got atomic.Value
+	go func() {
+		got.Store(<-ch)
+		cancel()
+	}()
+	return ctx, func() os.Signal {
+		s, _ := got.Load().(os.Signal)
+		return s
+	}
+}
+
+// signalContext is a context that ends at Ctrl-C or SIGTERM, for code that
+// has no command context to hand (openKernel). main's handler hears the
+// same signal and reports it.
+func signalContext() (context.Context, context.CancelFunc) {
+	return signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+}
+
+// outcome is the exit code and the one line main prints for what a command
+// returned, given the signal that arrived while it ran (nil: none).
+//
+// A command that returns no error succeeded, even after a signal: that is
+// how a daemon or host ends when asked to stop (Ctrl-C or SIGTERM, then a
+// clean shutdown), and a service manager or a test reads 0 as "stopped
+// cleanly". A command that fails after a signal was cut short by it: the
+// error is then most likely "context canceled", which says nothing a person
+// needs, so the line names the signal instead.
+func outcome(err error, sig os.Signal) (code int, msg string) {
+	switch {
+	case err == nil:
+		return 0, ""
+	case sig == nil:
+		return exitFailed, oneLine(err.Error())
+	}
+	code, msg = exitInterrupt, "interrupted"
+	if sig == syscall.SIGTERM {
+		code, msg = exitTerminate, "terminated"
+	}
+	// libp2p flattens some dial errors to text, hence the string test.
+	if !errors.Is(err, context.Canceled) && !strings.Contains(err.Error(), context.Canceled.Error()) {
+		msg += " (" + oneLine(err.Error()) + ")"
+	}
+	return code, msg
+}
+
+// oneLine folds a multi-line error (errors.Join, libp2p's "all dials
+// failed" list, cobra's suggestions) into one line, so that every failure
+// is a single "gpunet: ..." line a person can read and a script can grep.
+func oneLine(s string) string {
+	s = strings.Replace(s, "\n\nDid you mean this?\n", "; did you mean:", 1)
+	var parts []string
+	for _, l := range strings.Split(s, "\n") {
+		if l = strings.Join(strings.Fields(l), " "); l != "" {
+			parts = append(parts, l)
+		}
+	}
+	return strings.Join(parts, "; ")
 }
 
 func newRootCmd() *cobra.Command {
@@ -52,7 +132,17 @@ func newRootCmd() *cobra.Command {
 		Version:       version,
 		SilenceUsage:  true,
 		SilenceErrors: true,
+		// Cheap checks of the global flags, before any command opens the
+		// data directory or the network: a typo costs one line, not a
+		// start-up that fails half-way with logs before the cause.
+		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error { return g.check(cmd) },
 	}
+	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
+		if strings.HasPrefix(err.Error(), "unknown") { // unknown flag or shorthand
+			return fmt.Errorf("%w (see `%s --help`)", err, cmd.CommandPath())
+		}
+		return err
+	})
 	pf := root.PersistentFlags()
 	pf.StringVar(&g.data, "data", node.DefaultDataDir(), "data directory: identity key and results store ($GPUNET_HOME, else ~/.gpunet)")
 	pf.StringVar(&g.api, "api", node.DefaultAPIAddr, "local HTTP API address: the one to serve (daemon, host) or to reach (other commands)")
@@ -67,9 +157,59 @@ func newRootCmd() *cobra.Command {
 
 	root.AddCommand(
 		newDaemonCmd(g), newHostCmd(g), newSubmitCmd(g), newPeersCmd(g), newStatusCmd(g),
-		newDemoCmd(g), newBenchCmd(g), newCacheCmd(g), newSimCmd(), newGeneratorCmd(),
+		newDemoCmd(g), newBenchCmd(g), newCacheCmd(g), newSimCmd(), newGeneratorCmd(), newVersionCmd(g),
 	)
 	return root
+}
+
+// check validates the global flags' syntax. Whether a bootstrap peer
+// answers or a port is free is for the node to find out; what a person can
+// get wrong by typing is caught here, before anything starts.
+func (g *globals) check(cmd *cobra.Command) error {
+	// Only when given: a default from $GPUNET_HOME that is wrong should
+	// not stop commands that never open it (version, status).
+	if cmd.Flags().Changed("data") {
+		if fi, err := os.Stat(g.data); err == nil && !fi.IsDir() {
+			return fmt.Errorf("--data %s is a file, not a directory: pass a directory (it is created if missing)", g.data)
+		}
+	}
+	if g.logLevel != "" {
+		var lvl slog.Level
+		if err := lvl.UnmarshalText([]byte(g.logLevel)); err != nil {
+			return fmt.Errorf("--log-level %q: want debug, info, warn or error", g.logLevel)
+		}
+	}
+	for _, s := range g.listen {
+		if strings.TrimSpace(s) == "" {
+			return errors.New("--listen has an empty address (a stray comma?): give multiaddrs, comma-separated, e.g. /ip4/0.0.0.0/tcp/4747")
+		}
+		if _, err := ma.NewMultiaddr(s); err != nil {
+			return fmt.Errorf("--listen %q is not a multiaddr (%v): want e.g. /ip4/0.0.0.0/tcp/4747 or /ip4/127.0.0.1/tcp/0", s, err)
+		}
+	}
+	for _, s := range g.bootstrap {
+		if err := checkBootstrap(s); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// checkBootstrap checks one --bootstrap address: a multiaddr that ends in
+// /p2p/PEER_ID, as a running daemon prints after "join with:".
+func checkBootstrap(s string) error {
+	const want = `copy the address a running daemon prints after "join with:"`
+	if strings.TrimSpace(s) == "" {
+		return errors.New("--bootstrap has an empty address (a stray comma?): give multiaddrs ending in /p2p/PEER_ID, comma-separated")
+	}
+	m, err := ma.NewMultiaddr(s)
+	if err != nil {
+		return fmt.Errorf("--bootstrap %q is not a multiaddr (%v): %s", s, err, want)
+	}
+	if _, err := peer.AddrInfoFromP2pAddr(m); err != nil {
+		return fmt.Errorf("--bootstrap %q does not end in /p2p/PEER_ID, so the peer cannot be authenticated: %s", s, want)
+	}
+	return nil
 }
 
 // logger returns a stderr logger at the level asked for, or def.
@@ -111,9 +251,12 @@ func shortID(s string) string {
 	return s[:4] + "…" + s[len(s)-6:]
 }
 
+// joinOr joins ss with commas and no spaces, the separator of the
+// list flags (--bootstrap, --listen), so that a list prints as one value a
+// shell passes whole; def if ss is empty.
 func joinOr(ss []string, def string) string {
 	if len(ss) == 0 {
 		return def
 	}
-	return strings.Join(ss, ", ")
+	return strings.Join(ss, ",")
 }

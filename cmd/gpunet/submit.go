@@ -21,7 +21,7 @@ import (
 type submitFlags struct {
 	out      string
 	seed     uint64
-	steps    uint32
+	steps    uint64 // checked against protocol.MaxSteps when set
 	size     string
 	model    string
 	negative string
@@ -57,13 +57,19 @@ func newSubmitCmd(g *globals) *cobra.Command {
 		Short: "Generate an image on the network (through the local daemon, else as a p2p client)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			t := protocol.Task{Prompt: args[0], NegativePrompt: f.negative, Model: f.model, Seed: f.seed, Steps: f.steps}
-			if f.size != "" {
+			t := protocol.Task{Prompt: args[0], NegativePrompt: f.negative, Model: f.model, Seed: f.seed, Steps: uint32(f.steps)}
+			// Zero fields are "use the default" to Normalize; a person who
+			// typed one meant something else, so an explicit flag is
+			// checked here and never silently replaced.
+			if cmd.Flags().Changed("size") {
 				w, h, err := parseSize(f.size)
 				if err != nil {
 					return err
 				}
 				t.Width, t.Height = w, h
+			}
+			if cmd.Flags().Changed("model") && strings.TrimSpace(f.model) == "" {
+				return fmt.Errorf("--model is empty: name a model (default %s), or leave the flag out", protocol.DefaultModel)
 			}
 			if _, err := t.Normalize(); err != nil {
 				return err
@@ -79,8 +85,10 @@ func newSubmitCmd(g *globals) *cobra.Command {
 	}
 	fl := cmd.Flags()
 	fl.StringVarP(&f.out, "output", "o", "", "file to write (default: TASKCID.png in the current directory)")
-	fl.Uint64Var(&f.seed, "seed", 0, "seed (default: derived from the task, so the same prompt gives the same image)")
-	fl.Uint32Var(&f.steps, "steps", 0, fmt.Sprintf("sampling steps (default %d)", protocol.DefaultSteps))
+	fl.Var(&rangeFlag{v: &f.seed, min: 1, max: protocol.MaxSeed, zero: "leave --seed out to derive one from the task"},
+		"seed", fmt.Sprintf("seed, 1 to %d (default: derived from the task, so the same prompt gives the same image)", uint64(protocol.MaxSeed)))
+	fl.Var(&rangeFlag{v: &f.steps, min: protocol.MinSteps, max: protocol.MaxSteps},
+		"steps", fmt.Sprintf("sampling steps, %d to %d (default %d)", protocol.MinSteps, protocol.MaxSteps, protocol.DefaultSteps))
 	fl.StringVar(&f.size, "size", "", fmt.Sprintf("image size WxH (default %dx%d)", protocol.DefaultWidth, protocol.DefaultHeight))
 	fl.StringVar(&f.model, "model", "", "model name (default "+protocol.DefaultModel+")")
 	fl.StringVar(&f.negative, "negative", "", "negative prompt: what the image should not show")
@@ -90,14 +98,53 @@ func newSubmitCmd(g *globals) *cobra.Command {
 	return cmd
 }
 
+// parseSize parses --size WxH and checks each side against the protocol's
+// rule, so that 0x0 is an error rather than the default size.
 func parseSize(s string) (uint32, uint32, error) {
-	ws, hs, ok := strings.Cut(strings.ToLower(s), "x")
+	ws, hs, ok := strings.Cut(strings.ToLower(strings.TrimSpace(s)), "x")
 	w, err1 := strconv.ParseUint(ws, 10, 32)
 	h, err2 := strconv.ParseUint(hs, 10, 32)
 	if !ok || err1 != nil || err2 != nil {
-		return 0, 0, fmt.Errorf("--size %q: want WIDTHxHEIGHT, e.g. 512x512", s)
+		return 0, 0, fmt.Errorf("--size %q: want WIDTHxHEIGHT, e.g. %dx%d", s, protocol.DefaultWidth, protocol.DefaultHeight)
+	}
+	for _, side := range []uint64{w, h} {
+		if side < protocol.MinSide || side > protocol.MaxSide || side%protocol.SideMultiple != 0 {
+			return 0, 0, fmt.Errorf("--size %s: each side must be %d to %d and a multiple of %d, e.g. %dx%d",
+				s, protocol.MinSide, protocol.MaxSide, protocol.SideMultiple, protocol.DefaultWidth, protocol.DefaultHeight)
+		}
 	}
 	return uint32(w), uint32(h), nil
+}
+
+// rangeFlag is an unsigned flag with an allowed range. pflag's own uint
+// flags answer "-1" with strconv's syntax error and take "0", which
+// protocol.Task reads as "use the default"; this one says what is allowed.
+type rangeFlag struct {
+	v        *uint64
+	min, max uint64
+	zero     string // what to do instead of 0, when 0 is out of range
+}
+
+func (f *rangeFlag) String() string {
+	if f.v == nil || *f.v == 0 {
+		return ""
+	}
+	return strconv.FormatUint(*f.v, 10)
+}
+
+func (f *rangeFlag) Type() string { return "uint" }
+
+func (f *rangeFlag) Set(s string) error {
+	n, err := strconv.ParseUint(strings.TrimSpace(s), 10, 64)
+	if err != nil || n < f.min || n > f.max {
+		msg := fmt.Sprintf("want a whole number from %d to %d", f.min, f.max)
+		if n == 0 && err == nil && f.zero != "" {
+			msg += " (" + f.zero + ")"
+		}
+		return errors.New(msg)
+	}
+	*f.v = n
+	return nil
 }
 
 // submitted is a finished task, from either path.
@@ -134,7 +181,10 @@ func submit(ctx context.Context, cmd *cobra.Command, g *globals, f *submitFlags,
 		cfg.DataDir = "" // ephemeral: do not fight a daemon for its store
 	}
 	if len(cfg.Bootstrap) == 0 && !cfg.MDNS {
-		return nil, errors.New("no daemon answers at --api and no way to find peers: pass --bootstrap MULTIADDR or enable --mdns")
+		if f.p2p {
+			return nil, errors.New("--p2p with --mdns=false has no way to find peers: pass --bootstrap MULTIADDR or enable --mdns")
+		}
+		return nil, fmt.Errorf("no daemon answers at --api %s and no way to find peers: start `gpunet daemon`, or pass --bootstrap MULTIADDR or enable --mdns", g.api)
 	}
 	n, err := node.New(ctx, cfg)
 	if err != nil {

@@ -17,9 +17,10 @@
 //	                       created (Unix ms), pinned
 //
 // A result is written in one pebble batch (blocks, manifest, meta, index), and
-// removed in one, so a crash leaves either all of it or none. Open rebuilds
-// the in-memory index, the block reference counts and the byte total from
-// /meta and /tasks alone, without decoding a manifest.
+// removed in one, so a crash leaves either all of it or none. Open reads the
+// whole store once, so that pebble checks every block's checksum (see
+// Damage), then rebuilds the in-memory index, the block reference counts and
+// the byte total from /meta and /tasks alone, without decoding a manifest.
 //
 // # Rules
 //
@@ -47,12 +48,51 @@
 //     and Close (and with a result's pin state), not on every read: a hit
 //     costs no disk write, and a crash loses only some recency, a mere hint
 //     for eviction.
-//   - Writes are not fsynced (go-ds-pebble's default): pebble's write-ahead
-//     log survives a crash of the process, and what a power loss takes back
-//     is a whole recent batch, never part of one, so the store stays
-//     consistent and the lost results are computed or fetched again.
 //   - Hit and miss counters cover Get and GetByResult and restart at zero with
 //     the process; entries and bytes survive restarts.
+//
+// # Durability
+//
+// Put returns once its batch is on disk (committed with pebble.Sync): its
+// callers announce the result on the DHT next, and a node that announced a
+// result must still hold it after a crash. Pebble keeps an unsynced write in
+// its write-ahead log's current 32 KiB block, in the process's memory, until
+// the block fills or a sync asks for it, so a process killed with SIGKILL
+// loses the writes of that block: small results, stored last, every time.
+// A sync costs a few milliseconds (docs/cache.md has the figure and its
+// command); WithoutSync skips it for a store that does not outlive its
+// process.
+//
+// The other writes are not synced, because losing them to a crash costs no
+// result: last-access times (an eviction hint), removals and evictions
+// (batches are atomic, so a lost one brings back a whole result, still valid
+// since it is content-addressed), GC's orphan sweeps and Open's index
+// repairs (redone next time). A later synced write makes them durable too:
+// the log is written in order. Pins are synced: a person asked for them.
+//
+// # Damage
+//
+// Pebble checksums every block it writes. Damage it finds (a checksum that
+// does not match, a table it cannot read) comes back as an error wrapping
+// ErrCorrupt whose text names the store and the fix: Repair, which moves
+// the damaged store aside and keeps every result that still verifies in a
+// fresh one (`gpunet cache repair`; a daemon does it when it starts).
+//
+//   - Open reads every record once and fails with ErrCorrupt on damage, so
+//     damage is found at start, where it can be repaired, rather than by a
+//     read or a compaction while the node serves.
+//   - Damage met later fails the read that meets it with ErrCorrupt (a miss
+//     for the caller) and is logged once with the fix. A compaction that
+//     meets it fails and pebble leaves that key range alone for a while;
+//     pebble's default for damage, which ends the process, is replaced by
+//     the store's event listener.
+//   - A panic inside pebble (pebbleLogger.Fatalf, on a broken invariant) is
+//     recovered where the store called pebble and returned as ErrCorrupt;
+//     no lock stays held. Pebble is not used after that: every later call
+//     fails the same way and Close leaves the database open.
+//
+// Content damage that pebble's checksums miss is the hash check's business
+// (Rules above): the result is dropped and fetched or computed again.
 //
 // # Concurrency
 //

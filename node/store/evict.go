@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/cockroachdb/pebble/v2"
 	"github.com/ipfs/go-cid"
 	ds "github.com/ipfs/go-datastore"
 )
@@ -33,7 +34,13 @@ func (s *Store) setPinned(ctx context.Context, c cid.Cid, pinned bool) error {
 	e.pinned = pinned
 	v, err := e.encodeMeta()
 	if err == nil {
-		err = s.ds.Put(ctx, metaKey(e.result), v)
+		b := s.ds.DB.NewBatch()
+		defer b.Close()
+		if err = b.Set(metaKey(e.result).Bytes(), v, nil); err == nil {
+			// Synced: a pin is a person's instruction and rare, and one
+			// lost to a crash would let the result be evicted.
+			err = s.commit(b, pebble.Sync)
+		}
 	}
 	if err != nil {
 		e.pinned = !pinned
@@ -65,11 +72,10 @@ func (s *Store) Remove(ctx context.Context, c cid.Cid) error {
 // result references, and manifests and task index entries without a result.
 // removed counts evicted results plus orphan records; freed is their bytes.
 func (s *Store) GC(ctx context.Context) (removed int, freed int64, err error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed {
-		return 0, 0, ErrClosed
+	if err := s.lockOpen(ctx); err != nil {
+		return 0, 0, err
 	}
+	defer s.mu.Unlock()
 	if err := s.flushLocked(ctx); err != nil {
 		return 0, 0, err
 	}
@@ -148,10 +154,8 @@ func (s *Store) removeLocked(ctx context.Context, victims []*entry) (freed int64
 	if len(victims) == 0 {
 		return 0, nil
 	}
-	b, err := s.ds.Batch(ctx)
-	if err != nil {
-		return 0, err
-	}
+	b := s.ds.DB.NewBatch()
+	defer b.Close()
 	var keys []ds.Key
 	dec := make(map[cid.Cid]int)
 	for _, e := range victims {
@@ -169,11 +173,14 @@ func (s *Store) removeLocked(ctx context.Context, victims []*entry) (freed int64
 		}
 	}
 	for _, k := range keys {
-		if err := b.Delete(ctx, k); err != nil {
+		if err := b.Delete(k.Bytes(), nil); err != nil {
 			return 0, err
 		}
 	}
-	if err := b.Commit(ctx); err != nil {
+	// Not synced: a removal lost to a crash brings back a whole result
+	// (batches are atomic), still valid since it is content-addressed; Open
+	// evicts again if that puts the store over budget.
+	if err := s.commit(b, pebble.NoSync); err != nil {
 		return 0, err
 	}
 
@@ -225,10 +232,8 @@ func (s *Store) sweepLocked(ctx context.Context) (removed int, freed int64, err 
 			return err1 == nil && err2 == nil && e != nil && e.result.Equals(rc)
 		}, false},
 	}
-	b, err := s.ds.Batch(ctx)
-	if err != nil {
-		return 0, 0, err
-	}
+	b := s.ds.DB.NewBatch()
+	defer b.Close()
 	for _, sw := range sweeps {
 		recs, err := s.queryAll(ctx, sw.prefix, sw.keysOnly)
 		if err != nil {
@@ -239,7 +244,7 @@ func (s *Store) sweepLocked(ctx context.Context) (removed int, freed int64, err 
 				continue
 			}
 			s.log.Debug("removing orphan record", "key", r.Key, "bytes", r.Size)
-			if err := b.Delete(ctx, ds.RawKey(r.Key)); err != nil {
+			if err := b.Delete([]byte(r.Key), nil); err != nil {
 				return 0, 0, err
 			}
 			removed++
@@ -249,7 +254,8 @@ func (s *Store) sweepLocked(ctx context.Context) (removed int, freed int64, err 
 	if removed == 0 {
 		return 0, 0, nil
 	}
-	if err := b.Commit(ctx); err != nil {
+	// Not synced: orphans a crash brings back go at the next GC.
+	if err := s.commit(b, pebble.NoSync); err != nil {
 		return 0, 0, fmt.Errorf("removing orphan records: %w", err)
 	}
 	return removed, freed, nil

@@ -30,7 +30,7 @@ func (s *Store) GetByResult(ctx context.Context, resultCID cid.Cid) (*Result, er
 func (s *Store) Has(ctx context.Context, taskCID cid.Cid) bool {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	return !s.closed && s.tasks[taskCID] != nil
+	return s.unusable() == nil && s.tasks[taskCID] != nil
 }
 
 // GetManifest returns the encoded manifest of resultCID, verified against it.
@@ -115,7 +115,7 @@ func (s *Store) result(ctx context.Context, c cid.Cid, by lookupBy, count bool) 
 	if err != nil {
 		// A cancelled or failed read is neither; data that is gone or bad is
 		// a miss: the caller has to go and get the result.
-		if count && (errors.Is(err, protocol.ErrBadCID) || errors.Is(err, ErrNotFound)) {
+		if count && (errors.Is(err, protocol.ErrBadCID) || errors.Is(err, ErrNotFound) || errors.Is(err, ErrCorrupt)) {
 			s.misses.Add(1)
 		}
 		if bad.Defined() {
@@ -160,14 +160,16 @@ func (s *Store) readResult(ctx context.Context, e *entry) (*Result, cid.Cid, err
 var errMissing = fmt.Errorf("missing from disk: %w", ErrNotFound)
 
 // readVerified reads key and checks that it hashes to c. Errors wrap
-// protocol.ErrBadCID (corrupt) or errMissing; other errors are I/O.
-func (s *Store) readVerified(ctx context.Context, key ds.Key, c cid.Cid) ([]byte, error) {
+// protocol.ErrBadCID (the data does not match c), errMissing, or ErrCorrupt
+// (pebble cannot read it: see doc.go, Damage); others are I/O.
+func (s *Store) readVerified(ctx context.Context, key ds.Key, c cid.Cid) (_ []byte, err error) {
+	defer s.catch(&err)
 	b, err := s.ds.Get(ctx, key)
 	if errors.Is(err, ds.ErrNotFound) {
 		return nil, fmt.Errorf("%s %w", c, errMissing)
 	}
 	if err != nil {
-		return nil, err
+		return nil, asCorrupt(s.dir, err)
 	}
 	if err := protocol.VerifyBlock(c, b); err != nil {
 		return nil, err
@@ -200,7 +202,7 @@ func (s *Store) dropIfCorrupt(ctx context.Context, err error, bad cid.Cid, owner
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.closed {
+	if s.unusable() != nil {
 		return
 	}
 	isManifest := owner != nil && bad.Equals(owner.result)

@@ -19,6 +19,7 @@ type config struct {
 	budget int64
 	now    func() time.Time
 	logger *slog.Logger
+	noSync bool
 }
 
 func defaultConfig() config {
@@ -53,3 +54,10 @@ func WithClock(now func() time.Time) Option { return func(c *config) { c.now = n
 // WithLogger sets the store's logger; pebble's own messages go to it too
 // (routine ones at Debug). Default slog.Default with subsystem=store.
 func WithLogger(l *slog.Logger) Option { return func(c *config) { c.logger = l } }
+
+// WithoutSync makes Put return before its write is on disk, as every other
+// write of the store does: for a store that does not outlive its process (a
+// node with no data directory keeps its store in a temporary directory it
+// removes), where waiting for the disk buys nothing. A process killed then
+// loses the results it stored last. Default: Put syncs (doc.go, Durability).
+func WithoutSync() Option { return func(c *config) { c.noSync = true } }

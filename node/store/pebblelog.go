@@ -27,7 +27,9 @@ func (p pebbleLogger) Errorf(format string, args ...any) {
 
 // Fatalf is called on a broken invariant inside pebble, which expects it not
 // to return; pebble's default logger exits the process. Panicking instead
-// lets a daemon's recovery or a test report it.
+// lets the store turn it into an ErrCorrupt where the store called pebble
+// (Store.catch). Damage on disk does not come here: the store's event
+// listener reports it instead of pebble's default, which calls Fatalf.
 func (p pebbleLogger) Fatalf(format string, args ...any) {
 	msg := fmt.Sprintf(format, args...)
 	p.l.Error(msg, "component", "pebble")

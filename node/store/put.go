@@ -4,7 +4,9 @@ import (
 	"context"
 	"fmt"
 
+	"github.com/cockroachdb/pebble/v2"
 	"github.com/ipfs/go-cid"
+	ds "github.com/ipfs/go-datastore"
 
 	"github.com/gpunet/gpunet/protocol"
 )
@@ -51,11 +53,10 @@ func (s *Store) put(ctx context.Context, m *protocol.Manifest, manifestBytes []b
 		return cid.Undef, fmt.Errorf("storing result %s: %w: %d bytes, budget %d", e.result, ErrTooLarge, n, s.budget)
 	}
 
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed {
-		return cid.Undef, ErrClosed
+	if err := s.lockOpen(ctx); err != nil {
+		return cid.Undef, err
 	}
+	defer s.mu.Unlock()
 	if old := s.tasks[e.task]; old != nil {
 		if !old.result.Equals(e.result) {
 			s.log.Debug("keeping the first result for task", "task", e.task, "kept", old.result, "offered", e.result)
@@ -65,7 +66,9 @@ func (s *Store) put(ctx context.Context, m *protocol.Manifest, manifestBytes []b
 	now := s.nowMs()
 	e.created = now
 	e.lastAccess.Store(now)
-	if err := s.writeLocked(ctx, e, manifestBytes, distinct); err != nil {
+	// Synced (unless WithoutSync): Put's callers announce the result on the
+	// DHT once it returns, so it must survive the process being killed.
+	if err := s.writeLocked(ctx, e, manifestBytes, distinct, s.putSync); err != nil {
 		return cid.Undef, fmt.Errorf("storing result %s: %w", e.result, err)
 	}
 	s.addLocked(e)
@@ -114,32 +117,34 @@ func (s *Store) verify(m *protocol.Manifest, manifestBytes []byte, blocks [][]by
 	return e, distinct, nil
 }
 
-// writeLocked writes a result in one batch. Blocks are written even when a
-// result already holds them: the bytes were just verified, so rewriting heals
-// a copy that rotted on disk. blocks are e's distinct blocks, in the order of
-// e.blocks. Called with mu held for writing.
-func (s *Store) writeLocked(ctx context.Context, e *entry, manifestBytes []byte, blocks [][]byte) error {
+// writeLocked writes a result in one batch, committed with w. Blocks are
+// written even when a result already holds them: the bytes were just
+// verified, so rewriting heals a copy that rotted on disk. blocks are e's
+// distinct blocks, in the order of e.blocks. Called with mu held for
+// writing.
+func (s *Store) writeLocked(ctx context.Context, e *entry, manifestBytes []byte, blocks [][]byte, w *pebble.WriteOptions) error {
 	meta, err := e.encodeMeta()
 	if err != nil {
 		return err
 	}
-	b, err := s.ds.Batch(ctx)
-	if err != nil {
-		return err
-	}
+	b := s.ds.DB.NewBatch()
+	defer b.Close()
 	for i, r := range e.blocks {
-		if err := b.Put(ctx, blockKey(r.cid), blocks[i]); err != nil {
+		if err := b.Set(blockKey(r.cid).Bytes(), blocks[i], nil); err != nil {
 			return err
 		}
 	}
-	if err := b.Put(ctx, manifestKey(e.result), manifestBytes); err != nil {
-		return err
+	for _, kv := range []struct {
+		k ds.Key
+		v []byte
+	}{
+		{manifestKey(e.result), manifestBytes},
+		{metaKey(e.result), meta},
+		{taskKey(e.task), e.result.Bytes()},
+	} {
+		if err := b.Set(kv.k.Bytes(), kv.v, nil); err != nil {
+			return err
+		}
 	}
-	if err := b.Put(ctx, metaKey(e.result), meta); err != nil {
-		return err
-	}
-	if err := b.Put(ctx, taskKey(e.task), e.result.Bytes()); err != nil {
-		return err
-	}
-	return b.Commit(ctx)
+	return s.commit(b, w)
 }

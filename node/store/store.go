@@ -1,6 +1,7 @@
 package store
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -15,7 +16,6 @@ import (
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/vfs"
 	"github.com/ipfs/go-cid"
-	ds "github.com/ipfs/go-datastore"
 	"github.com/ipfs/go-datastore/query"
 	pebbleds "github.com/ipfs/go-ds-pebble"
 
@@ -80,11 +80,20 @@ const diskSlowThreshold = 5 * time.Second
 // Store is the results store. See the package doc for its rules; it is safe
 // for concurrent use.
 type Store struct {
+	dir      string
 	ds       *pebbleds.Datastore
 	fsCloser io.Closer // stops the disk-health checker after ds is closed
 	budget   int64
 	now      func() time.Time
 	log      *slog.Logger
+	damage   *damage
+	// putSync is the write option of Put's batch: pebble.Sync unless
+	// WithoutSync (see doc.go, Durability).
+	putSync *pebble.WriteOptions
+
+	// failed is set when pebble panicked (see catch); every later call
+	// returns it.
+	failed atomic.Pointer[corruptError]
 
 	// mu guards the maps, closed and entry.pinned. Readers hold it for
 	// reading while they read from ds, so nothing they read is removed
@@ -102,9 +111,15 @@ type Store struct {
 	hits, misses atomic.Uint64
 }
 
-// Open opens (creating it if needed) the store in dir and rebuilds its index.
-// If the store is over the budget, say because the budget shrank, Open evicts
-// down to it.
+// Open opens (creating it if needed) the store in dir, reads all of it
+// once to find damage, and rebuilds its index. If the store is over the
+// budget, say because the budget shrank, Open evicts down to it.
+//
+// A store pebble finds damaged is not opened: the error wraps ErrCorrupt and
+// says what to do (Repair). Reading everything costs about as long as
+// reading the store's bytes from disk (docs/cache.md has a figure); it finds
+// a damaged table at start, where it can be repaired, instead of on a read
+// or in a compaction while the node serves.
 func Open(dir string, opts ...Option) (*Store, error) {
 	cfg := defaultConfig()
 	for _, o := range opts {
@@ -123,30 +138,88 @@ func Open(dir string, opts ...Option) (*Store, error) {
 	fs, fsCloser := vfs.WithDiskHealthChecks(vfs.Default, diskSlowThreshold, nil, func(i vfs.DiskSlowInfo) {
 		log.Warn("results store disk is slow", "op", i.String(), "for", i.Duration)
 	})
-	d, err := pebbleds.NewDatastore(dir, pebbleds.WithPebbleOpts(&pebble.Options{FS: fs, Logger: pebbleLogger{log}}))
-	if err != nil {
-		return nil, errors.Join(
-			fmt.Errorf("opening results store in %s (is another gpunet process using it?): %w", dir, err),
-			fsCloser.Close())
-	}
 	s := &Store{
-		ds: d, fsCloser: fsCloser, budget: cfg.budget, now: cfg.now, log: log,
+		dir: dir, fsCloser: fsCloser, budget: cfg.budget, now: cfg.now, log: log,
+		damage:  &damage{dir: dir, log: log},
+		putSync: pebble.Sync,
 		entries: make(map[cid.Cid]*entry),
 		tasks:   make(map[cid.Cid]*entry),
 		refs:    make(map[cid.Cid]*ref),
 	}
-	ctx := context.Background()
-	if err := s.load(ctx); err != nil {
-		return nil, errors.Join(fmt.Errorf("loading results store index in %s: %w", dir, err), s.closeDB())
+	if cfg.noSync {
+		s.putSync = pebble.NoSync
 	}
-	s.mu.Lock()
-	_, _, err = s.evictLocked(ctx, nil)
-	s.mu.Unlock()
-	if err != nil {
+	if err := s.open(fs); err != nil {
 		return nil, errors.Join(err, s.closeDB())
 	}
+	s.damage.opened.Store(true)
 	s.log.Info("results store opened", "dir", dir, "entries", s.nEntries.Load(), "bytes", s.nBytes.Load(), "budget", s.budget)
 	return s, nil
+}
+
+// open is Open's work on the database; on an error Open closes what it
+// opened.
+func (s *Store) open(fs vfs.FS) (err error) {
+	defer s.catch(&err)
+	d, err := pebbleds.NewDatastore(s.dir, pebbleds.WithPebbleOpts(&pebble.Options{
+		FS: fs, Logger: pebbleLogger{s.log}, EventListener: s.damage.listener(),
+	}))
+	if err != nil {
+		if err := asCorrupt(s.dir, err); errors.Is(err, ErrCorrupt) {
+			return err // a damaged MANIFEST or write-ahead log
+		}
+		return fmt.Errorf("opening results store in %s (is another gpunet process using it?): %w", s.dir, err)
+	}
+	s.ds = d
+	ctx := context.Background()
+	// Before load, which may write: a damaged store is moved aside as it is.
+	if err := s.readAll(ctx); err != nil {
+		return err
+	}
+	if err := s.load(ctx); err != nil {
+		return fmt.Errorf("loading results store index in %s: %w", s.dir, err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, _, err = s.evictLocked(ctx, nil)
+	return err
+}
+
+// readAll reads every record, so that pebble checks the checksum of every
+// block on disk. Pebble also reports damage its background work met
+// meanwhile (the damage listener); either way the error wraps ErrCorrupt.
+func (s *Store) readAll(ctx context.Context) (err error) {
+	defer s.catch(&err)
+	it, err := s.ds.DB.NewIter(nil)
+	if err != nil {
+		return asCorrupt(s.dir, err)
+	}
+	n := 0
+	for valid := it.First(); valid; valid = it.Next() {
+		// The value too: pebble may keep large values apart from the keys.
+		if _, err = it.ValueAndErr(); err != nil {
+			break
+		}
+		if n++; n%1024 == 0 {
+			if err = ctx.Err(); err != nil {
+				break
+			}
+		}
+	}
+	if cerr := it.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil && s.damage.seen.Load() {
+		err = fmt.Errorf("%w: pebble reported damage while the store opened", pebble.ErrCorruption)
+	}
+	if err != nil {
+		err = fmt.Errorf("reading the whole store: %w", err)
+		if c := asCorrupt(s.dir, err); c != err {
+			return c
+		}
+		return fmt.Errorf("results store %s: %w", s.dir, err)
+	}
+	return nil
 }
 
 // load rebuilds the in-memory index from /meta and /tasks. Records that do not
@@ -157,10 +230,8 @@ func (s *Store) load(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	b, err := s.ds.Batch(ctx)
-	if err != nil {
-		return err
-	}
+	b := s.ds.DB.NewBatch()
+	defer b.Close()
 	for _, m := range metas {
 		c, err := cid.Decode(strings.TrimPrefix(m.Key, metaPrefix))
 		var e *entry
@@ -169,7 +240,7 @@ func (s *Store) load(ctx context.Context) error {
 		}
 		if err != nil {
 			s.log.Warn("dropping unreadable result record", "key", m.Key, "err", err)
-			if err := b.Delete(ctx, ds.RawKey(m.Key)); err != nil {
+			if err := b.Delete([]byte(m.Key), nil); err != nil {
 				return err
 			}
 			continue
@@ -187,7 +258,7 @@ func (s *Store) load(ctx context.Context) error {
 		e := s.entries[rc]
 		if err1 != nil || err2 != nil || e == nil || !e.task.Equals(tc) {
 			s.log.Warn("dropping stale task index record", "key", t.Key)
-			if err := b.Delete(ctx, ds.RawKey(t.Key)); err != nil {
+			if err := b.Delete([]byte(t.Key), nil); err != nil {
 				return err
 			}
 			continue
@@ -200,11 +271,15 @@ func (s *Store) load(ctx context.Context) error {
 		}
 		// Only reachable if /tasks was damaged: batches write both or neither.
 		s.tasks[e.task] = e
-		if err := b.Put(ctx, taskKey(e.task), e.result.Bytes()); err != nil {
+		if err := b.Set(taskKey(e.task).Bytes(), e.result.Bytes(), nil); err != nil {
 			return err
 		}
 	}
-	return b.Commit(ctx)
+	if b.Empty() {
+		return nil
+	}
+	// Not synced: a repair lost to a crash is made again by the next Open.
+	return s.commit(b, pebble.NoSync)
 }
 
 // addLocked enters e into the result map, the block reference counts and the
@@ -228,26 +303,59 @@ func (s *Store) addLocked(e *entry) {
 
 // queryAll returns every record under prefix, values included unless
 // keysOnly (sizes are returned either way).
-func (s *Store) queryAll(ctx context.Context, prefix string, keysOnly bool) ([]query.Entry, error) {
-	res, err := s.ds.Query(ctx, query.Query{Prefix: prefix, KeysOnly: keysOnly, ReturnsSizes: true})
+//
+// It iterates in the calling goroutine rather than through go-ds-pebble's
+// Query, which iterates in a goroutine of its own (where a panic cannot be
+// recovered) and ends its results early, with no error, when pebble fails
+// to read a block: a store with a damaged table would then look smaller
+// than it is, and GC would delete the records of the results it missed.
+func (s *Store) queryAll(ctx context.Context, prefix string, keysOnly bool) (es []query.Entry, err error) {
+	defer s.catch(&err)
+	// Every prefix ends in '/', so its successor bounds it above.
+	upper := []byte(prefix)
+	upper[len(upper)-1]++
+	it, err := s.ds.DB.NewIter(&pebble.IterOptions{LowerBound: []byte(prefix), UpperBound: upper})
 	if err != nil {
-		return nil, fmt.Errorf("listing %s: %w", prefix, err)
+		return nil, fmt.Errorf("listing %s: %w", prefix, asCorrupt(s.dir, err))
 	}
-	defer res.Close()
-	es, err := res.Rest()
+	for valid := it.First(); valid; valid = it.Next() {
+		var v []byte
+		if v, err = it.ValueAndErr(); err != nil {
+			break
+		}
+		e := query.Entry{Key: string(it.Key()), Size: len(v)}
+		if !keysOnly {
+			e.Value = bytes.Clone(v)
+		}
+		es = append(es, e)
+		if len(es)%1024 == 0 {
+			if err = ctx.Err(); err != nil {
+				break
+			}
+		}
+	}
+	if cerr := it.Close(); err == nil {
+		err = cerr
+	}
 	if err != nil {
-		return nil, fmt.Errorf("listing %s: %w", prefix, err)
+		return nil, fmt.Errorf("listing %s: %w", prefix, asCorrupt(s.dir, err))
 	}
 	return es, nil
+}
+
+// commit applies b; the caller closes it. With pebble.Sync it returns once
+// the write-ahead log holding b, and everything logged before it, is on
+// disk; doc.go (Durability) says which writes need that.
+func (s *Store) commit(b *pebble.Batch, w *pebble.WriteOptions) (err error) {
+	defer s.catch(&err)
+	return asCorrupt(s.dir, b.Commit(w))
 }
 
 // flushLocked writes the last-access times that reads moved forward back to
 // /meta. Called with mu held for writing.
 func (s *Store) flushLocked(ctx context.Context) error {
-	b, err := s.ds.Batch(ctx)
-	if err != nil {
-		return err
-	}
+	b := s.ds.DB.NewBatch()
+	defer b.Close()
 	var dirty []*entry
 	for _, e := range s.entries {
 		if !e.dirty.Load() {
@@ -257,7 +365,7 @@ func (s *Store) flushLocked(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		if err := b.Put(ctx, metaKey(e.result), v); err != nil {
+		if err := b.Set(metaKey(e.result).Bytes(), v, nil); err != nil {
 			return err
 		}
 		dirty = append(dirty, e)
@@ -265,7 +373,9 @@ func (s *Store) flushLocked(ctx context.Context) error {
 	if len(dirty) == 0 {
 		return nil
 	}
-	if err := b.Commit(ctx); err != nil {
+	// Not synced: last-access times only order eviction, and a crash that
+	// loses some costs a less apt eviction, not a result.
+	if err := s.commit(b, pebble.NoSync); err != nil {
 		return fmt.Errorf("saving last-access times: %w", err)
 	}
 	for _, e := range dirty {
@@ -283,12 +393,27 @@ func (s *Store) Close() error {
 		return nil
 	}
 	s.closed = true
-	return errors.Join(s.flushLocked(context.Background()), s.closeDB())
+	var err error
+	if s.failed.Load() == nil {
+		err = s.flushLocked(context.Background())
+	}
+	return errors.Join(err, s.closeDB())
 }
 
-// closeDB closes the database, then the file system wrapper it used.
-func (s *Store) closeDB() error {
-	return errors.Join(s.ds.Close(), s.fsCloser.Close())
+// closeDB closes the database, then the file system wrapper it used. After
+// pebble panicked it leaves the database open: pebble may hold its own locks
+// then, and closing it could wait for ever. Its goroutines and the
+// directory's lock stay with the process.
+func (s *Store) closeDB() (err error) {
+	if s.ds != nil && s.failed.Load() == nil {
+		err = s.closeDS()
+	}
+	return errors.Join(err, s.fsCloser.Close())
+}
+
+func (s *Store) closeDS() (err error) {
+	defer s.catch(&err)
+	return asCorrupt(s.dir, s.ds.Close())
 }
 
 // Stats returns the store's counters without touching the disk.
@@ -320,9 +445,9 @@ func (s *Store) lockOpen(ctx context.Context) error {
 		return err
 	}
 	s.mu.Lock()
-	if s.closed {
+	if err := s.unusable(); err != nil {
 		s.mu.Unlock()
-		return ErrClosed
+		return err
 	}
 	return nil
 }
@@ -333,9 +458,21 @@ func (s *Store) rlockOpen(ctx context.Context) error {
 		return err
 	}
 	s.mu.RLock()
-	if s.closed {
+	if err := s.unusable(); err != nil {
 		s.mu.RUnlock()
+		return err
+	}
+	return nil
+}
+
+// unusable returns ErrClosed after Close, the failure after pebble
+// panicked, else nil. Called with mu held.
+func (s *Store) unusable() error {
+	if s.closed {
 		return ErrClosed
+	}
+	if e := s.failed.Load(); e != nil {
+		return e
 	}
 	return nil
 }
