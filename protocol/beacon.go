@@ -140,8 +140,8 @@ func DecodeBeacon(data []byte, now time.Time) (*Beacon, error) {
 		}
 	}
 	switch {
-	case b.Slots == 0 || b.Slots > 1024 || b.Busy > b.Slots || b.Queue > 1<<16:
-		return nil, bad("load %d/%d busy, %d queued", b.Busy, b.Slots, b.Queue)
+	case b.Slots == 0 || b.Slots > 1024 || b.Busy > b.Slots || b.Queue > 1<<16 || b.QueueMax > 1<<16:
+		return nil, bad("load %d/%d busy, %d queued of %d", b.Busy, b.Slots, b.Queue, b.QueueMax)
 	case b.TempDC > 2000 || b.LimitDC > 2000 || b.SlowdownDC > 2000 || b.HeatDC > 2000:
 		return nil, bad("temperature beyond 200 °C")
 	case b.UtilPm > 1000 || b.SpeedPm > 1000:

@@ -112,6 +112,8 @@ func TestDecodeBeaconLimits(t *testing.T) {
 		{"busy over slots", func(b *Beacon) { b.Busy = b.Slots + 1 }, beaconNow, false},
 		{"queue at cap", func(b *Beacon) { b.Queue = 1 << 16 }, beaconNow, true},
 		{"queue over cap", func(b *Beacon) { b.Queue = 1<<16 + 1 }, beaconNow, false},
+		{"queue max at cap", func(b *Beacon) { b.QueueMax = 1 << 16 }, beaconNow, true},
+		{"queue max over cap", func(b *Beacon) { b.QueueMax = 1<<16 + 1 }, beaconNow, false},
 		{"200 °C", func(b *Beacon) { b.TempDC, b.SlowdownDC, b.LimitDC = 2000, 2000, 2000 }, beaconNow, true},
 		{"temp over 200 °C", func(b *Beacon) { b.TempDC = 2001 }, beaconNow, false},
 		{"slowdown over 200 °C", func(b *Beacon) { b.SlowdownDC = 2001 }, beaconNow, false},

@@ -193,6 +193,7 @@ func TestProtocolDocMatchesCode(t *testing.T) {
 		{"RequestTimeout", RequestTimeout}, {"CapacityMaxAge", CapacityMaxAge}, {"MaxClockSkew", MaxClockSkew},
 		{"ManifestVersion", ManifestVersion},
 		{"MaxBeaconBytes", MaxBeaconBytes}, {"MaxBeaconShards", MaxBeaconShards}, {"BeaconMaxAge", BeaconMaxAge}, {"BeaconMinInterval", BeaconMinInterval},
+		{"MaxSubmitterBytes", MaxSubmitterBytes}, {"KeepaliveInterval", KeepaliveInterval}, {"SuspectAfter", SuspectAfter},
 	}
 	for _, c := range consts {
 		// The tables in the doc have a row "| `Name` | value |".

@@ -86,6 +86,8 @@ func fuzzSeeds(tb testing.TB) map[string]map[string][][]byte {
 			"valid-params":   one(mustMarshal(tb, map[string]any{"task": cbor.RawMessage(withParams), "no_cache": false})),
 			"bare-task":      one(task),
 			"unknown-field":  one(mustMarshal(tb, map[string]any{"task": n, "no_cache": false, "x": 1})),
+			"submitter":      one(mustMarshal(tb, TaskRequest{Task: n, Submitter: "alice@laptop"})),
+			"submitter-ctrl": one(mustMarshal(tb, map[string]any{"task": n, "no_cache": false, "submitter": "a\x00b"})),
 			"huge-map-claim": one([]byte{0xbb, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff}),
 		},
 		"FuzzDecodeEvent": {

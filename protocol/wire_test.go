@@ -366,8 +366,19 @@ func TestDecodeTaskRequest(t *testing.T) {
 	if err != nil {
 		t.Fatalf("DecodeTaskRequest: %v", err)
 	}
-	if !r.Task.Equal(n) || !r.NoCache {
+	if !r.Task.Equal(n) || !r.NoCache || r.Submitter != "" {
 		t.Errorf("decoded %+v", r)
+	}
+	withSub := mustMarshal(t, TaskRequest{Task: n, Submitter: "alice@laptop"})
+	if keys := mapKeys(t, withSub); !slices.Equal(keys, []string{"task", "no_cache", "submitter"}) {
+		t.Errorf("request keys with a submitter %v", keys)
+	}
+	if r, err := DecodeTaskRequest(withSub); err != nil || r.Submitter != "alice@laptop" {
+		t.Errorf("DecodeTaskRequest with a submitter = %+v, %v", r, err)
+	}
+	longest := strings.Repeat("é", MaxSubmitterBytes/2)
+	if _, err := DecodeTaskRequest(mustMarshal(t, TaskRequest{Task: n, Submitter: longest})); err != nil {
+		t.Errorf("a %d-byte submitter: %v", len(longest), err)
 	}
 
 	unnormal := n
@@ -388,6 +399,10 @@ func TestDecodeTaskRequest(t *testing.T) {
 		{"unknown task field", mustMarshal(t, map[string]any{"task": map[string]any{"seed": 1, "lora": "x"}}), ErrBadTask},
 		{"trailing bytes", append(slices.Clone(good), 0), ErrBadTask},
 		{"a bare task", mustEncode(t, n), ErrBadTask},
+		{"submitter too long", mustMarshal(t, TaskRequest{Task: n, Submitter: strings.Repeat("s", MaxSubmitterBytes+1)}), ErrBadTask},
+		{"submitter with a control character", mustMarshal(t, TaskRequest{Task: n, Submitter: "bob\n"}), ErrBadTask},
+		{"submitter not UTF-8", mustMarshal(t, TaskRequest{Task: n, Submitter: "\xff"}), ErrBadTask},
+		{"submitter not text", mustMarshal(t, map[string]any{"task": n, "no_cache": false, "submitter": 7}), ErrBadTask},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -283,6 +283,12 @@ func (b *stageBar) update(p node.Progress) {
 		if p.EtaMs > 0 {
 			desc += fmt.Sprintf(", eta %s", time.Duration(p.EtaMs)*time.Millisecond)
 		}
+	case p.Stage == "waiting":
+		// Every host is full: the task waits its turn on this node.
+		desc = fmt.Sprintf("swarm busy: waiting, position %d", p.Position)
+		if p.EtaMs > 0 {
+			desc += fmt.Sprintf(", eta %s", (time.Duration(p.EtaMs) * time.Millisecond).Round(100*time.Millisecond))
+		}
 	}
 	b.bar.Describe(desc)
 }
