@@ -67,6 +67,10 @@ func TestFilters(t *testing.T) {
 		{"other peer excluded", func(p *PeerState, r *Request) { r.Exclude = map[string]bool{"x": true} }, true},
 		{"wrong model", func(p *PeerState, _ *Request) { p.Models = []string{"other"} }, false},
 		{"no models", func(p *PeerState, _ *Request) { p.Models = nil }, false},
+		{"queue length not said", func(p *PeerState, _ *Request) { p.Busy, p.QueueLen, p.Pending = 1, 9, 9 }, true},
+		{"room in the queue", func(p *PeerState, _ *Request) { p.QueueMax, p.Busy, p.QueueLen, p.Pending = 3, 1, 1, 1 }, true},
+		{"queue full by our placements", func(p *PeerState, _ *Request) { p.QueueMax, p.Busy, p.QueueLen, p.Pending = 3, 1, 1, 2 }, false},
+		{"queue full by its beacon", func(p *PeerState, _ *Request) { p.QueueMax, p.Busy, p.QueueLen = 2, 1, 2 }, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
