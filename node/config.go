@@ -47,7 +47,7 @@ type Config struct {
 	// bootstrap peers and the peers it remembers (DATA/peers.json), so a
 	// restarted daemon rejoins without flags. Default 4: a node with a few
 	// connections finds the rest through the DHT and gossip; one or two
-	// leave it a partition away from being alone.
+	// leave it a partition away from being alone. 0 turns redialling off.
 	MinPeers int
 	// RedialMin and RedialMax bound the redial loop's backoff, which
 	// doubles after each round that connects to no one (with jitter, so a

@@ -6,8 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"mime"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 
@@ -89,7 +91,7 @@ func Listen(n *node.Node, addr string, log *slog.Logger) (*Server, error) {
 	mux.HandleFunc("POST /v1/host/pause", s.pause(true))
 	mux.HandleFunc("POST /v1/host/resume", s.pause(false))
 	registerCache(mux, s)
-	s.srv = &http.Server{Handler: localOnly(mux), ReadHeaderTimeout: 10 * time.Second}
+	s.srv = &http.Server{Handler: localOnly(sameOrigin(s.Addr(), mux)), ReadHeaderTimeout: 10 * time.Second}
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
@@ -131,6 +133,54 @@ func localOnly(h http.Handler) http.Handler {
 	})
 }
 
+// sameOrigin refuses requests a web page on another origin made: the API
+// has no authentication, so any page the machine's user opens could
+// otherwise drive it. A page cannot forge Origin or Sec-Fetch-Site; every
+// browser sends Origin on a cross-origin POST, including the "simple" ones
+// (text/plain, no preflight) that CORS lets through without asking the
+// server, and current browsers send Sec-Fetch-Site on every request. So,
+// whatever the method:
+//
+//   - an Origin other than the API's own (http:// and the request's Host,
+//     or the listen address) is refused, "null" included;
+//   - without Origin, Sec-Fetch-Site cross-site or same-site (a page on
+//     another port of localhost) is refused.
+//
+// Programs that are not browsers (curl, the Go client) send neither and
+// pass, as does a page served from the API's own origin.
+func sameOrigin(listen string, h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if o := r.Header.Get("Origin"); o != "" {
+			if !strings.EqualFold(o, "http://"+r.Host) && !strings.EqualFold(o, "http://"+listen) {
+				writeJSON(w, http.StatusForbidden, Error{Message: fmt.Sprintf(
+					"cross-origin request from %s refused: the local API serves programs on this machine and pages from its own origin only", o)})
+				return
+			}
+		} else if site := r.Header.Get("Sec-Fetch-Site"); site == "cross-site" || site == "same-site" {
+			writeJSON(w, http.StatusForbidden, Error{Message: "cross-site request refused: the local API serves programs on this machine and pages from its own origin only"})
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+// wantJSON refuses a request body that is not declared JSON with 415. A
+// browser can send text/plain, form or multipart bodies to another origin
+// without a CORS preflight, but not application/json; so this is a second
+// lock behind sameOrigin, for a browser that sends neither Origin nor
+// Sec-Fetch-Site.
+func wantJSON(w http.ResponseWriter, r *http.Request) bool {
+	mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	if err != nil || mt != "application/json" {
+		writeJSON(w, http.StatusUnsupportedMediaType, Error{
+			Message: fmt.Sprintf("Content-Type %q: want application/json", r.Header.Get("Content-Type")),
+			Code:    protocol.CodeBadRequest,
+		})
+		return false
+	}
+	return true
+}
+
 func (s *Server) status(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, s.n.Status(r.Context()))
 }
@@ -155,6 +205,9 @@ func (s *Server) pause(p bool) http.HandlerFunc {
 }
 
 func (s *Server) submit(w http.ResponseWriter, r *http.Request) {
+	if !wantJSON(w, r) {
+		return
+	}
 	var req SubmitRequest
 	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxRequestBody))
 	dec.DisallowUnknownFields()
