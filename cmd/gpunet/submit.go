@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"os/user"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -19,15 +20,16 @@ import (
 )
 
 type submitFlags struct {
-	out      string
-	seed     uint64
-	steps    uint64 // checked against protocol.MaxSteps when set
-	size     string
-	model    string
-	negative string
-	noCache  bool
-	timeout  time.Duration
-	p2p      bool
+	out       string
+	seed      uint64
+	steps     uint64 // checked against protocol.MaxSteps when set
+	size      string
+	model     string
+	negative  string
+	noCache   bool
+	timeout   time.Duration
+	p2p       bool
+	submitter string
 }
 
 // submitOutput is what `submit --json` prints.
@@ -74,6 +76,12 @@ func newSubmitCmd(g *globals) *cobra.Command {
 			if _, err := t.Normalize(); err != nil {
 				return err
 			}
+			if err := protocol.ValidSubmitter(f.submitter); err != nil {
+				return fmt.Errorf("--submitter %q: %w; use at most %d bytes of printable text", f.submitter, err, protocol.MaxSubmitterBytes)
+			}
+			if f.timeout <= 0 {
+				return fmt.Errorf("--timeout %s: want a positive duration such as 10m", f.timeout)
+			}
 			ctx, cancel := context.WithTimeout(cmd.Context(), f.timeout)
 			defer cancel()
 			res, err := submit(ctx, cmd, g, f, t)
@@ -93,13 +101,24 @@ func newSubmitCmd(g *globals) *cobra.Command {
 	fl.StringVar(&f.model, "model", "", "model name (default "+protocol.DefaultModel+")")
 	fl.StringVar(&f.negative, "negative", "", "negative prompt: what the image should not show")
 	fl.BoolVar(&f.noCache, "no-cache", false, "compute afresh even if the result is cached")
-	fl.DurationVar(&f.timeout, "timeout", 10*time.Minute, "give up after this long")
+	fl.DurationVar(&f.timeout, "timeout", 10*time.Minute, "give up after this long; a busy swarm is waited out until then")
+	fl.StringVar(&f.submitter, "submitter", defaultSubmitter(), "who submits, for fair sharing between the callers of one daemon (default: your user name)")
 	fl.BoolVar(&f.p2p, "p2p", false, "skip the local daemon and submit as a p2p client")
 	return cmd
 }
 
 // parseSize parses --size WxH and checks each side against the protocol's
 // rule, so that 0x0 is an error rather than the default size.
+// defaultSubmitter is the user's login name, cut to the protocol's cap: the
+// callers of one daemon are shared fairly by it.
+func defaultSubmitter() string {
+	u, err := user.Current()
+	if err != nil || protocol.ValidSubmitter(u.Username) != nil {
+		return ""
+	}
+	return u.Username
+}
+
 func parseSize(s string) (uint32, uint32, error) {
 	ws, hs, ok := strings.Cut(strings.ToLower(strings.TrimSpace(s)), "x")
 	w, err1 := strconv.ParseUint(ws, 10, 32)
@@ -161,7 +180,8 @@ func submit(ctx context.Context, cmd *cobra.Command, g *globals, f *submitFlags,
 	if !f.p2p {
 		c := localapi.NewClient(g.api)
 		if err := c.Ping(ctx, 500*time.Millisecond); err == nil {
-			tr, err := c.Submit(ctx, localapi.SubmitRequest{Task: t, NoCache: f.noCache}, bar.update)
+			tr, err := c.Submit(ctx, localapi.SubmitRequest{Task: t, NoCache: f.noCache, Submitter: f.submitter,
+				TimeoutMs: uint64(f.timeout.Milliseconds())}, bar.update)
 			if err != nil {
 				return nil, err
 			}
@@ -194,7 +214,7 @@ func submit(ctx context.Context, cmd *cobra.Command, g *globals, f *submitFlags,
 	if len(cfg.Bootstrap) == 0 {
 		waitForPeers(ctx, n, 3*time.Second) // mDNS needs a moment
 	}
-	res, err := n.Submit(ctx, t, node.SubmitOptions{NoCache: f.noCache, Progress: bar.update})
+	res, err := n.Submit(ctx, t, node.SubmitOptions{NoCache: f.noCache, Submitter: f.submitter, Progress: bar.update})
 	if err != nil {
 		return nil, err
 	}

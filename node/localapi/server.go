@@ -24,7 +24,21 @@ const maxRequestBody = 64 << 10
 type SubmitRequest struct {
 	protocol.Task
 	NoCache bool `json:"no_cache,omitempty"`
+	// Submitter names the caller among the node's callers (a user, an app):
+	// the node's waiting room and the hosts share their places fairly
+	// between submitters, so one heavy caller cannot starve the others.
+	// At most protocol.MaxSubmitterBytes of printable UTF-8; empty means the
+	// node's own line, shared by every caller that sends none.
+	Submitter string `json:"submitter,omitempty"`
+	// TimeoutMs is the task's deadline in milliseconds from the request (0:
+	// the node's default, 10 minutes; at most maxTimeout). The task waits
+	// out a saturated swarm until then.
+	TimeoutMs uint64 `json:"timeout_ms,omitempty"`
 }
+
+// maxTimeout bounds timeout_ms: a day is longer than any surge worth
+// waiting out.
+const maxTimeout = 24 * time.Hour
 
 // Line is one line of the NDJSON stream of POST /v1/tasks: exactly one of
 // Progress, Result or Error is set; Result or Error ends the stream.
@@ -53,6 +67,10 @@ type Output struct {
 	Bytes     int    `json:"bytes"`
 	Data      []byte `json:"data"`
 }
+
+// CodeDeadline is the error code of a task whose deadline (timeout_ms, or
+// the node's default) passed before it was done.
+const CodeDeadline = "deadline_exceeded"
 
 // Error is an API error.
 type Error struct {
@@ -219,6 +237,20 @@ func (s *Server) submit(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusBadRequest, Error{Message: err.Error(), Code: protocol.CodeBadRequest})
 		return
 	}
+	if err := protocol.ValidSubmitter(req.Submitter); err != nil {
+		writeJSON(w, http.StatusBadRequest, Error{Message: err.Error(), Code: protocol.CodeBadRequest})
+		return
+	}
+	if req.TimeoutMs > uint64(maxTimeout/time.Millisecond) {
+		writeJSON(w, http.StatusBadRequest, Error{Message: fmt.Sprintf("timeout_ms %d: at most %d (a day)", req.TimeoutMs, maxTimeout/time.Millisecond), Code: protocol.CodeBadRequest})
+		return
+	}
+	ctx := r.Context()
+	if req.TimeoutMs > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, time.Duration(req.TimeoutMs)*time.Millisecond)
+		defer cancel()
+	}
 	w.Header().Set("Content-Type", "application/x-ndjson")
 	w.WriteHeader(http.StatusOK)
 	enc := json.NewEncoder(w)
@@ -229,15 +261,19 @@ func (s *Server) submit(w http.ResponseWriter, r *http.Request) {
 			flusher.Flush()
 		}
 	}
-	res, err := s.n.Submit(r.Context(), req.Task, node.SubmitOptions{
-		NoCache:  req.NoCache,
-		Progress: func(p node.Progress) { send(Line{Progress: &p}) },
+	res, err := s.n.Submit(ctx, req.Task, node.SubmitOptions{
+		NoCache:   req.NoCache,
+		Submitter: req.Submitter,
+		Progress:  func(p node.Progress) { send(Line{Progress: &p}) },
 	})
 	if err != nil {
 		e := &Error{Message: err.Error()}
 		var re *protocol.RemoteError
-		if errors.As(err, &re) {
+		switch {
+		case errors.As(err, &re):
 			e.Code = re.Code
+		case errors.Is(err, context.DeadlineExceeded):
+			e.Code = CodeDeadline
 		}
 		send(Line{Error: e})
 		return

@@ -93,11 +93,14 @@ func TestRejectsForeignHostHeader(t *testing.T) {
 func TestSubmitRejectsBadRequestsBeforeWork(t *testing.T) {
 	s, n := startAPI(t)
 	cases := map[string]string{
-		"not JSON":      "{prompt:",
-		"unknown field": `{"prompt":"x","colour":"red"}`,
-		"empty prompt":  `{"prompt":"   "}`,
-		"bad size":      `{"prompt":"x","width":65}`,
-		"oversized":     `{"prompt":"` + strings.Repeat("a", 70<<10) + `"}`,
+		"not JSON":           "{prompt:",
+		"unknown field":      `{"prompt":"x","colour":"red"}`,
+		"empty prompt":       `{"prompt":"   "}`,
+		"bad size":           `{"prompt":"x","width":65}`,
+		"oversized":          `{"prompt":"` + strings.Repeat("a", 70<<10) + `"}`,
+		"bad submitter":      `{"prompt":"x","submitter":"a\u0000b"}`,
+		"long submitter":     `{"prompt":"x","submitter":"` + strings.Repeat("s", 65) + `"}`,
+		"timeout over a day": `{"prompt":"x","timeout_ms":86400001}`,
 	}
 	for name, body := range cases {
 		resp, err := http.Post("http://"+s.Addr()+"/v1/tasks", "application/json", strings.NewReader(body))

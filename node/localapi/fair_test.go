@@ -1,0 +1,130 @@
+package localapi_test
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/gpunet/gpunet/kernel"
+	"github.com/gpunet/gpunet/node"
+	"github.com/gpunet/gpunet/node/localapi"
+	"github.com/gpunet/gpunet/protocol"
+)
+
+// TestHeavyCallerCannotStarveALightOne: one caller of a daemon's API
+// submits a batch of tasks, more than its host can hold; another submits
+// one task after them. Each names itself (submitter), so the daemon's
+// waiting room and the host's queue take turns between them: the light
+// caller's task finishes while most of the heavy batch still waits. Were
+// the daemon one submitter to the host, as before, it would finish last.
+func TestHeavyCallerCannotStarveALightOne(t *testing.T) {
+	const heavy = 10
+	s, _ := startAPIWith(t, func(c *node.Config) {
+		c.Kernel = kernel.Sketch{}
+		p, _ := kernel.ProfileByName("h100")
+		dev, err := kernel.NewSimGPU(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { dev.Close() })
+		c.Device, c.Slots, c.QueueLen = dev, 1, 3
+		c.BeaconInterval = 200 * time.Millisecond
+	})
+	api := localapi.NewClient(s.Addr())
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+
+	var mu sync.Mutex
+	var order []string // submitters, in the order their tasks finished
+	var wg sync.WaitGroup
+	submit := func(who string, i int, placed chan<- struct{}) {
+		defer wg.Done()
+		once := sync.OnceFunc(func() { close(placed) })
+		// About 0.1 s each on a simulated H100.
+		task := protocol.Task{Prompt: fmt.Sprintf("%s's picture %d", who, i), Width: 256, Height: 256, Steps: 16}
+		_, err := api.Submit(ctx, localapi.SubmitRequest{Task: task, Submitter: who}, func(p node.Progress) {
+			if p.Stage == "queued" || p.Stage == "running" || p.Stage == "waiting" {
+				once()
+			}
+		})
+		once()
+		if err != nil {
+			t.Errorf("%s's task %d: %v", who, i, err)
+			return
+		}
+		mu.Lock()
+		order = append(order, who)
+		mu.Unlock()
+	}
+	var placed []chan struct{}
+	for i := range heavy {
+		ch := make(chan struct{})
+		placed = append(placed, ch)
+		wg.Add(1)
+		go submit("heavy", i, ch)
+	}
+	for _, ch := range placed {
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			t.Fatal("the heavy batch was never queued")
+		}
+	}
+	wg.Add(1)
+	go submit("light", 0, make(chan struct{}))
+	wg.Wait()
+
+	after := 0
+	for i, who := range order {
+		if who == "light" {
+			after = len(order) - 1 - i
+		}
+	}
+	t.Logf("completion order: %v", order)
+	if len(order) != heavy+1 {
+		t.Fatalf("%d of %d tasks completed", len(order), heavy+1)
+	}
+	if after < heavy/2 {
+		t.Errorf("the light caller's one task finished with only %d of the heavy caller's %d still to go", after, heavy)
+	}
+}
+
+// TestDeadlineEndsAWaitingTask: a task no host will take (its only host is
+// paused) is not refused: it waits, showing its place in line, until the
+// caller's timeout_ms passes, and then ends with deadline_exceeded.
+func TestDeadlineEndsAWaitingTask(t *testing.T) {
+	s, n := startHostAPI(t)
+	if !n.Pause() {
+		t.Fatal("the host could not be paused")
+	}
+	body := `{"prompt":"a harbour nobody will draw","width":64,"height":64,"steps":2,"timeout_ms":1500}`
+	resp, err := http.Post("http://"+s.Addr()+"/v1/tasks", "application/json", strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var stages []string
+	var last localapi.Line
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		if err := json.Unmarshal(sc.Bytes(), &last); err != nil {
+			t.Fatalf("line %q: %v", sc.Text(), err)
+		}
+		if last.Progress != nil {
+			stages = append(stages, last.Progress.Stage)
+		}
+	}
+	if last.Error == nil || last.Error.Code != localapi.CodeDeadline {
+		t.Fatalf("last line %+v, want an error with code %s (stages %v)", last, localapi.CodeDeadline, stages)
+	}
+	if !slices.Contains(stages, "waiting") {
+		t.Errorf("the task never showed it was waiting: stages %v", stages)
+	}
+}
