@@ -6,8 +6,12 @@
 //	       -> /gpunet/task/1.0.0 to each candidate in turn -> verify CIDs -> store
 //
 // Files by concern: config.go (Config and its defaults), node.go (lifecycle),
-// advertise.go (capacity over the DHT), serve.go (the inbound task protocol),
-// dispatch.go (outbound: Submit), status.go (what the local API reports).
+// lock.go (one process per data directory), peers.go (remembered peers,
+// redialled while the node has too few), advertise.go (capacity over the
+// DHT), gossip.go and beacon.go (load and heat), serve.go (the inbound task
+// protocol) with fairqueue.go and admission.go (its fair queue and rate
+// limits), dispatch.go (outbound: Submit) with waitroom.go (where a
+// saturated swarm's tasks wait), status.go (what the local API reports).
 // Sub-packages: store (content-addressed results) and localapi (the HTTP API
 // and its client). Only cmd/ imports node.
 package node

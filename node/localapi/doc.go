@@ -16,5 +16,10 @@
 //	POST /v1/cache/{cid}/pin, /unpin   keep a result from eviction, or not
 //	POST /v1/cache/gc        evict down to the budget, drop orphan blocks
 //
+// Browsers: a request with an Origin other than the API's own, or marked
+// cross-site by Sec-Fetch-Site, is refused (403), and POST /v1/tasks takes
+// only application/json (415), so no web page can drive the API; a page the
+// API itself serves may.
+//
 // It imports node; node does not import it.
 package localapi
