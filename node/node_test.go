@@ -183,9 +183,12 @@ func TestBadTaskIsRefusedBeforeWork(t *testing.T) {
 	if !errors.Is(err, protocol.ErrBadTask) {
 		t.Errorf("empty prompt: %v, want ErrBadTask", err)
 	}
+	if err := sw.WaitViews(ctx); err != nil {
+		t.Fatal(err)
+	}
 	_, err = a.Submit(ctx, protocol.Task{Prompt: "x", Model: "no/such-model"}, node.SubmitOptions{})
-	if err == nil {
-		t.Error("unknown model: no error")
+	if err == nil || !strings.Contains(err.Error(), protocol.DefaultModel) {
+		t.Errorf("unknown model: %v; want an error naming the model the swarm serves (%s)", err, protocol.DefaultModel)
 	}
 	if total, _ := kernelRuns(sw); total != 0 {
 		t.Errorf("kernel ran %d times for invalid tasks", total)
