@@ -217,7 +217,7 @@ func (n *Node) place(ctx context.Context, t protocol.Task, tc cid.Cid, noCache b
 	// rather than jumping it.
 	if n.waiting.waiting(t.Model) > 0 {
 		if err := j.wait(ctx, 0, false); err != nil {
-			return nil, err
+			return nil, j.deadline(ctx, nil)
 		}
 	}
 	var last error // the latest host's error, for the message
