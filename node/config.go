@@ -11,6 +11,7 @@ import (
 	"github.com/gpunet/gpunet/kernel"
 	"github.com/gpunet/gpunet/protocol"
 	"github.com/gpunet/gpunet/scheduler"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // DefaultAPIAddr is the local HTTP API's address: loopback only (the API is
@@ -133,6 +134,15 @@ type Config struct {
 	// surge is waited out, not refused, and an image is worth minutes of
 	// waiting in one, not hours.
 	SubmitTimeout time.Duration
+
+	// Observers hear what the node does (metrics, the dashboard); see
+	// Observer for their rules.
+	Observers []Observer
+	// MetricsRegisterer, when set, is where go-libp2p registers its own
+	// metrics (swarm, resource manager, identify, hole punching, ...), so
+	// they are scraped beside gpunet's; nil leaves libp2p's default, the
+	// global registry.
+	MetricsRegisterer prometheus.Registerer
 
 	// Version is reported in capacity records.
 	Version string

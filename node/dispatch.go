@@ -64,7 +64,7 @@ type Result struct {
 // result, else on the hosts the DHT names for the model, trying them in turn
 // until one answers. Every block is verified against its CID before it is
 // stored or returned.
-func (n *Node) Submit(ctx context.Context, task protocol.Task, opts SubmitOptions) (*Result, error) {
+func (n *Node) Submit(ctx context.Context, task protocol.Task, opts SubmitOptions) (res *Result, err error) {
 	start := time.Now()
 	n.stats.submitted.Add(1)
 	if _, ok := ctx.Deadline(); !ok {
@@ -81,6 +81,26 @@ func (n *Node) Submit(ctx context.Context, task protocol.Task, opts SubmitOption
 	if err != nil {
 		return nil, err
 	}
+	ev := SubmitEvent{TaskCID: tc, Task: t, Submitter: opts.Submitter, Started: start}
+	if len(n.cfg.Observers) > 0 {
+		caller := progress
+		progress = func(p Progress) {
+			caller(p)
+			e := ev
+			e.Progress = p
+			n.observe(func(o Observer) { o.SubmitProgress(e) })
+		}
+	}
+	defer func() {
+		e := ev
+		e.Result, e.Err, e.Elapsed = res, err, time.Since(start)
+		n.observe(func(o Observer) { o.SubmitDone(e) })
+		if err != nil {
+			n.log.Info("submission failed", "task", tc, "submitter", opts.Submitter, "ms", e.Elapsed.Milliseconds(), "err", err)
+		} else {
+			n.log.Info("submission done", "task", tc, "submitter", opts.Submitter, "cache", res.Cache, "host", res.Host, "ms", e.Elapsed.Milliseconds())
+		}
+	}()
 	// Identical submissions in flight on this node share one journey.
 	c, leader := n.submits.join(tc, opts.NoCache)
 	if !leader {
@@ -93,9 +113,9 @@ func (n *Node) Submit(ctx context.Context, task protocol.Task, opts SubmitOption
 		if c.err != nil {
 			return nil, c.err
 		}
-		res := *c.res
-		res.Elapsed = time.Since(start)
-		return &res, nil
+		joined := *c.res
+		joined.Elapsed = time.Since(start)
+		return &joined, nil
 	}
 	c.res, c.err = n.submit(ctx, t, tc, opts, start, progress)
 	n.submits.leave(tc, opts.NoCache, c)

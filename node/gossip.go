@@ -152,7 +152,26 @@ func beaconTopicScore() *pubsub.TopicScoreParams {
 // validate runs for every beacon before it is delivered or forwarded.
 // Malformed, oversized, forged, replayed or flooding beacons are rejected
 // (which costs the sender score); stale ones are ignored.
-func (g *gossip) validate(_ context.Context, _ peer.ID, msg *pubsub.Message) pubsub.ValidationResult {
+func (g *gossip) validate(ctx context.Context, from peer.ID, msg *pubsub.Message) pubsub.ValidationResult {
+	r := g.judge(msg)
+	if len(g.cfg.Observers) > 0 {
+		outcome := BeaconAccepted
+		switch r {
+		case pubsub.ValidationReject:
+			outcome = BeaconRejected
+		case pubsub.ValidationIgnore:
+			outcome = BeaconIgnored
+		}
+		for _, o := range g.cfg.Observers {
+			o.Beacon(outcome)
+		}
+	}
+	return r
+}
+
+// judge is the validator's verdict on one beacon, folding accepted ones
+// into the view.
+func (g *gossip) judge(msg *pubsub.Message) pubsub.ValidationResult {
 	if len(msg.Data) > protocol.MaxBeaconBytes {
 		return pubsub.ValidationReject
 	}

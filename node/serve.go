@@ -126,6 +126,19 @@ type flight struct {
 
 	res *store.Result
 	err error
+	// started is when the kernel began, kernel how long it ran; set by
+	// compute before done is closed, read after.
+	started time.Time
+	kernel  time.Duration
+}
+
+// timing is, for a request admitted to f at admitted, how long it waited
+// for the kernel to start and how long the kernel ran. Call after done.
+func (f *flight) timing(admitted time.Time) (wait, kernel time.Duration) {
+	if f.started.IsZero() {
+		return 0, 0
+	}
+	return max(0, f.started.Sub(admitted)), f.kernel
 }
 
 // subscribe returns a channel of queued/progress events. Sends never block:
@@ -162,12 +175,10 @@ func (s *server) handle(st network.Stream) {
 	start := time.Now()
 	remote := st.Conn().RemotePeer()
 	log := s.log.With("peer", remote)
+	var tc cid.Cid
 	refuse := func(err error) {
 		re := asRemote(err)
-		s.n.stats.refused.Add(1)
-		s.mu.Lock()
-		s.refusals[re.Code]++
-		s.mu.Unlock()
+		s.refused(ServedEvent{TaskCID: tc, Peer: remote, Code: re.Code, Elapsed: time.Since(start)})
 		log.Debug("refusing task", "code", re.Code, "msg", re.Message)
 		_ = st.SetWriteDeadline(time.Now().Add(writeTimeout))
 		_ = protocol.WriteMsg(st, protocol.ErrorEvent(re.Code, re.Message, re.RetryAfter))
@@ -189,14 +200,15 @@ func (s *server) handle(st network.Stream) {
 		refuse(&protocol.RemoteError{Code: protocol.CodeUnsupportedModel, Message: fmt.Sprintf("this host serves %v", s.n.cfg.Kernel.Models())})
 		return
 	}
-	tc, err := req.Task.CID()
-	if err != nil {
+	if tc, err = req.Task.CID(); err != nil {
 		refuse(badRequest(err))
 		return
 	}
 	log = log.With("task", tc)
 
 	var res *store.Result
+	var f *flight
+	var admitted time.Time
 	cached := false
 	if !req.NoCache {
 		if r, err := s.n.store.Get(s.n.ctx, tc); err == nil {
@@ -204,11 +216,11 @@ func (s *server) handle(st network.Stream) {
 		}
 	}
 	if res == nil {
-		f, err := s.admit(remote, req.Submitter, req.Task, tc)
-		if err != nil {
+		if f, err = s.admit(remote, req.Submitter, req.Task, tc); err != nil {
 			refuse(err)
 			return
 		}
+		admitted = time.Now()
 		_ = st.SetWriteDeadline(time.Now().Add(writeTimeout))
 		_ = protocol.WriteMsg(st, s.stateEvent(f))
 		res, err = s.wait(st, f, watchCancel(st, br))
@@ -233,7 +245,21 @@ func (s *server) handle(st network.Stream) {
 	if cached {
 		s.n.stats.servedCached.Add(1)
 	}
-	log.Info("task served", "cache", cacheWord(cached), "ms", time.Since(start).Milliseconds())
+	ev := ServedEvent{TaskCID: tc, Peer: remote, Cached: cached, Elapsed: time.Since(start)}
+	if f != nil {
+		ev.QueueWait, ev.KernelTime = f.timing(admitted)
+	}
+	s.n.observe(func(o Observer) { o.Served(ev) })
+	log.Info("task served", "cache", cacheWord(cached), "ms", ev.Elapsed.Milliseconds())
+}
+
+// refused counts a refusal and tells the observers.
+func (s *server) refused(ev ServedEvent) {
+	s.n.stats.refused.Add(1)
+	s.mu.Lock()
+	s.refusals[ev.Code]++
+	s.mu.Unlock()
+	s.n.observe(func(o Observer) { o.Served(ev) })
 }
 
 var errClientGone = errors.New("client stopped reading")
@@ -246,18 +272,23 @@ func (s *server) local(ctx context.Context, t protocol.Task, tc cid.Cid, noCache
 	if !serves(s.n.cfg.Kernel, t.Model) {
 		return nil, &protocol.RemoteError{Code: protocol.CodeUnsupportedModel, Message: fmt.Sprintf("this host serves %v", s.n.cfg.Kernel.Models())}
 	}
+	start := time.Now()
+	self := s.n.host.ID()
 	if !noCache {
 		if r, err := s.n.store.Get(ctx, tc); err == nil {
 			s.n.stats.served.Add(1)
 			s.n.stats.servedCached.Add(1)
+			ev := ServedEvent{TaskCID: tc, Peer: self, Cached: true, Elapsed: time.Since(start)}
+			s.n.observe(func(o Observer) { o.Served(ev) })
 			return r, nil
 		}
 	}
-	start := time.Now()
-	f, err := s.admit(s.n.host.ID(), submitter, t, tc)
+	f, err := s.admit(self, submitter, t, tc)
 	if err != nil {
+		s.refused(ServedEvent{TaskCID: tc, Peer: self, Code: asRemote(err).Code, Elapsed: time.Since(start)})
 		return nil, err
 	}
+	admitted := time.Now()
 	ch := f.subscribe()
 	defer f.unsubscribe(ch)
 	onEvent(s.stateEvent(f))
@@ -267,7 +298,10 @@ func (s *server) local(ctx context.Context, t protocol.Task, tc cid.Cid, noCache
 			s.leave(f, false)
 			if f.err == nil {
 				s.n.stats.served.Add(1)
-				s.log.Info("task served", "peer", "self", "task", tc, "cache", cacheWord(false), "ms", time.Since(start).Milliseconds())
+				ev := ServedEvent{TaskCID: tc, Peer: self, Elapsed: time.Since(start)}
+				ev.QueueWait, ev.KernelTime = f.timing(admitted)
+				s.n.observe(func(o Observer) { o.Served(ev) })
+				s.log.Info("task served", "peer", "self", "task", tc, "cache", cacheWord(false), "ms", ev.Elapsed.Milliseconds())
 			}
 			return f.res, f.err
 		case e := <-ch:
@@ -566,6 +600,7 @@ func (s *server) compute(f *flight) (*store.Result, error) {
 	f.broadcast(startedEvent(f.task, svc))
 	pace := newPacer(s.dev, f.task, n.cfg.SimulateGPUSpeed)
 	start := time.Now()
+	f.started = start
 	outs, err := n.cfg.Kernel.Run(f.ctx, f.task, func(step, total int) {
 		pace.step(f.ctx)
 		if step >= total {
@@ -580,6 +615,7 @@ func (s *server) compute(f *flight) (*store.Result, error) {
 		}
 		f.broadcast(protocol.Event{Type: protocol.EventProgress, Step: uint32(step), Total: uint32(total), EtaMs: uint64(eta.Milliseconds())})
 	})
+	f.kernel = time.Since(start)
 	if err != nil {
 		return nil, fmt.Errorf("kernel %s: %w", n.cfg.Kernel.Name(), err)
 	}
@@ -772,9 +808,11 @@ func (n *Node) provideResult(tc cid.Cid) {
 		defer n.wg.Done()
 		ctx, cancel := context.WithTimeout(n.ctx, 30*time.Second)
 		defer cancel()
-		if err := n.dht.Provide(ctx, tc, true); err != nil {
+		err := n.dht.Provide(ctx, tc, true)
+		if err != nil {
 			n.log.Debug("providing result", "task", tc, "err", err)
 		}
+		n.observe(func(o Observer) { o.Provided(err) })
 	}()
 }
 

@@ -89,7 +89,7 @@ type Server struct {
 
 // Listen starts the API on addr, which must be a loopback address: the API
 // has no authentication, so it must not be reachable from other machines.
-func Listen(n *node.Node, addr string, log *slog.Logger) (*Server, error) {
+func Listen(n *node.Node, addr string, log *slog.Logger, opts ...Option) (*Server, error) {
 	host, _, err := net.SplitHostPort(addr)
 	if err != nil {
 		return nil, fmt.Errorf("api address %q: %w", addr, err)
@@ -109,6 +109,9 @@ func Listen(n *node.Node, addr string, log *slog.Logger) (*Server, error) {
 	mux.HandleFunc("POST /v1/host/pause", s.pause(true))
 	mux.HandleFunc("POST /v1/host/resume", s.pause(false))
 	registerCache(mux, s)
+	for _, o := range opts {
+		o(mux)
+	}
 	s.srv = &http.Server{Handler: localOnly(sameOrigin(s.Addr(), mux)), ReadHeaderTimeout: 10 * time.Second}
 	s.wg.Add(1)
 	go func() {
@@ -118,6 +121,17 @@ func Listen(n *node.Node, addr string, log *slog.Logger) (*Server, error) {
 		}
 	}()
 	return s, nil
+}
+
+// Option adds to the API, before it serves.
+type Option func(*http.ServeMux)
+
+// WithRoute serves h at pattern (http.ServeMux syntax, e.g. "GET /metrics")
+// beside the API's own routes, behind the same loopback and same-origin
+// checks: how the metrics and the dashboard join the API without it
+// importing them.
+func WithRoute(pattern string, h http.Handler) Option {
+	return func(mux *http.ServeMux) { mux.Handle(pattern, h) }
 }
 
 // Addr is the address the API listens on.
