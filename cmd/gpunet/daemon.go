@@ -175,12 +175,20 @@ func openKernel(f *hostFlags, log *slog.Logger) (kernel.Kernel, error) {
 // runPeer starts a node and its local API and runs until interrupted.
 func runPeer(cmd *cobra.Command, g *globals, cfg node.Config) error {
 	ctx := cmd.Context()
+	var attach []func(*node.Node) []localapi.Option
+	for _, s := range surfaces {
+		attach = append(attach, s(&cfg))
+	}
 	n, err := node.New(ctx, cfg)
 	if err != nil {
 		return err
 	}
 	defer n.Close()
-	api, err := localapi.Listen(n, g.api, cfg.Logger)
+	var routes []localapi.Option
+	for _, a := range attach {
+		routes = append(routes, a(n)...)
+	}
+	api, err := localapi.Listen(n, g.api, cfg.Logger, routes...)
 	if err != nil {
 		return err
 	}
