@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/gpunet/gpunet/node/store"
+	"github.com/gpunet/gpunet/node/store/storetest"
 	"github.com/gpunet/gpunet/protocol"
 	"github.com/ipfs/go-cid"
 	car "github.com/ipld/go-car/v2"
@@ -298,32 +299,6 @@ func runFail(t *testing.T, ctx context.Context, args ...string) string {
 	return stderr.String()
 }
 
-// damageStoreTable overwrites 21 bytes in the middle of the largest table
-// of the store in dir, as in issue 8: pebble's checksum of the data block
-// there no longer matches.
-func damageStoreTable(t *testing.T, dir string) {
-	t.Helper()
-	ssts, _ := filepath.Glob(filepath.Join(dir, "*.sst"))
-	var path string
-	var size int64
-	for _, p := range ssts {
-		if fi, err := os.Stat(p); err == nil && fi.Size() > size {
-			path, size = p, fi.Size()
-		}
-	}
-	if path == "" {
-		t.Fatalf("no table in %s: closing the store should have flushed one", dir)
-	}
-	f, err := os.OpenFile(path, os.O_WRONLY, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	if _, err := f.WriteAt(bytes.Repeat([]byte{0xAA}, 21), size/2); err != nil {
-		t.Fatal(err)
-	}
-}
-
 // damagedDataDir returns a data directory whose store holds n results and
 // has a damaged table.
 func damagedDataDir(t *testing.T, n int) (string, []storedResult) {
@@ -344,7 +319,7 @@ func damagedDataDir(t *testing.T, n int) (string, []storedResult) {
 	if err := s.Close(); err != nil { // Close flushes everything to a table
 		t.Fatal(err)
 	}
-	damageStoreTable(t, filepath.Join(data, "store"))
+	storetest.DamageTable(t, filepath.Join(data, "store"))
 	return data, rs
 }
 

@@ -129,27 +129,16 @@ func runDemo(ctx context.Context, f *demoFlags, quiet bool) (*demoReport, error)
 		profiles[i] = demoProfiles[i%len(demoProfiles)]
 	}
 	say("starting %d hosts on loopback (simulated GPUs: %s)…", f.hosts, strings.Join(profiles, ", "))
-	sw, err := swarm.Start(ctx, swarm.Options{Profiles: profiles, TimeScale: f.timeScale,
+	sw, err := swarm.StartWithClients(ctx, swarm.Options{Profiles: profiles, TimeScale: f.timeScale,
 		// Beacons 4x as often as a real swarm's: the whole demo lasts seconds.
 		Tune: func(c *node.Config) {
 			c.BeaconInterval = 500 * time.Millisecond
 			c.QueueHedge = f.queueHedge
-		}})
+		}}, f.clients)
 	if err != nil {
 		return nil, err
 	}
 	defer sw.Close()
-	for i := 0; i < f.clients; i++ {
-		if _, err := sw.AddClient(ctx); err != nil {
-			return nil, err
-		}
-	}
-	wctx, cancel := context.WithTimeout(ctx, 15*time.Second)
-	err = sw.WaitViews(wctx)
-	cancel()
-	if err != nil {
-		return nil, err
-	}
 	stopSampling := samplePeaks(sw)
 	say("swarm ready in %s; submitting %d tasks from %d clients", time.Since(start).Round(time.Millisecond), f.tasks, f.clients)
 

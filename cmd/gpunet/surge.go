@@ -68,25 +68,14 @@ func runSurge(ctx context.Context, g *globals, f *surgeFlags) (*swarm.SurgeRepor
 	for i := range profiles {
 		profiles[i] = "h100"
 	}
-	sw, err := swarm.Start(ctx, swarm.Options{Profiles: profiles, Slots: f.slots, TimeScale: 40,
+	sw, err := swarm.StartWithClients(ctx, swarm.Options{Profiles: profiles, Slots: f.slots, TimeScale: 40,
 		Tune: func(c *node.Config) {
 			c.BeaconInterval = 500 * time.Millisecond
 			c.QueueHedge = g.hedge
-		}})
+		}}, f.clients)
 	if err != nil {
 		return nil, err
 	}
 	defer sw.Close()
-	for i := 0; i < f.clients; i++ {
-		if _, err := sw.AddClient(ctx); err != nil {
-			return nil, err
-		}
-	}
-	wctx, cancel := context.WithTimeout(ctx, 15*time.Second)
-	err = sw.WaitViews(wctx)
-	cancel()
-	if err != nil {
-		return nil, err
-	}
 	return sw.Surge(ctx, swarm.SurgeOptions{Tasks: f.tasks, Submitters: f.submitters, Width: w, Height: h, Steps: f.steps, Timeout: f.timeout})
 }

@@ -16,6 +16,8 @@ import (
 	"time"
 
 	ds "github.com/ipfs/go-datastore"
+
+	"github.com/gpunet/gpunet/node/store/storetest"
 )
 
 // within runs f and fails the test if it has not returned within a minute:
@@ -33,34 +35,6 @@ func within(t *testing.T, what string, f func()) {
 	case <-time.After(time.Minute):
 		t.Fatalf("%s did not return within a minute", what)
 	}
-}
-
-// damageSST overwrites 21 bytes in the middle of the largest table in dir,
-// as issue 8 did, and returns the table's path. Data blocks come first in
-// a table, so the middle is a data block's: pebble's checksum of that
-// block no longer matches.
-func damageSST(t *testing.T, dir string) string {
-	t.Helper()
-	ssts, err := filepath.Glob(filepath.Join(dir, "*.sst"))
-	if err != nil || len(ssts) == 0 {
-		t.Fatalf("no table in %s (%v): the store should have flushed", dir, err)
-	}
-	var path string
-	var size int64
-	for _, p := range ssts {
-		if fi, err := os.Stat(p); err == nil && fi.Size() > size {
-			path, size = p, fi.Size()
-		}
-	}
-	f, err := os.OpenFile(path, os.O_WRONLY, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	if _, err := f.WriteAt(bytes.Repeat([]byte{0xAA}, 21), size/2); err != nil {
-		t.Fatal(err)
-	}
-	return path
 }
 
 // damagedStore makes a store in DIR/store holding n results, one of them
@@ -86,7 +60,7 @@ func damagedStore(t *testing.T, n int) (string, []fixture) {
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
-	damageSST(t, dir)
+	storetest.DamageTable(t, dir)
 	return dir, fs
 }
 
@@ -132,7 +106,7 @@ func TestDamageFoundWhileOpen(t *testing.T) {
 	if err := s.ds.DB.Flush(); err != nil {
 		t.Fatal(err)
 	}
-	damageSST(t, s.dir)
+	storetest.DamageTable(t, s.dir)
 
 	var bad int
 	within(t, "reading a damaged store", func() {

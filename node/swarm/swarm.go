@@ -122,6 +122,30 @@ func Start(ctx context.Context, o Options) (s *Swarm, err error) {
 	return s, s.waitAdvertised(ctx)
 }
 
+// StartWithClients starts a swarm as Start does, adds clients client
+// nodes, and waits (at most 15 s) until every client's gossip view holds
+// every host it hears, so that the first placement has load and heat to go
+// on. The swarm is closed if any step fails.
+func StartWithClients(ctx context.Context, o Options, clients int) (*Swarm, error) {
+	s, err := Start(ctx, o)
+	if err != nil {
+		return nil, err
+	}
+	for range clients {
+		if _, err := s.AddClient(ctx); err != nil {
+			s.Close()
+			return nil, err
+		}
+	}
+	wctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	if err := s.WaitViews(wctx); err != nil {
+		s.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
 func (s *Swarm) config(name string) node.Config {
 	cfg := node.DefaultConfig()
 	cfg.DataDir = ""
