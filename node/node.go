@@ -29,6 +29,7 @@ import (
 	quic "github.com/libp2p/go-libp2p/p2p/transport/quic"
 	"github.com/libp2p/go-libp2p/p2p/transport/tcp"
 	ma "github.com/multiformats/go-multiaddr"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // mdnsService is the mDNS service name gpunet peers look for.
@@ -151,7 +152,7 @@ func (n *Node) start(ctx context.Context) (err error) {
 		return fmt.Errorf("opening results store in %s: %w", dir, err)
 	}
 	n.bw = metrics.NewBandwidthCounter()
-	if n.host, err = newHost(n.key, cfg.ListenAddrs, n.bw, n.log); err != nil {
+	if n.host, err = newHost(n.key, cfg.ListenAddrs, n.bw, cfg.MetricsRegisterer, n.log); err != nil {
 		return err
 	}
 	mode := dht.ModeClient
@@ -216,7 +217,17 @@ func (n *Node) start(ctx context.Context) (err error) {
 // from ephemeral ports, so TCP hole punching is off; QUIC keeps it, since it
 // shares its one UDP socket in-process (quicreuse opens it with a plain
 // net.ListenUDP, which a second process cannot bind).
-func newHost(key crypto.PrivKey, listen []string, bw metrics.Reporter, log *slog.Logger) (host.Host, error) {
+//
+// reg, when set, takes go-libp2p's own metrics in place of the global
+// registry. libp2p.New registers the resource manager's collectors on it
+// too (rcmgr.MustRegisterWith), and the resource manager feeds them
+// through the StatsTraceReporter it adds unless its metrics are disabled,
+// so nothing more is needed here; node/metrics' test checks that the
+// libp2p_rcmgr_ families arrive. go-libp2p's collectors are package
+// variables shared by every host in the process: several nodes in one
+// process (the tests, the demo) may each have their own registry without a
+// clash, but each shows the process's totals; a daemon runs one node.
+func newHost(key crypto.PrivKey, listen []string, bw metrics.Reporter, reg prometheus.Registerer, log *slog.Logger) (host.Host, error) {
 	addrs := make([]ma.Multiaddr, 0, len(listen))
 	for _, s := range listen {
 		a, err := ma.NewMultiaddr(s)
@@ -237,7 +248,7 @@ func newHost(key crypto.PrivKey, listen []string, bw metrics.Reporter, log *slog
 	if err != nil {
 		return nil, fmt.Errorf("resource manager: %w", err)
 	}
-	h, err := libp2p.New(
+	opts := []libp2p.Option{
 		libp2p.Identity(key),
 		libp2p.Transport(tcp.NewTCPTransport, tcp.DisableReuseport()),
 		libp2p.Transport(quic.NewTransport),
@@ -250,7 +261,11 @@ func newHost(key crypto.PrivKey, listen []string, bw metrics.Reporter, log *slog
 		// listening succeeds if any one address works and drops the
 		// errors' causes, so a port taken on one transport would pass.
 		libp2p.NoListenAddrs,
-	)
+	}
+	if reg != nil {
+		opts = append(opts, libp2p.PrometheusRegisterer(reg))
+	}
+	h, err := libp2p.New(opts...)
 	if err != nil {
 		return nil, fmt.Errorf("starting libp2p host: %w", err)
 	}

@@ -2,37 +2,57 @@ package main
 
 import (
 	"os/exec"
+	"slices"
 	"strings"
 	"testing"
 )
 
 // TestDependencyDirection keeps the layering of docs/architecture.md:
-// protocol is a leaf; kernel and scheduler import only protocol.
+// protocol is a leaf; kernel, scheduler and the store import only
+// protocol; the node's surfaces (local API, metrics, dashboard) and the
+// config file's format are rooms with a door to the node, which imports
+// none of them, nor they each other.
 func TestDependencyDirection(t *testing.T) {
 	const mod = "github.com/gpunet/gpunet/"
-	allowed := map[string][]string{
-		"protocol":  nil,
-		"kernel":    {"protocol"},
-		"scheduler": {"protocol"},
-	}
-	for pkg, ok := range allowed {
+	deps := func(pkg string) []string {
 		out, err := exec.Command("go", "list", "-deps", "-f", "{{.ImportPath}}", "../../"+pkg).Output()
 		if err != nil {
 			t.Fatalf("go list %s: %v", pkg, err)
 		}
+		var ours []string
 		for _, dep := range strings.Fields(string(out)) {
-			rel, ours := strings.CutPrefix(dep, mod)
-			if !ours || rel == pkg || strings.HasPrefix(rel, pkg+"/") {
-				continue
+			if rel, ok := strings.CutPrefix(dep, mod); ok && rel != pkg && !strings.HasPrefix(rel, pkg+"/") {
+				ours = append(ours, rel)
 			}
-			allowedDep := false
-			for _, a := range ok {
-				if rel == a {
-					allowedDep = true
-				}
+		}
+		return ours
+	}
+	// Packages whose every import of this module is listed.
+	only := map[string][]string{
+		"protocol":      nil,
+		"kernel":        {"protocol"},
+		"scheduler":     {"protocol"},
+		"node/store":    {"protocol"},
+		"node/nodeconf": nil,
+	}
+	for pkg, ok := range only {
+		for _, dep := range deps(pkg) {
+			if !slices.Contains(ok, dep) {
+				t.Errorf("%s imports %s; it may import only %v of this module", pkg, dep, ok)
 			}
-			if !allowedDep {
-				t.Errorf("%s imports %s; it may import only %v of this module", pkg, rel, ok)
+		}
+	}
+	// Packages that must not import these.
+	never := map[string][]string{
+		"node":          {"node/localapi", "node/metrics", "node/web", "node/nodeconf", "node/swarm"},
+		"node/metrics":  {"node/localapi", "node/web", "node/swarm"},
+		"node/web":      {"node/metrics", "node/swarm"},
+		"node/localapi": {"node/metrics", "node/web", "node/swarm"},
+	}
+	for pkg, banned := range never {
+		for _, dep := range deps(pkg) {
+			if slices.Contains(banned, dep) || strings.HasPrefix(dep, "cmd/") {
+				t.Errorf("%s imports %s: the node's rooms open onto the node, not onto each other", pkg, dep)
 			}
 		}
 	}
