@@ -12,6 +12,9 @@
 // protocol) with fairqueue.go and admission.go (its fair queue and rate
 // limits), dispatch.go (outbound: Submit) with waitroom.go (where a
 // saturated swarm's tasks wait), status.go (what the local API reports).
-// Sub-packages: store (content-addressed results) and localapi (the HTTP API
-// and its client). Only cmd/ imports node.
+// Sub-packages: store (content-addressed results), localapi (the HTTP API
+// and its client), metrics (Prometheus), web (the dashboard), nodeconf (the
+// config file) and swarm (nodes on loopback). localapi, metrics and web
+// import node and reach it through Observer and small Source interfaces of
+// their own; node imports none of them.
 package node
