@@ -20,6 +20,9 @@ func newDaemonCmd(g *globals) *cobra.Command {
 		Short: "Run a gpunet peer: DHT routing, results cache and the local API",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := applyConfig(cmd, g, nil); err != nil {
+				return err
+			}
 			log, err := g.logger(slog.LevelInfo)
 			if err != nil {
 				return err
@@ -51,6 +54,9 @@ func newHostCmd(g *globals) *cobra.Command {
 		Short: "Join as a volunteer GPU host: a daemon that also runs tasks",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := applyConfig(cmd, g, f); err != nil {
+				return err
+			}
 			log, err := g.logger(slog.LevelInfo)
 			if err != nil {
 				return err
@@ -206,7 +212,7 @@ func runPeer(cmd *cobra.Command, g *globals, cfg node.Config) error {
 			role, n.ID(), api.Addr(), joinOr(node.JoinAddrs(n.Addrs()), "(not listening)"))
 	}
 	<-ctx.Done()
-	fmt.Fprintln(os.Stderr, "shutting down…")
+	cfg.Logger.Info("shutting down")
 	done := make(chan error, 1)
 	go func() { done <- n.Close() }()
 	select {

@@ -33,9 +33,13 @@ type globals struct {
 	mdns      bool
 	json      bool
 	logLevel  string
+	logFormat string
 	hedge     bool
 	shards    int
 	heard     int
+	// storeBudget is store.budget from the configuration file (no flag);
+	// 0 leaves node.DefaultConfig's.
+	storeBudget int64
 }
 
 // Exit codes. A person or a script reads them: 1 is "what you asked for
@@ -154,11 +158,13 @@ func newRootCmd() *cobra.Command {
 	pf.IntVar(&g.shards, "beacon-shards", 1, "split the swarm's beacons over this many gossip topics (every node of a swarm must agree; see docs/protocol.md)")
 	pf.IntVar(&g.heard, "view-shards", 0, "with --beacon-shards: how many shards this node hears, from its own on (0: all)")
 	pf.StringVar(&g.logLevel, "log-level", "", "debug, info, warn or error (default: info for daemon and host, warn otherwise)")
+	pf.StringVar(&g.logFormat, "log-format", "text", "logs on stderr as text (key=value) or json (one object a line); go-libp2p's logs too")
 
 	root.AddCommand(
 		newDaemonCmd(g), newHostCmd(g), newSubmitCmd(g), newPeersCmd(g), newStatusCmd(g),
 		newDemoCmd(g), newBenchCmd(g), newCacheCmd(g), newSimCmd(), newGeneratorCmd(), newVersionCmd(g),
 	)
+	root.AddCommand(newInitCmd(g), newConfigCmd(g))
 	return root
 }
 
@@ -178,6 +184,9 @@ func (g *globals) check(cmd *cobra.Command) error {
 		if err := lvl.UnmarshalText([]byte(g.logLevel)); err != nil {
 			return fmt.Errorf("--log-level %q: want debug, info, warn or error", g.logLevel)
 		}
+	}
+	if g.logFormat != "text" && g.logFormat != "json" {
+		return fmt.Errorf("--log-format %q: want text or json", g.logFormat)
 	}
 	for _, s := range g.listen {
 		if strings.TrimSpace(s) == "" {
@@ -212,7 +221,8 @@ func checkBootstrap(s string) error {
 	return nil
 }
 
-// logger returns a stderr logger at the level asked for, or def.
+// logger returns a stderr logger at the level asked for, or def, in the
+// format asked for; go-libp2p's logs go through the same handler.
 func (g *globals) logger(def slog.Level) (*slog.Logger, error) {
 	lvl := def
 	if g.logLevel != "" {
@@ -220,7 +230,9 @@ func (g *globals) logger(def slog.Level) (*slog.Logger, error) {
 			return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", g.logLevel)
 		}
 	}
-	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl})), nil
+	h := newLogHandler(os.Stderr, g.logFormat, lvl)
+	routeLibp2pLogs(h, lvl)
+	return slog.New(h), nil
 }
 
 // nodeConfig is the node configuration the global flags describe.
@@ -231,6 +243,9 @@ func (g *globals) nodeConfig(cmd *cobra.Command, log *slog.Logger) node.Config {
 	cfg.Bootstrap = g.bootstrap
 	cfg.MDNS = g.mdns
 	cfg.QueueHedge = g.hedge
+	if g.storeBudget > 0 {
+		cfg.StoreBudget = g.storeBudget
+	}
 	cfg.BeaconShards, cfg.ViewShards = g.shards, g.heard
 	cfg.Version = version
 	cfg.Logger = log
