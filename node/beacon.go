@@ -4,7 +4,10 @@ import (
 	"context"
 	"math"
 	"slices"
+	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/gpunet/gpunet/protocol"
 	"github.com/gpunet/gpunet/scheduler"
@@ -85,6 +88,9 @@ func (s *server) beacon(ctx context.Context, seq uint64) *protocol.Beacon {
 	b.Slots = uint32(s.n.cfg.Slots)
 	b.Busy = uint32(min(s.running, s.n.cfg.Slots))
 	b.Queue = uint32(s.queue.len())
+	if s.dev != nil {
+		b.GPU = gpuName(s.dev.Name())
+	}
 	b.QueueMax = uint32(s.n.cfg.QueueLen)
 	b.Accepting = !s.gov.Paused() && !s.gov.Hot() && s.queue.len() < s.n.cfg.QueueLen
 	for tc := range s.flights {
@@ -174,4 +180,20 @@ func (n *Node) Resume() bool {
 	}
 	n.serve.setPaused(false)
 	return true
+}
+
+// gpuName is a device's name as a beacon carries it: printable, at most
+// protocol.MaxGPUNameBytes, cut at a rune boundary.
+func gpuName(name string) string {
+	var b strings.Builder
+	for _, r := range name {
+		if !unicode.IsPrint(r) {
+			continue
+		}
+		if b.Len()+utf8.RuneLen(r) > protocol.MaxGPUNameBytes {
+			break
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
 }

@@ -154,7 +154,7 @@ func beaconTopicScore() *pubsub.TopicScoreParams {
 // (which costs the sender score); stale ones are ignored.
 func (g *gossip) validate(ctx context.Context, from peer.ID, msg *pubsub.Message) pubsub.ValidationResult {
 	r := g.judge(msg)
-	if len(g.cfg.Observers) > 0 {
+	if g.cfg != nil && len(g.cfg.Observers) > 0 {
 		outcome := BeaconAccepted
 		switch r {
 		case pubsub.ValidationReject:
@@ -295,7 +295,7 @@ func (g *gossip) close() {
 func peerState(id peer.ID, b *protocol.Beacon) scheduler.PeerState {
 	s := scheduler.PeerState{
 		ID: id.String(), Models: b.Models, FreeMemMB: b.FreeMemMB, Accepting: b.Accepting,
-		Slots: int(b.Slots), Busy: int(b.Busy), QueueLen: int(b.Queue), QueueMax: int(b.QueueMax),
+		Slots: int(b.Slots), Busy: int(b.Busy), QueueLen: int(b.Queue), QueueMax: int(b.QueueMax), GPU: b.GPU,
 		TempC: float64(b.TempDC) / 10, SlowdownC: float64(b.SlowdownDC) / 10, LimitC: float64(b.LimitDC) / 10,
 		Throttled: b.Throttled, Speed: float64(b.SpeedPm) / 1000, HeatPerTaskC: float64(b.HeatDC) / 10,
 		Updated: time.UnixMilli(int64(b.Issued)),

@@ -67,6 +67,9 @@ type Beacon struct {
 	SpeedPm    uint32 `cbor:"speed_pm"` // clock factor: 1000 full, ≤500 throttled
 	Throttled  bool   `cbor:"throttled"`
 	FreeMemMB  uint64 `cbor:"free_mem_mb"`
+	// GPU names the host's GPU for people (dashboards), at most
+	// MaxGPUNameBytes of printable text; placement never reads it.
+	GPU string `cbor:"gpu,omitempty"`
 	// HeatDC is the host's prediction of how much warmer its GPU will be
 	// after one more reference task, queued behind its current work, has
 	// run for a long time (three mean service times); 0 when the host
@@ -77,6 +80,9 @@ type Beacon struct {
 	// identical task joins it there at no cost to the GPU.
 	Inflight [][]byte `cbor:"inflight,omitempty"`
 }
+
+// MaxGPUNameBytes bounds a beacon's GPU name.
+const MaxGPUNameBytes = 64
 
 // MaxBeaconInflight bounds a beacon's Inflight list.
 const MaxBeaconInflight = 32
@@ -140,6 +146,8 @@ func DecodeBeacon(data []byte, now time.Time) (*Beacon, error) {
 		}
 	}
 	switch {
+	case len(b.GPU) > MaxGPUNameBytes || ValidSubmitter(b.GPU) != nil:
+		return nil, bad("gpu name %q", b.GPU)
 	case b.Slots == 0 || b.Slots > 1024 || b.Busy > b.Slots || b.Queue > 1<<16 || b.QueueMax > 1<<16:
 		return nil, bad("load %d/%d busy, %d queued of %d", b.Busy, b.Slots, b.Queue, b.QueueMax)
 	case b.TempDC > 2000 || b.LimitDC > 2000 || b.SlowdownDC > 2000 || b.HeatDC > 2000:

@@ -22,6 +22,8 @@ type PeerState struct {
 	// Busy is how many slots are in use and QueueLen how many tasks wait,
 	// both as of Updated.
 	Slots, Busy, QueueLen int
+	// GPU names the peer's GPU, for people; placement does not read it.
+	GPU string
 	// QueueMax is how many tasks the peer's queue holds (≤ 0: unknown).
 	// With Pending it tells a full peer before the peer must refuse.
 	QueueMax int

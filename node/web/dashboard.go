@@ -264,6 +264,7 @@ type Snapshot struct {
 type HostRow struct {
 	ID        string   `json:"id"`
 	Self      bool     `json:"self,omitempty"` // this node, from its own status
+	GPU       string   `json:"gpu,omitempty"`  // from its beacon; absent when unknown
 	Models    []string `json:"models"`
 	Accepting bool     `json:"accepting"`
 	Slots     int      `json:"slots"`
@@ -289,6 +290,10 @@ type Totals struct {
 	// submissions that ended with a result; both over the last minute.
 	ServedPerS float64 `json:"served_per_s"`
 	DonePerS   float64 `json:"done_per_s"`
+	// SwarmPerS estimates the rate the swarm finishes tasks at: each host
+	// in the view finishes its busy slots at its published service time
+	// (a host that publishes none is left out), plus this host's own rate.
+	SwarmPerS float64 `json:"swarm_per_s"`
 	// CacheHitRatio is the store's hits over its lookups, absent before
 	// the first lookup.
 	CacheHitRatio *float64 `json:"cache_hit_ratio,omitempty"`
@@ -302,12 +307,17 @@ func (d *Dashboard) snapshot(ctx context.Context, src Source) Snapshot {
 	s := Snapshot{Time: now, Node: st, Swarm: make([]HostRow, 0, len(view)+1), Inflight: []Flight{}}
 	if st.Host {
 		slots, qmax := src.Capacity()
-		s.Swarm = append(s.Swarm, HostRow{ID: st.PeerID, Self: true, Models: st.Models,
+		gpu := ""
+		if st.GPU != nil {
+			gpu = st.GPU.Name
+		}
+		s.Swarm = append(s.Swarm, HostRow{ID: st.PeerID, Self: true, GPU: gpu, Models: st.Models,
 			Accepting: !st.Paused && !st.Hot, Slots: slots, Busy: st.Running, Queue: st.Queued, QueueMax: qmax,
 			TempC: st.TempC, LimitC: st.MaxTempC, Throttled: st.Cooling || (st.GPU != nil && st.GPU.Throttled)})
 	}
 	for _, p := range view {
-		s.Swarm = append(s.Swarm, HostRow{ID: p.ID, Models: p.Models, Accepting: p.Accepting,
+		s.Totals.SwarmPerS += busyRate(p)
+		s.Swarm = append(s.Swarm, HostRow{ID: p.ID, GPU: p.GPU, Models: p.Models, Accepting: p.Accepting,
 			Slots: max(p.Slots, 1), Busy: p.Busy, Queue: p.QueueLen, QueueMax: p.QueueMax,
 			TempC: p.TempC, LimitC: p.LimitC, Throttled: p.Throttled,
 			BeaconAgeS: max(now.Sub(p.Updated).Seconds(), 0), RTTMs: p.RTTMs})
@@ -334,6 +344,7 @@ func (d *Dashboard) snapshot(ctx context.Context, src Source) Snapshot {
 
 	d.mu.Lock()
 	s.Totals.ServedPerS, s.Totals.DonePerS = d.served.perSecond(now), d.done.perSecond(now)
+	s.Totals.SwarmPerS += s.Totals.ServedPerS
 	for _, f := range d.inflight {
 		c := *f
 		c.ElapsedMs = now.Sub(f.Started).Milliseconds()
@@ -343,4 +354,22 @@ func (d *Dashboard) snapshot(ctx context.Context, src Source) Snapshot {
 	d.mu.Unlock()
 	sort.Slice(s.Inflight, func(i, j int) bool { return s.Inflight[i].Started.Before(s.Inflight[j].Started) })
 	return s
+}
+
+// busyRate is how many tasks per second p finishes by its beacon: its busy
+// slots, each at p's mean published service time (0 when it publishes
+// none).
+func busyRate(p scheduler.PeerState) float64 {
+	var sum float64
+	n := 0
+	for _, ms := range p.ServiceMs {
+		if ms > 0 {
+			sum += ms
+			n++
+		}
+	}
+	if n == 0 || p.Busy <= 0 {
+		return 0
+	}
+	return float64(p.Busy) * 1000 / (sum / float64(n))
 }

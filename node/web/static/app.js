@@ -78,6 +78,7 @@ function renderTotals(s) {
     card("hosts in view", t.hosts),
     card("free slots", t.free_slots + " / " + t.slots),
     card("tasks/s submitted here", t.done_per_s.toFixed(2)),
+    card("tasks/s in the swarm (est.)", t.swarm_per_s.toFixed(2)),
   ];
   if (s.node.host) cards.push(card("tasks/s served here", t.served_per_s.toFixed(2)));
   cards.push(card("cache hit ratio", t.cache_hit_ratio === undefined ? "—" : (t.cache_hit_ratio * 100).toFixed(0) + " %"));
@@ -93,6 +94,7 @@ function renderSwarm(rows) {
       : el("td", { className: "muted" }, "no telemetry");
     const tr = el("tr", { className: h.self ? "self" : "" },
       el("td", { className: "mono", title: h.id }, short(h.id)),
+      h.gpu ? el("td", {}, h.gpu) : el("td", { className: "muted" }, "not said"),
       temp,
       el("td", {}, meter(h.busy, h.slots), h.busy + " / " + h.slots),
       el("td", {}, h.queue + (h.queue_max ? " / " + h.queue_max : "")),
