@@ -74,6 +74,11 @@ type Config struct {
 	// under the device's slowdown temperature, so gpunet never drives a GPU
 	// into hardware throttling.
 	MaxTempC float64
+	// LendHours is when, in local time, the host takes work; outside them
+	// it pauses itself, apart from the owner's own pause (Status.OffHours).
+	// The zero value is every hour: a GPU lent by default is lent always,
+	// and an owner who wants it back by day says when.
+	LendHours LendHours
 	// SimulateGPUSpeed paces kernel steps to a simulated GPU's throughput
 	// and clock, so simulated hosts run at their cards' speed rather than
 	// the CPU's. Off for benchmarks that measure protocol overhead.
@@ -147,6 +152,10 @@ type Config struct {
 	// Version is reported in capacity records.
 	Version string
 	Logger  *slog.Logger
+
+	// now, when set, is the clock the lending hours are read on: for
+	// tests, which cannot wait for the hours to turn. nil: time.Now.
+	now func() time.Time
 }
 
 // DefaultConfig returns a configuration for a daemon in the default data
@@ -209,6 +218,9 @@ func (c *Config) validate() error {
 	}
 	if c.MaxTempC < 0 || c.MaxTempC > 120 {
 		errs = append(errs, fmt.Errorf("max temperature %.0f °C: want 0 (device default) or up to 120", c.MaxTempC))
+	}
+	if !c.LendHours.valid() {
+		errs = append(errs, fmt.Errorf("lending hours %d-%d minutes after midnight: want 0 to 1439 each (ParseLendHours)", c.LendHours.Start, c.LendHours.End))
 	}
 	if c.SuspectAfter == 0 {
 		c.SuspectAfter = protocol.SuspectAfter

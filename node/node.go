@@ -178,12 +178,11 @@ func (n *Node) start(ctx context.Context) (err error) {
 		n.gossip.drain(n.ctx)
 	}()
 	if cfg.Kernel != nil {
-		if n.cfg.MaxTempC == 0 && cfg.Device != nil {
-			if t, err := cfg.Device.Telemetry(ctx); err == nil && t.SlowdownTempC > 0 {
-				n.cfg.MaxTempC = t.SlowdownTempC - 5
-			}
+		if n.cfg.MaxTempC == 0 {
+			n.cfg.MaxTempC = deviceMaxTemp(ctx, cfg)
 		}
 		n.serve = newServer(n)
+		n.startHours() // before the handler: out of hours, not one task
 		n.host.SetStreamHandler(protocol.TaskProtocol, n.serve.handle)
 	}
 	n.startFetch()

@@ -39,6 +39,14 @@ type server struct {
 	queue   fairQueue[*flight]
 	running int
 	gov     *Governor
+
+	// ownerPaused is the owner's own pause (Node.Pause, Node.Resume);
+	// offHours is the lending hours' (Config.LendHours, hours.go). The
+	// governor is paused while either holds, and each is set and cleared
+	// by its own cause only, so the clock never undoes the owner's word.
+	ownerPaused bool
+	offHours    bool
+
 	limiter rateLimiter
 	tempC   float64            // last temperature reading
 	service map[string]float64 // EWMA of run time per model, ms
@@ -460,7 +468,7 @@ func (s *server) admit(from peer.ID, submitter string, t protocol.Task, tc cid.C
 	case s.n.closed.Load():
 		return nil, &protocol.RemoteError{Code: protocol.CodeBusy, Message: "host shutting down"}
 	case s.gov.Paused():
-		return nil, &protocol.RemoteError{Code: protocol.CodePaused, Message: "the host's owner paused it", RetryAfter: time.Minute}
+		return nil, s.pausedErrLocked()
 	case s.gov.Hot():
 		return nil, &protocol.RemoteError{Code: protocol.CodeTooHot,
 			Message: fmt.Sprintf("GPU at %.1f °C, limit %.0f °C", s.tempC, s.gov.LimitC), RetryAfter: 5 * time.Second}
@@ -691,25 +699,96 @@ func (s *server) coolDown(ctx context.Context, lt loadTracker, prev *float64) {
 
 // setPaused pauses or resumes the host on its owner's word. Pausing hands
 // back every queued task (its waiters get "paused", a retryable refusal, and
-// their clients place it elsewhere); running tasks finish.
+// their clients place it elsewhere); running tasks finish. Resuming outside
+// the lending hours clears the owner's pause only: the host takes work
+// again when the hours begin.
 func (s *server) setPaused(p bool) {
 	s.mu.Lock()
-	s.gov.SetPaused(p)
-	var queued []*flight
-	if p {
-		queued = s.queue.drain()
-	}
+	s.ownerPaused = p
+	queued, perr := s.holdLocked()
+	offHours := s.offHours
 	s.mu.Unlock()
 	for _, f := range queued {
-		s.finish(f, nil, &protocol.RemoteError{Code: protocol.CodePaused, Message: "the host's owner paused it", RetryAfter: time.Minute})
+		s.finish(f, nil, perr)
 	}
-	if p {
+	switch {
+	case p:
 		s.log.Info("paused by the owner: taking no work", "handed_back", len(queued))
-	} else {
+	case offHours:
+		s.log.Info("resumed by the owner: taking work once the lending hours begin", "hours", s.n.cfg.LendHours)
+	default:
 		s.log.Info("resumed by the owner: taking work")
 	}
 	poke(s.wake)
 	poke(s.changed)
+}
+
+// setOffHours pauses the host outside its lending hours h and lets it take
+// work again inside them, logging each change once. The owner's own pause
+// is left as it is.
+func (s *server) setOffHours(off bool, h LendHours) {
+	s.mu.Lock()
+	if s.offHours == off {
+		s.mu.Unlock()
+		return
+	}
+	s.offHours = off
+	queued, perr := s.holdLocked()
+	ownerPaused := s.ownerPaused
+	s.mu.Unlock()
+	for _, f := range queued {
+		s.finish(f, nil, perr)
+	}
+	switch {
+	case off:
+		s.log.Info("outside the lending hours: taking no work", "hours", h, "handed_back", len(queued))
+	case ownerPaused:
+		s.log.Info("lending hours begin, but the owner paused the host: still taking no work", "hours", h)
+	default:
+		s.log.Info("lending hours begin: taking work", "hours", h)
+	}
+	poke(s.wake)
+	poke(s.changed)
+}
+
+// holdLocked sets the governor's pause from its two causes and, when
+// paused, takes the queued tasks out to be handed back with the error to
+// refuse them with. Callers hold mu.
+func (s *server) holdLocked() ([]*flight, error) {
+	s.gov.SetPaused(s.ownerPaused || s.offHours)
+	if !s.gov.Paused() {
+		return nil, nil
+	}
+	return s.queue.drain(), s.pausedErrLocked()
+}
+
+// pausedErrLocked is the refusal of a paused host, naming the cause: the
+// owner's pause first, as it holds whatever the clock says. Callers hold
+// mu.
+func (s *server) pausedErrLocked() error {
+	if s.ownerPaused || !s.offHours {
+		return &protocol.RemoteError{Code: protocol.CodePaused, Message: "the host's owner paused it", RetryAfter: time.Minute}
+	}
+	return &protocol.RemoteError{Code: protocol.CodePaused,
+		Message: fmt.Sprintf("outside the host's lending hours (%s, its local time)", s.n.cfg.LendHours), RetryAfter: time.Minute}
+}
+
+// setMaxTemp replaces the governor's limit and returns the old one. The
+// next reading judges by the new limit (dispatchLoop reads within 50 ms),
+// so lowering it under the GPU's temperature stops new work at once and
+// raising it lets a cooling host take work as soon as it is under.
+func (s *server) setMaxTemp(c float64) (old float64) {
+	s.mu.Lock()
+	old = s.gov.LimitC
+	s.gov.LimitC = c
+	if c <= 0 {
+		s.gov.hot = false // no limit, no cool-down band for Observe to end
+	}
+	s.gov.Observe(s.tempC)
+	s.mu.Unlock()
+	poke(s.wake)
+	poke(s.changed)
+	return old
 }
 
 // Refusals counts the task requests this host refused, by error code
@@ -741,12 +820,13 @@ func (s *server) noteThrottle(on bool, tempC float64) {
 	if changed {
 		s.throttled = on
 	}
+	limitC := s.gov.LimitC // under mu: the owner may change it (setMaxTemp)
 	s.mu.Unlock()
 	switch {
 	case changed && on:
-		s.log.Info("GPU at its limit: work paused until it cools", "temp_c", tempC, "limit_c", s.gov.LimitC)
+		s.log.Info("GPU at its limit: work paused until it cools", "temp_c", tempC, "limit_c", limitC)
 	case changed:
-		s.log.Info("GPU cooled: work resumed", "temp_c", tempC, "limit_c", s.gov.LimitC)
+		s.log.Info("GPU cooled: work resumed", "temp_c", tempC, "limit_c", limitC)
 	}
 }
 

@@ -28,10 +28,19 @@ type Status struct {
 	Cache      CacheStats `json:"cache"`
 	Fetch      FetchStats `json:"fetch"`
 	GPU        *GPUStatus `json:"gpu,omitempty"`
-	// Host-only: the owner's pause, the thermal governor's state and the
-	// queue. paused and hot are always written, false included, so a
-	// script never reads "absent" as "unknown".
+	// Host-only: the owner's pause, the lending hours, the thermal
+	// governor's state and the queue. paused, off_hours and hot are always
+	// written, false included, so a script never reads "absent" as
+	// "unknown". The host takes new work only while all three are false.
 	Paused bool `json:"paused"` // the owner paused the host: it takes no work
+	// OffHours: outside the owner's lending hours (LendHours), the host
+	// paused itself; it resumes when they begin. Separate from Paused,
+	// which only the owner sets and clears: resuming outside the hours
+	// clears Paused, and OffHours holds until the hours begin.
+	OffHours bool `json:"off_hours"`
+	// LendHours is the daily window of local time in which the host takes
+	// work, "22:00-07:00"; absent: every hour.
+	LendHours string `json:"lend_hours,omitempty"`
 	// Hot: the governor's cool-down band. The GPU reached MaxTempC − 1 °C;
 	// the host takes no new work until it falls to ResumeTempC.
 	Hot bool `json:"hot"`
@@ -41,8 +50,9 @@ type Status struct {
 	// TempC is the governor's last GPU reading, the one it judged by
 	// (0: no reading yet, or no GPU telemetry).
 	TempC float64 `json:"temp_c,omitempty"`
-	// MaxTempC is the owner's limit (--max-temp, else 5 °C under the
-	// GPU's slowdown temperature); 0: none, as without GPU telemetry.
+	// MaxTempC is the owner's limit (--max-temp or POST /v1/host/limits,
+	// else 5 °C under the GPU's slowdown temperature); 0: none, as
+	// without GPU telemetry.
 	MaxTempC    float64 `json:"max_temp_c,omitempty"`
 	ResumeTempC float64 `json:"resume_temp_c,omitempty"` // hot ends at or below this
 	Running     int     `json:"running,omitempty"`
@@ -121,7 +131,10 @@ func (n *Node) Status(ctx context.Context) Status {
 // held, as the governor and the last reading are guarded by it.
 func (s *server) thermalLocked(st *Status) {
 	g := s.gov
-	st.Paused, st.Hot, st.Cooling = g.Paused(), g.Hot(), s.throttled
+	st.Paused, st.OffHours, st.Hot, st.Cooling = s.ownerPaused, s.offHours, g.Hot(), s.throttled
+	if h := s.n.cfg.LendHours; !h.Always() {
+		st.LendHours = h.String()
+	}
 	st.TempC = round1(s.tempC)
 	if g.LimitC > 0 {
 		st.MaxTempC, st.ResumeTempC = g.LimitC, g.LimitC-g.HysteresisC

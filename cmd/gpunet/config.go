@@ -32,6 +32,7 @@ var flagOf = map[string]string{
 	"host.queue":         "queue",
 	"host.max_temp":      "max-temp",
 	"host.rate_limit":    "rate-limit",
+	"host.hours":         "hours",
 }
 
 func configPath(g *globals) string { return filepath.Join(g.data, nodeconf.FileName) }
@@ -64,7 +65,7 @@ func applyConfig(cmd *cobra.Command, g *globals, f *hostFlags) error {
 	if f != nil {
 		h := merged.Host
 		f.kernel, f.kernelCmd, f.kernelModels, f.gpu = h.Kernel, h.KernelCmd, h.KernelModels, h.GPU
-		f.slots, f.queue, f.maxTemp, f.rate = h.Slots, h.Queue, h.MaxTemp, h.RateLimit
+		f.slots, f.queue, f.maxTemp, f.rate, f.hours = h.Slots, h.Queue, h.MaxTemp, h.RateLimit, h.Hours
 	}
 	if created {
 		log, err := g.logger(slog.LevelInfo)
@@ -120,7 +121,7 @@ func configBase(g *globals, f *hostFlags) nodeconf.File {
 	}
 	if f != nil {
 		c.Host = nodeconf.Host{Kernel: f.kernel, KernelCmd: f.kernelCmd, KernelModels: f.kernelModels, GPU: f.gpu,
-			Slots: f.slots, Queue: f.queue, MaxTemp: f.maxTemp, RateLimit: f.rate}
+			Slots: f.slots, Queue: f.queue, MaxTemp: f.maxTemp, RateLimit: f.rate, Hours: f.hours}
 		if c.Host.KernelModels == nil {
 			c.Host.KernelModels = []string{}
 		}

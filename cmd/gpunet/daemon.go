@@ -45,6 +45,7 @@ type hostFlags struct {
 	maxTemp       float64
 	rate          float64
 	timeScale     float64
+	hours         string
 }
 
 func newHostCmd(g *globals) *cobra.Command {
@@ -56,6 +57,14 @@ func newHostCmd(g *globals) *cobra.Command {
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := applyConfig(cmd, g, f); err != nil {
 				return err
+			}
+			var hours node.LendHours // zero: every hour
+			if f.hours != "" {
+				h, err := node.ParseLendHours(f.hours)
+				if err != nil {
+					return fmt.Errorf("--hours: %w", err)
+				}
+				hours = h
 			}
 			log, err := g.logger(slog.LevelInfo)
 			if err != nil {
@@ -78,6 +87,7 @@ func newHostCmd(g *globals) *cobra.Command {
 			}
 			log.Info("GPU", "device", picked)
 			cfg.Slots, cfg.QueueLen, cfg.MaxTempC, cfg.RateLimit = f.slots, f.queue, f.maxTemp, f.rate
+			cfg.LendHours = hours
 			return runPeer(cmd, g, cfg)
 		},
 	}
@@ -93,6 +103,7 @@ func newHostCmd(g *globals) *cobra.Command {
 	fl.IntVar(&f.queue, "queue", 8, "tasks that may wait for a slot before the host refuses with busy")
 	fl.Float64Var(&f.maxTemp, "max-temp", 0, "°C the GPU must never pass because of gpunet (default: 5 °C under its slowdown temperature)")
 	fl.Float64Var(&f.rate, "rate-limit", 10, "tasks per second one submitter may start here (0: unlimited)")
+	fl.StringVar(&f.hours, "hours", "", `lending hours: take work only between these local times, HH:MM-HH:MM (e.g. 22:00-07:00, past midnight wraps; default: every hour)`)
 	fl.Float64Var(&f.timeScale, "sim-time-scale", 1, "simulated GPU only: how much faster than real time it heats and cools")
 	cmd.AddCommand(newHostPauseCmd(g, true), newHostPauseCmd(g, false))
 	return cmd
@@ -119,8 +130,11 @@ func newHostPauseCmd(g *globals, pause bool) *cobra.Command {
 				return printJSON(st)
 			}
 			state := "taking work"
-			if st.Paused {
+			switch {
+			case st.Paused:
 				state = "paused"
+			case st.OffHours:
+				state = "resumed, and takes work when its lending hours (" + st.LendHours + " local time) begin"
 			}
 			fmt.Printf("host %s is %s (%d running, %d queued)\n", shortID(st.PeerID), state, st.Running, st.Queued)
 			return nil

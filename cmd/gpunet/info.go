@@ -74,6 +74,9 @@ func hostState(st node.Status) string {
 		why = append(why, fmt.Sprintf("hot: %.1f °C against the owner's limit of %.0f °C; no new work until %.0f °C",
 			st.TempC, st.MaxTempC, st.ResumeTempC))
 	}
+	if st.OffHours {
+		why = append(why, "outside its lending hours ("+st.LendHours+" local time); it takes work when they begin")
+	}
 	if st.Cooling {
 		why = append(why, "running tasks wait between steps for the GPU to cool")
 	}

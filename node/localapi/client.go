@@ -80,6 +80,30 @@ func (c *Client) SetPaused(ctx context.Context, paused bool) (node.Status, error
 	return st, json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&st)
 }
 
+// SetLimits changes the daemon's host limits (the fields of req that are
+// set) and returns its status.
+func (c *Client) SetLimits(ctx context.Context, req LimitsRequest) (node.Status, error) {
+	var st node.Status
+	body, err := json.Marshal(req)
+	if err != nil {
+		return st, err
+	}
+	hr, err := http.NewRequestWithContext(ctx, http.MethodPost, c.base+"/v1/host/limits", bytes.NewReader(body))
+	if err != nil {
+		return st, err
+	}
+	hr.Header.Set("Content-Type", "application/json")
+	resp, err := c.hc.Do(hr)
+	if err != nil {
+		return st, fmt.Errorf("%w: %v", ErrNoDaemon, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return st, decodeError(resp)
+	}
+	return st, json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&st)
+}
+
 // Submit sends a task and calls progress for each progress line.
 func (c *Client) Submit(ctx context.Context, req SubmitRequest, progress func(node.Progress)) (*TaskResult, error) {
 	body, err := json.Marshal(req)

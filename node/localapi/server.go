@@ -108,6 +108,7 @@ func Listen(n *node.Node, addr string, log *slog.Logger, opts ...Option) (*Serve
 	mux.HandleFunc("POST /v1/tasks", s.submit)
 	mux.HandleFunc("POST /v1/host/pause", s.pause(true))
 	mux.HandleFunc("POST /v1/host/resume", s.pause(false))
+	mux.HandleFunc("POST /v1/host/limits", s.limits)
 	registerCache(mux, s)
 	for _, o := range opts {
 		o(mux)
@@ -234,6 +235,48 @@ func (s *Server) pause(p bool) http.HandlerFunc {
 		}
 		writeJSON(w, http.StatusOK, s.n.Status(r.Context()))
 	}
+}
+
+// LimitsRequest is the body of POST /v1/host/limits. Only the keys given
+// change; the others keep their values. The change lasts until the host
+// stops (its flags and config file say what it starts with).
+type LimitsRequest struct {
+	// MaxTempC is the temperature limit in °C, node.MinMaxTempC to
+	// node.MaxMaxTempC, or 0 for 5 °C under the GPU's slowdown temperature.
+	MaxTempC *float64 `json:"max_temp_c,omitempty"`
+}
+
+// limits changes the host's limits and answers its status; a value out of
+// range is 400 and changes nothing, a daemon without a kernel 409.
+func (s *Server) limits(w http.ResponseWriter, r *http.Request) {
+	if !wantJSON(w, r) {
+		return
+	}
+	var req LimitsRequest
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxRequestBody))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		writeJSON(w, http.StatusBadRequest, Error{Message: "decoding limits: " + err.Error(), Code: protocol.CodeBadRequest})
+		return
+	}
+	notHost := Error{Message: "this daemon is not a host: it has no limits to set"}
+	if req.MaxTempC != nil {
+		_, err := s.n.SetMaxTemp(r.Context(), *req.MaxTempC)
+		switch {
+		case errors.Is(err, node.ErrNotHost):
+			writeJSON(w, http.StatusConflict, notHost)
+			return
+		case err != nil:
+			writeJSON(w, http.StatusBadRequest, Error{Message: err.Error(), Code: protocol.CodeBadRequest})
+			return
+		}
+	}
+	st := s.n.Status(r.Context())
+	if !st.Host {
+		writeJSON(w, http.StatusConflict, notHost)
+		return
+	}
+	writeJSON(w, http.StatusOK, st)
 }
 
 func (s *Server) submit(w http.ResponseWriter, r *http.Request) {

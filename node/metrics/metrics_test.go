@@ -142,6 +142,7 @@ func TestScrapeMovesWithWork(t *testing.T) {
 		{"host slots busy", hs.value(t, "gpunet_slots_busy"), 0},
 		{"host queue depth", hs.value(t, "gpunet_queue_depth"), 0},
 		{"host paused", hs.value(t, "gpunet_host_paused"), 0},
+		{"host off hours", hs.value(t, "gpunet_host_schedule_paused"), 0},
 		{"host cache entries", hs.value(t, "gpunet_cache_entries"), 3},
 		{"host gpu info", hs.value(t, "gpunet_gpu_info", "name", host.Status(ctx).GPU.Name, "simulated", "true"), 1},
 		{"host build info", hs.value(t, "gpunet_build_info", "version", "test-0", "goversion", runtime.Version()), 1},

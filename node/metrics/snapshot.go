@@ -47,6 +47,7 @@ var (
 	queueDepth   = desc("gpunet_queue_depth", "Tasks waiting in this host's queue for a slot.")
 	queueWaiters = desc("gpunet_queue_waiting_requests", "Requests waiting on this host's queued and running tasks (identical requests share a task).")
 	paused       = desc("gpunet_host_paused", "1 while the owner has paused the host: it takes no work.")
+	offHours     = desc("gpunet_host_schedule_paused", "1 while the host is outside its owner's lending hours: it takes no work.")
 	hot          = desc("gpunet_governor_hot", "1 in the governor's cool-down band: the host takes no new work until the GPU cools.")
 	cooling      = desc("gpunet_governor_cooling", "1 while running tasks are held between steps for the GPU to cool (the hard stop).")
 	maxTemp      = desc("gpunet_governor_max_temperature_celsius", "The owner's temperature limit (--max-temp, else 5 °C under the GPU's slowdown temperature).")
@@ -65,7 +66,7 @@ var snapshotDescs = []*prometheus.Desc{
 	connectedPeers, dhtPeers, viewPeers, beaconsSent, beaconBytes, moved,
 	cacheEntries, cacheBytes, cacheBudget, cacheHits, cacheMisses,
 	fetchRequests, fetched, badProviders,
-	kernelRuns, slots, slotsBusy, queueDepth, queueWaiters, paused, hot, cooling, maxTemp,
+	kernelRuns, slots, slotsBusy, queueDepth, queueWaiters, paused, offHours, hot, cooling, maxTemp,
 	gpuInfo, gpuTemp, gpuSlowdown, gpuPower, gpuUtil, gpuMemUsed, gpuMemTotal, gpuThrottled,
 }
 
@@ -117,6 +118,7 @@ func (c *snapshot) Collect(ch chan<- prometheus.Metric) {
 		gauge(queueDepth, float64(s.Queued))
 		gauge(queueWaiters, float64(s.Waiting))
 		gauge(paused, bit(s.Paused))
+		gauge(offHours, bit(s.OffHours))
 		gauge(hot, bit(s.Hot))
 		gauge(cooling, bit(s.Cooling))
 		if s.MaxTempC > 0 {

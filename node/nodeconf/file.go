@@ -140,8 +140,8 @@ var tmpl = template.Must(template.New(FileName).Funcs(template.FuncMap{"v": valu
 # the keys. A key this file does not know is an error, not ignored.
 # The data directory itself is --data or $GPUNET_HOME, never set here.
 #
-# Not here yet: a gateway, compute backends and a host's lending hours.
-# gpunet has none of them so far, and a key that does nothing would mislead.
+# Not here yet: a gateway and compute backends. gpunet has neither so
+# far, and a key that does nothing would mislead.
 
 # Peers to join through: multiaddrs ending in /p2p/PEER_ID, as a running
 # daemon prints after "join with:". Remembered peers (peers.json) are
@@ -191,4 +191,10 @@ max_temp = {{v .Host.MaxTemp}}
 
 # Tasks per second one submitter may start here; 0: unlimited.
 rate_limit = {{v .Host.RateLimit}}
+
+# Lending hours: when, in this machine's local time, the host takes work,
+# as HH:MM-HH:MM; "22:00-07:00" lends the GPU overnight (a window may wrap
+# past midnight). Outside them the host pauses itself, apart from
+# "gpunet host pause", which only the owner undoes. "": every hour.
+hours = {{v .Host.Hours}}
 `))

@@ -45,6 +45,7 @@ type Host struct {
 	Queue        int      `toml:"queue"`
 	MaxTemp      float64  `toml:"max_temp"`
 	RateLimit    float64  `toml:"rate_limit"`
+	Hours        string   `toml:"hours"` // lending hours, HH:MM-HH:MM local time; "": every hour
 }
 
 // Defaults is what a daemon or host runs with when neither the file nor a
@@ -123,6 +124,9 @@ func (f File) Validate() error {
 	}
 	if f.Host.RateLimit < 0 {
 		bad("host.rate_limit", f.Host.RateLimit, "want 0 (unlimited) or more")
+	}
+	if f.Host.Hours != "" && !validHours(f.Host.Hours) {
+		bad("host.hours", fmt.Sprintf("%q", f.Host.Hours), `want HH:MM-HH:MM in local time, e.g. "22:00-07:00", or "" for every hour`)
 	}
 	return errors.Join(errs...)
 }

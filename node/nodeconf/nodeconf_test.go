@@ -95,6 +95,7 @@ func TestLoadErrors(t *testing.T) {
 		{"bad format", "log_format = \"xml\"\n", []string{"log_format", "xml"}},
 		{"bootstrap without peer id", "bootstrap = [\"/ip4/10.0.0.1/tcp/4747\"]\n", []string{"bootstrap", "/p2p/PEER_ID"}},
 		{"zero slots", "[host]\nslots = 0\n", []string{"host.slots = 0"}},
+		{"bad hours", "[host]\nhours = \"10pm-7am\"\n", []string{"host.hours", "10pm-7am", "HH:MM-HH:MM"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			path := write(t, tc.text)
@@ -143,6 +144,26 @@ func TestMerge(t *testing.T) {
 	}
 	if len(settings) != len(Keys()) {
 		t.Errorf("%d settings for %d keys", len(settings), len(Keys()))
+	}
+}
+
+// TestValidHours holds the cases of node's TestParseLendHours: the two
+// parsers must agree (validHours repeats node.ParseLendHours).
+func TestValidHours(t *testing.T) {
+	for _, in := range []string{"22:00-07:00", "9:30-17:05", " 08:00 - 18:00 ", "18:00-24:00", "00:00-00:00"} {
+		if !validHours(in) {
+			t.Errorf("validHours(%q) = false", in)
+		}
+	}
+	for _, in := range []string{"", "22:00", "22-07", "22:00-07", "25:00-07:00", "22:60-07:00", "24:30-07:00",
+		"+1:00-07:00", "22:00-07:00-08:00", "10pm-7am", "220:00-07:00", "-1:00-07:00"} {
+		if validHours(in) {
+			t.Errorf("validHours(%q) = true", in)
+		}
+	}
+	path := write(t, "[host]\nhours = \"22:00-07:00\"\n")
+	if f, _, err := Load(path); err != nil || f.Host.Hours != "22:00-07:00" {
+		t.Errorf("hours from the file: %q, %v", f.Host.Hours, err)
 	}
 }
 

@@ -65,7 +65,8 @@ func startHost(t *testing.T) (*node.Node, *localapi.Server) {
 
 // TestDashboardInBrowser drives the page in headless Chromium: it loads
 // with no console error, shows the host, runs a task from its prompt box
-// to its image, and pauses the host from the owner's controls.
+// to its image, and sets the temperature limit and pauses the host from
+// the owner's controls.
 func TestDashboardInBrowser(t *testing.T) {
 	if _, err := os.Stat(chromiumPath); err != nil {
 		t.Fatalf("no browser at %s (%v): install chromium: apt-get install -y chromium", chromiumPath, err)
@@ -210,6 +211,23 @@ func TestDashboardInBrowser(t *testing.T) {
 		t.Fatalf("screenshot: %v", err)
 	}
 	saveScreenshot(t, shot)
+
+	// Set the temperature limit from the owner's controls: the host's
+	// governor takes it, and the page shows it back from the stream.
+	if before := n.Status(ctx).MaxTempC; before == 71 {
+		t.Fatalf("the simulated H100 starts with a limit of 71 °C: pick another value to set")
+	}
+	if err := chromedp.Do(ctx,
+		chromedp.SetValue(chromedp.CSS("#max-temp"), "71"),
+		chromedp.Click(chromedp.CSS("#set-limit")),
+		poll(`document.querySelector("#owner-msg").textContent === "limit set to 71 °C"`),
+		poll(`document.querySelector("#max-temp").placeholder === "71"`),
+	); err != nil {
+		t.Fatalf("setting the limit from the page: %v", err)
+	}
+	if got := n.Status(ctx).MaxTempC; got != 71 {
+		t.Errorf("the page set the limit to 71 °C, but the status says %v °C", got)
+	}
 
 	// Pause from the owner's controls: the host pauses, and the page says so.
 	if err := chromedp.Do(ctx,

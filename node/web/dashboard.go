@@ -312,7 +312,7 @@ func (d *Dashboard) snapshot(ctx context.Context, src Source) Snapshot {
 			gpu = st.GPU.Name
 		}
 		s.Swarm = append(s.Swarm, HostRow{ID: st.PeerID, Self: true, GPU: gpu, Models: st.Models,
-			Accepting: !st.Paused && !st.Hot, Slots: slots, Busy: st.Running, Queue: st.Queued, QueueMax: qmax,
+			Accepting: !st.Paused && !st.OffHours && !st.Hot, Slots: slots, Busy: st.Running, Queue: st.Queued, QueueMax: qmax,
 			TempC: st.TempC, LimitC: st.MaxTempC, Throttled: st.Cooling || (st.GPU != nil && st.GPU.Throttled)})
 	}
 	for _, p := range view {

@@ -118,8 +118,10 @@ function renderNode(n) {
     facts.push(["power", n.gpu.power_w.toFixed(0) + " W, " + n.gpu.util_pct.toFixed(0) + " % busy"]);
   }
   if (n.host) {
-    const state = n.paused ? ["paused", "warn"] : n.hot ? ["cooling down", "bad"] : ["taking work", ""];
+    const state = n.paused ? ["paused", "warn"] : n.off_hours ? ["outside lending hours", "warn"]
+      : n.hot ? ["cooling down", "bad"] : ["taking work", ""];
     facts.push(["state", el("span", { id: "host-state", className: "badge " + state[1] }, state[0])]);
+    if (n.lend_hours) facts.push(["lending hours", n.lend_hours + " local time"]);
     // Zero counts are left out of the status JSON.
     facts.push(["running / queued", (n.running || 0) + " / " + (n.queued || 0) + (n.waiting ? ", " + n.waiting + " requests waiting" : "")]);
     facts.push(["served", n.served + " (" + n.served_from_cache + " from cache), refused " + n.refused]);
@@ -131,6 +133,9 @@ function renderNode(n) {
   $("owner").hidden = !n.host;
   $("pause").disabled = n.paused;
   $("resume").disabled = !n.paused;
+  // The limit now shows as the placeholder: the value is the owner's to
+  // type, and a render each second must not overwrite it.
+  $("max-temp").placeholder = n.max_temp_c ? n.max_temp_c.toFixed(0) : "none";
 }
 
 // describe says where a submission is, in words.
@@ -203,6 +208,26 @@ async function setPaused(paused) {
   // The stream shows the new state within a second.
 }
 
+// setLimit sends the typed temperature limit; 0 asks for the GPU's own
+// rule (5 °C under its slowdown temperature).
+async function setLimit(ev) {
+  ev.preventDefault();
+  const v = $("max-temp").value.trim();
+  if (v === "") {
+    $("owner-msg").textContent = "type a limit in °C first (0: the GPU's own)";
+    return;
+  }
+  $("owner-msg").textContent = "";
+  const r = await post("/v1/host/limits", { max_temp_c: Number(v) });
+  if (!r.ok) {
+    $("owner-msg").textContent = (await r.json()).message;
+    return;
+  }
+  const st = await r.json();
+  $("max-temp").value = "";
+  $("owner-msg").textContent = st.max_temp_c ? "limit set to " + st.max_temp_c.toFixed(0) + " °C" : "no limit: the GPU reports none";
+}
+
 // submit sends the prompt and follows the NDJSON stream of POST /v1/tasks:
 // progress lines, then one result or error line.
 async function submit(ev) {
@@ -270,5 +295,6 @@ document.addEventListener("DOMContentLoaded", () => {
   $("prompt-form").addEventListener("submit", submit);
   $("pause").addEventListener("click", () => setPaused(true));
   $("resume").addEventListener("click", () => setPaused(false));
+  $("limit-form").addEventListener("submit", setLimit);
   connect();
 });
