@@ -70,6 +70,7 @@ type CacheStats struct {
 	Bytes       int64  `json:"bytes"`
 	BudgetBytes int64  `json:"budget_bytes"`
 	Hits        uint64 `json:"hits"`
+	Evictions   uint64 `json:"evictions"`
 	Misses      uint64 `json:"misses"`
 }
 
@@ -117,7 +118,7 @@ func (n *Node) Status(ctx context.Context) Status {
 	s.ViewPeers = len(n.View())
 	s.BeaconsSent, s.BeaconBytes = n.stats.beaconsSent.Load(), n.stats.beaconBytes.Load()
 	st := n.store.Stats()
-	s.Cache = CacheStats{Entries: st.Entries, Bytes: st.Bytes, BudgetBytes: st.Budget, Hits: st.Hits, Misses: st.Misses}
+	s.Cache = CacheStats{Entries: st.Entries, Bytes: st.Bytes, BudgetBytes: st.Budget, Hits: st.Hits, Misses: st.Misses, Evictions: st.Evictions}
 	if d := n.cfg.Device; d != nil {
 		if t, err := d.Telemetry(ctx); err == nil {
 			s.GPU = &GPUStatus{Name: d.Name(), Simulated: d.Simulated(), TempC: round1(t.TempC), LimitC: t.SlowdownTempC,

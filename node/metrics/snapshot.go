@@ -35,6 +35,7 @@ var (
 	cacheBytes   = desc("gpunet_cache_size_bytes", "Bytes the store's budget counts (manifests and distinct blocks).")
 	cacheBudget  = desc("gpunet_cache_budget_bytes", "The store's budget; past it, least recently used results are evicted.")
 	cacheHits    = desc("gpunet_cache_hits_total", "Store lookups that found the result.")
+	cacheEvicted = desc("gpunet_cache_evictions_total", "Results the store evicted to stay within its budget.")
 	cacheMisses  = desc("gpunet_cache_misses_total", "Store lookups that did not.")
 
 	fetchRequests = desc("gpunet_fetch_requests_total", "Fetch requests this node answered (outcome served, not_found, refused).", "outcome")
@@ -64,7 +65,7 @@ var (
 
 var snapshotDescs = []*prometheus.Desc{
 	connectedPeers, dhtPeers, viewPeers, beaconsSent, beaconBytes, moved,
-	cacheEntries, cacheBytes, cacheBudget, cacheHits, cacheMisses,
+	cacheEntries, cacheBytes, cacheBudget, cacheHits, cacheMisses, cacheEvicted,
 	fetchRequests, fetched, badProviders,
 	kernelRuns, slots, slotsBusy, queueDepth, queueWaiters, paused, offHours, hot, cooling, maxTemp,
 	gpuInfo, gpuTemp, gpuSlowdown, gpuPower, gpuUtil, gpuMemUsed, gpuMemTotal, gpuThrottled,
@@ -100,6 +101,7 @@ func (c *snapshot) Collect(ch chan<- prometheus.Metric) {
 	gauge(cacheBytes, float64(s.Cache.Bytes))
 	gauge(cacheBudget, float64(s.Cache.BudgetBytes))
 	counter(cacheHits, s.Cache.Hits)
+	counter(cacheEvicted, s.Cache.Evictions)
 	counter(cacheMisses, s.Cache.Misses)
 	counter(fetchRequests, s.Fetch.Served, "served")
 	counter(fetchRequests, s.Fetch.NotFound, "not_found")

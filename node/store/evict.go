@@ -141,6 +141,7 @@ func (s *Store) evictLocked(ctx context.Context, keep *entry) (removed int, free
 	if err != nil {
 		return 0, 0, fmt.Errorf("evicting results: %w", err)
 	}
+	s.evictions.Add(uint64(len(victims)))
 	for _, e := range victims {
 		s.log.Debug("evicted result", "task", e.task, "result", e.result)
 	}

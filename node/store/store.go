@@ -70,7 +70,9 @@ type Stats struct {
 	Bytes int64
 	// Hits and Misses count Get and GetByResult since Open.
 	Hits, Misses uint64
-	Budget       int64
+	// Evictions counts results evicted for the budget since Open.
+	Evictions uint64
+	Budget    int64
 }
 
 // diskSlowThreshold is how long one write may block before the store warns
@@ -108,7 +110,7 @@ type Store struct {
 	nEntries atomic.Int64
 	nBytes   atomic.Int64
 
-	hits, misses atomic.Uint64
+	hits, misses, evictions atomic.Uint64
 }
 
 // Open opens (creating it if needed) the store in dir, reads all of it
@@ -419,11 +421,12 @@ func (s *Store) closeDS() (err error) {
 // Stats returns the store's counters without touching the disk.
 func (s *Store) Stats() Stats {
 	return Stats{
-		Entries: int(s.nEntries.Load()),
-		Bytes:   s.nBytes.Load(),
-		Hits:    s.hits.Load(),
-		Misses:  s.misses.Load(),
-		Budget:  s.budget,
+		Entries:   int(s.nEntries.Load()),
+		Bytes:     s.nBytes.Load(),
+		Hits:      s.hits.Load(),
+		Misses:    s.misses.Load(),
+		Evictions: s.evictions.Load(),
+		Budget:    s.budget,
 	}
 }
 

@@ -413,6 +413,10 @@ func TestLRUEvictsLeastRecentlyUsedNeverPinned(t *testing.T) {
 			t.Fatalf("after step %d: %d bytes over budget %d", i, got, s.Stats().Budget)
 		}
 	}
+	// C, A and E were evicted, one at a time.
+	if ev := s.Stats().Evictions; ev != 3 {
+		t.Errorf("Stats().Evictions = %d, want 3", ev)
+	}
 	// Evicted blocks are gone from disk, not only from the index.
 	if _, err := s.GetBlock(ctx, protocol.RawCID(fx["C"].blocks[0])); !errors.Is(err, ErrNotFound) {
 		t.Errorf("GetBlock of an evicted block = %v, want ErrNotFound", err)
