@@ -64,65 +64,63 @@ func (c *Client) SetPaused(ctx context.Context, paused bool) (node.Status, error
 	if paused {
 		path = "/v1/host/pause"
 	}
-	var st node.Status
-	hr, err := http.NewRequestWithContext(ctx, http.MethodPost, c.base+path, nil)
-	if err != nil {
-		return st, err
-	}
-	resp, err := c.hc.Do(hr)
-	if err != nil {
-		return st, fmt.Errorf("%w: %v", ErrNoDaemon, err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return st, decodeError(resp)
-	}
-	return st, json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&st)
+	return c.postStatus(ctx, path, nil)
 }
 
 // SetLimits changes the daemon's host limits (the fields of req that are
 // set) and returns its status.
 func (c *Client) SetLimits(ctx context.Context, req LimitsRequest) (node.Status, error) {
+	return c.postStatus(ctx, "/v1/host/limits", req)
+}
+
+// postStatus POSTs body to path and decodes the node status it answers.
+func (c *Client) postStatus(ctx context.Context, path string, body any) (node.Status, error) {
 	var st node.Status
-	body, err := json.Marshal(req)
+	resp, err := c.post(ctx, path, body)
 	if err != nil {
 		return st, err
-	}
-	hr, err := http.NewRequestWithContext(ctx, http.MethodPost, c.base+"/v1/host/limits", bytes.NewReader(body))
-	if err != nil {
-		return st, err
-	}
-	hr.Header.Set("Content-Type", "application/json")
-	resp, err := c.hc.Do(hr)
-	if err != nil {
-		return st, fmt.Errorf("%w: %v", ErrNoDaemon, err)
 	}
 	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return st, decodeError(resp)
-	}
 	return st, json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&st)
 }
 
-// Submit sends a task and calls progress for each progress line.
-func (c *Client) Submit(ctx context.Context, req SubmitRequest, progress func(node.Progress)) (*TaskResult, error) {
-	body, err := json.Marshal(req)
+// post sends body (none when nil) as JSON to path and returns a 200
+// response for the caller to read and close; any other status becomes the
+// API's error.
+func (c *Client) post(ctx context.Context, path string, body any) (*http.Response, error) {
+	var r io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return nil, err
+		}
+		r = bytes.NewReader(b)
+	}
+	hr, err := http.NewRequestWithContext(ctx, http.MethodPost, c.base+path, r)
 	if err != nil {
 		return nil, err
 	}
-	hr, err := http.NewRequestWithContext(ctx, http.MethodPost, c.base+"/v1/tasks", bytes.NewReader(body))
-	if err != nil {
-		return nil, err
+	if body != nil {
+		hr.Header.Set("Content-Type", "application/json")
 	}
-	hr.Header.Set("Content-Type", "application/json")
 	resp, err := c.hc.Do(hr)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrNoDaemon, err)
 	}
-	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
+		defer resp.Body.Close()
 		return nil, decodeError(resp)
 	}
+	return resp, nil
+}
+
+// Submit sends a task and calls progress for each progress line.
+func (c *Client) Submit(ctx context.Context, req SubmitRequest, progress func(node.Progress)) (*TaskResult, error) {
+	resp, err := c.post(ctx, "/v1/tasks", req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 64<<10), maxLine)
 	for sc.Scan() {
