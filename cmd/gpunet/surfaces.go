@@ -13,4 +13,4 @@ import (
 type surface func(cfg *node.Config) (routes func(n *node.Node) []localapi.Option)
 
 // surfaces lists them, in the order their routes are added.
-var surfaces = []surface{webSurface, metricsSurface}
+var surfaces = []surface{webSurface, metricsSurface, openaiSurface}
