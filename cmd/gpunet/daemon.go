@@ -15,7 +15,7 @@ import (
 )
 
 func newDaemonCmd(g *globals) *cobra.Command {
-	return &cobra.Command{
+	cmd := &cobra.Command{
 		Use:   "daemon",
 		Short: "Run a gpunet peer: DHT routing, results cache and the local API",
 		Args:  cobra.NoArgs,
@@ -30,6 +30,8 @@ func newDaemonCmd(g *globals) *cobra.Command {
 			return runPeer(cmd, g, g.nodeConfig(cmd, log))
 		},
 	}
+	addGatewayFlags(cmd)
+	return cmd
 }
 
 type hostFlags struct {
@@ -105,6 +107,7 @@ func newHostCmd(g *globals) *cobra.Command {
 	fl.Float64Var(&f.rate, "rate-limit", 10, "tasks per second one submitter may start here (0: unlimited)")
 	fl.StringVar(&f.hours, "hours", "", `lending hours: take work only between these local times, HH:MM-HH:MM (e.g. 22:00-07:00, past midnight wraps; default: every hour)`)
 	fl.Float64Var(&f.timeScale, "sim-time-scale", 1, "simulated GPU only: how much faster than real time it heats and cools")
+	addGatewayFlags(cmd)
 	cmd.AddCommand(newHostPauseCmd(g, true), newHostPauseCmd(g, false))
 	return cmd
 }
@@ -195,6 +198,10 @@ func openKernel(f *hostFlags, log *slog.Logger) (kernel.Kernel, error) {
 // runPeer starts a node and its local API and runs until interrupted.
 func runPeer(cmd *cobra.Command, g *globals, cfg node.Config) error {
 	ctx := cmd.Context()
+	gwAddr, gwKeys, err := gatewayFlags(cmd)
+	if err != nil {
+		return err
+	}
 	var attach []func(*node.Node) []localapi.Option
 	for _, s := range surfaces {
 		attach = append(attach, s(&cfg))
@@ -213,8 +220,19 @@ func runPeer(cmd *cobra.Command, g *globals, cfg node.Config) error {
 		return err
 	}
 	defer api.Close()
+	gw, err := startGateway(n, gwAddr, gwKeys, cfg.Logger)
+	if err != nil {
+		return err
+	}
+	if gw != nil {
+		defer gw.Close()
+	}
 	if g.json {
-		_ = printJSON(map[string]any{"peer_id": n.ID().String(), "addrs": n.Addrs(), "api": api.Addr()})
+		out := map[string]any{"peer_id": n.ID().String(), "addrs": n.Addrs(), "api": api.Addr()}
+		if gw != nil {
+			out["gateway"] = gw.Addr()
+		}
+		_ = printJSON(out)
 	} else {
 		role := "daemon"
 		if cfg.Kernel != nil {
@@ -224,6 +242,9 @@ func runPeer(cmd *cobra.Command, g *globals, cfg node.Config) error {
 		// addresses it can dial, best first (--json lists them all).
 		fmt.Fprintf(os.Stdout, "gpunet %s running\n  peer id: %s\n  local API: http://%s\n  join with: --bootstrap %s\n",
 			role, n.ID(), api.Addr(), joinOr(node.JoinAddrs(n.Addrs()), "(not listening)"))
+		if gw != nil {
+			fmt.Fprintf(os.Stdout, "  gateway (API keys, OpenAI routes only): http://%s\n", gw.Addr())
+		}
 	}
 	<-ctx.Done()
 	cfg.Logger.Info("shutting down")

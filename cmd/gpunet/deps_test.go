@@ -44,11 +44,12 @@ func TestDependencyDirection(t *testing.T) {
 	}
 	// Packages that must not import these.
 	never := map[string][]string{
-		"node":          {"node/localapi", "node/metrics", "node/web", "node/openai", "node/nodeconf", "node/swarm"},
+		"node":          {"node/localapi", "node/metrics", "node/web", "node/openai", "node/nodeconf", "node/swarm", "node/gateway"},
 		"node/metrics":  {"node/localapi", "node/web", "node/openai", "node/swarm"},
 		"node/web":      {"node/metrics", "node/openai", "node/swarm"},
 		"node/localapi": {"node/metrics", "node/web", "node/openai", "node/swarm"},
 		"node/openai":   {"node/metrics", "node/web", "node/swarm"},
+		"node/gateway":  {"node/metrics", "node/web", "node/swarm", "node/nodeconf"},
 	}
 	for pkg, banned := range never {
 		for _, dep := range deps(pkg) {

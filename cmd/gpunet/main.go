@@ -165,6 +165,7 @@ func newRootCmd() *cobra.Command {
 		newDemoCmd(g), newBenchCmd(g), newCacheCmd(g), newSimCmd(), newGeneratorCmd(), newVersionCmd(g),
 	)
 	root.AddCommand(newInitCmd(g), newConfigCmd(g))
+	root.AddCommand(newGatewayKeyCmd())
 	return root
 }
 

@@ -140,8 +140,9 @@ var tmpl = template.Must(template.New(FileName).Funcs(template.FuncMap{"v": valu
 # the keys. A key this file does not know is an error, not ignored.
 # The data directory itself is --data or $GPUNET_HOME, never set here.
 #
-# Not here yet: a gateway and compute backends. gpunet has neither so
-# far, and a key that does nothing would mislead.
+# Not here yet: compute backends (gpunet has none so far), and the
+# gateway's settings, which are flags for now (gpunet daemon --gateway
+# HOST:PORT --api-keys FILE); a key that does nothing would mislead.
 
 # Peers to join through: multiaddrs ending in /p2p/PEER_ID, as a running
 # daemon prints after "join with:". Remembered peers (peers.json) are

@@ -11,7 +11,8 @@
 //	POST /v1/images/generations   n tasks, JSON or Server-Sent Events
 //
 // Not yet: edits and input images, partial-image previews (both need the
-// task protocol to carry them), the keyed gateway. A generation answered
+// task protocol to carry them). node/gateway serves these same routes
+// beyond loopback to holders of API keys. A generation answered
 // with response_format "url" points at GET /v1/blocks/{cid}, which the
 // dashboard (node/web) serves beside these routes.
 //
