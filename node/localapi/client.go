@@ -58,6 +58,24 @@ func (c *Client) Peers(ctx context.Context) ([]node.PeerInfo, error) {
 	return ps, err
 }
 
+// Models lists the models the daemon's swarm serves, from the OpenAI
+// Images API's GET /v1/models (a daemon started by gpunet serves it).
+func (c *Client) Models(ctx context.Context) ([]string, error) {
+	var list struct {
+		Data []struct {
+			ID string `json:"id"`
+		} `json:"data"`
+	}
+	if err := c.get(ctx, "/v1/models", &list); err != nil {
+		return nil, err
+	}
+	ids := make([]string, 0, len(list.Data))
+	for _, m := range list.Data {
+		ids = append(ids, m.ID)
+	}
+	return ids, nil
+}
+
 // SetPaused pauses or resumes the daemon's host and returns its status.
 func (c *Client) SetPaused(ctx context.Context, paused bool) (node.Status, error) {
 	path := "/v1/host/resume"
