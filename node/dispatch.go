@@ -35,6 +35,10 @@ type SubmitOptions struct {
 	// own waiting room share their slots fairly between submitters, not
 	// just between nodes. Empty means the node itself.
 	Submitter string
+	// Previews asks for up to protocol.MaxPreviews partial images of the
+	// task as it runs (stage "preview", Progress.Preview), from hosts and
+	// kernels that can make them; 0 asks for none.
+	Previews int
 	// Progress, if set, receives events as the task travels. It is called
 	// from Submit's goroutine and must not block for long.
 	Progress func(Progress)
@@ -42,9 +46,12 @@ type SubmitOptions struct {
 
 // Progress is one step of a task's journey, for people watching it.
 type Progress struct {
-	Stage string `json:"stage"` // lookup, joined, searching, trying, queued, running, hedge, moved, refused, done
+	Stage string `json:"stage"` // lookup, joined, searching, trying, queued, running, preview, hedge, suspect, moved, refused, waiting, done
 	Peer  string `json:"peer,omitempty"`
 	protocol.Event
+	// Preview is a partial image of the task so far (a PNG), at stage
+	// "preview", with Step and Total saying where the run was.
+	Preview []byte `json:"preview,omitempty"`
 }
 
 // Result is a verified result.
