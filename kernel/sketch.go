@@ -36,7 +36,7 @@ const SketchName = "sketch-v1"
 // Sketch has no state and is safe for concurrent use.
 type Sketch struct{}
 
-var _ Kernel = Sketch{}
+var _ Previewer = Sketch{}
 
 // Name returns SketchName.
 func (Sketch) Name() string { return SketchName }
@@ -50,7 +50,15 @@ const sketchFrac = 6
 
 // Run renders t as one PNG. t must be a normalised task for
 // protocol.DefaultModel.
-func (Sketch) Run(ctx context.Context, t protocol.Task, progress Progress) ([]Output, error) {
+func (k Sketch) Run(ctx context.Context, t protocol.Task, progress Progress) ([]Output, error) {
+	return k.RunWithPreviews(ctx, t, progress, nil, nil)
+}
+
+// RunWithPreviews is Run, showing at the steps in at the refinement buffer as
+// it stands: the seeded noise pulled part of the way towards the scene, which
+// is what the run has made so far. Encoding a preview reads the buffer and
+// never writes it, so the output is Run's, byte for byte.
+func (Sketch) RunWithPreviews(ctx context.Context, t protocol.Task, progress Progress, at []int, preview PreviewFunc) ([]Output, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -81,26 +89,83 @@ func (Sketch) Run(ctx context.Context, t protocol.Task, progress Progress) ([]Ou
 		// final image keeps a trace of the blurred history: soft edges,
 		// and grain when steps are few.
 		refine(x, tmp, target, w, h, int32(224*s/steps))
+		for len(at) > 0 && at[0] < s {
+			at = at[1:]
+		}
+		// The last step's image is the output, not a preview.
+		if preview != nil && len(at) > 0 && at[0] == s && s < steps {
+			if b, err := encodePreview(toRGBA(x, w, h)); err == nil {
+				preview(s, b)
+			}
+		}
 		if progress != nil {
 			progress(s, steps)
 		}
 	}
 
+	var buf bytes.Buffer
+	// BestSpeed: a fixed level keeps bytes stable, and the fastest one
+	// keeps encoding small beside the refinement.
+	enc := png.Encoder{CompressionLevel: png.BestSpeed}
+	if err := enc.Encode(&buf, toRGBA(x, w, h)); err != nil {
+		return nil, fmt.Errorf("encoding png: %w", err)
+	}
+	return []Output{{MediaType: "image/png", Data: buf.Bytes()}}, nil
+}
+
+// toRGBA rounds the fixed-point buffer x to an opaque w×h image.
+func toRGBA(x []uint16, w, h int) *image.RGBA {
 	img := image.NewRGBA(image.Rect(0, 0, w, h))
-	for i, j := 0, 0; i < n; i, j = i+3, j+4 {
+	for i, j := 0, 0; i < len(x); i, j = i+3, j+4 {
 		img.Pix[j] = uint8(min((x[i]+1<<(sketchFrac-1))>>sketchFrac, 255))
 		img.Pix[j+1] = uint8(min((x[i+1]+1<<(sketchFrac-1))>>sketchFrac, 255))
 		img.Pix[j+2] = uint8(min((x[i+2]+1<<(sketchFrac-1))>>sketchFrac, 255))
 		img.Pix[j+3] = 255
 	}
-	var buf bytes.Buffer
-	// BestSpeed: a fixed level keeps bytes stable, and the fastest one
-	// keeps encoding small beside the refinement.
-	enc := png.Encoder{CompressionLevel: png.BestSpeed}
-	if err := enc.Encode(&buf, img); err != nil {
-		return nil, fmt.Errorf("encoding png: %w", err)
+	return img
+}
+
+// encodePreview encodes img as a PNG of at most protocol.MaxPreviewBytes,
+// halving it until it fits. Early steps are mostly noise, which PNG barely
+// compresses, so it starts at a size whose raw RGB fits the cap.
+func encodePreview(img *image.RGBA) ([]byte, error) {
+	for img.Rect.Dx()*img.Rect.Dy()*3 > protocol.MaxPreviewBytes {
+		img = halve(img)
 	}
-	return []Output{{MediaType: "image/png", Data: buf.Bytes()}}, nil
+	enc := png.Encoder{CompressionLevel: png.BestSpeed}
+	for {
+		var buf bytes.Buffer
+		if err := enc.Encode(&buf, img); err != nil {
+			return nil, fmt.Errorf("encoding preview: %w", err)
+		}
+		if buf.Len() <= protocol.MaxPreviewBytes {
+			return buf.Bytes(), nil
+		}
+		if img.Rect.Dx() == 1 && img.Rect.Dy() == 1 {
+			return nil, fmt.Errorf("preview of %d bytes at 1×1", buf.Len())
+		}
+		img = halve(img)
+	}
+}
+
+// halve box-filters img to half its size (at least 1×1).
+func halve(img *image.RGBA) *image.RGBA {
+	w, h := img.Rect.Dx(), img.Rect.Dy()
+	hw, hh := max(w/2, 1), max(h/2, 1)
+	out := image.NewRGBA(image.Rect(0, 0, hw, hh))
+	for y := 0; y < hh; y++ {
+		y0, y1 := min(2*y, h-1), min(2*y+1, h-1)
+		for x := 0; x < hw; x++ {
+			x0, x1 := min(2*x, w-1), min(2*x+1, w-1)
+			o := out.PixOffset(x, y)
+			for c := 0; c < 4; c++ {
+				sum := int(img.Pix[img.PixOffset(x0, y0)+c]) + int(img.Pix[img.PixOffset(x1, y0)+c]) +
+					int(img.Pix[img.PixOffset(x0, y1)+c]) + int(img.Pix[img.PixOffset(x1, y1)+c])
+				out.Pix[o+c] = uint8((sum + 2) / 4)
+			}
+		}
+	}
+	return out
 }
 
 // refine is one denoising pass: a separable [1 2 1]/4 blur of x, then a pull

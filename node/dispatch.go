@@ -149,7 +149,7 @@ func (n *Node) submit(ctx context.Context, t protocol.Task, tc cid.Cid, opts Sub
 			return nil, ctx.Err()
 		}
 	}
-	return n.place(ctx, t, tc, opts.NoCache, opts.Submitter, start, progress)
+	return n.place(ctx, t, tc, opts.NoCache, opts.Submitter, opts.Previews, start, progress)
 }
 
 // submitCalls coalesces identical Submits on one node: the first does the
@@ -217,6 +217,7 @@ type journey struct {
 	tc        cid.Cid
 	noCache   bool
 	submitter string
+	previews  int // partial images asked of the host (TaskRequest.Previews)
 	progress  func(Progress)
 
 	tried    map[string]bool // this round's hosts
@@ -235,8 +236,8 @@ type journey struct {
 // room for it, then is placed afresh: a surge is queued, never refused,
 // until the caller's deadline. While the task waits in a host's queue, or
 // its host goes silent, follow may move it (the queue hedge).
-func (n *Node) place(ctx context.Context, t protocol.Task, tc cid.Cid, noCache bool, submitter string, start time.Time, progress func(Progress)) (*Result, error) {
-	j := &journey{n: n, t: t, tc: tc, noCache: noCache, submitter: submitter, progress: progress}
+func (n *Node) place(ctx context.Context, t protocol.Task, tc cid.Cid, noCache bool, submitter string, previews int, start time.Time, progress func(Progress)) (*Result, error) {
+	j := &journey{n: n, t: t, tc: tc, noCache: noCache, submitter: submitter, previews: previews, progress: progress}
 	// Whatever place this task held at a host is free once it ends: the
 	// next waiting task may have it.
 	defer n.waiting.release(1)
@@ -540,7 +541,7 @@ func (j *journey) follow(ctx context.Context, c candidate) (*Result, peer.ID, er
 		a := &attempt{c: c, cancel: acancel, heard: time.Now()}
 		go func() {
 			defer n.ledger.start(c.p)()
-			res, err := n.runAt(actx, c.p, j.t, j.tc, j.noCache, j.submitter, func(e protocol.Event) {
+			res, err := n.runAt(actx, c.p, j.t, j.tc, j.noCache, j.submitter, j.previews, func(e protocol.Event) {
 				select {
 				case news <- attemptNews{a: a, e: e}:
 				case <-actx.Done():
@@ -651,6 +652,14 @@ func (j *journey) follow(ctx context.Context, c candidate) (*Result, peer.ID, er
 				continue
 			}
 			a := m.a
+			if m.e.Type == protocol.EventPreview {
+				// A picture for the caller, not news about where the task
+				// stands: the attempt's state (accepted, running, ETA) and
+				// the hedge are the business of queued and progress events.
+				j.progress(Progress{Stage: "preview", Peer: a.c.p.String(),
+					Event: protocol.Event{Step: m.e.Step, Total: m.e.Total}, Preview: m.e.Data})
+				continue
+			}
 			a.heard, a.suspected = time.Now(), false
 			first := !a.accepted
 			a.accepted = true
@@ -731,14 +740,16 @@ func (n *Node) rng() *rand.Rand { return rand.New(rand.NewPCG(rand.Uint64(), ran
 
 // runAt sends t to one host and reads its events until the result.
 //
-// onEvent sees every queued and progress event. Cancelling ctx resets the
+// onEvent sees every queued, progress and preview event; previews (at most
+// protocol.MaxPreviews) are asked for with the task. Cancelling ctx resets the
 // stream, which tells the host that this client no longer waits: it drops
 // the task from its queue if nobody else waits for it.
-func (n *Node) runAt(ctx context.Context, p peer.ID, t protocol.Task, tc cid.Cid, noCache bool, submitter string, onEvent func(protocol.Event)) (*Result, error) {
+func (n *Node) runAt(ctx context.Context, p peer.ID, t protocol.Task, tc cid.Cid, noCache bool, submitter string, previews int, onEvent func(protocol.Event)) (*Result, error) {
+	previews = min(max(previews, 0), protocol.MaxPreviews)
 	ctx, cancel := context.WithTimeout(ctx, n.cfg.TaskTimeout)
 	defer cancel()
 	if p == n.host.ID() && n.serve != nil {
-		r, err := n.serve.local(ctx, t, tc, noCache, submitter, onEvent)
+		r, err := n.serve.local(ctx, t, tc, noCache, submitter, previews, onEvent)
 		if err != nil {
 			return nil, err
 		}
@@ -759,7 +770,10 @@ func (n *Node) runAt(ctx context.Context, p peer.ID, t protocol.Task, tc cid.Cid
 	defer stop()
 	// The write side stays open: a reset, not a half-close, is how the host
 	// learns at once that the client has gone (see the protocol spec).
-	if err := protocol.WriteMsg(st, protocol.TaskRequest{Task: t, NoCache: noCache, Submitter: submitter}); err != nil {
+	// A 1.0 host rejects the previews key as it does submitter; both are
+	// omitted when empty, so a plain request still reaches it.
+	req := protocol.TaskRequest{Task: t, NoCache: noCache, Submitter: submitter, Previews: uint32(previews)}
+	if err := protocol.WriteMsg(st, req); err != nil {
 		st.Reset()
 		return nil, fmt.Errorf("sending task: %w", err)
 	}
@@ -880,7 +894,11 @@ func (n *Node) SubmitTo(ctx context.Context, p peer.ID, task protocol.Task, opts
 	if err != nil {
 		return nil, err
 	}
-	res, err := n.runAt(ctx, p, t, tc, opts.NoCache, opts.Submitter, func(protocol.Event) {})
+	res, err := n.runAt(ctx, p, t, tc, opts.NoCache, opts.Submitter, opts.Previews, func(e protocol.Event) {
+		if e.Type == protocol.EventPreview && opts.Progress != nil {
+			opts.Progress(Progress{Stage: "preview", Peer: p.String(), Event: protocol.Event{Step: e.Step, Total: e.Total}, Preview: e.Data})
+		}
+	})
 	if err != nil {
 		return nil, err
 	}

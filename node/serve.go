@@ -127,10 +127,14 @@ type flight struct {
 	// counted at admission, so a request that joined but has not
 	// subscribed yet still counts).
 	waiters int
+	// previews is the most partial images any of its requests asked for
+	// (guarded by server.mu). compute reads it as the kernel starts: a
+	// request that joins later gets at most what is already planned.
+	previews int
 
 	mu        sync.Mutex
 	listeners map[chan protocol.Event]struct{}
-	last      protocol.Event // the latest progress event, once it runs
+	last      protocol.Event // the latest progress event, once it runs (never a preview)
 
 	res *store.Result
 	err error
@@ -149,8 +153,9 @@ func (f *flight) timing(admitted time.Time) (wait, kernel time.Duration) {
 	return max(0, f.started.Sub(admitted)), f.kernel
 }
 
-// subscribe returns a channel of queued/progress events. Sends never block:
-// a slow reader misses intermediate progress, never the result.
+// subscribe returns a channel of queued, progress and preview events. Sends
+// never block: a slow reader misses intermediate progress and previews (the
+// protocol makes both advisory), never the result.
 func (f *flight) subscribe() chan protocol.Event {
 	ch := make(chan protocol.Event, 16)
 	f.mu.Lock()
@@ -168,7 +173,11 @@ func (f *flight) unsubscribe(ch chan protocol.Event) {
 func (f *flight) broadcast(e protocol.Event) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.last = e
+	if e.Type != protocol.EventPreview {
+		// A preview says nothing about where the task stands, and is too
+		// big to repeat as a keepalive.
+		f.last = e
+	}
 	for ch := range f.listeners {
 		select {
 		case ch <- e:
@@ -224,14 +233,14 @@ func (s *server) handle(st network.Stream) {
 		}
 	}
 	if res == nil {
-		if f, err = s.admit(remote, req.Submitter, req.Task, tc); err != nil {
+		if f, err = s.admitPreviews(remote, req.Submitter, int(req.Previews), req.Task, tc); err != nil {
 			refuse(err)
 			return
 		}
 		admitted = time.Now()
 		_ = st.SetWriteDeadline(time.Now().Add(writeTimeout))
 		_ = protocol.WriteMsg(st, s.stateEvent(f))
-		res, err = s.wait(st, f, watchCancel(st, br))
+		res, err = s.wait(st, f, int(req.Previews), watchCancel(st, br))
 		gone := errors.Is(err, errClientGone)
 		s.leave(f, gone)
 		if gone {
@@ -275,8 +284,9 @@ var errClientGone = errors.New("client stopped reading")
 // local runs a task submitted on this host on its own GPU: the host side of
 // the task protocol without the stream. Admission is the same as for a
 // remote submitter's (the owner's pause, the governor, the queue); onEvent
-// gets the events a stream would carry.
-func (s *server) local(ctx context.Context, t protocol.Task, tc cid.Cid, noCache bool, submitter string, onEvent func(protocol.Event)) (*store.Result, error) {
+// gets the events a stream would carry, up to previews preview events among
+// them.
+func (s *server) local(ctx context.Context, t protocol.Task, tc cid.Cid, noCache bool, submitter string, previews int, onEvent func(protocol.Event)) (*store.Result, error) {
 	if !serves(s.n.cfg.Kernel, t.Model) {
 		return nil, &protocol.RemoteError{Code: protocol.CodeUnsupportedModel, Message: fmt.Sprintf("this host serves %v", s.n.cfg.Kernel.Models())}
 	}
@@ -291,7 +301,7 @@ func (s *server) local(ctx context.Context, t protocol.Task, tc cid.Cid, noCache
 			return r, nil
 		}
 	}
-	f, err := s.admit(self, submitter, t, tc)
+	f, err := s.admitPreviews(self, submitter, previews, t, tc)
 	if err != nil {
 		s.refused(ServedEvent{TaskCID: tc, Peer: self, Code: asRemote(err).Code, Elapsed: time.Since(start)})
 		return nil, err
@@ -313,6 +323,12 @@ func (s *server) local(ctx context.Context, t protocol.Task, tc cid.Cid, noCache
 			}
 			return f.res, f.err
 		case e := <-ch:
+			if e.Type == protocol.EventPreview {
+				if previews <= 0 {
+					continue // another request's
+				}
+				previews--
+			}
 			onEvent(e)
 		case <-ctx.Done():
 			s.leave(f, true)
@@ -382,8 +398,10 @@ func asRemote(err error) *protocol.RemoteError {
 const keepaliveEvery = protocol.KeepaliveInterval
 
 // wait forwards the flight's events to the stream until it finishes,
-// repeating the latest one when nothing was sent for keepaliveEvery.
-func (s *server) wait(st network.Stream, f *flight, cancelled <-chan struct{}) (*store.Result, error) {
+// repeating the latest one when nothing was sent for keepaliveEvery; of
+// previews, only as many as this request asked for (the flight makes as
+// many as its most eager request wants), and never as a keepalive.
+func (s *server) wait(st network.Stream, f *flight, previews int, cancelled <-chan struct{}) (*store.Result, error) {
 	ch := f.subscribe()
 	defer f.unsubscribe(ch)
 	tick := time.NewTicker(keepaliveEvery)
@@ -395,7 +413,10 @@ func (s *server) wait(st network.Stream, f *flight, cancelled <-chan struct{}) (
 		if err := protocol.WriteMsg(st, e); err != nil {
 			return fmt.Errorf("%w: %v", errClientGone, err)
 		}
-		last, lastSent = e, time.Now()
+		lastSent = time.Now()
+		if e.Type != protocol.EventPreview {
+			last = e
+		}
 		return nil
 	}
 	for {
@@ -405,6 +426,12 @@ func (s *server) wait(st network.Stream, f *flight, cancelled <-chan struct{}) (
 		case <-cancelled:
 			return nil, fmt.Errorf("%w: stream reset", errClientGone)
 		case e := <-ch:
+			if e.Type == protocol.EventPreview {
+				if previews <= 0 {
+					continue // another request's
+				}
+				previews--
+			}
 			if err := send(e); err != nil {
 				return nil, err
 			}
@@ -458,10 +485,18 @@ func (s *server) leave(f *flight, gone bool) {
 // Either way the request counts as one of the flight's waiters until it
 // leaves.
 func (s *server) admit(from peer.ID, submitter string, t protocol.Task, tc cid.Cid) (*flight, error) {
+	return s.admitPreviews(from, submitter, 0, t, tc)
+}
+
+// admitPreviews is admit for a request that wants previews partial images.
+// They are recorded before the flight can start: a free slot starts it
+// within this call.
+func (s *server) admitPreviews(from peer.ID, submitter string, previews int, t protocol.Task, tc cid.Cid) (*flight, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if f, ok := s.flights[tc]; ok {
 		f.waiters++
+		f.previews = max(f.previews, previews)
 		return f, nil
 	}
 	switch {
@@ -482,7 +517,7 @@ func (s *server) admit(from peer.ID, submitter string, t protocol.Task, tc cid.C
 	if ok, retry := s.limiter.take(from, time.Now()); !ok {
 		return nil, &protocol.RemoteError{Code: protocol.CodeRateLimited, Message: "too many tasks from you", RetryAfter: retry}
 	}
-	f := &flight{task: t, taskCID: tc, done: make(chan struct{}), listeners: map[chan protocol.Event]struct{}{}, waiters: 1}
+	f := &flight{task: t, taskCID: tc, done: make(chan struct{}), listeners: map[chan protocol.Event]struct{}{}, waiters: 1, previews: previews}
 	f.ctx, f.cancel = context.WithCancel(s.n.ctx)
 	s.flights[tc] = f
 	s.queue.push(fairKey{from.String(), submitter}, f)
@@ -604,12 +639,28 @@ func (s *server) compute(f *flight) (*store.Result, error) {
 	s.coolDown(f.ctx, lt, &lastTemp)
 	s.mu.Lock()
 	svc := s.meanServiceLocked(f.task)
+	previews := f.previews
 	s.mu.Unlock()
 	f.broadcast(startedEvent(f.task, svc))
 	pace := newPacer(s.dev, f.task, n.cfg.SimulateGPUSpeed)
 	start := time.Now()
 	f.started = start
-	outs, err := n.cfg.Kernel.Run(f.ctx, f.task, func(step, total int) {
+	run := n.cfg.Kernel.Run
+	if pk, ok := n.cfg.Kernel.(kernel.Previewer); ok && previews > 0 {
+		at := kernel.PreviewSteps(int(f.task.Steps), previews)
+		run = func(ctx context.Context, t protocol.Task, progress kernel.Progress) ([]kernel.Output, error) {
+			return pk.RunWithPreviews(ctx, t, progress, at, func(step int, png []byte) {
+				// A kernel's contract caps a preview, but the host vouches
+				// for what it sends: one over the cap would fail the
+				// client's decoder and with it the task.
+				if len(png) == 0 || len(png) > protocol.MaxPreviewBytes || step < 0 || step > int(f.task.Steps) {
+					return
+				}
+				f.broadcast(protocol.Event{Type: protocol.EventPreview, Data: png, Step: uint32(step), Total: f.task.Steps})
+			})
+		}
+	}
+	outs, err := run(f.ctx, f.task, func(step, total int) {
 		pace.step(f.ctx)
 		if step >= total {
 			release()

@@ -194,6 +194,7 @@ func TestProtocolDocMatchesCode(t *testing.T) {
 		{"ManifestVersion", ManifestVersion},
 		{"MaxBeaconBytes", MaxBeaconBytes}, {"MaxBeaconShards", MaxBeaconShards}, {"BeaconMaxAge", BeaconMaxAge}, {"BeaconMinInterval", BeaconMinInterval},
 		{"MaxSubmitterBytes", MaxSubmitterBytes}, {"KeepaliveInterval", KeepaliveInterval}, {"SuspectAfter", SuspectAfter},
+		{"MaxPreviews", MaxPreviews}, {"MaxPreviewBytes", MaxPreviewBytes},
 	}
 	for _, c := range consts {
 		// The tables in the doc have a row "| `Name` | value |".
@@ -204,7 +205,7 @@ func TestProtocolDocMatchesCode(t *testing.T) {
 	for _, s := range []string{
 		TaskProtocol, FetchProtocol, DHTPrefix + "/kad/1.0.0", BeaconTopic, "/" + CapacityNamespace + "/",
 		DefaultModel, manifestDomain[:len(manifestDomain)-1], capacityDomain[:len(capacityDomain)-1], "gpunet-seed-v1",
-		EventQueued, EventProgress, EventBlock, EventResult, EventError,
+		EventQueued, EventProgress, EventPreview, EventBlock, EventResult, EventError,
 		CodeBusy, CodeTooHot, CodePaused, CodeRateLimited, CodeUnsupportedModel, CodeBadRequest, CodeNotFound, CodeInternal,
 		modelRE.String(), paramKeyRE.String(),
 	} {

@@ -88,11 +88,14 @@ func fuzzSeeds(tb testing.TB) map[string]map[string][][]byte {
 			"unknown-field":  one(mustMarshal(tb, map[string]any{"task": n, "no_cache": false, "x": 1})),
 			"submitter":      one(mustMarshal(tb, TaskRequest{Task: n, Submitter: "alice@laptop"})),
 			"submitter-ctrl": one(mustMarshal(tb, map[string]any{"task": n, "no_cache": false, "submitter": "a\x00b"})),
+			"previews":       one(mustMarshal(tb, TaskRequest{Task: n, Previews: 2})),
+			"previews-over":  one(mustMarshal(tb, TaskRequest{Task: n, Previews: MaxPreviews + 1})),
 			"huge-map-claim": one([]byte{0xbb, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff}),
 		},
 		"FuzzDecodeEvent": {
 			"queued":          one(mustMarshal(tb, Event{Type: EventQueued, Position: 2})),
 			"progress":        one(mustMarshal(tb, Event{Type: EventProgress, Step: 3, Total: 20, EtaMs: 900})),
+			"preview":         one(mustMarshal(tb, Event{Type: EventPreview, Data: []byte("\x89PNG"), Step: 5, Total: 20})),
 			"block":           one(mustMarshal(tb, Event{Type: EventBlock, Data: []byte("\x89PNG")})),
 			"result":          one(mustMarshal(tb, Event{Type: EventResult, Manifest: manifest})),
 			"error":           one(mustMarshal(tb, ErrorEvent(CodeTooHot, "GPU at 84 C", 30*time.Second))),
@@ -309,6 +312,10 @@ func FuzzDecodeEvent(f *testing.F) {
 		case EventQueued, EventProgress:
 			if e.Step > e.Total {
 				t.Fatalf("step %d > total %d accepted", e.Step, e.Total)
+			}
+		case EventPreview:
+			if len(e.Data) == 0 || len(e.Data) > MaxPreviewBytes || e.Step > e.Total {
+				t.Fatalf("bad preview accepted: %d bytes, step %d of %d", len(e.Data), e.Step, e.Total)
 			}
 		case EventBlock:
 			if len(e.Data) == 0 || len(e.Data) > MaxBlockBytes {

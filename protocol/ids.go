@@ -44,6 +44,13 @@ const (
 	// MaxSubmitterBytes bounds a request's submitter name: an opaque key,
 	// not a person's name.
 	MaxSubmitterBytes = 64
+	// MaxPreviews bounds how many partial images a request may ask for:
+	// previews are for a person watching, and a few are enough to show that
+	// the picture is coming along.
+	MaxPreviews = 3
+	// MaxPreviewBytes bounds one preview image. A preview is a glance, not
+	// an output: a host downscales it to fit rather than delay the result.
+	MaxPreviewBytes = 256 << 10
 )
 
 // Timing defaults shared by both ends of a stream.

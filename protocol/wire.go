@@ -70,6 +70,11 @@ type TaskRequest struct {
 	// is the client's word, so it is never worth more than the client's
 	// own share: the host's fairness is by peer first, submitter second.
 	Submitter string `cbor:"submitter,omitempty"`
+	// Previews asks for up to MaxPreviews partial images (preview events)
+	// while the task runs; 0 asks for none. It is advisory: a host may send
+	// fewer (its kernel makes none, or the client reads too slowly). A 1.0
+	// host rejects the key as it rejects submitter.
+	Previews uint32 `cbor:"previews,omitempty"`
 }
 
 // DecodeTaskRequest decodes and validates a request frame.
@@ -86,6 +91,9 @@ func DecodeTaskRequest(b []byte) (*TaskRequest, error) {
 	}
 	if err := ValidSubmitter(r.Submitter); err != nil {
 		return nil, err
+	}
+	if r.Previews > MaxPreviews {
+		return nil, fmt.Errorf("%w: %d previews asked, at most %d", ErrBadTask, r.Previews, MaxPreviews)
 	}
 	return &r, nil
 }
@@ -108,11 +116,12 @@ func ValidSubmitter(s string) error {
 }
 
 // Event types a host sends on TaskProtocol, in this order: any number of
-// queued and progress events, then one block event per output, then exactly
-// one result; or, at any point, one error, which ends the stream.
+// queued, progress and preview events, then one block event per output, then
+// exactly one result; or, at any point, one error, which ends the stream.
 const (
 	EventQueued   = "queued"
 	EventProgress = "progress"
+	EventPreview  = "preview"
 	EventBlock    = "block"
 	EventResult   = "result"
 	EventError    = "error"
@@ -128,7 +137,8 @@ type Event struct {
 	Step  uint32 `cbor:"step,omitempty" json:"step,omitempty"`
 	Total uint32 `cbor:"total,omitempty" json:"total,omitempty"`
 	EtaMs uint64 `cbor:"eta_ms,omitempty" json:"eta_ms,omitempty"`
-	// block: the bytes of one output, in manifest order.
+	// block: the bytes of one output, in manifest order. preview: a PNG of
+	// the task so far (at most MaxPreviewBytes), at step Step of Total.
 	Data []byte `cbor:"data,omitempty" json:"-"`
 	// result: the encoded, signed manifest; Cached says the host answered
 	// from its store without running the kernel.
@@ -153,6 +163,13 @@ func DecodeEvent(b []byte) (*Event, error) {
 	case EventQueued, EventProgress:
 		if e.Step > e.Total {
 			return nil, fmt.Errorf("progress step %d beyond total %d", e.Step, e.Total)
+		}
+	case EventPreview:
+		if len(e.Data) == 0 || len(e.Data) > MaxPreviewBytes {
+			return nil, fmt.Errorf("preview of %d bytes", len(e.Data))
+		}
+		if e.Step > e.Total {
+			return nil, fmt.Errorf("preview step %d beyond total %d", e.Step, e.Total)
 		}
 	case EventBlock:
 		if len(e.Data) == 0 || len(e.Data) > MaxBlockBytes {

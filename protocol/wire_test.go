@@ -151,6 +151,7 @@ func TestEventRoundTrip(t *testing.T) {
 		{Type: EventQueued, Position: 3},
 		{Type: EventProgress, Step: 5, Total: 20, EtaMs: 1500},
 		{Type: EventProgress, Step: 20, Total: 20},
+		{Type: EventPreview, Data: []byte("png so far"), Step: 10, Total: 20},
 		{Type: EventBlock, Data: []byte("png bytes")},
 		{Type: EventResult, Manifest: encodeManifest(t, testManifest(t, testKey(t, 1))), Cached: true},
 		ErrorEvent(CodeBusy, "queue full", 2*time.Second),
@@ -201,6 +202,9 @@ func TestDecodeEventRejects(t *testing.T) {
 		{"step beyond total", mustMarshal(t, Event{Type: EventProgress, Step: 21, Total: 20})},
 		{"step without total", mustMarshal(t, Event{Type: EventProgress, Step: 1})},
 		{"queued with step beyond total", mustMarshal(t, Event{Type: EventQueued, Position: 1, Step: 2, Total: 1})},
+		{"preview without data", mustMarshal(t, Event{Type: EventPreview, Step: 1, Total: 2})},
+		{"preview over the cap", mustMarshal(t, Event{Type: EventPreview, Data: make([]byte, MaxPreviewBytes+1), Step: 1, Total: 2})},
+		{"preview step beyond total", mustMarshal(t, Event{Type: EventPreview, Data: []byte("png"), Step: 3, Total: 2})},
 		{"block without data", mustMarshal(t, Event{Type: EventBlock})},
 		{"block over the cap", mustMarshal(t, Event{Type: EventBlock, Data: make([]byte, MaxBlockBytes+1)})},
 		{"frame over the cap", make([]byte, MaxEventBytes+1)},
@@ -222,6 +226,12 @@ func TestDecodeEventRejects(t *testing.T) {
 			}
 		})
 	}
+	t.Run("preview at the cap", func(t *testing.T) {
+		e := Event{Type: EventPreview, Data: make([]byte, MaxPreviewBytes), Step: 5, Total: 20}
+		if got, err := DecodeEvent(mustMarshal(t, e)); err != nil || !eventsEqual(*got, e) {
+			t.Errorf("DecodeEvent(preview at the cap) = %v", err)
+		}
+	})
 	t.Run("block at the cap", func(t *testing.T) {
 		b := mustMarshal(t, Event{Type: EventBlock, Data: make([]byte, MaxBlockBytes)})
 		if len(b) > MaxEventBytes {
@@ -376,6 +386,13 @@ func TestDecodeTaskRequest(t *testing.T) {
 	if r, err := DecodeTaskRequest(withSub); err != nil || r.Submitter != "alice@laptop" {
 		t.Errorf("DecodeTaskRequest with a submitter = %+v, %v", r, err)
 	}
+	withPreviews := mustMarshal(t, TaskRequest{Task: n, Previews: MaxPreviews})
+	if keys := mapKeys(t, withPreviews); !slices.Equal(keys, []string{"task", "no_cache", "previews"}) {
+		t.Errorf("request keys with previews %v", keys)
+	}
+	if r, err := DecodeTaskRequest(withPreviews); err != nil || r.Previews != MaxPreviews {
+		t.Errorf("DecodeTaskRequest with previews = %+v, %v", r, err)
+	}
 	longest := strings.Repeat("é", MaxSubmitterBytes/2)
 	if _, err := DecodeTaskRequest(mustMarshal(t, TaskRequest{Task: n, Submitter: longest})); err != nil {
 		t.Errorf("a %d-byte submitter: %v", len(longest), err)
@@ -403,6 +420,8 @@ func TestDecodeTaskRequest(t *testing.T) {
 		{"submitter with a control character", mustMarshal(t, TaskRequest{Task: n, Submitter: "bob\n"}), ErrBadTask},
 		{"submitter not UTF-8", mustMarshal(t, TaskRequest{Task: n, Submitter: "\xff"}), ErrBadTask},
 		{"submitter not text", mustMarshal(t, map[string]any{"task": n, "no_cache": false, "submitter": 7}), ErrBadTask},
+		{"previews over the cap", mustMarshal(t, TaskRequest{Task: n, Previews: MaxPreviews + 1}), ErrBadTask},
+		{"previews negative", mustMarshal(t, map[string]any{"task": n, "no_cache": false, "previews": -1}), ErrBadTask},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

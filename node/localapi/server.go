@@ -30,6 +30,10 @@ type SubmitRequest struct {
 	// At most protocol.MaxSubmitterBytes of printable UTF-8; empty means the
 	// node's own line, shared by every caller that sends none.
 	Submitter string `json:"submitter,omitempty"`
+	// Previews asks for up to protocol.MaxPreviews partial images of the
+	// run, as progress lines with stage "preview" and a base64 PNG in
+	// "preview" (hosts whose kernel makes none send none).
+	Previews int `json:"previews,omitempty"`
 	// TimeoutMs is the task's deadline in milliseconds from the request (0:
 	// the node's default, 10 minutes; at most maxTimeout). The task waits
 	// out a saturated swarm until then.
@@ -298,6 +302,10 @@ func (s *Server) submit(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusBadRequest, Error{Message: err.Error(), Code: protocol.CodeBadRequest})
 		return
 	}
+	if req.Previews < 0 || req.Previews > protocol.MaxPreviews {
+		writeJSON(w, http.StatusBadRequest, Error{Message: fmt.Sprintf("previews %d: want 0 to %d", req.Previews, protocol.MaxPreviews), Code: protocol.CodeBadRequest})
+		return
+	}
 	if req.TimeoutMs > uint64(maxTimeout/time.Millisecond) {
 		writeJSON(w, http.StatusBadRequest, Error{Message: fmt.Sprintf("timeout_ms %d: at most %d (a day)", req.TimeoutMs, maxTimeout/time.Millisecond), Code: protocol.CodeBadRequest})
 		return
@@ -321,6 +329,7 @@ func (s *Server) submit(w http.ResponseWriter, r *http.Request) {
 	res, err := s.n.Submit(ctx, req.Task, node.SubmitOptions{
 		NoCache:   req.NoCache,
 		Submitter: req.Submitter,
+		Previews:  req.Previews,
 		Progress:  func(p node.Progress) { send(Line{Progress: &p}) },
 	})
 	if err != nil {

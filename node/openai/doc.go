@@ -10,8 +10,9 @@
 //	GET  /v1/models/{id...}       one of them (model names contain "/")
 //	POST /v1/images/generations   n tasks, JSON or Server-Sent Events
 //
-// Not yet: edits and input images, partial-image previews (both need the
-// task protocol to carry them). node/gateway serves these same routes
+// With stream and partial_images, the host's previews (the task protocol's
+// preview events) become image_generation.partial_image events. Not yet:
+// edits and input images (the task protocol must carry them). node/gateway serves these same routes
 // beyond loopback to holders of API keys. A generation answered
 // with response_format "url" points at GET /v1/blocks/{cid}, which the
 // dashboard (node/web) serves beside these routes.

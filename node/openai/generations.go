@@ -28,10 +28,9 @@ const (
 	maxBody = 64 << 10
 	// maxN is OpenAI's own bound on n.
 	maxN = 10
-	// maxPartialImages is OpenAI's bound on partial_images; the value is
-	// accepted but no previews are sent yet (the task protocol has no
-	// preview event).
-	maxPartialImages = 3
+	// maxPartialImages is OpenAI's bound on partial_images, and the task
+	// protocol's (protocol.MaxPreviews).
+	maxPartialImages = protocol.MaxPreviews
 	// retryAfter is what a 429 tells the client to wait. The swarm stayed
 	// full for the whole of the task's deadline, so nothing better is
 	// known; half a minute lets a queue drain somewhat without the client
@@ -90,6 +89,7 @@ type plan struct {
 	submitter string
 	url       bool // response_format url
 	stream    bool
+	partials  int    // partial_images: previews asked for, per image, when streaming
 	quality   string // as answered: the request's, "auto" resolved
 	size      string
 }
@@ -181,6 +181,9 @@ func parse(body []byte) (*plan, *apiError) {
 	if req.PartialImages != nil && (*req.PartialImages < 0 || *req.PartialImages > maxPartialImages) {
 		return nil, badRequest("partial_images", fmt.Sprintf("partial_images %d: want 0..%d", *req.PartialImages, maxPartialImages))
 	}
+	if req.PartialImages != nil && p.stream {
+		p.partials = *req.PartialImages
+	}
 	// OpenAI reads safety_identifier first and user as its older name.
 	param := "user"
 	p.submitter = req.User
@@ -268,10 +271,18 @@ func (a *api) generations(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithCancel(r.Context())
 	defer cancel()
 	done := make(chan result, len(p.tasks))
+	// Previews go to the stream as they come; one that finds the stream
+	// busy is dropped (a partial image is advisory, the result is not).
+	partial := make(chan []byte, len(p.tasks)*maxPartialImages)
 	var wg sync.WaitGroup
 	for i, t := range p.tasks {
 		wg.Go(func() {
-			img, err := a.run(ctx, t, p.submitter)
+			img, err := a.run(ctx, t, p.submitter, p.partials, func(png []byte) {
+				select {
+				case partial <- png:
+				default:
+				}
+			})
 			done <- result{i, img, err}
 		})
 	}
@@ -279,7 +290,7 @@ func (a *api) generations(w http.ResponseWriter, r *http.Request) {
 	// rest are cancelled, and wg is waited on either way.
 	defer wg.Wait()
 	if p.stream {
-		a.stream(w, p, done, cancel)
+		a.stream(w, p, done, partial, cancel)
 		return
 	}
 	imgs := make([]image, len(p.tasks))
@@ -321,11 +332,13 @@ type result struct {
 }
 
 // stream answers with Server-Sent Events as the official clients parse
-// them: one image_generation.completed per image, in the order they finish.
-// No image_generation.partial_image events: the task protocol carries no
-// previews yet. A failure after the events began is an "error" event, which
-// the clients raise as an error.
-func (a *api) stream(w http.ResponseWriter, p *plan, done <-chan result, cancel context.CancelFunc) {
+// them: image_generation.partial_image for each preview a host sent (the
+// kernel's real intermediate state; hosts whose kernel makes none send
+// none), numbered in the order they arrive, and one
+// image_generation.completed per image, in the order they finish. A
+// failure after the events began is an "error" event, which the clients
+// raise as an error.
+func (a *api) stream(w http.ResponseWriter, p *plan, done <-chan result, partial <-chan []byte, cancel context.CancelFunc) {
 	w.Header().Set("Content-Type", "text/event-stream")
 	w.Header().Set("Cache-Control", "no-cache")
 	w.WriteHeader(http.StatusOK)
@@ -340,8 +353,31 @@ func (a *api) stream(w http.ResponseWriter, p *plan, done <-chan result, cancel 
 	if flusher != nil {
 		flusher.Flush() // headers now: the client knows the request was accepted
 	}
+	index := 0
+	sendPartial := func(png []byte) {
+		send("image_generation.partial_image", map[string]any{
+			"type":                "image_generation.partial_image",
+			"b64_json":            base64.StdEncoding.EncodeToString(png),
+			"partial_image_index": index,
+			"created_at":          time.Now().Unix(),
+			"size":                p.size,
+			"quality":             p.quality,
+			"background":          "opaque",
+			"output_format":       "png",
+		})
+		index++
+	}
 	for range p.tasks {
-		res := <-done
+		var res result
+	wait:
+		for {
+			select {
+			case png := <-partial:
+				sendPartial(png)
+			case res = <-done:
+				break wait
+			}
+		}
 		if res.err != nil {
 			cancel()
 			e := a.submitError(res.err)
@@ -360,9 +396,18 @@ func (a *api) stream(w http.ResponseWriter, p *plan, done <-chan result, cancel 
 	}
 }
 
-// run submits one task and picks its PNG.
-func (a *api) run(ctx context.Context, t protocol.Task, submitter string) (image, error) {
-	res, err := a.s.Submit(ctx, t, node.SubmitOptions{Submitter: submitter})
+// run submits one task, asking for previews partial images (each passed to
+// onPartial as it arrives), and picks its PNG.
+func (a *api) run(ctx context.Context, t protocol.Task, submitter string, previews int, onPartial func([]byte)) (image, error) {
+	opts := node.SubmitOptions{Submitter: submitter, Previews: previews}
+	if previews > 0 {
+		opts.Progress = func(pr node.Progress) {
+			if pr.Stage == "preview" && len(pr.Preview) > 0 {
+				onPartial(pr.Preview)
+			}
+		}
+	}
+	res, err := a.s.Submit(ctx, t, opts)
 	if err != nil {
 		return image{}, err
 	}

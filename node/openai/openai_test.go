@@ -178,24 +178,43 @@ func TestGenerationsStream(t *testing.T) {
 	st := c.Images.GenerateStreaming(ctx, oai.ImageGenerateParams{
 		Prompt: "a boat", N: oai.Int(2), Size: oai.ImageGenerateParamsSize("64x64"),
 		PartialImages: oai.Int(2),
-	}, option.WithJSONSet("steps", 2))
+	}, option.WithJSONSet("steps", 8))
 	defer st.Close()
-	completed := 0
+	completed, partials := 0, 0
 	for st.Next() {
 		ev := st.Current()
-		if ev.Type != "image_generation.completed" {
-			t.Errorf("event %q: want only completed events", ev.Type)
-			continue
-		}
-		completed++
-		done := ev.AsImageGenerationCompleted()
-		b, err := base64.StdEncoding.DecodeString(done.B64JSON)
-		if err != nil {
-			t.Fatal(err)
-		}
-		decodePNG(t, b, 64, 64)
-		if done.Size != "64x64" || done.OutputFormat != "png" || done.CreatedAt == 0 {
-			t.Errorf("completed event size %q format %q created %d", done.Size, done.OutputFormat, done.CreatedAt)
+		switch ev.Type {
+		case "image_generation.partial_image":
+			// The sketch kernel's scene so far: a real PNG, numbered in
+			// order, before both images are done.
+			p := ev.AsImageGenerationPartialImage()
+			if completed == 2 {
+				t.Error("a partial image after every image was done")
+			}
+			if p.PartialImageIndex != int64(partials) {
+				t.Errorf("partial image index %d, want %d", p.PartialImageIndex, partials)
+			}
+			b, err := base64.StdEncoding.DecodeString(p.B64JSON)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := png.Decode(bytes.NewReader(b)); err != nil {
+				t.Errorf("partial image %d is not a PNG: %v", partials, err)
+			}
+			partials++
+		case "image_generation.completed":
+			completed++
+			done := ev.AsImageGenerationCompleted()
+			b, err := base64.StdEncoding.DecodeString(done.B64JSON)
+			if err != nil {
+				t.Fatal(err)
+			}
+			decodePNG(t, b, 64, 64)
+			if done.Size != "64x64" || done.OutputFormat != "png" || done.CreatedAt == 0 {
+				t.Errorf("completed event size %q format %q created %d", done.Size, done.OutputFormat, done.CreatedAt)
+			}
+		default:
+			t.Errorf("event %q", ev.Type)
 		}
 	}
 	if err := st.Err(); err != nil {
@@ -203,6 +222,11 @@ func TestGenerationsStream(t *testing.T) {
 	}
 	if completed != 2 {
 		t.Errorf("%d completed events, want 2", completed)
+	}
+	// Two images, two previews each asked for; a preview may be dropped
+	// for a slow reader, so at least one, at most four.
+	if partials < 1 || partials > 4 {
+		t.Errorf("%d partial images, want 1 to 4", partials)
 	}
 }
 

@@ -153,14 +153,14 @@ func TestDashboardInBrowser(t *testing.T) {
 		t.Errorf("node card %q: want the peer id %s and the simulated H100", facts, id)
 	}
 
-	// A task from the prompt box: its progress in the log, then its image
-	// from /v1/blocks/<cid>, loaded.
+	// A task from the prompt box: its progress in the log, partial images
+	// of the run, then its image from /v1/blocks/<cid>, loaded.
 	if err := chromedp.Do(ctx,
 		chromedp.SetValue(chromedp.CSS("#prompt"), "a lighthouse on a cliff at dawn"),
 		chromedp.SetValue(chromedp.CSS("#steps"), "12"),
 		chromedp.SetValue(chromedp.CSS("#size"), "256"),
 		chromedp.Click(chromedp.CSS("#go")),
-		poll(`(() => { const i = document.querySelector("#sub-img"); return !i.closest("[hidden]") && i.complete && i.naturalWidth > 0; })()`),
+		poll(`(() => { const i = document.querySelector("#sub-img"); return !i.closest("[hidden]") && (i.getAttribute("src") || "").startsWith("/v1/blocks/") && i.complete && i.naturalWidth > 0; })()`),
 	); err != nil {
 		t.Fatalf("submitting from the prompt box: %v", err)
 	}
@@ -181,6 +181,9 @@ func TestDashboardInBrowser(t *testing.T) {
 	}
 	if !strings.Contains(log, "running on") || !strings.Contains(log, "step 12 of 12") {
 		t.Errorf("progress log %q: want the host running it, step by step to 12 of 12", log)
+	}
+	if !strings.Contains(log, "partial image at step") {
+		t.Errorf("progress log %q: want the host's partial images of the run", log)
 	}
 
 	// The result reaches the recent results through the stream; its

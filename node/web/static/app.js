@@ -144,6 +144,7 @@ function describe(p) {
     case "waiting": return "every host is full: waiting here, " + ordinal(p.position) + " in line" + eta(p.eta_ms);
     case "queued": return "queued at " + short(p.peer) + ", position " + p.position + eta(p.eta_ms);
     case "running": return "running on " + short(p.peer) + (p.total ? ", step " + (p.step || 0) + " of " + p.total : "") + eta(p.eta_ms);
+    case "preview": return "partial image at step " + (p.step || 0) + " of " + p.total;
     case "trying": return "offering it to " + short(p.peer);
     case "lookup": return "looking for a stored copy";
     case "searching": return "looking for hosts";
@@ -233,8 +234,10 @@ async function setLimit(ev) {
 async function submit(ev) {
   ev.preventDefault();
   const size = Number($("size").value);
+  // previews: the host's partial images of the run (the kernel's real
+  // state so far), shown until the result replaces them.
   const task = { prompt: $("prompt").value.trim(), width: size, height: size,
-    steps: Number($("steps").value), seed: Number($("seed").value) };
+    steps: Number($("steps").value), seed: Number($("seed").value), previews: 3 };
   $("go").disabled = true;
   $("submission").hidden = false;
   $("sub-figure").hidden = true;
@@ -275,6 +278,12 @@ function handleLine(l, stage) {
     $("sub-log").append(li);
     $("sub-log").scrollTop = $("sub-log").scrollHeight;
     if (p.total) { $("sub-bar").max = p.total; $("sub-bar").value = p.step || 0; }
+    if (p.stage === "preview" && p.preview) {
+      $("sub-img").src = "data:image/png;base64," + p.preview;
+      $("sub-img").dataset.preview = String(p.step || 0);
+      $("sub-cids").textContent = "partial image, step " + (p.step || 0) + " of " + p.total;
+      $("sub-figure").hidden = false;
+    }
   } else if (l.result) {
     const res = l.result;
     $("sub-bar").value = $("sub-bar").max;
@@ -283,6 +292,7 @@ function handleLine(l, stage) {
     if (out) {
       $("sub-img").src = blockURL(out.cid);
       $("sub-img").dataset.cid = out.cid;
+      delete $("sub-img").dataset.preview;
       $("sub-cids").textContent = "TaskCID " + res.task_cid + "\nResultCID " + res.result_cid + "\n" + out.media_type + " " + out.cid;
       $("sub-figure").hidden = false;
     }
