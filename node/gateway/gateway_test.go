@@ -16,9 +16,9 @@ import (
 	oai "github.com/openai/openai-go/v3"
 	"github.com/openai/openai-go/v3/option"
 
-	"github.com/gpunet/gpunet/kernel"
 	"github.com/gpunet/gpunet/node"
 	"github.com/gpunet/gpunet/node/gateway"
+	"github.com/gpunet/gpunet/node/nodetest"
 	"github.com/gpunet/gpunet/node/openai"
 	"github.com/gpunet/gpunet/protocol"
 )
@@ -81,18 +81,7 @@ var writes int
 
 func start(t *testing.T, lines ...string) *fixture {
 	t.Helper()
-	cfg := node.DefaultConfig()
-	cfg.DataDir = ""
-	cfg.ListenAddrs = []string{"/ip4/127.0.0.1/tcp/0"}
-	cfg.MDNS = false
-	cfg.Logger = slog.New(slog.DiscardHandler)
-	cfg.Kernel = kernel.Sketch{}
-	cfg.FindTimeout = time.Second
-	n, err := node.New(context.Background(), cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { n.Close() })
+	n := nodetest.Host(t, func(c *node.Config) { c.FindTimeout = time.Second })
 	rec := &recording{Node: n}
 	path := filepath.Join(t.TempDir(), "keys")
 	writeKeys(t, path, lines...)

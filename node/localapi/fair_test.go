@@ -15,6 +15,7 @@ import (
 	"github.com/gpunet/gpunet/kernel"
 	"github.com/gpunet/gpunet/node"
 	"github.com/gpunet/gpunet/node/localapi"
+	"github.com/gpunet/gpunet/node/nodetest"
 	"github.com/gpunet/gpunet/protocol"
 )
 
@@ -28,13 +29,7 @@ func TestHeavyCallerCannotStarveALightOne(t *testing.T) {
 	const heavy = 10
 	s, _ := startAPIWith(t, func(c *node.Config) {
 		c.Kernel = kernel.Sketch{}
-		p, _ := kernel.ProfileByName("h100")
-		dev, err := kernel.NewSimGPU(p)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { dev.Close() })
-		c.Device, c.Slots, c.QueueLen = dev, 1, 3
+		c.Device, c.Slots, c.QueueLen = nodetest.SimGPU(t, "h100"), 1, 3
 		c.BeaconInterval = 200 * time.Millisecond
 	})
 	api := localapi.NewClient(s.Addr())

@@ -11,21 +11,14 @@ import (
 	"github.com/gpunet/gpunet/kernel"
 	"github.com/gpunet/gpunet/node"
 	"github.com/gpunet/gpunet/node/localapi"
+	"github.com/gpunet/gpunet/node/nodetest"
 )
 
 // TestSetLimits: the owner changes the temperature limit of a running host
 // through the API; the status shows it, 0 brings back the device's own
 // rule, and a bad request is refused with 400 and changes nothing.
 func TestSetLimits(t *testing.T) {
-	p, err := kernel.ProfileByName("h100")
-	if err != nil {
-		t.Fatal(err)
-	}
-	dev, err := kernel.NewSimGPU(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { dev.Close() })
+	dev := nodetest.SimGPU(t, "h100")
 	s, n := startAPIWith(t, func(c *node.Config) { c.Kernel, c.Device = kernel.Sketch{}, dev })
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()

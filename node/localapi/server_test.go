@@ -12,6 +12,7 @@ import (
 	"github.com/gpunet/gpunet/kernel"
 	"github.com/gpunet/gpunet/node"
 	"github.com/gpunet/gpunet/node/localapi"
+	"github.com/gpunet/gpunet/node/nodetest"
 	"github.com/gpunet/gpunet/protocol"
 )
 
@@ -28,18 +29,8 @@ func startHostAPI(t *testing.T) (*localapi.Server, *node.Node) {
 
 func startAPIWith(t *testing.T, tune func(*node.Config)) (*localapi.Server, *node.Node) {
 	t.Helper()
-	cfg := node.DefaultConfig()
-	cfg.DataDir = ""
-	cfg.ListenAddrs = []string{"/ip4/127.0.0.1/tcp/0"}
-	cfg.MDNS = false
-	cfg.Logger = slog.New(slog.DiscardHandler)
-	tune(&cfg)
-	n, err := node.New(context.Background(), cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { n.Close() })
-	s, err := localapi.Listen(n, "127.0.0.1:0", cfg.Logger)
+	n := nodetest.Start(t, tune)
+	s, err := localapi.Listen(n, "127.0.0.1:0", slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}

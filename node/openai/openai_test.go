@@ -18,9 +18,9 @@ import (
 	oai "github.com/openai/openai-go/v3"
 	"github.com/openai/openai-go/v3/option"
 
-	"github.com/gpunet/gpunet/kernel"
 	"github.com/gpunet/gpunet/node"
 	"github.com/gpunet/gpunet/node/localapi"
+	"github.com/gpunet/gpunet/node/nodetest"
 	"github.com/gpunet/gpunet/node/openai"
 	"github.com/gpunet/gpunet/node/web"
 	"github.com/gpunet/gpunet/protocol"
@@ -31,20 +31,11 @@ import (
 // these routes and the dashboard's (for GET /v1/blocks/{cid}).
 func startHost(t *testing.T) (*localapi.Server, *node.Node) {
 	t.Helper()
-	cfg := node.DefaultConfig()
-	cfg.DataDir = ""
-	cfg.ListenAddrs = []string{"/ip4/127.0.0.1/tcp/0"}
-	cfg.MDNS = false
-	cfg.Logger = slog.New(slog.DiscardHandler)
-	cfg.Kernel = kernel.Sketch{}
-	cfg.FindTimeout = time.Second // an unknown model's DHT search, alone
-	n, err := node.New(context.Background(), cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { n.Close() })
+	n := nodetest.Host(t, func(c *node.Config) {
+		c.FindTimeout = time.Second // an unknown model's DHT search, alone
+	})
 	opts := append(openai.Routes(n), web.New().Routes(web.NodeSource{Node: n})...)
-	s, err := localapi.Listen(n, "127.0.0.1:0", cfg.Logger, opts...)
+	s, err := localapi.Listen(n, "127.0.0.1:0", slog.New(slog.DiscardHandler), opts...)
 	if err != nil {
 		t.Fatal(err)
 	}

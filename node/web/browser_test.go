@@ -15,9 +15,9 @@ import (
 	"github.com/chromedp/cdproto/runtime"
 	"github.com/chromedp/chromedp"
 
-	"github.com/gpunet/gpunet/kernel"
 	"github.com/gpunet/gpunet/node"
 	"github.com/gpunet/gpunet/node/localapi"
+	"github.com/gpunet/gpunet/node/nodetest"
 	"github.com/gpunet/gpunet/node/web"
 )
 
@@ -32,30 +32,14 @@ const chromiumPath = "/usr/bin/chromium"
 func startHost(t *testing.T) (*node.Node, *localapi.Server) {
 	t.Helper()
 	d := web.New()
-	cfg := node.DefaultConfig()
-	cfg.DataDir = ""
-	cfg.ListenAddrs = []string{"/ip4/127.0.0.1/tcp/0"}
-	cfg.MDNS = false
-	cfg.Logger = slog.New(slog.DiscardHandler)
-	cfg.Kernel = kernel.Sketch{}
-	p, err := kernel.ProfileByName("h100")
-	if err != nil {
-		t.Fatal(err)
-	}
-	dev, err := kernel.NewSimGPU(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { dev.Close() })
-	cfg.Device = dev
-	cfg.BeaconInterval = 200 * time.Millisecond
-	cfg.Observers = []node.Observer{d}
-	n, err := node.New(context.Background(), cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { n.Close() })
-	s, err := localapi.Listen(n, "127.0.0.1:0", cfg.Logger, d.Routes(web.NodeSource{Node: n, Slots: cfg.Slots, QueueMax: cfg.QueueLen})...)
+	var cfg node.Config
+	n := nodetest.Host(t, func(c *node.Config) {
+		c.Device = nodetest.SimGPU(t, "h100")
+		c.BeaconInterval = 200 * time.Millisecond
+		c.Observers = []node.Observer{d}
+		cfg = *c
+	})
+	s, err := localapi.Listen(n, "127.0.0.1:0", slog.New(slog.DiscardHandler), d.Routes(web.NodeSource{Node: n, Slots: cfg.Slots, QueueMax: cfg.QueueLen})...)
 	if err != nil {
 		t.Fatal(err)
 	}
