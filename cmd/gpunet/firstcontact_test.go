@@ -164,11 +164,6 @@ func TestFirstContactErrors(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs the binary")
 	}
-	notRoot := func(t *testing.T) {
-		if os.Geteuid() == 0 {
-			t.Skip("root writes to a read-only directory anyway")
-		}
-	}
 	failing := filepath.Join(t.TempDir(), "failing-generator")
 	if err := os.WriteFile(failing, []byte("#!/bin/sh\necho 'no GPU found: check the driver' >&2\nexit 3\n"), 0o755); err != nil {
 		t.Fatal(err)
@@ -183,40 +178,42 @@ func TestFirstContactErrors(t *testing.T) {
 		// does not exist yet) and may prepare it.
 		args  func(t *testing.T, data, tmp string) []string
 		cause string // regexp the line must match
+		// unprivileged runs gpunet as nobody when the test runs as root,
+		// who may write anywhere.
+		unprivileged bool
 	}{
 		{"bootstrap not a multiaddr", func(t *testing.T, data, _ string) []string {
 			return append(fcNet(data), "daemon", "--bootstrap", "garbage")
-		}, `--bootstrap "garbage" is not a multiaddr`},
+		}, `--bootstrap "garbage" is not a multiaddr`, false},
 		{"bootstrap without /p2p/", func(t *testing.T, data, _ string) []string {
 			return append(fcNet(data), "daemon", "--bootstrap", "/ip4/127.0.0.1/tcp/1")
-		}, `does not end in /p2p/PEER_ID`},
+		}, `does not end in /p2p/PEER_ID`, false},
 		{"bootstrap trailing comma", func(t *testing.T, data, _ string) []string {
 			return append(fcNet(data), "daemon", "--bootstrap", "/ip4/127.0.0.1/tcp/1/p2p/"+fcPeerID+",")
-		}, `--bootstrap has an empty address`},
+		}, `--bootstrap has an empty address`, false},
 		{"bootstrap unreachable (one-shot submit)", func(t *testing.T, data, _ string) []string {
 			return p2p(data, "--bootstrap", "/ip4/127.0.0.1/tcp/1/p2p/"+fcPeerID)
-		}, `could not reach any bootstrap peer.*connection refused`},
+		}, `could not reach any bootstrap peer.*connection refused`, false},
 		{"listen garbage", func(t *testing.T, data, _ string) []string {
 			return append(fcNet(data), "daemon", "--listen", "garbage")
-		}, `--listen "garbage" is not a multiaddr`},
+		}, `--listen "garbage" is not a multiaddr`, false},
 		{"data is a regular file", func(t *testing.T, data, _ string) []string {
 			if err := os.WriteFile(data, []byte("x"), 0o600); err != nil {
 				t.Fatal(err)
 			}
 			return append(fcNet(data), "daemon")
-		}, `--data .* is a file, not a directory`},
+		}, `--data .* is a file, not a directory`, false},
 		{"data directory read-only", func(t *testing.T, data, _ string) []string {
-			notRoot(t)
-			if err := os.Mkdir(data, 0o500); err != nil {
+			if err := os.Mkdir(data, 0o555); err != nil {
 				t.Fatal(err)
 			}
 			t.Cleanup(func() { os.Chmod(data, 0o700) })
 			return append(fcNet(data), "daemon")
-		}, `permission denied|not writable`},
+		}, `permission denied|not writable`, true},
 		{"data directory in use", func(t *testing.T, data, tmp string) []string {
 			startDaemon(t, data, t.TempDir())
 			return append(fcNet(data), "daemon")
-		}, `data directory .* in use`},
+		}, `data directory .* in use`, false},
 		{"identity.key corrupt", func(t *testing.T, data, _ string) []string {
 			if err := os.Mkdir(data, 0o700); err != nil {
 				t.Fatal(err)
@@ -225,33 +222,33 @@ func TestFirstContactErrors(t *testing.T) {
 				t.Fatal(err)
 			}
 			return append(fcNet(data), "daemon")
-		}, `identity key .*identity\.key is corrupt.*move it aside`},
+		}, `identity key .*identity\.key is corrupt.*move it aside`, false},
 		{"log level", func(t *testing.T, data, _ string) []string {
 			return append(fcNet(data), "daemon", "--log-level", "loud")
-		}, `--log-level "loud"`},
+		}, `--log-level "loud"`, false},
 		{"unknown flag", func(t *testing.T, data, _ string) []string {
 			return append(fcNet(data), "daemon", "--bogus")
-		}, `unknown flag: --bogus \(see .gpunet daemon --help.\)`},
+		}, `unknown flag: --bogus \(see .gpunet daemon --help.\)`, false},
 		{"submit size 0x0", func(t *testing.T, data, _ string) []string {
 			return p2p(data, "--size", "0x0")
-		}, `--size 0x0: each side must be 64 to 2048`},
+		}, `--size 0x0: each side must be 64 to 2048`, false},
 		{"submit steps 0", func(t *testing.T, data, _ string) []string {
 			return p2p(data, "--steps", "0")
-		}, `"--steps" flag: want a whole number from 1 to 150`},
+		}, `"--steps" flag: want a whole number from 1 to 150`, false},
 		{"submit negative seed", func(t *testing.T, data, _ string) []string {
 			return p2p(data, "--seed", "-1")
-		}, `"--seed" flag: want a whole number from 1 to`},
+		}, `"--seed" flag: want a whole number from 1 to`, false},
 		{"submit p2p with no way to find peers", func(t *testing.T, data, _ string) []string {
 			return p2p(data)
-		}, `--p2p with --mdns=false has no way to find peers`},
+		}, `--p2p with --mdns=false has no way to find peers`, false},
 		{"host generator missing", func(t *testing.T, data, _ string) []string {
 			return append(fcNet(data), "host", "--gpu", "none", "--kernel", "cmd", "--kernel-cmd", "/nonexistent/generator",
 				"--kernel-models", protocol.DefaultModel)
-		}, `generator "/nonexistent/generator" not found: give its full path`},
+		}, `generator "/nonexistent/generator" not found: give its full path`, false},
 		{"host generator fails its check", func(t *testing.T, data, _ string) []string {
 			return append(fcNet(data), "host", "--gpu", "none", "--kernel", "cmd", "--kernel-cmd", failing,
 				"--kernel-models", protocol.DefaultModel)
-		}, `failed its start-up check .*no GPU found`},
+		}, `failed its start-up check .*no GPU found`, false},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -261,6 +258,9 @@ func TestFirstContactErrors(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), fcWait)
 			defer cancel()
 			cmd := fcCommand(ctx, t, tmp, args...)
+			if c.unprivileged && os.Geteuid() == 0 {
+				asNobody(t, cmd, tmp, filepath.Dir(data))
+			}
 			var stderr bytes.Buffer
 			cmd.Stderr = &stderr
 			code := exitCode(t, cmd.Run())
@@ -395,4 +395,38 @@ func TestVersionCommand(t *testing.T) {
 	if err != nil || !strings.HasPrefix(string(out), "gpunet version ") {
 		t.Errorf("--version printed %q, %v", out, err)
 	}
+}
+
+// asNobody makes cmd run as the unprivileged user nobody (uid and gid
+// 65534), from a copy of the binary it may execute, with the directories
+// it must reach opened to it: for the checks root's privileges would pass.
+func asNobody(t *testing.T, cmd *exec.Cmd, dirs ...string) {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "gpunet")
+	b, err := os.ReadFile(gpunetBin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(bin, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range append(dirs, filepath.Dir(bin)) {
+		// Each directory itself, and the way down to it from TMPDIR.
+		for p := d; strings.HasPrefix(p, os.TempDir()+string(filepath.Separator)); p = filepath.Dir(p) {
+			fi, err := os.Stat(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			mode := fi.Mode().Perm() | 0o055
+			if p == d && p != filepath.Dir(bin) {
+				mode = 0o777
+			}
+			if err := os.Chmod(p, mode); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	cmd.Path = bin
+	cmd.Err = nil
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
 }
