@@ -754,52 +754,54 @@ func (s *server) coolDown(ctx context.Context, lt loadTracker, prev *float64) {
 // the lending hours clears the owner's pause only: the host takes work
 // again when the hours begin.
 func (s *server) setPaused(p bool) {
-	s.mu.Lock()
-	s.ownerPaused = p
-	queued, perr := s.holdLocked()
-	offHours := s.offHours
-	s.mu.Unlock()
-	for _, f := range queued {
-		s.finish(f, nil, perr)
-	}
+	handedBack, _, offHours := s.repause(func() { s.ownerPaused = p })
 	switch {
 	case p:
-		s.log.Info("paused by the owner: taking no work", "handed_back", len(queued))
+		s.log.Info("paused by the owner: taking no work", "handed_back", handedBack)
 	case offHours:
 		s.log.Info("resumed by the owner: taking work once the lending hours begin", "hours", s.n.cfg.LendHours)
 	default:
 		s.log.Info("resumed by the owner: taking work")
 	}
-	poke(s.wake)
-	poke(s.changed)
 }
 
 // setOffHours pauses the host outside its lending hours h and lets it take
 // work again inside them, logging each change once. The owner's own pause
 // is left as it is.
 func (s *server) setOffHours(off bool, h LendHours) {
-	s.mu.Lock()
-	if s.offHours == off {
-		s.mu.Unlock()
-		return
-	}
-	s.offHours = off
-	queued, perr := s.holdLocked()
-	ownerPaused := s.ownerPaused
-	s.mu.Unlock()
-	for _, f := range queued {
-		s.finish(f, nil, perr)
-	}
+	changed := false
+	handedBack, ownerPaused, _ := s.repause(func() {
+		changed = s.offHours != off
+		s.offHours = off
+	})
 	switch {
+	case !changed:
 	case off:
-		s.log.Info("outside the lending hours: taking no work", "hours", h, "handed_back", len(queued))
+		s.log.Info("outside the lending hours: taking no work", "hours", h, "handed_back", handedBack)
 	case ownerPaused:
 		s.log.Info("lending hours begin, but the owner paused the host: still taking no work", "hours", h)
 	default:
 		s.log.Info("lending hours begin: taking work", "hours", h)
 	}
+}
+
+// repause runs change (which sets a cause of the pause) under mu, sets the
+// governor's pause from its causes and, when paused, hands every queued
+// task back to its clients with the cause (a retryable refusal: they place
+// it elsewhere); running tasks finish. It returns how many were handed
+// back and the two causes as they now stand.
+func (s *server) repause(change func()) (handedBack int, ownerPaused, offHours bool) {
+	s.mu.Lock()
+	change()
+	queued, perr := s.holdLocked()
+	ownerPaused, offHours = s.ownerPaused, s.offHours
+	s.mu.Unlock()
+	for _, f := range queued {
+		s.finish(f, nil, perr)
+	}
 	poke(s.wake)
 	poke(s.changed)
+	return len(queued), ownerPaused, offHours
 }
 
 // holdLocked sets the governor's pause from its two causes and, when
