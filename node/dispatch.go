@@ -221,8 +221,7 @@ type journey struct {
 	progress  func(Progress)
 
 	tried    map[string]bool // this round's hosts
-	attempts int
-	failures int // attempts that failed other than by a refusal for load
+	failures int             // attempts that failed other than by a refusal for load
 	dhtHosts []HostInfo
 	searched bool
 }
@@ -399,7 +398,6 @@ func (j *journey) failed(p peer.ID, err error) {
 // try records c as tried in this round.
 func (j *journey) try(c candidate, stage string) {
 	j.tried[c.p.String()] = true
-	j.attempts++
 	j.progress(Progress{Stage: stage, Peer: c.p.String()})
 }
 

@@ -55,6 +55,8 @@ type Status struct {
 	// without GPU telemetry.
 	MaxTempC    float64 `json:"max_temp_c,omitempty"`
 	ResumeTempC float64 `json:"resume_temp_c,omitempty"` // hot ends at or below this
+	Slots       int     `json:"slots,omitempty"`         // tasks the host runs at once
+	QueueMax    int     `json:"queue_max,omitempty"`     // tasks that may wait for a slot
 	Running     int     `json:"running,omitempty"`
 	Queued      int     `json:"queued,omitempty"`
 	Waiting     int     `json:"waiting,omitempty"` // requests waiting on those tasks (identical ones share a task)
@@ -108,6 +110,7 @@ func (n *Node) Status(ctx context.Context) Status {
 		s.Models = n.cfg.Kernel.Models()
 		n.serve.mu.Lock()
 		n.serve.thermalLocked(&s)
+		s.Slots, s.QueueMax = n.cfg.Slots, n.cfg.QueueLen
 		s.Running, s.Queued = n.serve.running, n.serve.queue.len()
 		for _, f := range n.serve.flights {
 			s.Waiting += f.waiters

@@ -11,13 +11,7 @@ import (
 func webSurface(cfg *node.Config) func(*node.Node) []localapi.Option {
 	d := web.New()
 	cfg.Observers = append(cfg.Observers, d)
-	return func(n *node.Node) []localapi.Option {
-		src := web.NodeSource{Node: n}
-		if cfg.Kernel != nil {
-			src.Slots, src.QueueMax = cfg.Slots, cfg.QueueLen
-		}
-		return d.Routes(src)
-	}
+	return func(n *node.Node) []localapi.Option { return d.Routes(web.NodeSource{Node: n}) }
 }
 
 var _ surface = webSurface

@@ -52,10 +52,9 @@ var (
 // config with Attach before node.New, Bind the running node, and serve
 // Handler. Its methods are safe for concurrent use.
 type Metrics struct {
-	reg   *prometheus.Registry
-	log   *slog.Logger
-	slots atomic.Int64
-	src   atomic.Pointer[Source]
+	reg *prometheus.Registry
+	log *slog.Logger
+	src atomic.Pointer[Source]
 
 	submissions *prometheus.CounterVec   // outcome, cache
 	submitTime  *prometheus.HistogramVec // cache
@@ -171,12 +170,10 @@ func New(version string, opts ...Option) *Metrics {
 func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
 
 // Attach joins m to a node's config before node.New: m observes the node,
-// go-libp2p registers its metrics on m's registry, and m notes the host's
-// slots (which Status does not carry).
+// go-libp2p registers its metrics on m's registry.
 func (m *Metrics) Attach(cfg *node.Config) {
 	cfg.Observers = append(cfg.Observers, m)
 	cfg.MetricsRegisterer = m.reg
-	m.slots.Store(int64(cfg.Slots))
 }
 
 // Bind makes src the node whose state the gauges report at scrape time;

@@ -113,9 +113,7 @@ func (c *snapshot) Collect(ch chan<- prometheus.Metric) {
 	counter(beaconBytes, s.BeaconBytes)
 	if s.Host {
 		counter(kernelRuns, s.KernelRuns)
-		if n := c.m.slots.Load(); n > 0 {
-			gauge(slots, float64(n))
-		}
+		gauge(slots, float64(s.Slots))
 		gauge(slotsBusy, float64(s.Running))
 		gauge(queueDepth, float64(s.Queued))
 		gauge(queueWaiters, float64(s.Waiting))

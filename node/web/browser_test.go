@@ -32,14 +32,12 @@ const chromiumPath = "/usr/bin/chromium"
 func startHost(t *testing.T) (*node.Node, *localapi.Server) {
 	t.Helper()
 	d := web.New()
-	var cfg node.Config
 	n := nodetest.Host(t, func(c *node.Config) {
 		c.Device = nodetest.SimGPU(t, "h100")
 		c.BeaconInterval = 200 * time.Millisecond
 		c.Observers = []node.Observer{d}
-		cfg = *c
 	})
-	s, err := localapi.Listen(n, "127.0.0.1:0", slog.New(slog.DiscardHandler), d.Routes(web.NodeSource{Node: n, Slots: cfg.Slots, QueueMax: cfg.QueueLen})...)
+	s, err := localapi.Listen(n, "127.0.0.1:0", slog.New(slog.DiscardHandler), d.Routes(web.NodeSource{Node: n})...)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -22,18 +22,10 @@ type Source interface {
 	// Block returns a stored output block, verified against c; an error
 	// wrapping store.ErrNotFound when the store holds none.
 	Block(ctx context.Context, c cid.Cid) ([]byte, error)
-	// Capacity is this node's own slots and queue length (0, 0 on a node
-	// that is not a host): Status does not carry them, and a host's row
-	// in the swarm table needs them as its peers' rows have them.
-	Capacity() (slots, queueMax int)
 }
 
-// NodeSource is the Source of a running node, with the capacity it was
-// configured with.
-type NodeSource struct {
-	*node.Node
-	Slots, QueueMax int
-}
+// NodeSource is the Source of a running node.
+type NodeSource struct{ *node.Node }
 
 var _ Source = NodeSource{}
 
@@ -41,9 +33,6 @@ var _ Source = NodeSource{}
 func (s NodeSource) Block(ctx context.Context, c cid.Cid) ([]byte, error) {
 	return s.Store().GetBlock(ctx, c)
 }
-
-// Capacity returns the configured slots and queue length.
-func (s NodeSource) Capacity() (int, int) { return s.Slots, s.QueueMax }
 
 // Bounds on what the dashboard keeps: a page shows a screenful of recent
 // results, and a minute of counts gives a rate that moves with load yet
@@ -306,13 +295,12 @@ func (d *Dashboard) snapshot(ctx context.Context, src Source) Snapshot {
 	view := src.View()
 	s := Snapshot{Time: now, Node: st, Swarm: make([]HostRow, 0, len(view)+1), Inflight: []Flight{}}
 	if st.Host {
-		slots, qmax := src.Capacity()
 		gpu := ""
 		if st.GPU != nil {
 			gpu = st.GPU.Name
 		}
 		s.Swarm = append(s.Swarm, HostRow{ID: st.PeerID, Self: true, GPU: gpu, Models: st.Models,
-			Accepting: !st.Paused && !st.OffHours && !st.Hot, Slots: slots, Busy: st.Running, Queue: st.Queued, QueueMax: qmax,
+			Accepting: !st.Paused && !st.OffHours && !st.Hot, Slots: st.Slots, Busy: st.Running, Queue: st.Queued, QueueMax: st.QueueMax,
 			TempC: st.TempC, LimitC: st.MaxTempC, Throttled: st.Cooling || (st.GPU != nil && st.GPU.Throttled)})
 	}
 	for _, p := range view {

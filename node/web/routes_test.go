@@ -31,7 +31,6 @@ type fakeSource struct {
 
 func (f *fakeSource) Status(context.Context) node.Status { return f.status }
 func (f *fakeSource) View() scheduler.View               { return f.view }
-func (f *fakeSource) Capacity() (int, int)               { return 2, 8 }
 func (f *fakeSource) Block(_ context.Context, c cid.Cid) ([]byte, error) {
 	if b, ok := f.blocks[c]; ok {
 		return b, nil
@@ -110,7 +109,7 @@ func TestBlocks(t *testing.T) {
 func TestEventsStream(t *testing.T) {
 	d := New()
 	src := &fakeSource{
-		status: node.Status{PeerID: "12D3KooWself", Host: true, Models: []string{protocol.DefaultModel}, Running: 1},
+		status: node.Status{PeerID: "12D3KooWself", Host: true, Models: []string{protocol.DefaultModel}, Running: 1, Slots: 2, QueueMax: 8},
 		view: scheduler.View{{ID: "12D3KooWother", Slots: 4, Busy: 1, Accepting: true, Models: []string{protocol.DefaultModel},
 			TempC: 60, LimitC: 83, Updated: time.Now().Add(-time.Second)}},
 	}
