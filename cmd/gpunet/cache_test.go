@@ -43,14 +43,7 @@ func TestCacheCommandsOnDataDir(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	data := t.TempDir()
-	s, err := store.Open(filepath.Join(data, "store"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	key, _, err := crypto.GenerateEd25519Key(crand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
+	s, key := openDataStore(t, data)
 	a := putResult(t, s, key, "a red kite over the moor", 2)
 	b := putResult(t, s, key, "a blue door in a white wall", 1)
 	if err := s.Close(); err != nil {
@@ -304,14 +297,7 @@ func runFail(t *testing.T, ctx context.Context, args ...string) string {
 func damagedDataDir(t *testing.T, n int) (string, []storedResult) {
 	t.Helper()
 	data := t.TempDir()
-	s, err := store.Open(filepath.Join(data, "store"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	key, _, err := crypto.GenerateEd25519Key(crand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
+	s, key := openDataStore(t, data)
 	var rs []storedResult
 	for i := range n {
 		rs = append(rs, putResult(t, s, key, fmt.Sprint("a gull over a damaged disk ", i), 1))
@@ -428,4 +414,19 @@ func TestDaemonRepairsADamagedStore(t *testing.T) {
 	if moved, _ := filepath.Glob(filepath.Join(data, "store.damaged-*")); len(moved) != 1 {
 		t.Errorf("damaged stores moved aside: %v, want one", moved)
 	}
+}
+
+// openDataStore opens the results store of data directory data and makes
+// a host key to sign the results a test puts there.
+func openDataStore(t *testing.T, data string) (*store.Store, crypto.PrivKey) {
+	t.Helper()
+	s, err := store.Open(filepath.Join(data, "store"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, _, err := crypto.GenerateEd25519Key(crand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s, key
 }
