@@ -100,7 +100,8 @@ const commandWaitDelay = 2 * time.Second
 //
 //   - argv is run as given: no shell is involved;
 //   - stdin gets the normalised task as one JSON object (protocol.Task's
-//     json tags) and a newline, then is closed;
+//     json tags; for an edit also input_images and mask_image, see Edit)
+//     and a newline, then is closed;
 //   - stderr lines "progress K N" report step K of N; other lines are logged
 //     at debug, each cut at CommandMaxStderrLine bytes;
 //   - stdout gets exactly one PNG of the task's width × height, at most
@@ -113,7 +114,8 @@ const commandWaitDelay = 2 * time.Second
 // Per task, Command holds no state between runs and is safe for concurrent
 // use: each Run starts its own process. In serve mode (WithCommandServe,
 // serve.go) it keeps generators running between tasks instead; Close stops
-// them.
+// them. Only serve mode has a stream to carry previews on
+// (RunWithPreviews).
 type Command struct {
 	name   string
 	models []string
@@ -123,7 +125,10 @@ type Command struct {
 	pool   *servePool // serve mode only
 }
 
-var _ Kernel = (*Command)(nil)
+var (
+	_ Editor    = (*Command)(nil)
+	_ Previewer = (*Command)(nil)
+)
 
 // NewCommand returns a Command named name (recorded in manifests, e.g.
 // "cmd:torch-sketch-v1") serving models, which runs argv per task. argv[0]
@@ -228,8 +233,46 @@ func (c *Command) Args() []string { return slices.Clone(c.argv) }
 
 // Run starts the generator for t, forwards its progress and returns its PNG.
 // progress is called from Run's goroutine, in the order the generator wrote
-// the lines. t must be a normalised task for one of c's models.
+// the lines. t must be a normalised task for one of c's models, without
+// input images (those go through Edit).
 func (c *Command) Run(ctx context.Context, t protocol.Task, progress Progress) ([]Output, error) {
+	return c.run(ctx, t, nil, progress, nil, nil)
+}
+
+// RunWithPreviews is Run, and in serve mode also asks the generator for
+// previews at the steps in at (the task line's preview_steps) and passes
+// on, from Run's goroutine, those it sends that pass the checks of
+// docs/kernels.md; any others are dropped. A per-task generator has no
+// stream for them (its stdout is the output), so per task this is Run and
+// sends none, which the Previewer contract allows.
+func (c *Command) RunWithPreviews(ctx context.Context, t protocol.Task, progress Progress, at []int, preview PreviewFunc) ([]Output, error) {
+	return c.run(ctx, t, nil, progress, at, preview)
+}
+
+// Edit is Run for a task with input images: their bytes join the task's
+// JSON object as input_images and mask_image (generatorTask). Each must
+// pass DecodeInputConfig first, so a generator never sees a file that is
+// not a PNG, JPEG or WebP, or one whose header claims a huge picture. A
+// generator that cannot edit answers an error, which is the task's.
+// Previews are as for RunWithPreviews: serve mode only.
+func (c *Command) Edit(ctx context.Context, t protocol.Task, in Inputs, progress Progress, at []int, preview PreviewFunc) ([]Output, error) {
+	return c.run(ctx, t, &in, progress, at, preview)
+}
+
+// generatorTask is the JSON object a generator reads: the task's fields,
+// then the input images' bytes in base64 (standard alphabet, padded), absent
+// for plain generation, and in serve mode the steps to send previews at,
+// absent when none are wanted.
+type generatorTask struct {
+	protocol.Task
+	InputImages  [][]byte `json:"input_images,omitempty"`
+	MaskImage    []byte   `json:"mask_image,omitempty"`
+	PreviewSteps []int    `json:"preview_steps,omitempty"`
+}
+
+// run is Run, RunWithPreviews and Edit; inputs is nil but for Edit, and
+// preview nil when no previews are wanted.
+func (c *Command) run(ctx context.Context, t protocol.Task, inputs *Inputs, progress Progress, at []int, preview PreviewFunc) ([]Output, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -239,13 +282,36 @@ func (c *Command) Run(ctx context.Context, t protocol.Task, progress Progress) (
 	if err := t.Validate(); err != nil {
 		return nil, err
 	}
-	in, err := json.Marshal(t)
+	gt := generatorTask{Task: t}
+	switch {
+	case inputs != nil:
+		if err := inputs.Check(t); err != nil {
+			return nil, err
+		}
+		for i, b := range inputs.Images {
+			if _, err := decodeInputConfig(b, fmt.Sprintf("input %d", i)); err != nil {
+				return nil, err
+			}
+		}
+		if inputs.Mask != nil {
+			if _, err := decodeInputConfig(inputs.Mask, "mask"); err != nil {
+				return nil, err
+			}
+		}
+		gt.InputImages, gt.MaskImage = inputs.Images, inputs.Mask
+	case len(t.Inputs) > 0:
+		return nil, fmt.Errorf("%s: %w", c.name, ErrInputsNotGiven)
+	}
+	if c.pool != nil && preview != nil {
+		gt.PreviewSteps = previewSteps(at, int(t.Steps))
+	}
+	in, err := json.Marshal(gt)
 	if err != nil {
 		return nil, fmt.Errorf("encoding task: %w", err)
 	}
 	in = append(in, '\n')
 	if c.pool != nil {
-		return c.pool.run(ctx, t, in, progress)
+		return c.pool.run(ctx, t, in, progress, gt.PreviewSteps, preview)
 	}
 
 	runCtx, cancel := context.WithCancelCause(ctx)

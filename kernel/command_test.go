@@ -3,12 +3,14 @@ package kernel
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"image"
 	"image/png"
 	"io"
+	"io/fs"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -43,8 +45,14 @@ func TestMain(m *testing.M) {
 // fakeGenerator follows (or, by mode, breaks) the contract in
 // docs/kernels.md and returns the exit status.
 func fakeGenerator(mode string) int {
-	if mode == "serve" {
+	switch mode {
+	case "serve":
 		return fakeServe()
+	case "deaf":
+		// Never reads stdin: a task bigger than a pipe holds cannot be
+		// written to it.
+		time.Sleep(time.Hour)
+		return 0
 	}
 	in, err := io.ReadAll(os.Stdin)
 	if err != nil {
@@ -453,4 +461,136 @@ func (b *syncBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.b.String()
+}
+
+// editTaskFor is fakeTask naming images and a mask, with their Inputs.
+func editTaskFor(t *testing.T, seed uint64, mask []byte, images ...[]byte) (protocol.Task, Inputs) {
+	t.Helper()
+	task := fakeTask(t, seed)
+	for _, b := range images {
+		task.Inputs = append(task.Inputs, protocol.Link{Cid: protocol.RawCID(b)})
+	}
+	if mask != nil {
+		task.Mask = &protocol.Link{Cid: protocol.RawCID(mask)}
+	}
+	task, err := task.Normalize()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return task, Inputs{Images: images, Mask: mask}
+}
+
+// TestCommandEdit: the generator receives the task with its input images
+// and mask as base64 beside the task's fields; a task whose inputs were not
+// given, or whose image header is refused, never starts it.
+func TestCommandEdit(t *testing.T) {
+	stdinFile := filepath.Join(t.TempDir(), "stdin.json")
+	c := fakeCommand(t, "ok", WithCommandEnv(fakeStdinEnv+"="+stdinFile))
+	photoA, photoB := encodePNG(t, photo("disc", 32, 32)), encodePNG(t, photo("stripes", 24, 16))
+	mask := encodePNG(t, image.NewNRGBA(image.Rect(0, 0, 8, 8)))
+	task, in := editTaskFor(t, 42, mask, photoA, photoB)
+
+	outs, err := c.Edit(context.Background(), task, in, nil, nil, nil)
+	if err != nil || len(outs) != 1 {
+		t.Fatalf("Edit: %v", err)
+	}
+	raw, err := os.ReadFile(stdinFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got struct {
+		protocol.Task
+		InputImages []string `json:"input_images"`
+		MaskImage   string   `json:"mask_image"`
+	}
+	if err := json.Unmarshal(raw, &got); err != nil {
+		t.Fatalf("stdin %.200q: %v", raw, err)
+	}
+	if !got.Task.Equal(task) {
+		t.Errorf("stdin task %+v, want %+v", got.Task, task)
+	}
+	if len(got.InputImages) != 2 {
+		t.Fatalf("%d input_images, want 2", len(got.InputImages))
+	}
+	for i, want := range [][]byte{photoA, photoB} {
+		if b, err := base64.StdEncoding.DecodeString(got.InputImages[i]); err != nil || !bytes.Equal(b, want) {
+			t.Errorf("input_images[%d] is not the image in base64 (%v)", i, err)
+		}
+	}
+	if b, err := base64.StdEncoding.DecodeString(got.MaskImage); err != nil || !bytes.Equal(b, mask) {
+		t.Errorf("mask_image is not the mask in base64 (%v)", err)
+	}
+
+	notRun := func(name string, err error) {
+		t.Helper()
+		if _, statErr := os.Stat(stdinFile); !errors.Is(statErr, fs.ErrNotExist) {
+			t.Errorf("%s: the generator ran (%v)", name, err)
+		}
+	}
+	os.Remove(stdinFile)
+	_, err = c.Run(context.Background(), task, nil)
+	if !errors.Is(err, ErrInputsNotGiven) {
+		t.Errorf("Run of a task with inputs: %v, want ErrInputsNotGiven", err)
+	}
+	notRun("Run", err)
+
+	bomb := pngHeader(100000, 100000)
+	task, in = editTaskFor(t, 42, nil, photoA, bomb)
+	_, err = c.Edit(context.Background(), task, in, nil, nil, nil)
+	if !errors.Is(err, protocol.ErrBadTask) || !strings.Contains(err.Error(), "input 1: png of 100000x100000") {
+		t.Errorf("Edit with a huge header: %v, want ErrBadTask naming input 1", err)
+	}
+	notRun("a huge header", err)
+
+	// Without inputs, Edit is Run: no input fields on stdin.
+	plain := fakeTask(t, 43)
+	if _, err := c.Edit(context.Background(), plain, Inputs{}, nil, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	if raw, _ := os.ReadFile(stdinFile); bytes.Contains(raw, []byte("input_images")) || bytes.Contains(raw, []byte("mask_image")) {
+		t.Errorf("a plain task's stdin has input fields: %s", raw)
+	}
+}
+
+// bigInput is a PNG header followed by n bytes of junk: it passes the
+// host's header check and is more than a pipe holds.
+func bigInput(n int) []byte {
+	return append(pngHeader(64, 64), make([]byte, n)...)
+}
+
+// TestCommandEditDeafGenerator: a generator that never reads its task
+// still ends at the timeout, in both modes.
+func TestCommandEditDeafGenerator(t *testing.T) {
+	for _, serve := range []int{0, 1} {
+		c := fakeCommand(t, "deaf", WithCommandServe(serve), WithCommandTimeout(300*time.Millisecond))
+		task, in := editTaskFor(t, 1, nil, bigInput(4<<20))
+		_, err := c.Edit(context.Background(), task, in, nil, nil, nil)
+		if err == nil || !strings.Contains(err.Error(), "no result after 300ms") {
+			t.Errorf("serve %d: Edit error %v, want the timeout", serve, err)
+		}
+		c.Close()
+	}
+}
+
+// TestCommandPreviewsPerTask: a per-task generator has no stream for
+// previews, so RunWithPreviews asks for none (no preview_steps on stdin),
+// sends none, and otherwise is Run.
+func TestCommandPreviewsPerTask(t *testing.T) {
+	stdinFile := filepath.Join(t.TempDir(), "stdin.json")
+	c := fakeCommand(t, "ok", WithCommandEnv(fakeStdinEnv+"="+stdinFile))
+	task := fakeTask(t, 3)
+	steps := 0
+	outs, err := c.RunWithPreviews(context.Background(), task, func(int, int) { steps++ }, []int{2, 4}, func(k int, _ []byte) {
+		t.Errorf("preview of step %d from a per-task generator", k)
+	})
+	if err != nil || len(outs) != 1 || steps != int(task.Steps) {
+		t.Fatalf("RunWithPreviews: %d outputs, %d steps, %v; want Run's", len(outs), steps, err)
+	}
+	raw, err := os.ReadFile(stdinFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want, _ := json.Marshal(task); string(raw) != string(want)+"\n" {
+		t.Errorf("stdin %q, want the task alone, without preview_steps", raw)
+	}
 }

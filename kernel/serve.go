@@ -2,12 +2,15 @@ package kernel
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"image/png"
 	"io"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -24,10 +27,13 @@ import (
 //
 //   - stdin gets one task per line (the same JSON object) and stays open;
 //     closing it asks the generator to exit;
-//   - stdout carries the task's "progress K N" lines, then one header
-//     line, "png N" followed by exactly N bytes of PNG, or "error MESSAGE"
-//     when the task failed but the generator can go on. Progress shares the
-//     answer's stream so that it can never be taken for the next task's;
+//   - stdout carries the task's "progress K N" lines and, when the task
+//     line asked for them with "preview_steps", "preview K N" headers each
+//     followed by exactly N bytes of PNG (a partial image after step K);
+//     then one header line, "png N" followed by exactly N bytes of PNG, or
+//     "error MESSAGE" when the task failed but the generator can go on.
+//     Progress and previews share the answer's stream so that they can
+//     never be taken for the next task's;
 //   - stderr is for logs only.
 //
 // A generator that breaks the framing, exits, or has a task cancelled under
@@ -73,7 +79,7 @@ type serveWorker struct {
 	stdout  *bufio.Reader
 	pr      *os.File // stdout's read end, closed once the worker is done
 	stderr  *stderrLines
-	steps   chan [2]int
+	events  chan serveEvent
 	exited  chan struct{} // closed once Wait has returned
 	waitErr error         // set before exited is closed
 }
@@ -141,8 +147,10 @@ func (c *Command) Close() error {
 	return nil
 }
 
-// run is Run in serve mode: a generator from the pool takes the task.
-func (p *servePool) run(ctx context.Context, t protocol.Task, in []byte, progress Progress) ([]Output, error) {
+// run is Run in serve mode: a generator from the pool takes the task. at
+// is the task line's preview_steps (normalised by previewSteps), nil when
+// preview is.
+func (p *servePool) run(ctx context.Context, t protocol.Task, in []byte, progress Progress, at []int, preview PreviewFunc) ([]Output, error) {
 	select {
 	case p.slots <- struct{}{}:
 	case <-ctx.Done():
@@ -153,7 +161,7 @@ func (p *servePool) run(ctx context.Context, t protocol.Task, in []byte, progres
 	if err != nil {
 		return nil, err
 	}
-	out, keep, err := p.c.runOn(ctx, w, t, in, progress)
+	out, keep, err := p.c.runOn(ctx, w, t, in, progress, at, preview)
 	p.put(w, keep)
 	return out, err
 }
@@ -216,7 +224,7 @@ func (p *servePool) start() (*serveWorker, error) {
 	}
 	cmd.Stdout = pw
 	w := &serveWorker{cmd: cmd, stdin: stdin, stdout: bufio.NewReaderSize(pr, 64<<10), pr: pr,
-		steps: make(chan [2]int, 16), exited: make(chan struct{})}
+		events: make(chan serveEvent, 16), exited: make(chan struct{})}
 	w.stderr = &stderrLines{log: c.cfg.log, logOnly: true}
 	cmd.Stderr = w.stderr
 	setProcessGroup(cmd)
@@ -239,6 +247,13 @@ func (p *servePool) start() (*serveWorker, error) {
 	return w, nil
 }
 
+// serveEvent is a progress line or a preview, passed from the stdout reader
+// to the task's goroutine in the order the generator wrote them.
+type serveEvent struct {
+	k, n int
+	png  []byte // a preview of step k; nil for a progress line
+}
+
 // serveFrame is one answer read from a generator's stdout.
 type serveFrame struct {
 	data   []byte
@@ -248,10 +263,12 @@ type serveFrame struct {
 }
 
 // readServeFrame reads one answer: any number of "progress K N" lines,
-// passed to onProgress, then "png N\n" and N bytes, or "error MSG\n".
-func readServeFrame(r *bufio.Reader, onProgress func(k, n int)) serveFrame {
+// passed to onProgress, and "preview K N\n" frames of N bytes, passed to
+// onPreview unchecked but for N; then "png N\n" and N bytes, or
+// "error MSG\n".
+func readServeFrame(r *bufio.Reader, onProgress func(k, n int), onPreview func(k int, png []byte)) serveFrame {
 	for {
-		f, more := readServeLine(r, onProgress)
+		f, more := readServeLine(r, onProgress, onPreview)
 		if !more {
 			return f
 		}
@@ -259,8 +276,8 @@ func readServeFrame(r *bufio.Reader, onProgress func(k, n int)) serveFrame {
 }
 
 // readServeLine reads one line of an answer; more is true after a progress
-// line.
-func readServeLine(r *bufio.Reader, onProgress func(k, n int)) (f serveFrame, more bool) {
+// line or a preview.
+func readServeLine(r *bufio.Reader, onProgress func(k, n int), onPreview func(k int, png []byte)) (f serveFrame, more bool) {
 	line, err := r.ReadSlice('\n')
 	if err != nil {
 		if errors.Is(err, bufio.ErrBufferFull) || len(line) >= serveMaxHeader {
@@ -279,6 +296,21 @@ func readServeLine(r *bufio.Reader, onProgress func(k, n int)) (f serveFrame, mo
 		if k, n, ok := parseProgress(header); ok {
 			onProgress(k, n)
 		}
+		return serveFrame{}, true
+	case "preview":
+		// Unlike a progress line, a bad header is fatal: the bytes after
+		// it cannot be told from the next header.
+		ks, ns, _ := strings.Cut(arg, " ")
+		k, errK := strconv.Atoi(ks)
+		n, errN := strconv.Atoi(ns)
+		if errK != nil || errN != nil || n <= 0 || n > protocol.MaxPreviewBytes {
+			return serveFrame{err: fmt.Errorf("header %.80q: want preview K N with 1 ≤ N ≤ %d", header, protocol.MaxPreviewBytes)}, false
+		}
+		data := make([]byte, n)
+		if _, err := io.ReadFull(r, data); err != nil {
+			return serveFrame{err: fmt.Errorf("stdout ended inside a %d-byte preview: %w", n, err), ended: true}, false
+		}
+		onPreview(k, data)
 		return serveFrame{}, true
 	case "png":
 		n, err := strconv.Atoi(arg)
@@ -299,9 +331,10 @@ func readServeLine(r *bufio.Reader, onProgress func(k, n int)) (f serveFrame, mo
 	return serveFrame{err: fmt.Errorf("unexpected stdout line %.80q where a header was due (log lines belong on stderr)", header)}, false
 }
 
-// runOn gives task t to generator w and waits for its answer. keep says
+// runOn gives task t to generator w and waits for its answer, passing on
+// its progress and the previews asked for at the steps in at. keep says
 // whether w is fit for another task.
-func (c *Command) runOn(ctx context.Context, w *serveWorker, t protocol.Task, in []byte, progress Progress) (out []Output, keep bool, err error) {
+func (c *Command) runOn(ctx context.Context, w *serveWorker, t protocol.Task, in []byte, progress Progress, at []int, preview PreviewFunc) (out []Output, keep bool, err error) {
 	w.stderr.newTask()
 	runCtx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
@@ -313,37 +346,94 @@ func (c *Command) runOn(ctx context.Context, w *serveWorker, t protocol.Task, in
 	fail := func(format string, a ...any) ([]Output, bool, error) {
 		return nil, false, fmt.Errorf("generator %s: %s%s", c.argv[0], fmt.Sprintf(format, a...), w.stderr.tailSuffix())
 	}
-	if _, err := w.stdin.Write(in); err != nil {
-		return fail("writing the task: %v", err)
+	// The task is written from a goroutine: with input images a line is
+	// megabytes, more than a pipe holds, and a generator that does not
+	// read it must not keep this task from its timeout or cancellation.
+	// Every way out of runOn either waited for the write or killed w,
+	// which ends it (the pipe closes).
+	wrote := make(chan error, 1)
+	go func() {
+		_, err := w.stdin.Write(in)
+		wrote <- err
+	}()
+	writing := true
+	defer func() {
+		if writing {
+			w.kill()
+			<-wrote
+		}
+	}()
+	send := func(e serveEvent) {
+		select {
+		case w.events <- e:
+		case <-w.exited:
+		case <-runCtx.Done():
+		}
+	}
+	// The reader drops the previews not asked for, so that at most len(at)
+	// of them (256 KiB each) wait in w.events; only it touches lastPreview.
+	lastPreview := 0
+	onPreview := func(k int, b []byte) {
+		if reason := checkPreview(k, b, lastPreview, at, t); reason != "" {
+			c.cfg.log.Debug("generator: preview dropped", "step", k, "bytes", len(b), "reason", reason)
+			return
+		}
+		lastPreview = k
+		send(serveEvent{k: k, png: b})
 	}
 	got := make(chan serveFrame, 1)
 	go func() {
-		got <- readServeFrame(w.stdout, func(k, n int) {
-			select {
-			case w.steps <- [2]int{k, n}:
-			case <-w.exited:
-			case <-runCtx.Done():
-			}
-		})
+		got <- readServeFrame(w.stdout, func(k, n int) { send(serveEvent{k: k, n: n}) }, onPreview)
 	}()
 	lastK := 0
-	report := func(s [2]int) {
+	report := func(e serveEvent) {
+		if ctx.Err() != nil {
+			return
+		}
+		if e.png != nil {
+			if preview != nil { // at is empty without it: never false
+				preview(e.k, e.png)
+			}
+			return
+		}
 		// Steps never go backwards (see stderrLines).
-		if progress != nil && ctx.Err() == nil && s[0] >= lastK {
-			lastK = s[0]
-			progress(s[0], s[1])
+		if progress != nil && e.k >= lastK {
+			lastK = e.k
+			progress(e.k, e.n)
 		}
 	}
 	for {
 		select {
-		case s := <-w.steps:
-			report(s)
+		case err := <-wrote:
+			writing = false
+			if err != nil {
+				return fail("writing the task: %v", err)
+			}
+			wrote = nil // a nil channel: this case is done
+		case e := <-w.events:
+			report(e)
 		case f := <-got:
-			// The reader passed every progress line before the answer.
+			if writing {
+				// An answer before the generator read the whole task:
+				// the rest of the line would be taken for the next
+				// task. Give the write a moment to report, as the
+				// generator may have read it all just now.
+				select {
+				case err := <-wrote:
+					writing = false
+					if err != nil {
+						return fail("writing the task: %v", err)
+					}
+				case <-time.After(commandWaitDelay):
+					return fail("answered before reading the whole task")
+				}
+			}
+			// The reader passed every progress line and preview before
+			// the answer.
 			for drained := false; !drained; {
 				select {
-				case s := <-w.steps:
-					report(s)
+				case e := <-w.events:
+					report(e)
 				default:
 					drained = true
 				}
@@ -386,4 +476,43 @@ func (c *Command) runOn(ctx context.Context, w *serveWorker, t protocol.Task, in
 			return fail("exited during the task: %v", w.waitErr)
 		}
 	}
+}
+
+// checkPreview says why a preview of step k (bytes b) from a generator is
+// dropped, or "" to pass it on: the task must have asked for step k (at,
+// normalised by previewSteps), after the last one passed on (last), and b
+// must be a PNG no larger than the task's image, read from its header only.
+// A dropped preview costs the task nothing: previews show the run, and the
+// protocol allows a host to send fewer than asked.
+func checkPreview(k int, b []byte, last int, at []int, t protocol.Task) string {
+	if !slices.Contains(at, k) {
+		return "step not asked for"
+	}
+	if k <= last {
+		return "step already passed"
+	}
+	if !bytes.HasPrefix(b, pngSignature) {
+		return "not a PNG"
+	}
+	cfg, err := png.DecodeConfig(bytes.NewReader(b))
+	if err != nil {
+		return "not a valid PNG: " + err.Error()
+	}
+	if cfg.Width <= 0 || cfg.Height <= 0 || cfg.Width > int(t.Width) || cfg.Height > int(t.Height) {
+		return fmt.Sprintf("%dx%d, larger than the task's %dx%d", cfg.Width, cfg.Height, t.Width, t.Height)
+	}
+	return ""
+}
+
+// previewSteps normalises RunWithPreviews' at for a task of total steps:
+// ascending, distinct, within 1..total-1. It returns nil when none is left.
+func previewSteps(at []int, total int) []int {
+	var out []int
+	for _, k := range at {
+		if k >= 1 && k < total {
+			out = append(out, k)
+		}
+	}
+	slices.Sort(out)
+	return slices.Compact(out)
 }

@@ -4,12 +4,15 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"image"
 	"image/png"
+	"io"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -21,7 +24,10 @@ import (
 // fakeServe plays a serve-mode generator (docs/kernels.md): one task per
 // stdin line, answered on stdout. The prompt picks the behaviour:
 // "fail" answers an error, "crash" exits mid-task, "garbage" breaks the
-// framing, "hang" never answers; anything else is painted.
+// framing, "hang" never answers, "inputs" answers an error listing the
+// input images' hashes, "previews" sends the previews asked for among
+// others the host must drop (fakePreviews), "preview-oversize" sends a
+// preview over the cap; anything else is painted, ignoring preview_steps.
 func fakeServe() int {
 	in := bufio.NewScanner(os.Stdin)
 	in.Buffer(make([]byte, 64<<10), 64<<10)
@@ -32,8 +38,34 @@ func fakeServe() int {
 			fmt.Fprintln(os.Stderr, "decoding task:", err)
 			return 1
 		}
+		var edit struct {
+			InputImages  [][]byte `json:"input_images"`
+			MaskImage    []byte   `json:"mask_image"`
+			PreviewSteps []int    `json:"preview_steps"`
+		}
+		if err := json.Unmarshal(in.Bytes(), &edit); err != nil {
+			fmt.Fprintln(os.Stderr, "decoding input images:", err)
+			return 1
+		}
 		fmt.Fprintln(os.Stderr, "task for seed", t.Seed)
 		switch t.Prompt {
+		case "inputs":
+			// Says what it got, as an error the host passes on.
+			fmt.Fprintf(out, "error got %d input images", len(edit.InputImages))
+			for _, b := range edit.InputImages {
+				fmt.Fprintf(out, ", %x", sha256.Sum256(b))
+			}
+			fmt.Fprintf(out, "; mask %d bytes\n", len(edit.MaskImage))
+		case "previews":
+			fakePreviews(out, t, edit.PreviewSteps)
+		case "preview-oversize":
+			// Then a good answer, which the host must not read as one.
+			big := append(slices.Clone(pngSignature), make([]byte, protocol.MaxPreviewBytes+1-len(pngSignature))...)
+			fmt.Fprintf(out, "progress 1 %d\npreview 1 %d\n", t.Steps, len(big))
+			out.Write(big)
+			b := fakePreview(int(t.Width), int(t.Height), 1)
+			fmt.Fprintf(out, "png %d\n", len(b))
+			out.Write(b)
 		case "fail":
 			fmt.Fprintln(out, "error CUDA out of memory at", t.Width, "x", t.Height)
 		case "crash":
@@ -70,6 +102,45 @@ func fakeServe() int {
 		}
 	}
 	return 0 // stdin closed: the host asks us to exit
+}
+
+// fakePreview is the fake generator's picture of w × h, all grey level v.
+func fakePreview(w, h, v int) []byte {
+	img := image.NewGray(image.Rect(0, 0, w, h))
+	for i := range img.Pix {
+		img.Pix[i] = uint8(v)
+	}
+	var b bytes.Buffer
+	_ = png.Encode(&b, img)
+	return b.Bytes()
+}
+
+// fakePreviews answers a task with its progress and, after each step in
+// asked, a half-size preview of grey level K, which the host must pass on.
+// Around it are those it must drop: one at every step not asked for (0 and
+// the last included), bytes that are not a PNG, a PNG larger than the
+// task's image, a second preview of the same step.
+func fakePreviews(out io.Writer, t protocol.Task, asked []int) {
+	w, h, n := int(t.Width), int(t.Height), int(t.Steps)
+	preview := func(k int, b []byte) {
+		fmt.Fprintf(out, "preview %d %d\n", k, len(b))
+		out.Write(b)
+	}
+	preview(0, fakePreview(w/2, h/2, 200))
+	for k := 1; k <= n; k++ {
+		fmt.Fprintf(out, "progress %d %d\n", k, n)
+		if !slices.Contains(asked, k) {
+			preview(k, fakePreview(w/2, h/2, 200))
+			continue
+		}
+		preview(k, []byte("GIF89a, not a PNG"))
+		preview(k, fakePreview(w+8, h, 200))
+		preview(k, fakePreview(w/2, h/2, k))
+		preview(k, fakePreview(w/2, h/2, 200))
+	}
+	b := fakePreview(w, h, 255)
+	fmt.Fprintf(out, "png %d\n", len(b))
+	out.Write(b)
 }
 
 func serveTask(t *testing.T, prompt string, seed uint64) protocol.Task {
@@ -238,6 +309,12 @@ func TestServeClose(t *testing.T) {
 
 func TestReadServeFrame(t *testing.T) {
 	cases := map[string]string{
+		"preview 1 0\n":           "want preview K N",
+		"preview 1 262145\n":      "want preview K N",
+		"preview x 3\n":           "want preview K N",
+		"preview 3\n":             "want preview K N",
+		"preview 1  3\n":          "want preview K N",
+		"preview 1 5\nabc":        "ended inside a 5-byte preview",
 		"png 0\n":                 "want png N",
 		"png -3\n":                "want png N",
 		"png 99999999999\n":       "want png N",
@@ -248,34 +325,41 @@ func TestReadServeFrame(t *testing.T) {
 		"hello\n":                 "unexpected stdout line",
 	}
 	for in, want := range cases {
-		f := readServeFrame(bufio.NewReaderSize(strings.NewReader(in), 4096), func(int, int) {})
+		f := readServeFrame(bufio.NewReaderSize(strings.NewReader(in), 4096), func(int, int) {}, func(int, []byte) {})
 		if f.err == nil || !strings.Contains(f.err.Error(), want) {
 			t.Errorf("%.20q: %v, want an error saying %q", in, f.err, want)
 		}
 	}
-	if f := readServeFrame(bufio.NewReader(strings.NewReader("error\n")), nil); f.failed != "no message" {
+	if f := readServeFrame(bufio.NewReader(strings.NewReader("error\n")), nil, nil); f.failed != "no message" {
 		t.Errorf("a bare error: %+v", f)
 	}
-	var steps []int
-	f := readServeFrame(bufio.NewReader(strings.NewReader("progress 1 2\nprogress 2 2\npng 3\nabcNEXT")), func(k, n int) { steps = append(steps, k) })
-	if f.err != nil || string(f.data) != "abc" || fmt.Sprint(steps) != "[1 2]" {
-		t.Errorf("a 3-byte frame after two steps: %+v, steps %v", f, steps)
+	var steps []string
+	f := readServeFrame(bufio.NewReader(strings.NewReader("progress 1 2\npreview 1 4\nxy\nzprogress 2 2\npng 3\nabcNEXT")),
+		func(k, n int) { steps = append(steps, fmt.Sprint(k)) },
+		func(k int, b []byte) { steps = append(steps, fmt.Sprintf("%d:%q", k, b)) })
+	if f.err != nil || string(f.data) != "abc" || fmt.Sprint(steps) != `[1 1:"xy\nz" 2]` {
+		t.Errorf("a 3-byte frame after two steps and a preview: %+v, steps %v", f, steps)
 	}
 }
 
 // FuzzReadServeFrame: whatever a generator writes, the reader returns one
-// answer or an error, never more bytes than a block may hold, and steps
-// that parseProgress accepts.
+// answer or an error, never more bytes than a block may hold, steps that
+// parseProgress accepts, and previews within their cap.
 func FuzzReadServeFrame(f *testing.F) {
 	f.Add([]byte("progress 1 2\nprogress 2 2\npng 3\nabc"))
 	f.Add([]byte("error CUDA out of memory\n"))
 	f.Add([]byte("png 99999999999999999999\n"))
 	f.Add([]byte("progress -1 2\nprogress 3 2\nhello\n"))
 	f.Add([]byte("png 4\r\n\x89PNG"))
+	f.Add([]byte("progress 1 3\npreview 1 3\nabcpreview 2 262145\n"))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		fr := readServeFrame(bufio.NewReaderSize(bytes.NewReader(b), 4096), func(k, n int) {
 			if k < 0 || n <= 0 || k > n {
 				t.Fatalf("progress %d of %d passed on", k, n)
+			}
+		}, func(k int, png []byte) {
+			if len(png) == 0 || len(png) > protocol.MaxPreviewBytes {
+				t.Fatalf("a %d-byte preview passed on", len(png))
 			}
 		})
 		answers := 0
@@ -295,4 +379,133 @@ func FuzzReadServeFrame(f *testing.F) {
 			t.Fatalf("answer over its caps: %d bytes of data, %d of message", len(fr.data), len(fr.failed))
 		}
 	})
+}
+
+// TestServeEdit: in serve mode the task line carries the input images, and
+// a generator's refusal of them ("error ...") fails the task but keeps the
+// generator for the next one.
+func TestServeEdit(t *testing.T) {
+	c := fakeCommand(t, "serve", WithCommandServe(1))
+	defer c.Close()
+	img, mask := encodePNG(t, photo("disc", 16, 16)), encodePNG(t, image.NewNRGBA(image.Rect(0, 0, 4, 4)))
+	task, in := editTaskFor(t, 5, mask, img)
+	task.Prompt = "inputs"
+	_, err := c.Edit(context.Background(), task, in, nil, nil, nil)
+	want := fmt.Sprintf("got 1 input images, %x; mask %d bytes", sha256.Sum256(img), len(mask))
+	if err == nil || !strings.Contains(err.Error(), want) {
+		t.Errorf("Edit error %v, want the generator's %q", err, want)
+	}
+	if _, err := c.Run(context.Background(), serveTask(t, "after an edit", 6), nil); err != nil {
+		t.Fatalf("a plain task after the edit: %v", err)
+	}
+	if n := c.Starts(); n != 1 {
+		t.Errorf("%d generators started, want 1", n)
+	}
+}
+
+// TestServePreviews: a serve-mode generator's previews reach the
+// PreviewFunc with their step and bytes, in stdout order with progress;
+// those not asked for, or not a PNG of at most the task's size, are dropped
+// without failing the task; a preview header over the cap breaks the
+// framing and replaces the generator; one that ignores preview_steps
+// still serves.
+func TestServePreviews(t *testing.T) {
+	c := fakeCommand(t, "serve", WithCommandServe(1))
+	defer c.Close()
+	ctx := context.Background()
+	var got []string
+	progress := func(k, n int) { got = append(got, fmt.Sprintf("progress %d", k)) }
+	var images [][]byte
+	preview := func(k int, b []byte) {
+		got = append(got, fmt.Sprintf("preview %d", k))
+		images = append(images, b)
+	}
+	reset := func() { got, images = nil, nil }
+
+	// Unsorted, repeated and out of range: the task line asks for 2 and 4.
+	task := serveTask(t, "previews", 1)
+	out, err := c.RunWithPreviews(ctx, task, progress, []int{4, 2, 0, 5, 2, 9}, preview)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "[progress 1 progress 2 preview 2 progress 3 progress 4 preview 4 progress 5]"; fmt.Sprint(got) != want {
+		t.Errorf("events %v, want %s", got, want)
+	}
+	for i, k := range []int{2, 4} {
+		if want := fakePreview(48, 32, k); i >= len(images) || !bytes.Equal(images[i], want) {
+			t.Errorf("preview of step %d is not the generator's", k)
+		}
+	}
+	if len(out) != 1 || !bytes.Equal(out[0].Data, fakePreview(96, 64, 255)) {
+		t.Errorf("the output is not the generator's answer")
+	}
+
+	// An edit asks for previews as a plain task does.
+	reset()
+	etask, in := editTaskFor(t, 7, nil, encodePNG(t, photo("disc", 16, 16)))
+	etask.Prompt = "previews"
+	if _, err := c.Edit(ctx, etask, in, nil, []int{3}, preview); err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(got) != "[preview 3]" || !bytes.Equal(images[0], fakePreview(48, 32, 3)) {
+		t.Errorf("edit previews %v, want the generator's of step 3", got)
+	}
+
+	// Not asked for at all: every preview is dropped, the task is fine.
+	reset()
+	if _, err := c.RunWithPreviews(ctx, serveTask(t, "previews", 2), progress, nil, preview); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Run(ctx, serveTask(t, "previews", 3), progress); err != nil {
+		t.Fatal(err)
+	}
+	if len(images) != 0 {
+		t.Errorf("%d previews passed on where none was asked for: %v", len(images), got)
+	}
+
+	// A generator that ignores preview_steps.
+	reset()
+	if _, err := c.RunWithPreviews(ctx, serveTask(t, "plain", 4), progress, []int{2}, preview); err != nil {
+		t.Fatal(err)
+	}
+	if want := "[progress 1 progress 2 progress 3 progress 4 progress 5]"; fmt.Sprint(got) != want {
+		t.Errorf("events %v, want %s", got, want)
+	}
+	if n := c.Starts(); n != 1 {
+		t.Errorf("%d generators started, want 1: dropped previews must not replace it", n)
+	}
+
+	reset()
+	_, err = c.RunWithPreviews(ctx, serveTask(t, "preview-oversize", 5), progress, []int{1}, preview)
+	if err == nil || !strings.Contains(err.Error(), "want preview K N with 1 ≤ N ≤ 262144") {
+		t.Errorf("a preview over the cap: %v, want a framing error", err)
+	}
+	if len(images) != 0 {
+		t.Errorf("a preview over the cap was passed on")
+	}
+	if _, err := c.Run(ctx, serveTask(t, "after", 6), nil); err != nil {
+		t.Fatal(err)
+	}
+	if n := c.Starts(); n != 2 {
+		t.Errorf("%d generators started, want 2: a broken framing replaces the generator", n)
+	}
+}
+
+// TestServePreviewSteps: the task line's preview_steps are RunWithPreviews'
+// at, ascending, distinct and within 1..steps-1.
+func TestServePreviewSteps(t *testing.T) {
+	for _, tc := range []struct {
+		at    []int
+		total int
+		want  string
+	}{
+		{nil, 5, "[]"},
+		{[]int{4, 2, 0, 5, 2, -1}, 5, "[2 4]"},
+		{[]int{1}, 1, "[]"},
+		{[]int{1, 149}, 150, "[1 149]"},
+	} {
+		if got := fmt.Sprint(previewSteps(tc.at, tc.total)); got != tc.want {
+			t.Errorf("previewSteps(%v, %d) = %s, want %s", tc.at, tc.total, got, tc.want)
+		}
+	}
 }

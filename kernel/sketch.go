@@ -3,6 +3,7 @@ package kernel
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"fmt"
 	"image"
 	"image/png"
@@ -28,6 +29,9 @@ const SketchName = "sketch-v1"
 // towards the composition, as a diffusion sampler moves from noise to a
 // picture, so cost grows with steps × pixels and few steps leave grain.
 //
+// With an input image (Edit) it repaints the photo in the prompt's scene
+// instead, starting from the photo rather than from noise.
+//
 // The same task gives byte-identical PNGs: composition and refinement use
 // integer arithmetic only and the encoder runs at a fixed level. (The PNG
 // bytes also depend on Go's compress/flate, so they hold across hosts built
@@ -36,7 +40,10 @@ const SketchName = "sketch-v1"
 // Sketch has no state and is safe for concurrent use.
 type Sketch struct{}
 
-var _ Previewer = Sketch{}
+var (
+	_ Previewer = Sketch{}
+	_ Editor    = Sketch{}
+)
 
 // Name returns SketchName.
 func (Sketch) Name() string { return SketchName }
@@ -58,48 +65,171 @@ func (k Sketch) Run(ctx context.Context, t protocol.Task, progress Progress) ([]
 // it stands: the seeded noise pulled part of the way towards the scene, which
 // is what the run has made so far. Encoding a preview reads the buffer and
 // never writes it, so the output is Run's, byte for byte.
-func (Sketch) RunWithPreviews(ctx context.Context, t protocol.Task, progress Progress, at []int, preview PreviewFunc) ([]Output, error) {
+func (k Sketch) RunWithPreviews(ctx context.Context, t protocol.Task, progress Progress, at []int, preview PreviewFunc) ([]Output, error) {
+	if err := k.check(ctx, t); err != nil {
+		return nil, err
+	}
+	if len(t.Inputs) > 0 {
+		return nil, fmt.Errorf("%s: %w", SketchName, ErrInputsNotGiven)
+	}
+	w, h := int(t.Width), int(t.Height)
+	target := compose(makePlan(t.Prompt, t.NegativePrompt, t.Seed), w, h, t.Seed).pix
+	x := make([]uint16, len(target))
+	seed := sketchNoiseSeed(t)
+	for i := range x {
+		x[i] = noiseAt(seed, i) << sketchFrac
+	}
+	r := sketchRun{w: w, h: h, steps: int(t.Steps), x: x, target: target}
+	return r.run(ctx, progress, at, preview)
+}
+
+// Edit repaints the task's one input image in the prompt's scene
+// (Editor). The image, scaled to the task's size, is laid as light and
+// shade over the scene (hardLight), and the target is that picture mixed
+// with the input by the strength param (ParseStrength). As diffusion
+// img2img starts from the input noised by the strength, refinement starts
+// from the input mixed with the seeded noise by it, then the steps run as
+// in Run. Where the mask is opaque (alpha 255) the output is the scaled
+// input exactly; where it is transparent (alpha 0) the edit; in between a
+// blend by alpha. A task without inputs is RunWithPreviews.
+//
+// The bytes of the input and mask join the noise's seed, so any change to
+// them changes the output even where scaling rounds it away.
+func (k Sketch) Edit(ctx context.Context, t protocol.Task, in Inputs, progress Progress, at []int, preview PreviewFunc) ([]Output, error) {
+	if err := k.check(ctx, t); err != nil {
+		return nil, err
+	}
+	if err := in.Check(t); err != nil {
+		return nil, err
+	}
+	if len(t.Inputs) == 0 {
+		return k.RunWithPreviews(ctx, t, progress, at, preview)
+	}
+	if len(t.Inputs) > 1 {
+		// Reference images would need a model that understands them;
+		// painting them in somehow would pretend to.
+		return nil, fmt.Errorf("%w: %s edits one image; got %d", protocol.ErrBadTask, SketchName, len(t.Inputs))
+	}
+	strength, err := ParseStrength(t.Params["strength"])
+	if err != nil {
+		return nil, err
+	}
+	w, h := int(t.Width), int(t.Height)
+	photo, err := decodeInput(in.Images[0], "input 0")
+	if err != nil {
+		return nil, err
+	}
+	src := resize(toRGBA8(photo), w, h)
+	var keep []uint8 // the mask's alpha at the output size; nil: edit everywhere
+	if in.Mask != nil {
+		m, err := decodeInput(in.Mask, "mask")
+		if err != nil {
+			return nil, err
+		}
+		mr := resize(toRGBA8(m), w, h)
+		keep = make([]uint8, w*h)
+		for i := range keep {
+			keep[i] = mr.Pix[4*i+3]
+		}
+	}
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	if t.Model != protocol.DefaultModel {
-		return nil, fmt.Errorf("%w: %s serves %s, not %q", protocol.ErrBadTask, SketchName, protocol.DefaultModel, t.Model)
-	}
-	if err := t.Validate(); err != nil {
-		return nil, err
-	}
-	w, h, steps := int(t.Width), int(t.Height), int(t.Steps)
-	// The prompt's hash joins the seed in the noise field, so two prompts
-	// that compose the same scene (say, differing only in stop words) still
-	// give different bytes.
-	noiseSeed := t.Seed ^ mix64(hashWord(t.Prompt)) ^ mix64(hashWord(t.NegativePrompt)+1)
-	target := compose(makePlan(t.Prompt, t.NegativePrompt, t.Seed), w, h, t.Seed).pix
 
-	n := len(target)
-	x := make([]uint16, n)
-	tmp := make([]uint16, n)
-	for i := range x {
-		x[i] = uint16(mix64(noiseSeed+uint64(i)*0x9e3779b97f4a7c15)>>56) << sketchFrac
+	scene := compose(makePlan(t.Prompt, t.NegativePrompt, t.Seed), w, h, t.Seed).pix
+	seed := sketchNoiseSeed(t)
+	// The CIDs are sha2-256 of the bytes (in.Check): their digests are
+	// the bytes' hash for free.
+	seed ^= mix64(linkWord(t.Inputs[0]) + 2)
+	if t.Mask != nil {
+		seed ^= mix64(linkWord(*t.Mask) + 3)
 	}
-	for s := 1; s <= steps; s++ {
+	target := make([]uint8, len(scene))
+	x := make([]uint16, len(scene))
+	srcRGB := make([]uint8, len(scene))
+	for p := range w * h {
+		s := src.Pix[4*p:][:3]
+		// Rec. 601 luma in 8 bits.
+		l := (77*int32(s[0]) + 150*int32(s[1]) + 29*int32(s[2]) + 128) >> 8
+		// The share of the edit here, in thousandths.
+		a := int32(strength)
+		if keep != nil {
+			a = a * (255 - int32(keep[p])) / 255
+		}
+		for c := range 3 {
+			i := 3*p + c
+			sv := int32(s[c])
+			srcRGB[i] = s[c]
+			target[i] = uint8(sv + (hardLight(int32(scene[i]), l)-sv)*a/1000)
+			n := int32(noiseAt(seed, i))
+			x[i] = uint16(sv+(n-sv)*a/1000) << sketchFrac
+		}
+	}
+	r := sketchRun{w: w, h: h, steps: int(t.Steps), x: x, target: target, src: srcRGB, keep: keep}
+	return r.run(ctx, progress, at, preview)
+}
+
+// check is what every sketch entry point checks first.
+func (Sketch) check(ctx context.Context, t protocol.Task) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if t.Model != protocol.DefaultModel {
+		return fmt.Errorf("%w: %s serves %s, not %q", protocol.ErrBadTask, SketchName, protocol.DefaultModel, t.Model)
+	}
+	return t.Validate()
+}
+
+// sketchNoiseSeed seeds the noise field. The prompt's hash joins the seed,
+// so two prompts that compose the same scene (say, differing only in stop
+// words) still give different bytes.
+func sketchNoiseSeed(t protocol.Task) uint64 {
+	return t.Seed ^ mix64(hashWord(t.Prompt)) ^ mix64(hashWord(t.NegativePrompt)+1)
+}
+
+// noiseAt is sample i of the noise field seeded by seed, 0..255.
+func noiseAt(seed uint64, i int) uint16 {
+	return uint16(mix64(seed+uint64(i)*0x9e3779b97f4a7c15) >> 56)
+}
+
+// linkWord is the first 8 bytes of a sha2-256 CID's digest.
+func linkWord(l protocol.Link) uint64 {
+	h := l.Hash()
+	return binary.BigEndian.Uint64(h[len(h)-32:])
+}
+
+// sketchRun is one run's refinement: x, the fixed-point buffer, moves
+// towards target over steps passes.
+type sketchRun struct {
+	w, h, steps int
+	x           []uint16
+	target      []uint8
+	// An edit with a mask: src is the scaled input (RGB) and keep its
+	// share per pixel (the mask's alpha), laid over each image shown.
+	src, keep []uint8
+}
+
+func (r *sketchRun) run(ctx context.Context, progress Progress, at []int, preview PreviewFunc) ([]Output, error) {
+	tmp := make([]uint16, len(r.x))
+	for s := 1; s <= r.steps; s++ {
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
 		// Pull strength rises linearly to 7/8 at the last step, so the
 		// final image keeps a trace of the blurred history: soft edges,
 		// and grain when steps are few.
-		refine(x, tmp, target, w, h, int32(224*s/steps))
+		refine(r.x, tmp, r.target, r.w, r.h, int32(224*s/r.steps))
 		for len(at) > 0 && at[0] < s {
 			at = at[1:]
 		}
 		// The last step's image is the output, not a preview.
-		if preview != nil && len(at) > 0 && at[0] == s && s < steps {
-			if b, err := encodePreview(toRGBA(x, w, h)); err == nil {
+		if preview != nil && len(at) > 0 && at[0] == s && s < r.steps {
+			if b, err := encodePreview(r.image()); err == nil {
 				preview(s, b)
 			}
 		}
 		if progress != nil {
-			progress(s, steps)
+			progress(s, r.steps)
 		}
 	}
 
@@ -107,10 +237,31 @@ func (Sketch) RunWithPreviews(ctx context.Context, t protocol.Task, progress Pro
 	// BestSpeed: a fixed level keeps bytes stable, and the fastest one
 	// keeps encoding small beside the refinement.
 	enc := png.Encoder{CompressionLevel: png.BestSpeed}
-	if err := enc.Encode(&buf, toRGBA(x, w, h)); err != nil {
+	if err := enc.Encode(&buf, r.image()); err != nil {
 		return nil, fmt.Errorf("encoding png: %w", err)
 	}
 	return []Output{{MediaType: "image/png", Data: buf.Bytes()}}, nil
+}
+
+// image is the run's picture as it stands. Under a mask the kept input is
+// laid over it last: blurring in refine spreads the edit a few pixels, and
+// an opaque mask pixel must come out as the input, exactly.
+func (r *sketchRun) image() *image.RGBA {
+	img := toRGBA(r.x, r.w, r.h)
+	if r.keep == nil {
+		return img
+	}
+	for p, a := range r.keep {
+		if a == 0 {
+			continue
+		}
+		k := uint32(a)
+		for c := range 3 {
+			o := &img.Pix[4*p+c]
+			*o = uint8((uint32(*o)*(255-k) + uint32(r.src[3*p+c])*k + 127) / 255)
+		}
+	}
+	return img
 }
 
 // toRGBA rounds the fixed-point buffer x to an opaque w×h image.

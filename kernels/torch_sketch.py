@@ -11,14 +11,17 @@ noise that shrinks with it, as an ancestral sampler would.
 
 Contract (docs/kernels.md): the task arrives as one JSON object on stdin;
 "progress K N" lines go to stderr; one PNG goes to stdout; exit 0 on success.
+It does not edit: a task with input_images fails with "input images not
+supported" (exit 2, or an "error" answer in serve mode).
 
     gpunet host --kernel cmd --kernel-cmd "python3 kernels/torch_sketch.py" \\
         --kernel-models gpunet/torch-sketch-v1
 
 With --serve it follows serve mode instead (gpunet host --kernel-serve): torch
 and the CUDA context start once, then each stdin line is a task, answered on
-stdout with its "progress K N" lines, then "png N" and N bytes or
-"error MESSAGE", until stdin closes.
+stdout with its "progress K N" lines and a "preview K N" frame at each of
+the task's preview_steps, then "png N" and N bytes or "error MESSAGE", until
+stdin closes.
 
 Runs on CUDA only, unless --allow-cpu is given. The same task gives the same
 bytes on the same GPU model, driver and torch build (deterministic algorithms,
@@ -42,6 +45,7 @@ import time
 import zlib
 
 NAME = "torch-sketch-v1"
+MAX_PREVIEW_BYTES = 256 << 10  # protocol.MaxPreviewBytes
 EXIT_USAGE = 2  # bad task or no usable device: the host shows our stderr
 
 
@@ -121,6 +125,10 @@ def parse_task(t):
         raise TaskError(f"task lacks a field or has a bad one: {e!r}") from None
     if not (64 <= w <= 2048 and 64 <= h <= 2048 and 1 <= steps <= 150):
         raise TaskError(f"task out of range: {w}x{h}, {steps} steps")
+    if t.get("input_images") or t.get("mask_image"):
+        # An edit (docs/kernels.md, Input images): painting the prompt alone
+        # would pass off a new picture as an edit of the caller's photo.
+        raise TaskError(f"input images not supported: {NAME} paints from the prompt alone")
     return w, h, steps, seed, prompt, str(t.get("negative_prompt") or "")
 
 
@@ -292,8 +300,9 @@ def scene(torch, dev, w, h, seed, prompt, negative):
     return (img * vig.unsqueeze(0)).clamp(0, 1)
 
 
-def denoise(torch, dev, target, steps, seed, progress_out):
-    """Moves seeded noise towards target in `steps` passes on dev."""
+def denoise(torch, dev, target, steps, seed, progress_out, at=(), preview=None):
+    """Moves seeded noise towards target in `steps` passes on dev, calling
+    preview(k, image) after each step k in at but the last."""
     F = torch.nn.functional
     g = torch.Generator(device=dev).manual_seed(seed)
     shape = (1,) + tuple(target.shape)
@@ -311,6 +320,8 @@ def denoise(torch, dev, target, steps, seed, progress_out):
             x = x + torch.randn(shape, generator=g, device=dev) * (0.12 * (1 - t))
         if dev.type == "cuda":
             torch.cuda.synchronize()  # report work done, not work queued
+        if preview is not None and k in at and k < steps:
+            preview(k, x[0])  # reads x only: the output is the same without it
         print(f"progress {k} {steps}", file=progress_out, flush=True)
     return x[0]
 
@@ -336,6 +347,21 @@ def png_bytes(torch, img):
             + chunk(b"IEND", b""))
 
 
+def preview_png(torch, img):
+    """img as a PNG of at most MAX_PREVIEW_BYTES, halved (every other pixel)
+    until it fits; None if even 1x1 does not."""
+    # Raw pixels over the cap rarely compress under it: skip those encodings.
+    while img.shape[1] * img.shape[2] * 3 > MAX_PREVIEW_BYTES:
+        img = img[:, ::2, ::2]
+    while True:
+        data = png_bytes(torch, img)
+        if len(data) <= MAX_PREVIEW_BYTES:
+            return data
+        if img.shape[1] == 1 and img.shape[2] == 1:
+            return None
+        img = img[:, ::2, ::2]
+
+
 def start_torch(allow_cpu):
     """Imports torch and makes its device ready, deterministic."""
     try:
@@ -355,7 +381,7 @@ def start_torch(allow_cpu):
     return torch, dev
 
 
-def paint(torch, dev, w, h, steps, seed, prompt, negative, lap, progress_out):
+def paint(torch, dev, w, h, steps, seed, prompt, negative, lap, progress_out, at=(), preview=None):
     """The task's PNG, and how long its stages took."""
     torch.manual_seed(seed)
     with torch.no_grad():
@@ -363,7 +389,7 @@ def paint(torch, dev, w, h, steps, seed, prompt, negative, lap, progress_out):
         if dev.type == "cuda":
             torch.cuda.synchronize()
         t_scene = lap()
-        img = denoise(torch, dev, target, steps, seed, progress_out)
+        img = denoise(torch, dev, target, steps, seed, progress_out, at, preview)
         t_steps = lap()
         data = png_bytes(torch, img)
         t_png = lap()
@@ -375,13 +401,26 @@ def serve(torch, dev, lap):
     out = sys.stdout.buffer
     progress_out = sys.stdout  # progress shares the answers' stream
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
+
+    def preview(k, img):
+        data = preview_png(torch, img)
+        if data is not None:
+            # progress_out flushes each line, so nothing of it is pending
+            # in the text layer when the frame goes to the buffer.
+            out.write(f"preview {k} {len(data)}\n".encode())
+            out.write(data)
+            out.flush()
+
     for line in sys.stdin:
         if not line.strip():
             continue
         lap()
         try:
-            w, h, steps, seed, prompt, negative = parse_task(json.loads(line))
-            data, timing = paint(torch, dev, w, h, steps, seed, prompt, negative, lap, progress_out)
+            t = json.loads(line)
+            w, h, steps, seed, prompt, negative = parse_task(t)
+            asked = t.get("preview_steps")
+            at = {k for k in asked if isinstance(k, int)} if isinstance(asked, list) else set()
+            data, timing = paint(torch, dev, w, h, steps, seed, prompt, negative, lap, progress_out, at, preview)
         except (ValueError, RuntimeError) as e:  # TaskError, bad JSON, CUDA errors (out of memory)
             if dev.type == "cuda":
                 torch.cuda.empty_cache()

@@ -2,6 +2,10 @@ package node_test
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"runtime"
+	"sync/atomic"
 	"testing"
 
 	"github.com/gpunet/gpunet/kernel"
@@ -38,4 +42,55 @@ func BenchmarkTaskRoundTrip(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// BenchmarkNetworkCacheMiss is the cache lookup a Submit makes before it
+// places a task nobody holds (FetchFromNetwork on a fresh TaskCID) on a
+// swarm of a bootstrap daemon and three hosts, one at a time and 16 at once
+// from one client (issue 14's load). b.N counts lookups.
+//
+//	go test -run '^$' -bench NetworkCacheMiss ./node/
+func BenchmarkNetworkCacheMiss(b *testing.B) {
+	ctx := context.Background()
+	sw, err := swarm.Start(ctx, swarm.Options{Profiles: []string{"h100", "h100", "h100"}, BootstrapDaemon: true})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer sw.Close()
+	c, err := sw.AddClient(ctx)
+	if err != nil {
+		b.Fatal(err)
+	}
+	var seed atomic.Uint64
+	miss := func() error {
+		_, tc, err := protocol.Task{Prompt: "nobody asked for this", Seed: seed.Add(1)}.NormalizeCID()
+		if err != nil {
+			return err
+		}
+		if _, err := c.FetchFromNetwork(ctx, tc, 0); !errors.Is(err, node.ErrNoProvider) {
+			return fmt.Errorf("a task nobody holds: %v, want a miss", err)
+		}
+		return nil
+	}
+	b.Run("serial", func(b *testing.B) {
+		for i := 0; i < b.N; i++ {
+			if err := miss(); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("concurrent16", func(b *testing.B) {
+		// RunParallel starts parallelism × GOMAXPROCS goroutines.
+		b.SetParallelism(max(1, 16/runtime.GOMAXPROCS(0)))
+		cut0 := c.FetchStats().LookupsCut
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				if err := miss(); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		})
+		b.ReportMetric(float64(c.FetchStats().LookupsCut-cut0)/float64(b.N), "cut/op")
+	})
 }

@@ -58,6 +58,24 @@ type Config struct {
 	RedialMin time.Duration
 	RedialMax time.Duration
 
+	// The network the node is in (node/reach, docs/nat.md).
+	//
+	// SwarmKeyFile makes the swarm private: the node connects only to
+	// peers with the same key (Kubo's swarm.key format; `gpunet swarm-key
+	// generate`), over TCP, since QUIC cannot carry a key. Empty: the key
+	// in DATA/swarm.key when that file exists, else the open swarm.
+	SwarmKeyFile string
+	// Reachability is "" (or "auto") to let AutoNAT find out whether
+	// peers can dial this node, or "public" / "private" to say so: an
+	// operator who knows the machine is reachable starts its relay at once.
+	Reachability string
+	// RelayService lets a daemon or host that is publicly reachable relay
+	// for peers behind NAT, with limits raised so that results fit
+	// (reach.RelayResources). Default on: a swarm of volunteers behind
+	// home routers needs someone to relay, and a public node costs little
+	// while no one uses it.
+	RelayService bool
+
 	// Kernel, when set, makes this node a host that serves tasks.
 	Kernel kernel.Kernel
 	// Device is the GPU the kernel runs on (simulated or real); optional.
@@ -169,6 +187,7 @@ func DefaultConfig() Config {
 		MinPeers:          4,
 		RedialMin:         time.Second,
 		RedialMax:         time.Minute,
+		RelayService:      true,
 		Slots:             1,
 		QueueLen:          8,
 		SimulateGPUSpeed:  true,

@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/gpunet/gpunet/node/reach"
 	"github.com/gpunet/gpunet/node/store"
 	"github.com/gpunet/gpunet/protocol"
 	"github.com/gpunet/gpunet/scheduler"
@@ -86,6 +87,9 @@ func (n *Node) Submit(ctx context.Context, task protocol.Task, opts SubmitOption
 	}
 	t, tc, err := task.NormalizeCID()
 	if err != nil {
+		return nil, err
+	}
+	if err := n.checkInputs(t); err != nil {
 		return nil, err
 	}
 	ev := SubmitEvent{TaskCID: tc, Task: t, Submitter: opts.Submitter, Started: start}
@@ -754,7 +758,8 @@ func (n *Node) runAt(ctx context.Context, p peer.ID, t protocol.Task, tc cid.Cid
 		return resultFrom(r, tc, p, CacheMiss), nil
 	}
 	n.ensureAddrs(ctx, p)
-	st, err := n.host.NewStream(ctx, p, libp2pProto(protocol.TaskProtocol))
+	// Through a relay too, when that is how the host is reached (node/reach).
+	st, err := n.host.NewStream(reach.AllowRelayed(ctx), p, libp2pProto(protocol.TaskProtocol))
 	if err != nil {
 		return nil, fmt.Errorf("opening task stream: %w", err)
 	}
@@ -842,7 +847,9 @@ func (n *Node) ensureAddrs(ctx context.Context, p peer.ID) {
 }
 
 // acceptResult verifies a result received from a peer (manifest signature,
-// TaskCID, every block against its CID), stores it and starts providing it.
+// TaskCID, every block against its CID) and stores it. It does not provide
+// it: its host or provider does, and this node only once it serves it to
+// someone (announce.go).
 func (n *Node) acceptResult(ctx context.Context, tc cid.Cid, mbytes []byte, blocks [][]byte, from peer.ID) (*Result, error) {
 	m, err := protocol.DecodeManifest(mbytes)
 	if err != nil {
@@ -862,7 +869,6 @@ func (n *Node) acceptResult(ctx context.Context, tc cid.Cid, mbytes []byte, bloc
 	if _, err := n.store.PutVerified(ctx, m, mbytes, blocks); err != nil {
 		return nil, fmt.Errorf("storing result: %w", err)
 	}
-	n.provideResult(tc)
 	res := &Result{TaskCID: tc, ResultCID: protocol.ManifestCID(mbytes), Manifest: m, Blocks: blocks, Provider: from, Cache: CacheNetwork}
 	res.Host, _ = peer.Decode(m.Host)
 	return res, nil

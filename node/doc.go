@@ -11,8 +11,11 @@
 // DHT), gossip.go and beacon.go (load and heat), serve.go (the inbound task
 // protocol) with fairqueue.go and admission.go (its fair queue and rate
 // limits), dispatch.go (outbound: Submit) with waitroom.go (where a
-// saturated swarm's tasks wait), status.go (what the local API reports).
-// Sub-packages: store (content-addressed results), localapi (the HTTP API
+// saturated swarm's tasks wait), fetch.go (results from any peer that holds
+// them) with announce.go (who provides a result on the DHT), status.go (what
+// the local API reports).
+// Sub-packages: store (content-addressed results), providers (the DHT's
+// provider records on disk), localapi (the HTTP API
 // and its client), metrics (Prometheus), web (the dashboard), nodeconf (the
 // config file) and swarm (nodes on loopback). localapi, metrics and web
 // import node and reach it through Observer and small Source interfaces of

@@ -10,26 +10,46 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/gpunet/gpunet/node/reach"
 	"github.com/gpunet/gpunet/node/store"
 	"github.com/gpunet/gpunet/protocol"
 	"github.com/ipfs/go-cid"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/routing"
 	"golang.org/x/time/rate"
 )
 
 // DefaultNetworkCacheBound bounds the DHT provider lookup a submitter makes
-// before it schedules a task: how long a cache miss may cost at most.
+// before it schedules a task when no DHT peer answers it at all: how long a
+// cache miss may cost at most.
 //
-// A miss usually ends sooner, when the lookup converges with no provider:
-// on a loopback swarm that takes about a millisecond (docs/cache.md has the
-// figures and the command). On real networks a lookup that will find a
-// provider in a private DHT of a few hundred peers does so in one or two
-// rounds (α = 10 queries in parallel, k = 20), a few round trips including
-// dials: 100–400 ms at continental latencies. Past 500 ms a lookup is far
-// more likely to be a miss that has not converged, and 500 ms is at most
-// 5% of a generation that takes 10 s on a GPU.
+// A miss usually ends far sooner: when the lookup converges with no
+// provider, or at the grace after the first answer (DefaultNetworkCacheGrace).
+// The bound is for a lookup whose every peer is slow: on real networks a
+// lookup in a private DHT of a few hundred peers gets its first answers in a
+// round trip or two including dials, 100–400 ms at continental latencies;
+// past 500 ms the lookup is far more likely a miss stuck on unreachable
+// peers, and 500 ms is at most 5% of a generation that takes 10 s on a GPU.
 const DefaultNetworkCacheBound = 500 * time.Millisecond
+
+// DefaultNetworkCacheGrace is how long a provider lookup goes on after the
+// first DHT peer answered it before a miss stops waiting: the lookup is then
+// cut, so a miss never waits on peers that are slow, loaded or gone.
+//
+// The first round asks α = 10 peers at once; a provider record lives on the
+// k = 20 peers closest to its key, which that round reaches in a swarm whose
+// routing tables hold them, so a lookup that will find a provider usually
+// has one in the first answers, or in those of peers about as fast. 5 ms is
+// several loopback or LAN round trips. On links whose round trips differ by
+// more than that, a provider known only to the slower peers is missed and the
+// task is computed again, which costs a GPU more than waiting would; a grace
+// that follows the measured round trips would suit such swarms better
+// (docs/cache.md). A grace of one round trip of the first answer was tried:
+// on loopback under load the first answer is slow for want of CPU, not of
+// network, and that grace doubled the wait for nothing (p99 of 16 concurrent
+// misses 40–130 ms against 23–60 ms with 5 ms).
+const DefaultNetworkCacheGrace = 5 * time.Millisecond
 
 // Fetch service limits. They are not in Config because no deployment has
 // needed to tune them; each says why it is what it is.
@@ -77,7 +97,7 @@ const (
 	badProvidersMax = 1024
 
 	// ReprovideInterval is how often a node provides again the TaskCID of
-	// every result it stores. The DHT drops a provider record after 48 h
+	// every result it stores and serves (announce.go). The DHT drops a provider record after 48 h
 	// and the provider's addresses with it after 24 h (kad-dht's amino
 	// defaults); every 12 h keeps both fresh with one failed round to
 	// spare, and re-announces results to the peers that are now closest
@@ -106,6 +126,10 @@ type FetchStats struct {
 	Refused     uint64 `json:"refused"`      // bad requests, rate limited, busy
 	Fetched     uint64 `json:"fetched"`      // results this node fetched and verified
 	BadProvider uint64 `json:"bad_provider"` // providers caught sending bad data
+	// LookupsCut counts provider lookups this node stopped early: nothing
+	// found within the grace after the first peer answered (a miss that
+	// did not wait for slow peers).
+	LookupsCut uint64 `json:"lookups_cut"`
 }
 
 // fetcher is both ends of /gpunet/fetch/1.0.0 for one node, and the loop
@@ -121,7 +145,7 @@ type fetcher struct {
 	bad     map[peer.ID]time.Time // provider -> when it may be asked again
 	handles sync.WaitGroup        // running handlers; Add under mu
 
-	served, notFound, refused, fetched, badProvider atomic.Uint64
+	served, notFound, refused, fetched, badProvider, lookupsCut atomic.Uint64
 }
 
 // startFetch serves /gpunet/fetch/1.0.0 from the node's store and starts
@@ -161,7 +185,7 @@ func (n *Node) FetchStats() FetchStats {
 		return FetchStats{}
 	}
 	return FetchStats{Served: f.served.Load(), NotFound: f.notFound.Load(), Refused: f.refused.Load(),
-		Fetched: f.fetched.Load(), BadProvider: f.badProvider.Load()}
+		Fetched: f.fetched.Load(), BadProvider: f.badProvider.Load(), LookupsCut: f.lookupsCut.Load()}
 }
 
 // close waits for running handlers, so none reads the store after Node.Close
@@ -227,6 +251,10 @@ func (f *fetcher) handle(st network.Stream) {
 	}
 	c := req.CID.Cid
 	log = log.With("cid", c)
+	if c.Prefix().Codec == cid.Raw {
+		f.serveBlock(st, c, log, refuse)
+		return
+	}
 	res, err := f.lookup(c)
 	switch {
 	case errors.Is(err, store.ErrNotFound), errors.Is(err, protocol.ErrBadCID):
@@ -244,6 +272,9 @@ func (f *fetcher) handle(st network.Stream) {
 	}
 	f.served.Add(1)
 	log.Debug("fetch served", "result", res.CID)
+	// Someone asked this node for it: it serves it, so it provides it
+	// (announce.go).
+	f.n.announce(res.Manifest)
 }
 
 // lookup reads the result c names, a TaskCID or a ResultCID, verified.
@@ -321,18 +352,20 @@ func (f *fetcher) markBad(p peer.ID, now time.Time) {
 
 // FetchFromNetwork looks for a peer that holds taskCID's result and fetches
 // it. It asks the DHT for providers for at most bound (0 means
-// DefaultNetworkCacheBound), skips itself and providers that recently sent
-// bad data, and asks providers as they are found: one at a time, with a
+// DefaultNetworkCacheBound), and stops asking sooner when no provider has
+// turned up within the grace after the first DHT peer answered
+// (DefaultNetworkCacheGrace). It skips itself and providers that recently
+// sent bad data, and asks providers as they are found: one at a time, with a
 // second asked too when the first has not answered within a short hedge
 // delay. The first result that verifies wins (manifest signature, TaskCID,
-// every block against its CID); it is stored, provided on the DHT, and
-// returned with Cache set to CacheNetwork and Provider to the peer that sent
-// it. A provider that sends data that fails verification is not asked again
-// for some minutes.
+// every block against its CID); it is stored and returned with Cache set to
+// CacheNetwork and Provider to the peer that sent it. This node does not
+// provide it until it serves it to someone (announce.go). A provider that
+// sends data that fails verification is not asked again for some minutes.
 //
 // It returns an error wrapping ErrNoProvider on a miss: no provider found
-// within bound, or none that answered with a valid result. A fetch already
-// under way when bound passes is allowed to finish.
+// within bound or the grace, or none that answered with a valid result. A
+// fetch already under way when the lookup stops is allowed to finish.
 func (n *Node) FetchFromNetwork(ctx context.Context, taskCID cid.Cid, bound time.Duration) (*Result, error) {
 	start := time.Now()
 	f := n.fetcher()
@@ -352,6 +385,9 @@ func (n *Node) FetchFromNetwork(ctx context.Context, taskCID cid.Cid, bound time
 	defer cancel()
 	lookupCtx, cancelLookup := context.WithTimeout(ctx, bound)
 	defer cancelLookup()
+	// The lookup's events say when the first DHT peer answered. They must
+	// be read as they come: the DHT blocks on sending each one.
+	lookupCtx, events := routing.RegisterForQueryEvents(lookupCtx)
 	providers := n.dht.FindProvidersAsync(lookupCtx, taskCID, fetchMaxProviders)
 
 	type outcome struct {
@@ -366,11 +402,18 @@ func (n *Node) FetchFromNetwork(ctx context.Context, taskCID cid.Cid, bound time
 		inFlight int
 		hedge    *time.Timer
 		hedgeC   <-chan time.Time
+		grace    *time.Timer // from the first answer of a DHT peer
+		graceC   <-chan time.Time
+		found    bool // a provider other than this node was named
+		cut      bool // the grace ended the lookup
 		errs     []error
 	)
 	defer func() {
 		if hedge != nil {
 			hedge.Stop()
+		}
+		if grace != nil {
+			grace.Stop()
 		}
 	}()
 	launch := func(p peer.ID) {
@@ -419,6 +462,9 @@ func (n *Node) FetchFromNetwork(ctx context.Context, taskCID cid.Cid, bound time
 		case ai, ok := <-providers:
 			if !ok {
 				providers = nil
+				if cut && errors.Is(lookupCtx.Err(), context.Canceled) {
+					f.lookupsCut.Add(1) // the lookup ended at the cut, not by itself
+				}
 				continue
 			}
 			if seen[ai.ID] {
@@ -432,7 +478,25 @@ func (n *Node) FetchFromNetwork(ctx context.Context, taskCID cid.Cid, bound time
 			if len(ai.Addrs) > 0 {
 				n.host.Peerstore().AddAddrs(ai.ID, ai.Addrs, 10*time.Minute)
 			}
+			found = true
 			queue = append(queue, ai.ID)
+		case ev, ok := <-events:
+			if !ok {
+				events = nil
+				continue
+			}
+			if ev.Type == routing.PeerResponse && grace == nil {
+				grace = time.NewTimer(DefaultNetworkCacheGrace)
+				graceC = grace.C
+			}
+		case <-graceC:
+			graceC = nil
+			if !found {
+				// Nothing within the grace after the first answer: a miss.
+				// Attempts under way, if any, are not affected.
+				cut = true
+				cancelLookup()
+			}
 		case o := <-outcomes:
 			inFlight--
 			if o.err == nil {
@@ -466,7 +530,7 @@ func isBadData(err error) bool {
 func (n *Node) fetchFrom(ctx context.Context, p peer.ID, taskCID cid.Cid) (*Result, error) {
 	ctx, cancel := context.WithTimeout(ctx, fetchAttemptTimeout)
 	defer cancel()
-	st, err := n.host.NewStream(ctx, p, libp2pProto(protocol.FetchProtocol))
+	st, err := n.host.NewStream(reach.AllowRelayed(ctx), p, libp2pProto(protocol.FetchProtocol))
 	if err != nil {
 		return nil, fmt.Errorf("opening fetch stream: %w", err)
 	}
@@ -515,8 +579,9 @@ func (n *Node) fetchFrom(ctx context.Context, p peer.ID, taskCID cid.Cid) (*Resu
 	return nil, fmt.Errorf("%w: more blocks than a manifest may name", errBadProvider)
 }
 
-// reprovideLoop provides every stored TaskCID at start and then every
-// ReprovideInterval, so results stay findable past the DHT's record
+// reprovideLoop provides the TaskCID of every stored result this node
+// serves (announce.go: made here, pinned or announced) at start and then
+// every ReprovideInterval, so results stay findable past the DHT's record
 // lifetime and after a restart. Until a round succeeds it retries quickly,
 // like advertiseLoop: a node that just started may have no DHT peer yet.
 // When the node's context ends it closes the fetch service.
@@ -533,7 +598,8 @@ func (f *fetcher) reprovideLoop() {
 	})
 }
 
-// reprovide provides the TaskCID of every stored result once. It fails only
+// reprovide provides the TaskCID of every stored result this node serves
+// once, and forgets announcements of results it no longer holds. It fails only
 // if some provides failed and none succeeded: a provide stores the record
 // locally before it looks for peers, so partial failure means the DHT is
 // reachable and the next round will catch up.
@@ -542,9 +608,16 @@ func (f *fetcher) reprovide(ctx context.Context) (int, error) {
 	if !n.reachable() {
 		return 0, nil
 	}
-	entries, err := n.store.List(ctx)
+	held, err := n.store.List(ctx)
 	if err != nil {
 		return 0, fmt.Errorf("listing stored results: %w", err)
+	}
+	n.forgetEvicted(ctx, held)
+	var entries []store.Entry
+	for _, e := range held {
+		if n.reprovides(ctx, e) {
+			entries = append(entries, e)
+		}
 	}
 	if len(entries) == 0 {
 		return 0, nil

@@ -28,7 +28,8 @@ import (
 )
 
 // TestNetworkHitFromAnotherClient: a result client A had computed is fetched
-// by client B from a peer that holds it, A or the host, without a kernel run.
+// by client B from the host that made it, the one peer that provides it (A
+// got it straight from the host and does not), without a kernel run.
 func TestNetworkHitFromAnotherClient(t *testing.T) {
 	sw := startSwarm(t, "rtx4090", "a100")
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
@@ -47,8 +48,8 @@ func TestNetworkHitFromAnotherClient(t *testing.T) {
 	if got.Cache != node.CacheNetwork {
 		t.Errorf("cache %q, want %q", got.Cache, node.CacheNetwork)
 	}
-	if got.Provider != a.ID() && got.Provider != first.Host {
-		t.Errorf("provider %s: neither client A %s nor the host %s", got.Provider, a.ID(), first.Host)
+	if got.Provider != first.Host {
+		t.Errorf("provider %s, want the host %s (client A %s must not provide what its host provides)", got.Provider, first.Host, a.ID())
 	}
 	if got.Host != first.Host || !got.ResultCID.Equals(first.ResultCID) || !bytes.Equal(got.Blocks[0], first.Blocks[0]) {
 		t.Errorf("fetched result %s from host %s differs from the computed %s from %s", got.ResultCID, got.Host, first.ResultCID, first.Host)
@@ -56,7 +57,8 @@ func TestNetworkHitFromAnotherClient(t *testing.T) {
 	if after, _ := kernelRuns(sw); after != runs {
 		t.Errorf("kernel runs went from %d to %d on a network hit", runs, after)
 	}
-	// B verified and stored it: now a local hit, and B serves it too.
+	// B verified and stored it: now a local hit, and B serves it too if
+	// asked.
 	if !b.Store().Has(ctx, first.TaskCID) {
 		t.Error("fetched result not stored")
 	}
@@ -72,9 +74,10 @@ func TestNetworkHitFromAnotherClient(t *testing.T) {
 	}
 }
 
-// TestStoredResultsAreProvidedAtStart: a node that starts with results in
-// its store provides them, so others find them though no one computed or
-// fetched them in this run.
+// TestStoredResultsAreProvidedAtStart: a node that starts with a pinned
+// result in its store provides it, so others find it though no one computed
+// or fetched it in this run. (Results it neither made, pinned nor served are
+// its makers' to provide: TestOnlyTheServingNodeProvides.)
 func TestStoredResultsAreProvidedAtStart(t *testing.T) {
 	sw := startSwarm(t, "rtx4090")
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
@@ -86,6 +89,9 @@ func TestStoredResultsAreProvidedAtStart(t *testing.T) {
 		t.Fatal(err)
 	}
 	if _, err := s.Put(ctx, fx.manifest, fx.blocks); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Pin(ctx, fx.task); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.Close(); err != nil {
@@ -174,9 +180,8 @@ func TestBadProviderIsSkipped(t *testing.T) {
 		t.Errorf("bad provider asked again (%d times in all)", n)
 	}
 
-	// With only the bad provider left (the good one stops serving, and B,
-	// which provides what it fetched, leaves), a new client refuses the
-	// bad data: a miss.
+	// With only the bad provider left (the good one stops serving, and B
+	// leaves), a new client refuses the bad data: a miss.
 	good.h.RemoveStreamHandler(lp2pproto.ID(protocol.FetchProtocol))
 	if err := b.Close(); err != nil {
 		t.Fatal(err)
@@ -231,7 +236,7 @@ func TestFetchRefusesMalformedRequests(t *testing.T) {
 		{"not CBOR", frame([]byte("give me everything")), protocol.CodeBadRequest},
 		{"truncated frame", append(binary.AppendUvarint(nil, 100), 1, 2, 3), protocol.CodeBadRequest},
 		{"empty stream", nil, protocol.CodeBadRequest},
-		{"raw block CID", frame(req(held.Manifest.Outputs[0].CID.Cid)), protocol.CodeBadRequest},
+		{"raw block CID, not held", frame(req(protocol.RawCID([]byte("nobody has this")))), protocol.CodeNotFound},
 		{"CIDv0", frame(req(v0)), protocol.CodeBadRequest},
 		{"a task request", frame(taskReq), protocol.CodeBadRequest},
 		{"unknown TaskCID", frame(req(uc)), protocol.CodeNotFound},
@@ -243,6 +248,12 @@ func TestFetchRefusesMalformedRequests(t *testing.T) {
 				t.Errorf("got %s/%s (%s), want error/%s", e.Type, e.Code, e.Message, tc.code)
 			}
 		})
+	}
+
+	// A raw block's CID (since 1.2: a task's input image, or any output)
+	// is answered with that one block.
+	if e := rawFetch(t, ctx, raw.h, a.ID(), frame(req(held.Manifest.Outputs[0].CID.Cid))); e.Type != protocol.EventBlock || !bytes.Equal(e.Data, held.Blocks[0]) {
+		t.Errorf("fetch by block CID: %s/%s, want the block", e.Type, e.Code)
 	}
 
 	// By TaskCID and by ResultCID, the answer is the result's blocks, then

@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/gpunet/gpunet/node/providers"
+	"github.com/gpunet/gpunet/node/reach"
 	"github.com/gpunet/gpunet/node/store"
 	"github.com/gpunet/gpunet/protocol"
 	"github.com/gpunet/gpunet/scheduler"
@@ -29,7 +31,6 @@ import (
 	quic "github.com/libp2p/go-libp2p/p2p/transport/quic"
 	"github.com/libp2p/go-libp2p/p2p/transport/tcp"
 	ma "github.com/multiformats/go-multiaddr"
-	"github.com/prometheus/client_golang/prometheus"
 )
 
 // mdnsService is the mDNS service name gpunet peers look for.
@@ -45,6 +46,12 @@ type Node struct {
 	store *store.Store
 	mdns  interface{ Close() error }
 	bw    *metrics.BandwidthCounter
+	reach *reach.Tracker // reachability; set with the host
+
+	// prov holds the DHT's provider records and the results this node
+	// announces (announce.go); closed after the DHT.
+	prov       *providers.Store
+	announceMu sync.Mutex // makes announce's check-then-provide atomic
 
 	serve *server // nil unless cfg.Kernel is set
 	// own is this host's latest beacon, so that its own submissions can
@@ -151,8 +158,11 @@ func (n *Node) start(ctx context.Context) (err error) {
 	if err != nil {
 		return fmt.Errorf("opening results store in %s: %w", dir, err)
 	}
+	if n.prov, err = providers.Open(filepath.Join(dir, "dht"), n.log.With("sub", "providers")); err != nil {
+		return err
+	}
 	n.bw = metrics.NewBandwidthCounter()
-	if n.host, err = newHost(n.key, cfg.ListenAddrs, n.bw, cfg.MetricsRegisterer, n.log); err != nil {
+	if n.host, n.reach, err = newHost(n.key, cfg, dir, n.bw, n.log); err != nil {
 		return err
 	}
 	mode := dht.ModeClient
@@ -162,6 +172,9 @@ func (n *Node) start(ctx context.Context) (err error) {
 	n.dht, err = dht.New(n.host,
 		dht.Mode(mode),
 		dht.ProtocolPrefix(protocol.DHTPrefix),
+		// An ordered store: a lookup is a seek, not a scan of every record
+		// under a lock (node/providers, issue 14).
+		dht.ProviderDatastore(n.prov.Datastore()),
 		dht.NamespacedValidator(protocol.CapacityNamespace, protocol.CapacityValidator{}),
 		// A private network has no public bootstrappers to fall back on.
 		dht.BootstrapPeers(),
@@ -207,7 +220,10 @@ func (n *Node) start(ctx context.Context) (err error) {
 
 // newHost builds the libp2p host: TCP and QUIC, Noise and TLS, and a
 // resource manager with explicit limits for gpunet's own protocols (the
-// defaults reset concurrent streams past 75 per protocol per peer).
+// defaults reset concurrent streams past 75 per protocol per peer); then
+// what node/reach adds for the network the node is in: a swarm key (TCP
+// only), AutoNAT, a relay service once public, AutoRelay once private,
+// and the reachability tracker that Status reads.
 //
 // One process per listen port: TCP listens without SO_REUSEPORT, which
 // go-libp2p sets by default so that dials leave from the listen port; with
@@ -217,23 +233,52 @@ func (n *Node) start(ctx context.Context) (err error) {
 // shares its one UDP socket in-process (quicreuse opens it with a plain
 // net.ListenUDP, which a second process cannot bind).
 //
-// reg, when set, takes go-libp2p's own metrics in place of the global
-// registry. libp2p.New registers the resource manager's collectors on it
-// too (rcmgr.MustRegisterWith), and the resource manager feeds them
-// through the StatsTraceReporter it adds unless its metrics are disabled,
-// so nothing more is needed here; node/metrics' test checks that the
-// libp2p_rcmgr_ families arrive. go-libp2p's collectors are package
+// cfg.MetricsRegisterer, when set, takes go-libp2p's own metrics in place
+// of the global registry. libp2p.New registers the resource manager's
+// collectors on it too (rcmgr.MustRegisterWith), and the resource manager
+// feeds them through the StatsTraceReporter it adds unless its metrics are
+// disabled, so nothing more is needed here; node/metrics' test checks that
+// the libp2p_rcmgr_ families arrive. go-libp2p's collectors are package
 // variables shared by every host in the process: several nodes in one
 // process (the tests, the demo) may each have their own registry without a
 // clash, but each shows the process's totals; a daemon runs one node.
-func newHost(key crypto.PrivKey, listen []string, bw metrics.Reporter, reg prometheus.Registerer, log *slog.Logger) (host.Host, error) {
-	addrs := make([]ma.Multiaddr, 0, len(listen))
-	for _, s := range listen {
+//
+// dir is the node's data directory (its temporary one when ephemeral),
+// where swarm.key is looked for when cfg.SwarmKeyFile is empty.
+func newHost(key crypto.PrivKey, cfg Config, dir string, bw metrics.Reporter, log *slog.Logger) (host.Host, *reach.Tracker, error) {
+	addrs := make([]ma.Multiaddr, 0, len(cfg.ListenAddrs))
+	for _, s := range cfg.ListenAddrs {
 		a, err := ma.NewMultiaddr(s)
 		if err != nil {
-			return nil, fmt.Errorf("listen address %q: %w", s, err)
+			return nil, nil, fmt.Errorf("listen address %q: %w", s, err)
 		}
 		addrs = append(addrs, a)
+	}
+	rs := reach.Settings{
+		// A one-shot client (a DHT client) dials out and leaves: it has
+		// nothing to relay and no one needs to dial it.
+		Serve:        cfg.DHTServer && len(addrs) > 0,
+		RelayService: cfg.RelayService,
+		Log:          log.With("sub", "reach"),
+	}
+	var err error
+	if rs.Force, err = reach.ParseReachability(cfg.Reachability); err != nil {
+		return nil, nil, err
+	}
+	if path := reach.SwarmKeyPath(cfg.SwarmKeyFile, dir); path != "" {
+		if rs.PSK, err = reach.LoadSwarmKey(path); err != nil {
+			return nil, nil, err
+		}
+		log.Info("private swarm: only peers with this swarm key can connect", "key", path)
+	}
+	if len(cfg.Bootstrap) > 0 {
+		// Bootstrap peers are the first relay candidates; a malformed one
+		// is connectBootstrap's to report.
+		rs.Relays, _ = ParseAddrInfos(cfg.Bootstrap)
+	}
+	plan, err := reach.NewPlan(rs, addrs)
+	if err != nil {
+		return nil, nil, err
 	}
 	limits := rcmgr.DefaultLimits
 	libp2p.SetDefaultServiceLimits(&limits)
@@ -245,12 +290,11 @@ func newHost(key crypto.PrivKey, listen []string, bw metrics.Reporter, reg prome
 	}
 	rm, err := rcmgr.NewResourceManager(rcmgr.NewFixedLimiter(limits.AutoScale()))
 	if err != nil {
-		return nil, fmt.Errorf("resource manager: %w", err)
+		return nil, nil, fmt.Errorf("resource manager: %w", err)
 	}
 	opts := []libp2p.Option{
 		libp2p.Identity(key),
 		libp2p.Transport(tcp.NewTCPTransport, tcp.DisableReuseport()),
-		libp2p.Transport(quic.NewTransport),
 		libp2p.Security(noise.ID, noise.New),
 		libp2p.Security(libp2ptls.ID, libp2ptls.New),
 		libp2p.ResourceManager(rm),
@@ -261,18 +305,28 @@ func newHost(key crypto.PrivKey, listen []string, bw metrics.Reporter, reg prome
 		// errors' causes, so a port taken on one transport would pass.
 		libp2p.NoListenAddrs,
 	}
-	if reg != nil {
-		opts = append(opts, libp2p.PrometheusRegisterer(reg))
+	if plan.QUIC {
+		opts = append(opts, libp2p.Transport(quic.NewTransport))
 	}
-	h, err := libp2p.New(opts...)
+	if cfg.MetricsRegisterer != nil {
+		opts = append(opts, libp2p.PrometheusRegisterer(cfg.MetricsRegisterer))
+	}
+	h, err := libp2p.New(append(opts, plan.Options...)...)
 	if err != nil {
-		return nil, fmt.Errorf("starting libp2p host: %w", err)
+		return nil, nil, fmt.Errorf("starting libp2p host: %w", err)
 	}
-	if err := listenAll(h, addrs, log); err != nil {
+	plan.Attach(h)
+	tr, err := reach.NewTracker(h, rs)
+	if err != nil {
 		h.Close()
-		return nil, err
+		return nil, nil, fmt.Errorf("following reachability: %w", err)
 	}
-	return h, nil
+	if err := listenAll(h, plan.Listen, log); err != nil {
+		tr.Close()
+		h.Close()
+		return nil, nil, err
+	}
+	return h, tr, nil
 }
 
 // listenAll listens on every address. A port in use fails at once, since
@@ -338,7 +392,7 @@ func (n *Node) connectBootstrap(ctx context.Context, addrs []string) error {
 		err := n.host.Connect(cctx, ai)
 		cancel()
 		if err != nil {
-			errs = append(errs, fmt.Errorf("%s: %w", ai.ID, err))
+			errs = append(errs, fmt.Errorf("%s: %w", ai.ID, reach.ExplainDialError(err, n.reach.Info().PrivateSwarm)))
 			continue
 		}
 		ok++
@@ -469,6 +523,10 @@ func (n *Node) Close() error {
 	}
 	if n.dht != nil {
 		errs = append(errs, n.dht.Close())
+	}
+	errs = append(errs, n.prov.Close()) // after the DHT, which flushes into it
+	if n.reach != nil {
+		errs = append(errs, n.reach.Close())
 	}
 	if n.host != nil {
 		errs = append(errs, n.host.Close())

@@ -119,7 +119,10 @@ func poke(ch chan struct{}) {
 type flight struct {
 	task    protocol.Task
 	taskCID cid.Cid
-	done    chan struct{} // closed when res or err is set
+	// from is the peer whose request made the flight: the one that holds
+	// the task's input images.
+	from peer.ID
+	done chan struct{} // closed when res or err is set
 	// ctx is the computation's; cancel stops it once nobody waits for it.
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -213,8 +216,8 @@ func (s *server) handle(st network.Stream) {
 		refuse(badRequest(err))
 		return
 	}
-	if !serves(s.n.cfg.Kernel, req.Task.Model) {
-		refuse(&protocol.RemoteError{Code: protocol.CodeUnsupportedModel, Message: fmt.Sprintf("this host serves %v", s.n.cfg.Kernel.Models())})
+	if re := canRun(s.n.cfg.Kernel, req.Task); re != nil {
+		refuse(re)
 		return
 	}
 	if tc, err = req.Task.CID(); err != nil {
@@ -261,6 +264,7 @@ func (s *server) handle(st network.Stream) {
 	s.n.stats.served.Add(1)
 	if cached {
 		s.n.stats.servedCached.Add(1)
+		s.n.announce(res.Manifest) // re-served to another peer (announce.go)
 	}
 	ev := ServedEvent{TaskCID: tc, Peer: remote, Cached: cached, Elapsed: time.Since(start)}
 	if f != nil {
@@ -287,8 +291,8 @@ var errClientGone = errors.New("client stopped reading")
 // gets the events a stream would carry, up to previews preview events among
 // them.
 func (s *server) local(ctx context.Context, t protocol.Task, tc cid.Cid, noCache bool, submitter string, previews int, onEvent func(protocol.Event)) (*store.Result, error) {
-	if !serves(s.n.cfg.Kernel, t.Model) {
-		return nil, &protocol.RemoteError{Code: protocol.CodeUnsupportedModel, Message: fmt.Sprintf("this host serves %v", s.n.cfg.Kernel.Models())}
+	if re := canRun(s.n.cfg.Kernel, t); re != nil {
+		return nil, re
 	}
 	start := time.Now()
 	self := s.n.host.ID()
@@ -517,7 +521,7 @@ func (s *server) admitPreviews(from peer.ID, submitter string, previews int, t p
 	if ok, retry := s.limiter.take(from, time.Now()); !ok {
 		return nil, &protocol.RemoteError{Code: protocol.CodeRateLimited, Message: "too many tasks from you", RetryAfter: retry}
 	}
-	f := &flight{task: t, taskCID: tc, done: make(chan struct{}), listeners: map[chan protocol.Event]struct{}{}, waiters: 1, previews: previews}
+	f := &flight{task: t, taskCID: tc, from: from, done: make(chan struct{}), listeners: map[chan protocol.Event]struct{}{}, waiters: 1, previews: previews}
 	f.ctx, f.cancel = context.WithCancel(s.n.ctx)
 	s.flights[tc] = f
 	s.queue.push(fairKey{from.String(), submitter}, f)
@@ -621,6 +625,16 @@ func (s *server) finish(f *flight, res *store.Result, err error) {
 // compute runs the kernel for f, then stores and provides the result.
 func (s *server) compute(f *flight) (*store.Result, error) {
 	n := s.n
+	// Input images are fetched as the task starts, not at admission, so
+	// a task refused or cancelled in the queue costs no transfer; the slot
+	// waits for them, the GPU's heat and the kernel's time do not count it.
+	var in kernel.Inputs
+	if len(f.task.Inputs) > 0 {
+		var err error
+		if in, err = n.taskInputs(f.ctx, f.task, f.from); err != nil {
+			return nil, err
+		}
+	}
 	// The GPU is loaded from the start of the first step to the end of the
 	// last; encoding the outputs afterwards is the CPU's work.
 	lt, _ := s.dev.(loadTracker)
@@ -646,18 +660,30 @@ func (s *server) compute(f *flight) (*store.Result, error) {
 	start := time.Now()
 	f.started = start
 	run := n.cfg.Kernel.Run
+	var at []int
+	var preview kernel.PreviewFunc
+	if previews > 0 {
+		at = kernel.PreviewSteps(int(f.task.Steps), previews)
+		preview = func(step int, png []byte) {
+			// A kernel's contract caps a preview, but the host vouches for
+			// what it sends: one over the cap would fail the client's
+			// decoder and with it the task.
+			if len(png) == 0 || len(png) > protocol.MaxPreviewBytes || step < 0 || step > int(f.task.Steps) {
+				return
+			}
+			f.broadcast(protocol.Event{Type: protocol.EventPreview, Data: png, Step: uint32(step), Total: f.task.Steps})
+		}
+	}
 	if pk, ok := n.cfg.Kernel.(kernel.Previewer); ok && previews > 0 {
-		at := kernel.PreviewSteps(int(f.task.Steps), previews)
 		run = func(ctx context.Context, t protocol.Task, progress kernel.Progress) ([]kernel.Output, error) {
-			return pk.RunWithPreviews(ctx, t, progress, at, func(step int, png []byte) {
-				// A kernel's contract caps a preview, but the host vouches
-				// for what it sends: one over the cap would fail the
-				// client's decoder and with it the task.
-				if len(png) == 0 || len(png) > protocol.MaxPreviewBytes || step < 0 || step > int(f.task.Steps) {
-					return
-				}
-				f.broadcast(protocol.Event{Type: protocol.EventPreview, Data: png, Step: uint32(step), Total: f.task.Steps})
-			})
+			return pk.RunWithPreviews(ctx, t, progress, at, preview)
+		}
+	}
+	if len(f.task.Inputs) > 0 {
+		// canRun admitted the task only for an Editor.
+		ek, _ := n.cfg.Kernel.(kernel.Editor)
+		run = func(ctx context.Context, t protocol.Task, progress kernel.Progress) ([]kernel.Output, error) {
+			return ek.Edit(ctx, t, in, progress, at, preview)
 		}
 	}
 	outs, err := run(f.ctx, f.task, func(step, total int) {

@@ -6,6 +6,7 @@ import (
 	"sort"
 	"time"
 
+	"github.com/gpunet/gpunet/node/reach"
 	"github.com/gpunet/gpunet/protocol"
 )
 
@@ -64,6 +65,10 @@ type Status struct {
 	ViewPeers   int    `json:"view_peers"`
 	BeaconsSent uint64 `json:"beacons_sent,omitempty"`
 	BeaconBytes uint64 `json:"beacon_bytes,omitempty"`
+	// Reach says whether peers can dial this node (public, private,
+	// unknown, and who said so), with its confirmed and relay addresses,
+	// and whether it is in a private swarm (docs/nat.md).
+	Reach reach.Info `json:"reach"`
 }
 
 // CacheStats summarises the results store.
@@ -118,6 +123,7 @@ func (n *Node) Status(ctx context.Context) Status {
 		n.serve.mu.Unlock()
 	}
 	s.Fetch = n.FetchStats()
+	s.Reach = n.reach.Info()
 	s.ViewPeers = len(n.View())
 	s.BeaconsSent, s.BeaconBytes = n.stats.beaconsSent.Load(), n.stats.beaconBytes.Load()
 	st := n.store.Stats()

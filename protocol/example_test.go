@@ -60,9 +60,42 @@ func workedExample(t *testing.T) string {
 	}
 	fmt.Fprintf(&b, "normalised: %s\n", mustJSON(t, n2))
 	fmt.Fprintf(&b, "canonical encoding (%d bytes):\n%s\n", len(enc2), hex.EncodeToString(enc2))
-	fmt.Fprintf(&b, "TaskCID: %s\n", c2)
+	fmt.Fprintf(&b, "TaskCID: %s\n\n", c2)
+
+	fmt.Fprintf(&b, "== 3. An input image (an edit, since 1.2)\n\n")
+	img, err := hex.DecodeString(exampleInputPNG)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ic := RawCID(img)
+	fmt.Fprintf(&b, "input image: a 2x2 PNG (%d bytes):\n%s\n", len(img), exampleInputPNG)
+	fmt.Fprintf(&b, "its CID (raw block): %s\n", ic)
+	fmt.Fprintf(&b, "its CID bytes: %s\n", hex.EncodeToString(ic.Bytes()))
+	in3 := Task{Prompt: "a quiet harbour at dusk, as a watercolour", Seed: 42, Inputs: []Link{{ic}}, Params: map[string]string{"strength": "0.6"}}
+	n3 := mustNormalize(t, in3)
+	enc3 := mustEncode(t, n3)
+	c3, err := n3.CID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintf(&b, "normalised: %s\n", mustJSON(t, n3))
+	fmt.Fprintf(&b, "canonical encoding (%d bytes):\n%s\n", len(enc3), hex.EncodeToString(enc3))
+	fmt.Fprintf(&b, "annotated:\n%s", annotateMap(t, enc3))
+	fmt.Fprintf(&b, "TaskCID: %s\n", c3)
+	img[len(img)-20] ^= 1 // one bit of the image data, as a changed pixel would
+	n3.Inputs = []Link{{RawCID(img)}}
+	c4, err := n3.CID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintf(&b, "the same task with one bit of the image changed: TaskCID %s\n", c4)
 	return b.String()
 }
+
+// exampleInputPNG is a 2x2 PNG (red, green; blue, white), written once by
+// Go's image/png and kept as bytes: the example must not depend on an
+// encoder's version.
+const exampleInputPNG = "89504e470d0a1a0a0000000d4948445200000002000000020802000000fdd49a730000001b49444154789c623aa1a1a17142834143e3c4870f1f00010000ffff223a061b67eb3fd80000000049454e44ae426082"
 
 func mustJSON(t *testing.T, v any) string {
 	b, err := json.Marshal(v)
@@ -78,7 +111,7 @@ func inputJSON(t *testing.T, in Task) string {
 	if in.Seed != 0 {
 		m["seed"] = in.Seed
 	}
-	if in.Model != "" || in.NegativePrompt != "" || in.Steps != 0 || in.Width != 0 || in.Height != 0 || in.Params != nil {
+	if in.Model != "" || in.NegativePrompt != "" || in.Steps != 0 || in.Width != 0 || in.Height != 0 || in.Params != nil || in.Inputs != nil {
 		t.Fatal("inputJSON: extend me")
 	}
 	return mustJSON(t, m)
@@ -115,6 +148,10 @@ func annotateMap(t *testing.T, enc []byte) string {
 			row(2, e.Val, fmt.Sprintf("%d", h.arg))
 		case 3:
 			row(2, e.Val, strconv.Quote(string(e.Val[h.size:])))
+		case 4:
+			row(2, e.Val, fmt.Sprintf("array, %d item(s): links, tag 42 over 00 + CID", h.arg))
+		case 5:
+			row(2, e.Val, fmt.Sprintf("map, %d entr(ies): text to text", h.arg))
 		default:
 			t.Fatalf("annotateMap: value of major type %d", h.major)
 		}
@@ -194,7 +231,7 @@ func TestProtocolDocMatchesCode(t *testing.T) {
 		{"ManifestVersion", ManifestVersion},
 		{"MaxBeaconBytes", MaxBeaconBytes}, {"MaxBeaconShards", MaxBeaconShards}, {"BeaconMaxAge", BeaconMaxAge}, {"BeaconMinInterval", BeaconMinInterval},
 		{"MaxSubmitterBytes", MaxSubmitterBytes}, {"KeepaliveInterval", KeepaliveInterval}, {"SuspectAfter", SuspectAfter},
-		{"MaxPreviews", MaxPreviews}, {"MaxPreviewBytes", MaxPreviewBytes},
+		{"MaxPreviews", MaxPreviews}, {"MaxPreviewBytes", MaxPreviewBytes}, {"MaxInputs", MaxInputs},
 	}
 	for _, c := range consts {
 		// The tables in the doc have a row "| `Name` | value |".

@@ -7,6 +7,7 @@ import (
 
 	"github.com/fxamacker/cbor/v2"
 	"github.com/ipfs/go-cid"
+	mh "github.com/multiformats/go-multihash"
 )
 
 func TestFetchRequestRoundTrip(t *testing.T) {
@@ -14,6 +15,7 @@ func TestFetchRequestRoundTrip(t *testing.T) {
 	for name, c := range map[string]cid.Cid{
 		"TaskCID":   m.TaskCID.Cid,
 		"ResultCID": ManifestCID(encodeManifest(t, m)),
+		"block CID": RawCID([]byte("an input image")),
 	} {
 		t.Run(name, func(t *testing.T) {
 			b := mustMarshal(t, FetchRequest{CID: Link{c}})
@@ -47,7 +49,8 @@ func TestDecodeFetchRequestRejects(t *testing.T) {
 		{"empty", nil, ErrBadRequest},
 		{"no cid", []byte{0xa0}, ErrBadRequest},
 		{"null cid", []byte("\xa1\x63cid\xf6"), ErrBadRequest},
-		{"raw block CID", mustMarshal(t, FetchRequest{CID: Link{RawCID([]byte("x"))}}), ErrBadRequest},
+		{"raw block CID, not sha2-256", mustMarshal(t, FetchRequest{CID: Link{mustRawIdentityCID(t)}}), ErrBadRequest},
+		{"CIDv1 dag-pb", mustMarshal(t, FetchRequest{CID: Link{cid.NewCidV1(cid.DagProtobuf, RawCID([]byte("x")).Hash())}}), ErrBadRequest},
 		{"CIDv0", mustMarshal(t, FetchRequest{CID: Link{mustCIDv0(t)}}), ErrBadRequest},
 		{"untagged CID bytes", mustMarshal(t, map[string]any{"cid": append([]byte{0}, dagCBORCID([]byte("x")).Bytes()...)}), ErrBadRequest},
 		{"CID as text", mustMarshal(t, map[string]any{"cid": dagCBORCID([]byte("x")).String()}), ErrBadRequest},
@@ -63,4 +66,15 @@ func TestDecodeFetchRequestRejects(t *testing.T) {
 			}
 		})
 	}
+}
+
+// mustRawIdentityCID is a raw CIDv1 with an identity multihash: a block
+// gpunet never makes, which a provider must not be asked to hash.
+func mustRawIdentityCID(t *testing.T) cid.Cid {
+	t.Helper()
+	h, err := mh.Sum([]byte("x"), mh.IDENTITY, -1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cid.NewCidV1(cid.Raw, h)
 }

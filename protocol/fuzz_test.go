@@ -33,6 +33,7 @@ import (
 	"github.com/fxamacker/cbor/v2"
 	"github.com/ipfs/go-cid"
 	"github.com/libp2p/go-libp2p/core/peer"
+	mh "github.com/multiformats/go-multihash"
 )
 
 // fuzzSeeds returns, for each fuzz target, named seed inputs: valid
@@ -44,6 +45,9 @@ func fuzzSeeds(tb testing.TB) map[string]map[string][][]byte {
 	task := mustEncode(tb, n)
 	withParams := mustEncode(tb, mustNormalize(tb, Task{Prompt: "静かな港", NegativePrompt: "boats", Seed: 7,
 		Params: map[string]string{"sampler": "euler", "cfg": "7.5"}}))
+	img := Link{RawCID([]byte("an input image"))}
+	withInputs := mustEncode(tb, mustNormalize(tb, Task{Prompt: "as a watercolour", Seed: 7,
+		Inputs: []Link{img, {RawCID([]byte("a reference"))}}, Mask: &img}))
 	req := mustMarshal(tb, TaskRequest{Task: n, NoCache: true})
 	manifest := encodeManifest(tb, testManifest(tb, key))
 	capRec := signCapacity(tb, testCapacity(capIssued), key)
@@ -73,6 +77,7 @@ func fuzzSeeds(tb testing.TB) map[string]map[string][][]byte {
 		"FuzzDecodeTask": {
 			"valid-example":      one(task),
 			"valid-params":       one(withParams),
+			"valid-inputs":       one(withInputs),
 			"non-minimal-seed":   one(bytes.Replace(task, []byte("seed\x18\x2a"), []byte("seed\x19\x00\x2a"), 1)),
 			"unsorted-keys":      one(unsortedTask),
 			"trailing-byte":      one(append(slices.Clone(task), 0)),
@@ -523,7 +528,7 @@ func FuzzDecodeFetchRequest(f *testing.F) {
 			}
 			return
 		}
-		if p := r.CID.Prefix(); p.Version != 1 || p.Codec != cid.DagCBOR {
+		if p := r.CID.Prefix(); p.Version != 1 || (p.Codec != cid.DagCBOR && (p.Codec != cid.Raw || p.MhType != mh.SHA2_256)) {
 			t.Fatalf("accepted CID %s", r.CID)
 		}
 		r2, err := DecodeFetchRequest(mustMarshal(t, r))

@@ -12,6 +12,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/ipfs/go-cid"
+	mh "github.com/multiformats/go-multihash"
 )
 
 // Task defaults, filled in by Normalize.
@@ -35,6 +36,9 @@ const (
 	MaxParams   = 16
 	MaxParamKey = 32
 	MaxParamVal = 256
+	// MaxInputs bounds a task's input images (an edit's photo and its
+	// references); the mask is on top.
+	MaxInputs = 4
 )
 
 var (
@@ -50,7 +54,8 @@ var ErrBadTask = errors.New("invalid task")
 // normalised fields are equal.
 //
 // The CBOR keys below are the wire names; DAG-CBOR orders them length-first:
-// seed, model, steps, width, height, params, prompt, negative_prompt.
+// mask, seed, model, steps, width, height, inputs, params, prompt,
+// negative_prompt.
 type Task struct {
 	Model          string `cbor:"model" json:"model"`
 	Prompt         string `cbor:"prompt" json:"prompt"`
@@ -65,6 +70,17 @@ type Task struct {
 	// Params carries kernel parameters (sampler, guidance, ...) as strings.
 	// Omitted from the encoding when empty.
 	Params map[string]string `cbor:"params,omitempty" json:"params,omitempty"`
+	// Inputs names the task's input images (since 1.2): an edit's photo
+	// first, then any reference images, each a raw block (CIDv1, codec raw,
+	// sha2-256) of a PNG, JPEG or WebP file. The TaskCID covers them, so the
+	// same photo with the same prompt is the same task everywhere. The host
+	// gets the bytes by CID (docs/protocol.md, Input images). Omitted when
+	// empty.
+	Inputs []Link `cbor:"inputs,omitempty" json:"inputs,omitempty"`
+	// Mask, with Inputs, names a PNG whose fully transparent pixels mark
+	// where the first input may change (OpenAI's edit mask). Omitted when
+	// nil.
+	Mask *Link `cbor:"mask,omitempty" json:"mask,omitempty"`
 }
 
 // Normalize returns t with whitespace collapsed, the model lower-cased,
@@ -86,6 +102,9 @@ func (t Task) Normalize() (Task, error) {
 	}
 	if n.Height == 0 {
 		n.Height = DefaultHeight
+	}
+	if len(n.Inputs) == 0 {
+		n.Inputs = nil
 	}
 	if len(n.Params) == 0 {
 		n.Params = nil
@@ -156,6 +175,35 @@ func (t Task) validate(needSeed bool) error {
 			return bad("param %q value too long or not UTF-8", k)
 		}
 	}
+	if len(t.Inputs) > MaxInputs {
+		return bad("%d input images, at most %d", len(t.Inputs), MaxInputs)
+	}
+	for i, in := range t.Inputs {
+		if err := validInput(in); err != nil {
+			return bad("input %d: %v", i, err)
+		}
+	}
+	if t.Mask != nil {
+		if len(t.Inputs) == 0 {
+			return bad("a mask without an input image")
+		}
+		if err := validInput(*t.Mask); err != nil {
+			return bad("mask: %v", err)
+		}
+	}
+	return nil
+}
+
+// validInput checks that an input image's link is what a block of image
+// bytes is addressed by: CIDv1, codec raw, sha2-256.
+func validInput(l Link) error {
+	if !l.Defined() {
+		return errors.New("no CID")
+	}
+	p := l.Prefix()
+	if p.Version != 1 || p.Codec != cid.Raw || p.MhType != mh.SHA2_256 || p.MhLength != 32 {
+		return fmt.Errorf("%s: want a CIDv1 raw block, sha2-256", l.Cid)
+	}
 	return nil
 }
 
@@ -165,7 +213,15 @@ func validSide(s uint32) bool { return s >= MinSide && s <= MaxSide && s%SideMul
 func (t Task) Equal(o Task) bool {
 	if t.Model != o.Model || t.Prompt != o.Prompt || t.NegativePrompt != o.NegativePrompt ||
 		t.Seed != o.Seed || t.Steps != o.Steps || t.Width != o.Width || t.Height != o.Height ||
-		len(t.Params) != len(o.Params) {
+		len(t.Params) != len(o.Params) || len(t.Inputs) != len(o.Inputs) || (t.Mask == nil) != (o.Mask == nil) {
+		return false
+	}
+	for i := range t.Inputs {
+		if !t.Inputs[i].Equals(o.Inputs[i].Cid) {
+			return false
+		}
+	}
+	if t.Mask != nil && !t.Mask.Equals(o.Mask.Cid) {
 		return false
 	}
 	for k, v := range t.Params {

@@ -610,3 +610,68 @@ func TestNormalizeCID(t *testing.T) {
 		t.Errorf("a blank prompt: %v, CID %v; want ErrBadTask and no CID", err, c)
 	}
 }
+
+func TestTaskInputs(t *testing.T) {
+	a, b := Link{RawCID([]byte("photo a"))}, Link{RawCID([]byte("photo b"))}
+	base := Task{Prompt: "as a watercolour", Seed: 7}
+	with := func(in []Link, mask *Link) Task { t := base; t.Inputs, t.Mask = in, mask; return t }
+	cidOf := func(tk Task) string {
+		t.Helper()
+		_, c, err := tk.NormalizeCID()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c.String()
+	}
+	plain, one, two, swapped, masked := cidOf(base), cidOf(with([]Link{a}, nil)), cidOf(with([]Link{a, b}, nil)),
+		cidOf(with([]Link{b, a}, nil)), cidOf(with([]Link{a}, &b))
+	seen := map[string]string{}
+	for name, c := range map[string]string{"plain": plain, "one": one, "two": two, "swapped": swapped, "masked": masked} {
+		if other, dup := seen[c]; dup {
+			t.Errorf("tasks %s and %s share TaskCID %s", name, other, c)
+		}
+		seen[c] = name
+	}
+	if cidOf(with([]Link{}, nil)) != plain {
+		t.Error("an empty inputs list is not normalised away")
+	}
+
+	n := mustNormalize(t, with([]Link{a, b}, &b))
+	enc := mustEncode(t, n)
+	got, err := DecodeTask(enc)
+	if err != nil || !got.Equal(n) {
+		t.Fatalf("DecodeTask round trip: %v (equal %v)", err, got.Equal(n))
+	}
+	if err := checkDAGCBOR(enc); err != nil {
+		t.Errorf("not canonical: %v", err)
+	}
+
+	h, err := mh.Sum([]byte("x"), mh.SHA2_512, -1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bad := []struct {
+		name string
+		task Task
+	}{
+		{"dag-cbor input", with([]Link{{dagCBORCID([]byte("x"))}}, nil)},
+		{"sha2-512 input", with([]Link{{cid.NewCidV1(cid.Raw, h)}}, nil)},
+		{"undefined input", with([]Link{{}}, nil)},
+		{"too many inputs", with([]Link{a, b, a, b, a}, nil)},
+		{"mask without input", with(nil, &a)},
+		{"dag-cbor mask", with([]Link{a}, &Link{dagCBORCID([]byte("x"))})},
+	}
+	for _, tt := range bad {
+		if _, err := tt.task.Normalize(); !errors.Is(err, ErrBadTask) {
+			t.Errorf("%s: Normalize = %v, want ErrBadTask", tt.name, err)
+		}
+	}
+	// A peer that sends an empty inputs array spells the plain task a
+	// second way: DecodeTask refuses it.
+	if _, err := DecodeTask(mustMarshal(t, map[string]any{
+		"seed": n.Seed, "model": n.Model, "steps": n.Steps, "width": n.Width, "height": n.Height,
+		"inputs": []Link{}, "prompt": n.Prompt, "negative_prompt": "",
+	})); !errors.Is(err, ErrBadTask) {
+		t.Errorf("empty inputs array accepted: %v", err)
+	}
+}

@@ -3,8 +3,10 @@ package scheduler
 import (
 	"cmp"
 	"math"
+	"math/bits"
 	"math/rand/v2"
 	"slices"
+	"sync"
 	"time"
 )
 
@@ -119,6 +121,8 @@ type Candidate struct {
 //
 // rng may be nil, which disables the random draw; the same rng state gives
 // the same answer. cfg should pass Validate; out-of-range values are clamped.
+// Place is safe for concurrent use (its scratch space is pooled) and does
+// not modify v.
 func Place(v View, r Request, now time.Time, rng *rand.Rand, cfg Config) []Candidate {
 	return AppendPlace(nil, v, r, now, rng, cfg)
 }
@@ -126,67 +130,122 @@ func Place(v View, r Request, now time.Time, rng *rand.Rand, cfg Config) []Candi
 // AppendPlace is Place appending to dst, so a caller placing many tasks can
 // reuse one buffer. The candidates are dst[len(dst):] of the result.
 func AppendPlace(dst []Candidate, v View, r Request, now time.Time, rng *rand.Rand, cfg Config) []Candidate {
-	base := len(dst)
-	// time.Time.Sub checks for overflow through Add and cost a tenth of
-	// Place; staleness is decided with Before, and ages of fresh beacons
-	// (whose times are in UnixNano's range) by subtraction.
-	at := clock{now: now.UnixNano(), oldest: now.Add(-cfg.MaxStaleness)}
-	load := 0.0
-	if cfg.AgeDrain {
-		load = viewLoad(v, at)
-	}
+	// One pass over the view filters, reads what the score needs and sums
+	// the view's load: the view is the largest thing Place touches, and is
+	// read once. Short loops over the feasible peers then take the
+	// divisions, the exponentials and the scores, and a sort writes the
+	// result.
+	sc := scratchPool.Get().(*scratch)
+	defer scratchPool.Put(sc)
+	s := newScorer(&r, now, &cfg)
+	cand, terms, ex := sc.grow(len(v))
+	n := 0
 	for i := range v {
-		if c, ok := assess(&v[i], &r, at, load, &cfg); ok {
-			c.Index = i
-			dst = append(dst, c)
+		if s.assess(&v[i], &cand[n], &terms[n]) {
+			cand[n].Index = i
+			n++
 		}
 	}
-	c := dst[base:]
-	if len(c) == 0 {
+	if n == 0 {
 		return dst
 	}
-	sortByScore(c)
+	cand, terms, ex = cand[:n], terms[:n], ex[:2*n]
+	for i := range terms {
+		s.exponents(&terms[i], cand[i].HeadroomC, (*[2]float64)(ex[2*i:]))
+	}
+	expAll(ex)
+	load := s.load()
+	for i := range cand {
+		s.finish(&cand[i], &terms[i], (*[2]float64)(ex[2*i:]), load)
+	}
+	base := len(dst)
+	dst = slices.Grow(dst, n)[:base+n]
+	c := dst[base:]
+	sc.sort(cand, c)
 	spread(c, r.Key, rng, &cfg)
 	return dst
 }
 
-// sortByScore sorts c by (Score, ID). Sorting 48-byte candidates through a
-// comparison function dominated Place's time, so it sorts packed uint64 keys
-// instead: the top 44 bits of the score's IEEE bits (scores are ≥ 0, so the
-// bits order like the numbers; 32 mantissa bits keep a relative precision
-// of 2⁻³²) above a 20-bit index. An insertion pass with the exact order then
-// fixes the rare neighbours the truncation left out of order. This made Place
-// over 1,000 peers about 3× faster.
-func sortByScore(c []Candidate) {
-	const idxBits = 20
-	if len(c) > 1<<idxBits {
+// scratch is one Place call's working memory, kept in scratchPool between
+// calls so that Place allocates only its result.
+type scratch struct {
+	cand      []Candidate
+	terms     []terms
+	ex        []float64 // two exponents a candidate, then their exponentials
+	keys, tmp []uint64
+}
+
+var scratchPool = sync.Pool{New: func() any { return new(scratch) }}
+
+func (sc *scratch) grow(n int) ([]Candidate, []terms, []float64) {
+	if cap(sc.cand) < n {
+		sc.cand, sc.terms, sc.ex = make([]Candidate, n), make([]terms, n), make([]float64, 2*n)
+		sc.keys, sc.tmp = make([]uint64, n), make([]uint64, n)
+	}
+	return sc.cand[:n], sc.terms[:n], sc.ex[:2*n]
+}
+
+// terms is what assess read from one feasible peer for finish, which
+// completes its candidate once the view's load is known. It is kept apart
+// from the candidates so that the sort moves only those.
+type terms struct {
+	// tasks is Busy + QueueLen, pending is Pending and slots is Slots (≥ 1),
+	// as floats; ageMs is the beacon's age.
+	tasks, pending, slots, ageMs float64
+	// run is the service time over the speed; until exponents, the service
+	// time, and speed the speed.
+	run, speed, rtt float64
+	// drain: the beacon's tasks are aged (see drainExponent).
+	drain bool
+}
+
+// sort writes w into c ordered by (Score, ID). Sorting 56-byte candidates
+// through a comparison function dominated Place's time, so it sorts packed
+// uint64 keys instead, then gathers: the top 32 bits of the score's IEEE
+// bits (scores are ≥ 0, so the bits order like the numbers; a relative
+// precision of 2⁻²⁰), less the smallest score's and cut to at most 24
+// significant bits (coarser only when the scores span more than 16
+// octaves), above a 32-bit index, by a radix sort of at most three passes.
+// Candidates whose cut scores differ are then in their exact order; the
+// rare runs of equal cut scores are put in theirs by byScore.
+func (sc *scratch) sort(w, c []Candidate) {
+	if uint64(len(w)) > math.MaxUint32 {
+		copy(c, w)
 		slices.SortFunc(c, byScore)
 		return
 	}
-	keys := make([]uint64, 2*len(c))
-	keys, tmp := keys[:len(c)], keys[len(c):]
-	for i := range c {
-		keys[i] = math.Float64bits(scoreKey(c[i].Score))>>idxBits<<idxBits | uint64(i)
+	keys, tmp := sc.keys[:len(w)], sc.tmp[:len(w)]
+	lo, hi := uint64(math.MaxUint64), uint64(0)
+	for i := range w {
+		k := math.Float64bits(scoreKey(w[i].Score)) >> 32
+		keys[i] = k
+		lo, hi = min(lo, k), max(hi, k)
 	}
-	radixSort(keys, tmp, idxBits)
-	// Apply the permutation in place, following cycles; a done slot is
-	// marked with done.
-	const mask, done = 1<<idxBits - 1, ^uint64(0)
+	shift := max(0, 64-bits.LeadingZeros64(hi-lo)-24)
 	for i := range keys {
-		if keys[i] == done {
-			continue
-		}
-		tmp, j := c[i], i
-		for {
-			k := int(keys[j] & mask)
-			keys[j] = done
-			if k == i {
-				c[j] = tmp
-				break
-			}
-			c[j], j = c[k], k
-		}
+		keys[i] = (keys[i]-lo)>>shift<<32 | uint64(i)
 	}
+	radixSort24(keys, tmp)
+	for i, k := range keys {
+		c[i] = w[uint32(k)]
+	}
+	for i := 0; i < len(c); {
+		j := i + 1
+		for j < len(c) && keys[j]>>32 == keys[i]>>32 {
+			j++
+		}
+		if j-i > 1 {
+			if run := c[i:j]; len(run) <= 8 {
+				insertionSort(run)
+			} else {
+				slices.SortFunc(run, byScore)
+			}
+		}
+		i = j
+	}
+}
+
+func insertionSort(c []Candidate) {
 	for i := 1; i < len(c); i++ {
 		for j := i; j > 0 && byScore(c[j-1], c[j]) > 0; j-- {
 			c[j-1], c[j] = c[j], c[j-1]
@@ -194,32 +253,36 @@ func sortByScore(c []Candidate) {
 	}
 }
 
-// radixSort sorts keys by their bits above skip: a least-significant-digit
-// radix sort, 8 bits a pass, skipping passes where every key has the same
-// digit (the sign and most of the exponent, usually). tmp is scratch of the
-// same length. It is stable, so equal scores keep their index order.
-func radixSort(keys, tmp []uint64, skip uint) {
+// radixSort24 sorts keys by bits 32 to 55: a least-significant-digit radix
+// sort, 8 bits a pass, with the three digits' counts taken in one read and
+// passes skipped where every key has the same digit. tmp is scratch of the
+// same length. It is stable, so equal keys keep their index order.
+func radixSort24(keys, tmp []uint64) {
 	if len(keys) < 2 {
 		return
 	}
+	var count [3][256]int
+	for _, k := range keys {
+		count[0][byte(k>>32)]++
+		count[1][byte(k>>40)]++
+		count[2][byte(k>>48)]++
+	}
 	src, dst := keys, tmp
-	for shift := skip; shift < 64; shift += 8 {
-		var count [256]int
-		for _, k := range src {
-			count[byte(k>>shift)]++
-		}
-		if count[byte(src[0]>>shift)] == len(src) {
+	for d := range count {
+		shift := 32 + 8*uint(d)
+		cnt := &count[d]
+		if cnt[byte(src[0]>>shift)] == len(src) {
 			continue
 		}
 		sum := 0
-		for i, n := range count {
-			count[i] = sum
+		for i, n := range cnt {
+			cnt[i] = sum
 			sum += n
 		}
 		for _, k := range src {
-			d := byte(k >> shift)
-			dst[count[d]] = k
-			count[d]++
+			b := byte(k >> shift)
+			dst[cnt[b]] = k
+			cnt[b]++
 		}
 		src, dst = dst, src
 	}
@@ -244,23 +307,6 @@ func scoreKey(s float64) float64 {
 	return s
 }
 
-// viewLoad is the mean number of tasks per slot over the fresh peers of v:
-// what a peer is expected to hold once its beacon is too old to say.
-func viewLoad(v View, at clock) float64 {
-	tasks, slots := 0, 0
-	for i := range v {
-		p := &v[i]
-		if !p.Updated.Before(at.oldest) {
-			tasks += max(p.Busy, 0) + max(p.QueueLen, 0)
-			slots += max(p.Slots, 1)
-		}
-	}
-	if slots == 0 {
-		return 0
-	}
-	return float64(tasks) / float64(slots)
-}
-
 // room is how many more tasks p would take, counting this client's own
 // placements since its beacon; -1 when p does not say how long its queue
 // is.
@@ -278,60 +324,120 @@ func (p *PeerState) full() bool { return p.room() == 0 }
 // since, would take another task now: it accepts work and is not full.
 func (p *PeerState) Available() bool { return p.Accepting && !p.full() }
 
-// clock is the time of one Place call: now in Unix nanoseconds, and the
-// oldest beacon time that is not stale.
-type clock struct {
-	now    int64
-	oldest time.Time
+// scorer is one Place call's request and settings, read once so that the
+// loop over the view does no per-peer work that does not depend on the
+// peer, and the sums that make the view's load.
+type scorer struct {
+	now             int64 // Unix nanoseconds
+	oldest          time.Time
+	model           string
+	memMB           uint64
+	exclude         map[string]bool
+	ageDrain        bool
+	minHeadroom     float64
+	defaultService  float64
+	defaultHeat     float64
+	slowdownSpeed   float64
+	unknownHeadroom float64
+	queuePenalty    float64
+	headroomWeight  float64
+	scale           float64
+	// tasks and slots sum Busy + QueueLen and Slots over the fresh peers.
+	tasks, slots int
 }
 
-// assess applies the filters to p and, if it passes, scores it. load is
-// the view's mean tasks per slot (see drained).
-func assess(p *PeerState, r *Request, at clock, load float64, cfg *Config) (Candidate, bool) {
+func newScorer(r *Request, now time.Time, cfg *Config) scorer {
+	s := scorer{
+		// time.Time.Sub checks for overflow through Add and cost a tenth
+		// of Place; staleness is decided with Before, and ages of fresh
+		// beacons (whose times are in UnixNano's range) by subtraction.
+		now:             now.UnixNano(),
+		oldest:          now.Add(-cfg.MaxStaleness),
+		model:           r.Model,
+		memMB:           r.MemMB,
+		ageDrain:        cfg.AgeDrain,
+		minHeadroom:     cfg.MinHeadroomC,
+		defaultService:  cfg.DefaultServiceMs,
+		defaultHeat:     cfg.DefaultHeatPerTaskC,
+		slowdownSpeed:   clamp(cfg.SlowdownSpeed, 0.01, 1),
+		unknownHeadroom: cfg.UnknownHeadroomC,
+		queuePenalty:    max(cfg.QueuePenalty, 0),
+		headroomWeight:  max(cfg.HeadroomWeight, 0),
+		scale:           cfg.HeadroomScaleC,
+	}
+	if len(r.Exclude) > 0 {
+		s.exclude = r.Exclude
+	}
+	if !(s.scale > 0) {
+		s.scale = 1
+	}
+	return s
+}
+
+// load is the mean number of tasks per slot over the fresh peers of the
+// view: what a peer is expected to hold once its beacon is too old to say.
+// It is known once assess has seen every peer.
+func (s *scorer) load() float64 {
+	if !s.ageDrain || s.slots == 0 {
+		return 0
+	}
+	return float64(s.tasks) / float64(s.slots)
+}
+
+// assess applies the filters to p and, if it passes, fills c's ID and
+// HeadroomC and t with what the rest of its score needs. It reads and does
+// not compute: the divisions and exponentials of the score are made in
+// loops of their own over the candidates (exponents, expAll, finish), whose
+// iterations are independent and short, so the processor overlaps them;
+// computed here, behind each peer's map lookup, they cost twice as much.
+func (s *scorer) assess(p *PeerState, c *Candidate, t *terms) bool {
 	// Filters, cheapest first: field compares, then a map lookup, then a
-	// scan of the model list.
+	// scan of the model list. Freshness comes first because every fresh
+	// peer counts in the view's load.
+	if p.Updated.Before(s.oldest) {
+		return false
+	}
+	tasks := max(p.Busy, 0) + max(p.QueueLen, 0)
+	slots := max(p.Slots, 1)
+	s.tasks += tasks
+	s.slots += slots
 	if !p.Accepting || p.full() {
-		return Candidate{}, false
+		return false
 	}
-	if p.Updated.Before(at.oldest) {
-		return Candidate{}, false
-	}
-	age := time.Duration(at.now - p.Updated.UnixNano())
-	if p.FreeMemMB < r.MemMB {
-		return Candidate{}, false
+	if p.FreeMemMB < s.memMB {
+		return false
 	}
 	limit, telemetry := p.limit()
 	// Written so that a NaN temperature fails: a peer whose temperature
 	// cannot be read cannot show that it is under its limit.
-	if telemetry && !(p.TempC < limit-cfg.MinHeadroomC) {
-		return Candidate{}, false
+	if telemetry && !(p.TempC < limit-s.minHeadroom) {
+		return false
 	}
-	if r.Exclude[p.ID] {
-		return Candidate{}, false
+	if s.exclude != nil && s.exclude[p.ID] {
+		return false
 	}
-	if !slices.Contains(p.Models, r.Model) {
-		return Candidate{}, false
+	if !slices.Contains(p.Models, s.model) {
+		return false
 	}
 
 	// Ranking.
-	slots := max(p.Slots, 1)
-	svc := p.ServiceMs[r.Model]
+	svc := p.ServiceMs[s.model]
 	if !(svc > 0) || math.IsInf(svc, 1) {
-		svc = cfg.DefaultServiceMs
+		svc = s.defaultService
 	}
 	speed := p.Speed
 	if !(speed > 0) || speed > 1 {
 		speed = 1
 	}
-	headroom := cfg.UnknownHeadroomC
+	headroom := s.unknownHeadroom
 	if telemetry {
 		heat := p.HeatPerTaskC
 		if !(heat > 0) || math.IsInf(heat, 1) {
-			heat = cfg.DefaultHeatPerTaskC
+			heat = s.defaultHeat
 		}
 		predicted := p.TempC + heat
 		if p.SlowdownC > 0 && predicted >= p.SlowdownC && !p.Throttled {
-			speed *= clamp(cfg.SlowdownSpeed, 0.01, 1)
+			speed *= s.slowdownSpeed
 		}
 		headroom = limit - predicted
 	}
@@ -339,31 +445,57 @@ func assess(p *PeerState, r *Request, at clock, load float64, cfg *Config) (Cand
 	if !(rtt > 0) || math.IsInf(rtt, 1) {
 		rtt = 0
 	}
-	run := svc / speed
-	// Tasks ahead of ours: what the beacon reported, aged (see drained),
-	// plus what this client placed there since.
-	n := float64(max(p.Busy, 0) + max(p.QueueLen, 0))
-	if cfg.AgeDrain {
-		n = drained(n, slots, age, run, load)
+	c.ID, c.HeadroomC = p.ID, headroom
+	*t = terms{
+		tasks:   float64(tasks),
+		pending: float64(max(p.Pending, 0)),
+		slots:   float64(slots),
+		run:     svc,
+		speed:   speed,
+		rtt:     rtt,
 	}
-	n += float64(max(p.Pending, 0))
-	ahead := max(n-float64(slots)+1, 0)
-	wait := ahead / float64(slots) * run
-	pred := wait + run + rtt
-	scale := cfg.HeadroomScaleC
-	if !(scale > 0) {
-		scale = 1
+	if s.ageDrain {
+		// The age is in whole milliseconds, as it has always been ranked.
+		if age := time.Duration(s.now - p.Updated.UnixNano()); age > 0 {
+			t.ageMs, t.drain = float64(age.Milliseconds()), true
+		}
+	}
+	return true
+}
+
+// exponents completes t's run time and sets x to the exponents of the
+// thermal preference of a peer with headroom and of its beacon's drain.
+func (s *scorer) exponents(t *terms, headroom float64, x *[2]float64) {
+	if t.speed != 1 { // x/1 is x, and a division is dear
+		t.run /= t.speed
 	}
 	// The exponent is capped so a peer far past its predicted limit gets a
 	// huge but finite score and the order stays total.
-	penalty := math.Exp(min(-headroom/scale, 60))
-	return Candidate{
-		ID:          p.ID,
-		PredictedMs: pred,
-		WaitMs:      wait,
-		HeadroomC:   headroom,
-		Score:       (pred + max(cfg.QueuePenalty, 0)*wait) * (1 + max(cfg.HeadroomWeight, 0)*penalty),
-	}, true
+	x[0], x[1] = min(-headroom/s.scale, 60), 0
+	if t.drain {
+		x[1], t.drain = drainExponent(t.tasks, t.slots, t.ageMs, t.run)
+	}
+}
+
+// finish completes c's prediction and score from t and the exponentials e
+// of assess's exponents, given the view's load.
+func (s *scorer) finish(c *Candidate, t *terms, e *[2]float64, load float64) {
+	// Tasks ahead of ours: what the beacon reported, aged (see
+	// drainExponent), plus what this client placed there since.
+	n := t.tasks
+	if t.drain {
+		mean := load * t.slots
+		n = mean + (n-mean)*e[1]
+	}
+	n += t.pending
+	ahead := max(n-t.slots+1, 0)
+	if t.slots != 1 {
+		ahead /= t.slots
+	}
+	wait := ahead * t.run
+	pred := wait + t.run + t.rtt
+	c.PredictedMs, c.WaitMs = pred, wait
+	c.Score = (pred + s.queuePenalty*wait) * (1 + s.headroomWeight*e[0])
 }
 
 // limit is the temperature the peer must stay under: the owner's limit, or
@@ -386,20 +518,29 @@ func (p *PeerState) limit() (float64, bool) {
 	return 0, false
 }
 
-// drained is the expected number of tasks at a peer that had n when its
-// beacon was issued, age ago. The peer finishes tasks (a slot's mean service
-// time is run; a queue takes n/slots times longer) and, in a busy swarm,
-// other clients send it new ones, so the estimate relaxes exponentially
-// from n towards the swarm's mean, load tasks per slot: a long-silent peer
-// is as busy as the average one, neither as busy as it was nor empty.
-func drained(n float64, slots int, age time.Duration, run, load float64) float64 {
-	if age <= 0 || !(run > 0) {
-		return n
+// drainExponent says how a beacon's n tasks age: a peer that had n when
+// its beacon was issued, age ago, is expected to hold
+//
+//	mean + (n − mean) × exp(x)
+//
+// now, where mean is the view's load (tasks per slot) times its slots. The
+// peer finishes tasks (a slot's mean service time is run; a queue takes
+// n/slots times longer) and, in a busy swarm, other clients send it new
+// ones, so the estimate relaxes exponentially from n towards the swarm's
+// mean: a long-silent peer is as busy as the average one, neither as busy
+// as it was nor empty. ageMs is the age of a beacon older than now, in
+// whole milliseconds (so possibly 0); ok is false when n stands as it is
+// (no service time).
+func drainExponent(n, slots, ageMs, run float64) (x float64, ok bool) {
+	if !(run > 0) {
+		return 0, false
 	}
-	s := float64(slots)
-	mean := load * s
-	tau := run * max(1, n/s)
-	return mean + (n-mean)*math.Exp(-float64(age.Milliseconds())/tau)
+	perSlot := n
+	if slots != 1 { // spares a division for most peers; n/1 is n
+		perSlot = n / slots
+	}
+	tau := run * max(1, perSlot)
+	return -ageMs / tau, true
 }
 
 // Charge records on p that a task was just placed on it: a client
@@ -435,11 +576,8 @@ func spread(c []Candidate, key []byte, rng *rand.Rand, cfg *Config) {
 	}
 	var chosen [maxTopK]bool
 	if keyed {
-		kh := KeyHash(key)
 		var w [maxTopK]uint64
-		for i := range k {
-			w[i] = RendezvousWeight(kh, c[i].ID)
-		}
+		poolWeights(w[:k], c[:k], KeyHash(key))
 		for range d {
 			m := -1
 			for i := range k {
@@ -484,34 +622,88 @@ const (
 	fnvPrime  = 1099511628211
 )
 
-func fnv64(h uint64, b []byte) uint64 {
-	for _, x := range b {
-		h ^= uint64(x)
+// KeyHash is the first half of the rendezvous weight: FNV-1a of the task key.
+func KeyHash(key []byte) uint64 {
+	h := uint64(fnvOffset)
+	for _, b := range key {
+		h ^= uint64(b)
 		h *= fnvPrime
 	}
 	return h
 }
 
-// KeyHash is the first half of the rendezvous weight: FNV-1a of the task key.
-func KeyHash(key []byte) uint64 { return fnv64(fnvOffset, key) }
-
 // RendezvousWeight is the highest-random-weight hash of a task key (hashed
 // with KeyHash) and a peer ID. It is stable across processes and versions
 // of Go, so every client ranks peers for one key the same way.
 func RendezvousWeight(keyHash uint64, id string) uint64 {
-	h := keyHash
-	for i := 0; i < len(id); i++ {
-		h ^= uint64(id[i])
+	return mix(fnvString(keyHash, id))
+}
+
+func fnvString(h uint64, s string) uint64 {
+	for i := 0; i < len(s); i++ {
+		h ^= uint64(s[i])
 		h *= fnvPrime
 	}
-	// splitmix64 finaliser: FNV alone leaves the high bits poorly mixed for
-	// inputs that differ only in their last bytes.
+	return h
+}
+
+// fnv4 is fnvString(h, s) for four strings of the same length at once. It
+// is a function of its own so that the four chains stay in registers.
+func fnv4(h uint64, a, b, c, d string) (ha, hb, hc, hd uint64) {
+	ha, hb, hc, hd = h, h, h, h
+	b, c, d = b[:len(a)], c[:len(a)], d[:len(a)]
+	for i := 0; i < len(a); i++ {
+		ha = (ha ^ uint64(a[i])) * fnvPrime
+		hb = (hb ^ uint64(b[i])) * fnvPrime
+		hc = (hc ^ uint64(c[i])) * fnvPrime
+		hd = (hd ^ uint64(d[i])) * fnvPrime
+	}
+	return ha, hb, hc, hd
+}
+
+// mix is the splitmix64 finaliser: FNV alone leaves the high bits poorly
+// mixed for inputs that differ only in their last bytes.
+func mix(h uint64) uint64 {
 	h ^= h >> 30
 	h *= 0xbf58476d1ce4e5b9
 	h ^= h >> 27
 	h *= 0x94d049bb133111eb
 	h ^= h >> 31
 	return h
+}
+
+// poolWeights sets w[i] to RendezvousWeight(kh, c[i].ID), for a pool of up
+// to TopK candidates: hashing 52-byte peer IDs one at a time was a sixth of
+// Place's time. The prefix every ID shares ("12D3KooW" for Ed25519 peer
+// IDs) is hashed once, and the rest four IDs at a time: each FNV step
+// waits for the previous multiply, and four independent chains keep the
+// multiplier busy.
+func poolWeights(w []uint64, c []Candidate, kh uint64) {
+	pre := c[0].ID
+	for i := 1; i < len(c) && pre != ""; i++ {
+		id := c[i].ID
+		j, m := 0, min(len(pre), len(id))
+		for j < m && pre[j] == id[j] {
+			j++
+		}
+		pre = pre[:j]
+	}
+	h0, np := fnvString(kh, pre), len(pre)
+	i := 0
+	for ; i+4 <= len(c); i += 4 {
+		a, b, x, y := c[i].ID[np:], c[i+1].ID[np:], c[i+2].ID[np:], c[i+3].ID[np:]
+		if len(b) != len(a) || len(x) != len(a) || len(y) != len(a) {
+			for j := i; j < i+4; j++ {
+				w[j] = mix(fnvString(h0, c[j].ID[np:]))
+			}
+			continue
+		}
+		ha, hb, hx, hy := fnv4(h0, a, b, x, y)
+		w[i], w[i+1], w[i+2], w[i+3] = mix(ha), mix(hb), mix(hx), mix(hy)
+	}
+	for ; i < len(c); i++ {
+		w[i] = mix(fnvString(h0, c[i].ID[np:]))
+	}
 }
 
 func clamp(x, lo, hi float64) float64 {

@@ -570,9 +570,7 @@ func BenchmarkPlace1000(b *testing.B) {
 	cfg := DefaultConfig()
 	rng := rand.New(rand.NewPCG(1, 1))
 	now := BenchNow()
-	for b.Loop() {
-		Place(v, r, now, rng, cfg)
-	}
+	cpuLoop(b, func() { Place(v, r, now, rng, cfg) })
 }
 
 func BenchmarkAppendPlace1000(b *testing.B) {
@@ -582,9 +580,7 @@ func BenchmarkAppendPlace1000(b *testing.B) {
 	rng := rand.New(rand.NewPCG(1, 1))
 	now := BenchNow()
 	buf := make([]Candidate, 0, len(v))
-	for b.Loop() {
-		buf = AppendPlace(buf[:0], v, r, now, rng, cfg)
-	}
+	cpuLoop(b, func() { buf = AppendPlace(buf[:0], v, r, now, rng, cfg) })
 }
 
 // TestSlowdownPrediction: a peer whose next task would take it to its

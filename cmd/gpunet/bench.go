@@ -95,10 +95,15 @@ func newBenchCmd(g *globals) *cobra.Command {
 				fmt.Printf("sharded / unsharded gossip bytes per node: %.2f\n", r.GossipShardedRatio)
 			}
 			fmt.Printf("store put (synced) vs (unsynced), 177 KiB, p50: %.0f µs vs %.0f µs, ratio %.2f\n", r.StorePutSyncedP50us, r.StorePutUnsyncedP50us, r.StorePutSyncRatio)
+			fmt.Printf("submit to placement at concurrency %d, p50/p99: miss %.0f/%.0f µs, no-cache %.0f/%.0f µs (%d lookups cut)\n",
+				r.MissConcurrency, r.MissOverheadP50us, r.MissOverheadP99us, r.MissOverheadNoCacheP50us, r.MissOverheadNoCacheP99us, r.LookupsCut)
+			fmt.Printf("DHT bytes sent per result: %.0f (host provides) vs %.0f (host and client, before), ratio %.2f\n",
+				r.ProvideBytesPerResult, r.ProvideBytesPerResultBoth, r.ProvideBytesRatio)
 			return nil
 		},
 	}
 	cmd.AddCommand(newSurgeCmd(g))
+	cmd.AddCommand(newFloodCmd(g))
 	cmd.Flags().IntVar(&f.n, "n", 500, "round trips per measurement")
 	cmd.Flags().IntSliceVar(&f.gossipSizes, "gossip-sizes", []int{4, 12}, "swarm sizes for the gossip measurement (empty: skip)")
 	cmd.Flags().DurationVar(&f.gossipFor, "gossip-for", 3*time.Second, "how long to measure gossip at each size")

@@ -33,6 +33,8 @@ var flagOf = map[string]string{
 	"host.max_temp":      "max-temp",
 	"host.rate_limit":    "rate-limit",
 	"host.hours":         "hours",
+	"gateway.listen":     "gateway",
+	"gateway.api_keys":   "api-keys",
 }
 
 func configPath(g *globals) string { return filepath.Join(g.data, nodeconf.FileName) }
@@ -48,7 +50,9 @@ func applyConfig(cmd *cobra.Command, g *globals, f *hostFlags) error {
 		return err
 	}
 	given := givenFlag(cmd)
-	merged, _ := nodeconf.Merge(configBase(g, f), given, file, md)
+	base := configBase(g, f)
+	base.Gateway = gatewayBase(cmd)
+	merged, _ := nodeconf.Merge(base, given, file, md)
 	// --kernel sketch over a file for a cmd kernel: the file's generator
 	// goes with the file's kernel, not with the one the flag chose.
 	if f != nil && given("host.kernel") && merged.Host.Kernel != "cmd" {
@@ -67,6 +71,7 @@ func applyConfig(cmd *cobra.Command, g *globals, f *hostFlags) error {
 		f.kernel, f.kernelCmd, f.kernelModels, f.gpu = h.Kernel, h.KernelCmd, h.KernelModels, h.GPU
 		f.slots, f.queue, f.maxTemp, f.rate, f.hours = h.Slots, h.Queue, h.MaxTemp, h.RateLimit, h.Hours
 	}
+	setGateway(cmd, given, merged.Gateway)
 	if created {
 		log, err := g.logger(slog.LevelInfo)
 		if err != nil {
@@ -187,8 +192,9 @@ func newConfigCmd(g *globals) *cobra.Command {
 		Use:   "show",
 		Short: "Print the effective configuration and where each value came from",
 		Long: "Print what a daemon or host started with the same global flags would run with, and where each value\n" +
-			"came from: flag, file (DATA/config.toml), env ($GPUNET_HOME, for --data) or default. The host keys\n" +
-			"show the file and the defaults; flags given to `gpunet host` win over them too.",
+			"came from: flag, file (DATA/config.toml), env ($GPUNET_HOME, for --data) or default. The host and\n" +
+			"gateway keys show the file and the defaults; flags given to `gpunet host` or `gpunet daemon` (--gateway,\n" +
+			"--api-keys) win over them too.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			file, md, _, err := loadConfig(g, false)

@@ -7,6 +7,8 @@ import (
 	"encoding/json"
 	"io"
 	"log/slog"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -18,6 +20,7 @@ import (
 
 	"github.com/BurntSushi/toml"
 	"github.com/gpunet/gpunet/node"
+	"github.com/gpunet/gpunet/node/gateway"
 	"github.com/gpunet/gpunet/node/nodeconf"
 	golog "github.com/ipfs/go-log/v2"
 	"github.com/libp2p/go-libp2p/gologshim"
@@ -356,5 +359,249 @@ func TestLibp2pLogsRouted(t *testing.T) {
 	}
 	for msg := range want {
 		t.Errorf("%q never reached the handler; got:\n%s", msg, buf.String())
+	}
+}
+
+// gatewayDaemon is a `gpunet daemon --json` run from dir (its working
+// directory), until the subtest ends; gateway is the address its gateway
+// listens on, "" when it runs none.
+func gatewayDaemon(t *testing.T, dir, data string, extra ...string) (gateway string) {
+	t.Helper()
+	gateway, _ = runningDaemon(t, dir, data, extra...)["gateway"].(string)
+	return gateway
+}
+
+// runningDaemon starts a daemon in dir on data with --json and returns
+// the object it prints once running; it is stopped when the test ends.
+func runningDaemon(t *testing.T, dir, data string, extra ...string) (running map[string]any) {
+	t.Helper()
+	cmd := exec.Command(gpunetBin, append(append([]string{"daemon", "--json"}, fcNet(data)...), extra...)...)
+	cmd.Dir = dir
+	var stderr bytes.Buffer // read only after Wait
+	cmd.Stderr = &stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	var waitErr error // set before exited is closed
+	started := make(chan map[string]any, 1)
+	go func() {
+		var running map[string]any
+		if json.NewDecoder(out).Decode(&running) == nil {
+			started <- running
+		}
+		_, _ = io.Copy(io.Discard, out) // to its end, as Wait requires
+		waitErr = cmd.Wait()
+		close(exited)
+	}()
+	select {
+	case running = <-started:
+	case <-exited:
+		t.Fatalf("daemon exited before it was running (%v); stderr:\n%s", waitErr, stderr.String())
+	case <-time.After(fcWait):
+		_ = cmd.Process.Kill()
+		<-exited
+		t.Fatalf("daemon not running after %v; stderr:\n%s", fcWait, stderr.String())
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(os.Interrupt)
+		select {
+		case <-exited:
+			if waitErr != nil {
+				t.Errorf("daemon exited with %v after SIGINT; stderr:\n%s", waitErr, stderr.String())
+			}
+		case <-time.After(fcWait):
+			_ = cmd.Process.Kill()
+			<-exited
+			t.Errorf("daemon did not stop within %v of SIGINT", fcWait)
+		}
+	})
+	return running
+}
+
+// gatewayStatus is the status of GET /v1/models on the gateway at addr
+// with key ("": none).
+func gatewayStatus(t *testing.T, addr, key string) int {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodGet, "http://"+addr+"/v1/models", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if key != "" {
+		req.Header.Set("Authorization", "Bearer "+key)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("GET /v1/models on the gateway: %v", err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+// writeKeysFile writes a keys file admitting one fresh key, and returns
+// the key.
+func writeKeysFile(t *testing.T, path, name string) string {
+	t.Helper()
+	key, line, err := gateway.NewKey(name, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, []byte(line+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return key
+}
+
+// TestGatewayFromConfigFile: a [gateway] table starts the gateway with no
+// flag, its relative api_keys read beside the file (the daemon runs from
+// another directory, where no such file is), and config show reports
+// both keys as the file's with the path resolved.
+func TestGatewayFromConfigFile(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs the binary")
+	}
+	data := t.TempDir()
+	key := writeKeysFile(t, filepath.Join(data, "api-keys"), "alice")
+	file := "[gateway]\nlisten = \"127.0.0.1:0\"\napi_keys = \"api-keys\"\n"
+	if err := os.WriteFile(filepath.Join(data, nodeconf.FileName), []byte(file), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c := showConfig(t, nil, "--data", data)
+	for k, want := range map[string]string{"gateway.listen": "127.0.0.1:0", "gateway.api_keys": filepath.Join(data, "api-keys")} {
+		if got := c.Settings[k]; got.Value != want || got.Source != nodeconf.FromFile {
+			t.Errorf("config show: %s = %v (%s), want %s (file)", k, got.Value, got.Source, want)
+		}
+	}
+	addr := gatewayDaemon(t, t.TempDir(), data)
+	if addr == "" {
+		t.Fatal("the daemon runs no gateway; the file sets one")
+	}
+	if code := gatewayStatus(t, addr, key); code != http.StatusOK {
+		t.Errorf("with the file's key: %d, want 200", code)
+	}
+	if code := gatewayStatus(t, addr, ""); code != http.StatusUnauthorized {
+		t.Errorf("without a key: %d, want 401", code)
+	}
+}
+
+// TestGatewayFlagsOverFile: --gateway and --api-keys beat the file's
+// listen (an address already taken: were it used, the daemon could not
+// start) and api_keys (the file's key is refused, the flag's admitted);
+// --gateway "" turns the file's gateway off, its keys file with it.
+func TestGatewayFlagsOverFile(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs the binary")
+	}
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	data, other := t.TempDir(), t.TempDir()
+	fileKey := writeKeysFile(t, filepath.Join(data, "api-keys"), "file")
+	flagKeys := filepath.Join(other, "api-keys")
+	flagKey := writeKeysFile(t, flagKeys, "flag")
+	file := "[gateway]\nlisten = \"" + taken.Addr().String() + "\"\napi_keys = \"api-keys\"\n"
+	if err := os.WriteFile(filepath.Join(data, nodeconf.FileName), []byte(file), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Run("flags win", func(t *testing.T) {
+		addr := gatewayDaemon(t, data, data, "--gateway", "127.0.0.1:0", "--api-keys", flagKeys)
+		if addr == "" || addr == taken.Addr().String() {
+			t.Fatalf("gateway on %q, want the flag's 127.0.0.1:0", addr)
+		}
+		if code := gatewayStatus(t, addr, flagKey); code != http.StatusOK {
+			t.Errorf("with the --api-keys key: %d, want 200", code)
+		}
+		if code := gatewayStatus(t, addr, fileKey); code != http.StatusUnauthorized {
+			t.Errorf("with the file's key: %d, want 401 (--api-keys replaces the file's keys)", code)
+		}
+	})
+	t.Run("flag turns it off", func(t *testing.T) {
+		if addr := gatewayDaemon(t, data, data, "--gateway="); addr != "" {
+			t.Errorf("gateway on %s after --gateway \"\"", addr)
+		}
+	})
+}
+
+// TestGatewayConfigMistakes: half a gateway (in the file, or a flag that
+// undoes half of the file's) and an unknown key of [gateway] stop daemon
+// and host before they start anything, with one line, exit 1; config show
+// names the file's mistakes too.
+func TestGatewayConfigMistakes(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs the binary")
+	}
+	for _, c := range []struct {
+		name, file string
+		flags      []string // given to daemon and host; none: config show runs too
+		cause      string   // after the file's path when flags is nil
+	}{
+		{"listen without api_keys", "[gateway]\nlisten = \"127.0.0.1:0\"\n", nil,
+			"gateway\\.listen without gateway\\.api_keys would be an open API: set api_keys to a keys file \\(`gpunet gateway-key new --name NAME` makes a key\\)$"},
+		{"api_keys without listen", "[gateway]\napi_keys = \"api-keys\"\n", nil,
+			`gateway\.api_keys without gateway\.listen serves nothing: set listen = "HOST:PORT", or remove api_keys$`},
+		{"unknown key", "[gateway]\naddr = \"127.0.0.1:8080\"\n", nil,
+			`unknown key gateway\.addr: the keys are .*gateway\.listen, gateway\.api_keys`},
+		{"listen not HOST:PORT", "[gateway]\nlisten = \"8080\"\napi_keys = \"api-keys\"\n", nil,
+			`gateway\.listen = "8080": want HOST:PORT`},
+		{"--api-keys empty over the file", "[gateway]\nlisten = \"127.0.0.1:0\"\napi_keys = \"api-keys\"\n",
+			[]string{"--api-keys="}, `--gateway needs --api-keys FILE \(or gateway\.api_keys in the configuration file\)`},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			data := t.TempDir()
+			path := filepath.Join(data, nodeconf.FileName)
+			if err := os.WriteFile(path, []byte(c.file), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			cause := regexp.MustCompile(c.cause)
+			runs := [][]string{
+				append(append([]string{"daemon"}, fcNet(data)...), c.flags...),
+				append(append([]string{"host", "--gpu", "none"}, fcNet(data)...), c.flags...),
+			}
+			if c.flags == nil {
+				cause = regexp.MustCompile(regexp.QuoteMeta(path) + ": " + c.cause)
+				runs = append(runs, []string{"config", "show", "--data", data})
+			}
+			for _, args := range runs {
+				_, stderr, code := runBounded(t, args...)
+				if code != 1 {
+					t.Errorf("gpunet %v exited %d, want 1", args, code)
+				}
+				checkOneLine(t, stderr, cause)
+			}
+		})
+	}
+}
+
+// TestMetricsAddress: --metrics serves GET /metrics, and only that, on an
+// address of its own.
+func TestMetricsAddress(t *testing.T) {
+	data := t.TempDir()
+	running := runningDaemon(t, data, data, "--metrics", "127.0.0.1:0")
+	addr, _ := running["metrics"].(string)
+	if addr == "" {
+		t.Fatalf("no metrics address in %v", running)
+	}
+	get := func(path string) (int, string) {
+		resp, err := http.Get("http://" + addr + path)
+		if err != nil {
+			t.Fatalf("GET %s: %v", path, err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	if code, body := get("/metrics"); code != http.StatusOK || !strings.Contains(body, "gpunet_build_info") {
+		t.Errorf("GET /metrics: %d, %.200s; want 200 with gpunet_build_info", code, body)
+	}
+	for _, p := range []string{"/", "/v1/status", "/v1/host/pause", "/v1/models"} {
+		if code, _ := get(p); code != http.StatusNotFound {
+			t.Errorf("GET %s on the metrics address: %d, want 404", p, code)
+		}
 	}
 }

@@ -31,6 +31,7 @@ func newDaemonCmd(g *globals) *cobra.Command {
 		},
 	}
 	addGatewayFlags(cmd)
+	addMetricsFlag(cmd)
 	return cmd
 }
 
@@ -48,6 +49,7 @@ type hostFlags struct {
 	rate          float64
 	timeScale     float64
 	hours         string
+	backends      []string
 }
 
 func newHostCmd(g *globals) *cobra.Command {
@@ -76,6 +78,9 @@ func newHostCmd(g *globals) *cobra.Command {
 			if cfg.Kernel, err = openKernel(f, log); err != nil {
 				return err
 			}
+			if cfg.Kernel, err = withBackends(f.backends, cfg.Kernel, cmd.Flags().Changed("kernel"), log); err != nil {
+				return err
+			}
 			if c, ok := cfg.Kernel.(io.Closer); ok {
 				defer c.Close() // after the node: serve-mode generators
 			}
@@ -95,6 +100,7 @@ func newHostCmd(g *globals) *cobra.Command {
 	}
 	fl := cmd.Flags()
 	fl.StringVar(&f.kernel, "kernel", "sketch", "kernel that runs tasks: "+strings.Join(kernelNames(), ", "))
+	fl.StringArrayVar(&f.backends, "backend", nil, backendFlagHelp)
 	fl.StringVar(&f.kernelCmd, "kernel-cmd", "", `--kernel cmd: the generator to run per task, split on spaces, no shell (e.g. "python3 kernels/torch_sketch.py"; see docs/kernels.md)`)
 	fl.StringVar(&f.kernelName, "kernel-name", "", "--kernel cmd: kernel name and version recorded in manifests (default: cmd: and the first model's last path element)")
 	fl.StringSliceVar(&f.kernelModels, "kernel-models", nil, "--kernel cmd: models the generator serves, comma-separated (e.g. gpunet/torch-sketch-v1)")
@@ -108,6 +114,7 @@ func newHostCmd(g *globals) *cobra.Command {
 	fl.StringVar(&f.hours, "hours", "", `lending hours: take work only between these local times, HH:MM-HH:MM (e.g. 22:00-07:00, past midnight wraps; default: every hour)`)
 	fl.Float64Var(&f.timeScale, "sim-time-scale", 1, "simulated GPU only: how much faster than real time it heats and cools")
 	addGatewayFlags(cmd)
+	addMetricsFlag(cmd)
 	cmd.AddCommand(newHostPauseCmd(g, true), newHostPauseCmd(g, false))
 	return cmd
 }
@@ -227,10 +234,21 @@ func runPeer(cmd *cobra.Command, g *globals, cfg node.Config) error {
 	if gw != nil {
 		defer gw.Close()
 	}
+	var metricsAddr string
+	if a, _ := cmd.Flags().GetString("metrics"); a != "" {
+		var stop func()
+		if metricsAddr, stop, err = serveMetricsOnly(a, routes, cfg.Logger); err != nil {
+			return err
+		}
+		defer stop()
+	}
 	if g.json {
 		out := map[string]any{"peer_id": n.ID().String(), "addrs": n.Addrs(), "api": api.Addr()}
 		if gw != nil {
 			out["gateway"] = gw.Addr()
+		}
+		if metricsAddr != "" {
+			out["metrics"] = metricsAddr
 		}
 		_ = printJSON(out)
 	} else {
@@ -244,6 +262,9 @@ func runPeer(cmd *cobra.Command, g *globals, cfg node.Config) error {
 			role, n.ID(), api.Addr(), joinOr(node.JoinAddrs(n.Addrs()), "(not listening)"))
 		if gw != nil {
 			fmt.Fprintf(os.Stdout, "  gateway (API keys, OpenAI routes only): http://%s\n", gw.Addr())
+		}
+		if metricsAddr != "" {
+			fmt.Fprintf(os.Stdout, "  metrics: http://%s/metrics\n", metricsAddr)
 		}
 	}
 	<-ctx.Done()

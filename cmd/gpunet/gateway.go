@@ -9,6 +9,7 @@ import (
 
 	"github.com/gpunet/gpunet/node"
 	"github.com/gpunet/gpunet/node/gateway"
+	"github.com/gpunet/gpunet/node/nodeconf"
 	"github.com/gpunet/gpunet/node/openai"
 )
 
@@ -16,22 +17,53 @@ import (
 // gateway's flags; runPeer reads them back with gatewayFlags.
 func addGatewayFlags(cmd *cobra.Command) {
 	fl := cmd.Flags()
-	fl.String("gateway", "", "also serve the OpenAI Images API on HOST:PORT beyond loopback, to the holders of --api-keys (docs/openai.md \"Gateway\"; put TLS in front of it)")
-	fl.String("api-keys", "", "--gateway: the keys file, one sha256:HASH [name] [rate=N/s] a line, reread when it changes (`gpunet gateway-key new` makes a key)")
+	fl.String("gateway", "", "also serve the OpenAI Images API on HOST:PORT beyond loopback, to the holders of --api-keys (docs/openai.md \"Gateway\"; put TLS in front of it; or gateway.listen in DATA/config.toml)")
+	fl.String("api-keys", "", "--gateway: the keys file, one sha256:HASH [name] [rate=N/s] a line, reread when it changes (`gpunet gateway-key new` makes a key; or gateway.api_keys in DATA/config.toml)")
 }
 
-// gatewayFlags reads the gateway's flags, and refuses a gateway without
-// keys before the node starts.
+// gatewayFlags reads the gateway's flags, which applyConfig has merged
+// with the [gateway] table of the configuration file, and refuses a
+// gateway without keys before the node starts. The file alone cannot get
+// here with one key and not the other (nodeconf.Load refuses it); a flag
+// over the file, or flags alone, can.
 func gatewayFlags(cmd *cobra.Command) (addr, keys string, err error) {
 	addr, _ = cmd.Flags().GetString("gateway")
 	keys, _ = cmd.Flags().GetString("api-keys")
 	switch {
 	case addr != "" && keys == "":
-		return "", "", errors.New("--gateway needs --api-keys FILE: a gateway without keys would be an open API (`gpunet gateway-key new --name NAME` makes a key)")
+		return "", "", errors.New("--gateway needs --api-keys FILE (or gateway.api_keys in the configuration file): a gateway without keys would be an open API (`gpunet gateway-key new --name NAME` makes a key)")
 	case addr == "" && keys != "":
-		return "", "", errors.New("--api-keys is for --gateway HOST:PORT, which is not set")
+		return "", "", errors.New("--api-keys is for --gateway HOST:PORT (or gateway.listen in the configuration file), which is not set")
 	}
 	return addr, keys, nil
+}
+
+// gatewayBase is the gateway's flags as the [gateway] table, for
+// nodeconf.Merge: what they were given, or their defaults (off).
+func gatewayBase(cmd *cobra.Command) nodeconf.Gateway {
+	addr, _ := cmd.Flags().GetString("gateway")
+	keys, _ := cmd.Flags().GetString("api-keys")
+	return nodeconf.Gateway{Listen: addr, APIKeys: keys}
+}
+
+// setGateway puts the merged [gateway] values into the gateway's flags,
+// where gatewayFlags reads them: as applyConfig does for every other key,
+// whose flags are bound to the variables it assigns. Value.Set, not
+// FlagSet.Set, which would mark the flags given. --gateway "" over a file
+// that sets a gateway turns it off, and the file's keys file goes with
+// the file's gateway, unless --api-keys was given too (then gatewayFlags
+// refuses keys without a gateway, as for flags alone).
+func setGateway(cmd *cobra.Command, given func(key string) bool, gw nodeconf.Gateway) {
+	fl := cmd.Flags()
+	if fl.Lookup("gateway") == nil { // a command that runs no peer
+		return
+	}
+	if given("gateway.listen") && gw.Listen == "" && !given("gateway.api_keys") {
+		gw.APIKeys = ""
+	}
+	// The values are strings, whose Set never fails.
+	_ = fl.Lookup("gateway").Value.Set(gw.Listen)
+	_ = fl.Lookup("api-keys").Value.Set(gw.APIKeys)
 }
 
 // startGateway serves node/openai's routes for n on addr to the key

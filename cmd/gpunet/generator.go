@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -15,8 +16,9 @@ import (
 	"github.com/spf13/cobra"
 )
 
-// generatorMaxTask bounds one task on stdin, as the host bounds a request.
-const generatorMaxTask = protocol.MaxRequestBytes
+// generatorMaxTask bounds one task on stdin: a request's worth of task,
+// and the base64 of the most input images and mask a task may carry.
+var generatorMaxTask = protocol.MaxRequestBytes + base64.StdEncoding.EncodedLen((protocol.MaxInputs+1)*protocol.MaxBlockBytes)
 
 func newGeneratorCmd() *cobra.Command {
 	var serve bool
@@ -26,14 +28,15 @@ func newGeneratorCmd() *cobra.Command {
 		Long: `Reads a task as JSON on stdin and paints it with the built-in sketch kernel, following the
 contract a --kernel cmd generator follows (docs/kernels.md): progress lines on stderr, one PNG on
 stdout. With --serve it follows serve mode instead: one task per stdin line, each answered on stdout
-with "png N" and N bytes, or "error MESSAGE", until stdin closes. The bytes are the same as the
-sketch kernel's, so a host running it through --kernel cmd serves the same images.`,
+with "png N" and N bytes, or "error MESSAGE", until stdin closes, after its progress lines and the
+previews the task's preview_steps ask for ("preview K N" and N bytes). The bytes are the same as the
+sketch kernel's, previews included, so a host running it through --kernel cmd serves the same images.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if serve {
 				return serveGenerator(cmd.Context(), os.Stdin, os.Stdout, os.Stderr)
 			}
-			in, err := io.ReadAll(io.LimitReader(os.Stdin, generatorMaxTask+1))
+			in, err := io.ReadAll(io.LimitReader(os.Stdin, int64(generatorMaxTask)+1))
 			if err != nil {
 				return err
 			}
@@ -53,17 +56,38 @@ sketch kernel's, so a host running it through --kernel cmd serves the same image
 }
 
 // paint decodes one task and runs the sketch kernel on it, writing a
-// progress line to progress after each step.
+// progress line to progress after each step. A per-task generator has
+// nowhere to send previews (stdout is the output), so it ignores
+// preview_steps.
 func paint(ctx context.Context, line []byte, progress io.Writer) ([]byte, error) {
-	var t protocol.Task
-	if err := json.Unmarshal(line, &t); err != nil {
+	return paintPreviews(ctx, line, progress, nil)
+}
+
+// paintPreviews is paint that also calls preview (when set: serve mode)
+// with the sketch kernel's preview at each of the task's preview_steps.
+func paintPreviews(ctx context.Context, line []byte, progress io.Writer, preview kernel.PreviewFunc) ([]byte, error) {
+	var job struct {
+		protocol.Task
+		// An edit's images, base64 in JSON (docs/kernels.md).
+		InputImages [][]byte `json:"input_images"`
+		MaskImage   []byte   `json:"mask_image"`
+		// Serve mode: the steps to send a preview at.
+		PreviewSteps []int `json:"preview_steps"`
+	}
+	if err := json.Unmarshal(line, &job); err != nil {
 		return nil, fmt.Errorf("decoding the task: %w", err)
 	}
-	t, err := t.Normalize()
+	t, err := job.Task.Normalize()
 	if err != nil {
 		return nil, err
 	}
-	outs, err := kernel.Sketch{}.Run(ctx, t, func(k, n int) { fmt.Fprintf(progress, "progress %d %d\n", k, n) })
+	in := kernel.Inputs{Images: job.InputImages, Mask: job.MaskImage}
+	var at []int
+	if preview != nil {
+		at = job.PreviewSteps
+	}
+	// Edit of a task without inputs is RunWithPreviews.
+	outs, err := kernel.Sketch{}.Edit(ctx, t, in, func(k, n int) { fmt.Fprintf(progress, "progress %d %d\n", k, n) }, at, preview)
 	if err != nil {
 		return nil, err
 	}
@@ -71,14 +95,19 @@ func paint(ctx context.Context, line []byte, progress io.Writer) ([]byte, error)
 }
 
 // serveGenerator answers tasks in serve mode until stdin ends: progress
-// lines and the answer on stdout, each flushed as written.
+// lines, previews and the answer on stdout, each flushed as written.
 func serveGenerator(ctx context.Context, stdin io.Reader, stdout, stderr io.Writer) error {
 	in := bufio.NewScanner(stdin)
 	in.Buffer(make([]byte, 0, 4096), generatorMaxTask+1)
 	out := bufio.NewWriter(stdout)
 	progress := flushingWriter{out}
+	preview := func(k int, png []byte) {
+		// A write error shows at the answer's flush.
+		fmt.Fprintf(out, "preview %d %d\n", k, len(png))
+		_, _ = progress.Write(png)
+	}
 	for in.Scan() {
-		png, err := paint(ctx, in.Bytes(), progress)
+		png, err := paintPreviews(ctx, in.Bytes(), progress, preview)
 		if err != nil {
 			// One line: the host reads the message up to the newline.
 			msg := strings.Join(strings.Fields(err.Error()), " ")

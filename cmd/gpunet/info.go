@@ -32,6 +32,7 @@ func newStatusCmd(g *globals) *cobra.Command {
 			}
 			fmt.Fprintf(w, "uptime\t%s\n", time.Duration(st.UptimeS*float64(time.Second)).Round(time.Second))
 			fmt.Fprintf(w, "peers\t%d connected, %d in DHT routing table\n", st.Peers, st.DHTPeers)
+			fmt.Fprintf(w, "reachability\t%s\n", reachLine(st.Reach))
 			if st.Host {
 				fmt.Fprintf(w, "state\t%s\n", hostState(st))
 				fmt.Fprintf(w, "temperature\t%s\n", hostTemp(st))

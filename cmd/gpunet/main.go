@@ -40,6 +40,7 @@ type globals struct {
 	// storeBudget is store.budget from the configuration file (no flag);
 	// 0 leaves node.DefaultConfig's.
 	storeBudget int64
+	reach       reachFlags // swarmkey.go
 }
 
 // Exit codes. A person or a script reads them: 1 is "what you asked for
@@ -159,13 +160,14 @@ func newRootCmd() *cobra.Command {
 	pf.IntVar(&g.heard, "view-shards", 0, "with --beacon-shards: how many shards this node hears, from its own on (0: all)")
 	pf.StringVar(&g.logLevel, "log-level", "", "debug, info, warn or error (default: info for daemon and host, warn otherwise)")
 	pf.StringVar(&g.logFormat, "log-format", "text", "logs on stderr as text (key=value) or json (one object a line); go-libp2p's logs too")
+	g.reach.add(pf)
 
 	root.AddCommand(
 		newDaemonCmd(g), newHostCmd(g), newSubmitCmd(g), newPeersCmd(g), newStatusCmd(g),
 		newDemoCmd(g), newBenchCmd(g), newCacheCmd(g), newSimCmd(), newGeneratorCmd(), newVersionCmd(g),
 	)
 	root.AddCommand(newInitCmd(g), newConfigCmd(g))
-	root.AddCommand(newGatewayKeyCmd())
+	root.AddCommand(newGatewayKeyCmd(), newSwarmKeyCmd())
 	return root
 }
 
@@ -202,7 +204,7 @@ func (g *globals) check(cmd *cobra.Command) error {
 			return err
 		}
 	}
-	return nil
+	return g.reach.check()
 }
 
 // checkBootstrap checks one --bootstrap address: a multiaddr that ends in
@@ -248,6 +250,7 @@ func (g *globals) nodeConfig(cmd *cobra.Command, log *slog.Logger) node.Config {
 		cfg.StoreBudget = g.storeBudget
 	}
 	cfg.BeaconShards, cfg.ViewShards = g.shards, g.heard
+	g.reach.apply(&cfg, g.data)
 	cfg.Version = version
 	cfg.Logger = log
 	return cfg

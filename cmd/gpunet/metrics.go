@@ -1,6 +1,15 @@
 package main
 
 import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/spf13/cobra"
+
 	"github.com/gpunet/gpunet/node"
 	"github.com/gpunet/gpunet/node/localapi"
 	"github.com/gpunet/gpunet/node/metrics"
@@ -24,3 +33,38 @@ func metricsSurface(cfg *node.Config) func(*node.Node) []localapi.Option {
 }
 
 var _ surface = metricsSurface
+
+// addMetricsFlag gives a command that runs a peer --metrics, read back by
+// runPeer.
+func addMetricsFlag(cmd *cobra.Command) {
+	cmd.Flags().String("metrics", "", "also serve GET /metrics alone on HOST:PORT, for a Prometheus on another machine (the local API serves it on loopback anyway; docs/metrics.md)")
+}
+
+// serveMetricsOnly serves GET /metrics, from the routes the local API
+// got, on addr and nothing else: the admin routes, the dashboard and the
+// API stay on loopback. It returns the listener's address and a stop.
+func serveMetricsOnly(addr string, routes []localapi.Option, log *slog.Logger) (string, func(), error) {
+	mux := http.NewServeMux()
+	for _, r := range routes {
+		r(mux)
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return "", nil, fmt.Errorf("--metrics %s: %w", addr, err)
+	}
+	srv := &http.Server{ReadHeaderTimeout: 10 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/metrics" {
+			http.Error(w, "only /metrics is served here", http.StatusNotFound)
+			return
+		}
+		mux.ServeHTTP(w, r)
+	})}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("metrics listener stopped", "err", err)
+		}
+	}()
+	return ln.Addr().String(), func() { _ = srv.Close(); <-done }, nil
+}

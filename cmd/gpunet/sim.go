@@ -22,7 +22,7 @@ func newSimCmd() *cobra.Command {
 		policy, service                   string
 		thermal, governor, changes, hedge string
 		beacon, duration, meanService     time.Duration
-		asJSON                            bool
+		asJSON, textbook                  bool
 	)
 	cmd := &cobra.Command{
 		Use:   "sim",
@@ -33,13 +33,25 @@ independent clients, churn and repeated prompts. Policy gpunet runs the real
 scheduler; random, roundrobin, pod and oracle are baselines; all runs every
 policy on the same hosts and arrivals and prints a comparison.
 
+--textbook replaces the swarm by the queueing literature's model, against
+which the simulator is checked: identical single-slot hosts with no link
+delay or heat, Poisson arrivals, unbounded queues, exact state (beacon
+interval 0), one client, a mean service of 1 s; flags given explicitly
+still apply. Random and pod runs then print the analytic mean time in
+system beside the simulated one (M/M/1 or M/D/1 for random, Mitzenmacher's
+power of d choices for pod with --d; exp service, hosts → ∞).
+
 docs/scheduling.md describes the model and the results.`,
 		Example: `  gpunet sim --policy all
   gpunet sim --hosts 1000 --load 0.9 --beacon-interval 4s --clients 10 --policy all
   gpunet sim --repeat 0.45 --json
-  gpunet sim --hosts 100000 --tasks 200000`,
+  gpunet sim --hosts 100000 --tasks 200000
+  gpunet sim --textbook --policy pod --d 2 --load 0.95 --tasks 1000000 --steady`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if textbook {
+				simTextbook(cmd, &thermal, &governor, &changes, &hedge, &beacon, &meanService, &cfg)
+			}
 			var err error
 			if cfg.Thermal, err = simOnOff("thermal", thermal); err != nil {
 				return err
@@ -91,6 +103,9 @@ docs/scheduling.md describes the model and the results.`,
 				}
 				return enc.Encode(results)
 			}
+			if cfg.Textbook {
+				return simTextbookTable(out, cfg, results)
+			}
 			return simTable(out, cfg, results)
 		},
 	}
@@ -105,24 +120,88 @@ docs/scheduling.md describes the model and the results.`,
 	f.Float64Var(&cfg.Hetero, "hetero", cfg.Hetero, "spread of host speeds (σ of a lognormal factor; 5% slow outliers at 1/4 when > 0)")
 	f.StringVar(&thermal, "thermal", "on", "heat model and throttling: on or off")
 	f.StringVar(&governor, "governor", "on", "host governor that pauses work at the owner's limit: on or off")
-	f.DurationVar(&beacon, "beacon-interval", time.Duration(cfg.BeaconInterval*float64(time.Second)), "mean time between a host's periodic beacons (jittered ±25%)")
+	f.DurationVar(&beacon, "beacon-interval", time.Duration(cfg.BeaconInterval*float64(time.Second)), "mean time between a host's periodic beacons (jittered ±25%); 0: exact state, every change seen at once")
 	f.StringVar(&changes, "change-beacons", "on", "also beacon when free slots or accepting change: on or off")
 	f.IntVar(&cfg.Clients, "clients", cfg.Clients, "number of independent schedulers")
 	f.Float64Var(&cfg.Churn, "churn", 0, "fraction of hosts leaving per minute (they come back as new peers)")
 	f.Uint64Var(&cfg.Seed, "seed", cfg.Seed, "random seed: the same seed gives the same result")
 	f.StringVar(&policy, "policy", string(cfg.Policy), "gpunet, random, roundrobin, pod, oracle, or all to compare them")
 	f.IntVar(&cfg.D, "d", cfg.D, "choices of the pod policy")
+	f.BoolVar(&cfg.PodSpeed, "pod-speed", false, "pod picks among its choices by tasks per slot over the host's speed, not tasks per slot alone")
 	f.Float64Var(&cfg.Repeat, "repeat", 0, "fraction of tasks that repeat an earlier prompt")
 	f.Float64Var(&cfg.Zipf, "zipf", cfg.Zipf, "Zipf exponent of prompt popularity")
 	f.IntVar(&cfg.ViewSize, "view", cfg.ViewSize, "peers one gpunet decision scans (a fresh sample when there are more hosts; 0 = all)")
 	f.BoolVar(&cfg.ViewFixed, "view-fixed", cfg.ViewFixed, "each client's view is a fixed window of --view hosts (sharded beacons), with a fallback to random hosts when all refuse")
-	f.IntVar(&cfg.QueueCap, "queue-cap", cfg.QueueCap, "tasks a host queues beyond its slots before refusing")
+	f.IntVar(&cfg.QueueCap, "queue-cap", cfg.QueueCap, "tasks a host queues beyond its slots before refusing (-1: unbounded)")
 	f.StringVar(&hedge, "hedge", "on", "gpunet clients move a queued task that has not started by its deadline: on or off")
 	f.IntVar(&cfg.Place.Choices, "choices", cfg.Place.Choices, "gpunet placement: candidates drawn from the pool (d)")
 	f.IntVar(&cfg.Place.TopK, "topk", cfg.Place.TopK, "gpunet placement: size of the pool drawn from (k; 1 disables anti-herding)")
 	f.Float64Var(&cfg.Warmup, "warmup", cfg.Warmup, "fraction of tasks left out of the time-in-system statistics")
 	f.BoolVar(&asJSON, "json", false, "print the result as JSON (an array with --policy all)")
+	f.BoolVar(&textbook, "textbook", false, "the queueing literature's model: identical single-slot hosts, unbounded queues, exact state (see above)")
+	f.BoolVar(&cfg.Steady, "steady", false, "textbook random or pod with exp service: start every queue in its analytic steady state instead of empty")
 	return cmd
+}
+
+// simTextbook sets the textbook case (sim.TextbookConfig) on every setting
+// whose flag was not given.
+func simTextbook(cmd *cobra.Command, thermal, governor, changes, hedge *string, beacon, meanService *time.Duration, cfg *sim.Config) {
+	tb := sim.TextbookConfig(cfg.Policy, cfg.D, cfg.Load, cfg.Service)
+	cfg.Textbook = true
+	set := func(flag string, apply func()) {
+		if !cmd.Flags().Changed(flag) {
+			apply()
+		}
+	}
+	set("thermal", func() { *thermal = "off" })
+	set("governor", func() { *governor = "off" })
+	set("change-beacons", func() { *changes = "off" })
+	set("hedge", func() { *hedge = "off" })
+	set("beacon-interval", func() { *beacon = 0 })
+	set("mean-service", func() { *meanService = time.Duration(tb.MeanServiceS * float64(time.Second)) })
+	set("hetero", func() { cfg.Hetero = tb.Hetero })
+	set("clients", func() { cfg.Clients = tb.Clients })
+	set("queue-cap", func() { cfg.QueueCap = tb.QueueCap })
+	if cfg.Steady {
+		set("warmup", func() { cfg.Warmup = 0 })
+	}
+	cfg.RefusalState = tb.RefusalState
+}
+
+// simTextbookTable prints a textbook run: per policy, the simulated mean
+// time in system beside the analytic one where the literature gives it.
+func simTextbookTable(w io.Writer, cfg sim.Config, rs []*sim.Result) error {
+	r0 := rs[0]
+	start := "empty queues, warm-up " + fmt.Sprintf("%.0f%%", 100*cfg.Warmup)
+	if cfg.Steady {
+		start = "queues in their steady state"
+	}
+	state := "exact state"
+	if cfg.BeaconInterval > 0 {
+		state = fmt.Sprintf("beacons every %gs", cfg.BeaconInterval)
+	}
+	queue := "unbounded queues"
+	if cfg.QueueCap != sim.Unbounded {
+		queue = fmt.Sprintf("queues of %d", cfg.QueueCap)
+	}
+	fmt.Fprintf(w, "textbook: %d identical single-slot hosts, load %.2f, %d tasks, %s service (mean %gs), %s, %s, %s\n\n",
+		r0.Hosts, r0.Load, r0.Tasks, cfg.Service, cfg.MeanServiceS, queue, state, start)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "policy\tmean s\tanalytic s\tdifference\tmean wait s\tp50 s\tp99 s\trefusals\twall s\t")
+	for _, r := range rs {
+		name := string(r.Policy)
+		if r.Policy == sim.Pod {
+			name = fmt.Sprintf("pod d=%d", cfg.D)
+		}
+		analytic, diff := "-", "-"
+		if r.AnalyticMeanS > 0 {
+			analytic = fmt.Sprintf("%.3f", r.AnalyticMeanS)
+			diff = fmt.Sprintf("%+.1f%%", 100*(r.MeanS/r.AnalyticMeanS-1))
+		}
+		fmt.Fprintf(tw, "%s\t%.3f\t%s\t%s\t%.3f\t%.3f\t%.3f\t%d\t%.1f\t\n",
+			name, r.MeanS, analytic, diff, r.MeanWaitS, r.P50S, r.P99S, r.Refusals, r.WallS)
+	}
+	return tw.Flush()
 }
 
 func simOnOff(name, v string) (bool, error) {
@@ -147,11 +226,15 @@ func simTable(w io.Writer, cfg sim.Config, rs []*sim.Result) error {
 	}
 	fmt.Fprintf(w, "%d hosts, %d clients, load %.2f (%.1f tasks/s), %d tasks, %s service, thermal %s\n",
 		r0.Hosts, r0.Clients, r0.Load, r0.RatePerS, r0.Tasks, cfg.Service, thermal)
-	fmt.Fprintf(w, "beacons every %gs", cfg.BeaconInterval)
-	if cfg.ChangeBeacons {
-		fmt.Fprintf(w, " and on change (at most every %gs)", cfg.MinBeaconGapS)
+	if cfg.BeaconInterval == 0 {
+		fmt.Fprint(w, "exact state: every decision sees every host as it is (no beacons)\n\n")
+	} else {
+		fmt.Fprintf(w, "beacons every %gs", cfg.BeaconInterval)
+		if cfg.ChangeBeacons {
+			fmt.Fprintf(w, " and on change (at most every %gs)", cfg.MinBeaconGapS)
+		}
+		fmt.Fprintf(w, ": %.2f per host per second, gossip ≈ %s per node\n\n", r0.BeaconsPerHostS, simBytes(r0.GossipBytesPerNodeS))
 	}
-	fmt.Fprintf(w, ": %.2f per host per second, gossip ≈ %s per node\n\n", r0.BeaconsPerHostS, simBytes(r0.GossipBytesPerNodeS))
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "policy\tmean s\tp50 s\tp99 s\tthrottled GPU-s\tpeak °C\tslowdown margin °C\tover limit °C\trefusals\thedges\tcache hits\twall s\t")
 	for _, r := range rs {

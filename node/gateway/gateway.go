@@ -1,7 +1,6 @@
 package gateway
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -19,9 +18,6 @@ import (
 )
 
 const (
-	// maxBody bounds a request body, as the local API does: a generation
-	// request is a prompt and a few fields.
-	maxBody = 64 << 10
 	// DefaultReloadInterval is how often, at most, a request checks
 	// whether the keys file changed: a revoked key stops working within a
 	// second, and a busy gateway stats the file once a second, not once a
@@ -223,71 +219,18 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case r.Method == http.MethodGet || r.Method == http.MethodHead:
 		// No GET route of the inner mux submits: nothing to attribute.
-	case r.Method == http.MethodPost && r.URL.Path == "/v1/images/generations":
-		if e := asSubmitter(w, r, k.Submitter()); e != nil {
-			writeError(w, e)
-			return
-		}
+	case r.Method == http.MethodPost && (r.URL.Path == "/v1/images/generations" || r.URL.Path == "/v1/images/edits"):
+		// The key is the submitter: node/openai reads it from the
+		// request, whatever the body says.
+		r = localapi.WithCaller(r, localapi.Caller{Submitter: k.Submitter()})
 	default:
-		// A route the gateway cannot attribute to the key (edits, when
-		// node/openai serves them, need their own rewrite) is not
+		// A route the gateway cannot attribute to the key is not
 		// forwarded: better a 404 than a request under a borrowed name.
 		notServed(w, r)
 		return
 	}
 	s.inner.ServeHTTP(w, r)
 }
-
-// asSubmitter replaces the body's user and safety_identifier with the
-// key's submitter. The body's own user is dropped, not kept as a
-// sub-identity: every distinct submitter gets its own fair share, so a
-// key holder choosing names would take as many shares as they liked.
-func asSubmitter(w http.ResponseWriter, r *http.Request, submitter string) *apiError {
-	var buf bytes.Buffer
-	if _, err := buf.ReadFrom(http.MaxBytesReader(w, r.Body, maxBody)); err != nil {
-		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
-			return &apiError{status: http.StatusRequestEntityTooLarge, Type: "invalid_request_error",
-				Message: fmt.Sprintf("request body over %d KiB", maxBody>>10)}
-		}
-		return badRequest("", "reading body: "+err.Error())
-	}
-	var fields map[string]json.RawMessage
-	if err := json.Unmarshal(buf.Bytes(), &fields); err != nil || fields == nil {
-		return badRequest("", "body is not a JSON object")
-	}
-	for name, v := range fields {
-		// encoding/json matches field names case-insensitively: drop every
-		// spelling the API might read as one of these.
-		if strings.EqualFold(name, "user") || strings.EqualFold(name, "safety_identifier") {
-			delete(fields, name)
-		}
-		if strings.EqualFold(name, "response_format") {
-			var f string
-			if json.Unmarshal(v, &f) == nil && f == "url" {
-				// The URL would point at the node's blocks route, which
-				// only the local API serves.
-				return badRequest("response_format", `response_format "url" is not served on the gateway: use b64_json`)
-			}
-		}
-	}
-	fields["user"], _ = json.Marshal(submitter)
-	body, err := json.Marshal(fields)
-	if err != nil {
-		return badRequest("", "re-encoding body: "+err.Error())
-	}
-	r.Body = http.NoBody
-	if len(body) > 0 {
-		r.Body = readCloser{bytes.NewReader(body)}
-	}
-	r.ContentLength = int64(len(body))
-	r.Header.Set("Content-Length", strconv.Itoa(len(body)))
-	return nil
-}
-
-type readCloser struct{ *bytes.Reader }
-
-func (readCloser) Close() error { return nil }
 
 // apiError is OpenAI's error object, as node/openai writes it.
 type apiError struct {
@@ -313,7 +256,7 @@ func badRequest(param, msg string) *apiError {
 
 func notServed(w http.ResponseWriter, r *http.Request) {
 	writeError(w, &apiError{status: http.StatusNotFound, Type: "invalid_request_error",
-		Message: r.Method + " " + r.URL.Path + ": not served on this gateway; it serves GET /v1/models and POST /v1/images/generations"})
+		Message: r.Method + " " + r.URL.Path + ": not served on this gateway; it serves GET /v1/models, POST /v1/images/generations and POST /v1/images/edits"})
 }
 
 func writeError(w http.ResponseWriter, e *apiError) {

@@ -1,9 +1,12 @@
 package gateway_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/base64"
 	"errors"
+	"image"
+	"image/png"
 	"log/slog"
 	"net/http"
 	"os"
@@ -161,6 +164,40 @@ func TestKeyGeneratesUnderItsOwnName(t *testing.T) {
 	wantStatus(t, err, http.StatusBadRequest, "")
 }
 
+// An edit through the gateway runs under the key's name too, whatever
+// the form's user says.
+func TestKeyEditsUnderItsOwnName(t *testing.T) {
+	alice, line := newKey(t, "alice", "")
+	f := start(t, line)
+	img := image.NewNRGBA(image.Rect(0, 0, 64, 64))
+	for i := range img.Pix {
+		img.Pix[i] = uint8(i)
+	}
+	var photo bytes.Buffer
+	if err := png.Encode(&photo, img); err != nil {
+		t.Fatal(err)
+	}
+	c, nobody := f.client(alice), f.client("")
+	res, err := c.Images.Edit(ctxT(t), oai.ImageEditParams{
+		Image:  oai.ImageEditParamsImageUnion{OfFile: oai.File(bytes.NewReader(photo.Bytes()), "p.png", "image/png")},
+		Prompt: "as a watercolour", User: oai.String("bob"),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Data) != 1 || res.Data[0].B64JSON == "" {
+		t.Fatalf("data %+v: want one image", res.Data)
+	}
+	if got := f.n.seen(); len(got) != 1 || got[0] != "key:alice" {
+		t.Errorf("submitters %q, want [key:alice]", got)
+	}
+	_, err = nobody.Images.Edit(ctxT(t), oai.ImageEditParams{
+		Image:  oai.ImageEditParamsImageUnion{OfFile: oai.File(bytes.NewReader(photo.Bytes()), "p.png", "image/png")},
+		Prompt: "x",
+	})
+	wantStatus(t, err, http.StatusUnauthorized, "invalid_api_key")
+}
+
 func TestMissingOrWrongKeyIs401(t *testing.T) {
 	_, line := newKey(t, "alice", "")
 	f := start(t, line)
@@ -189,7 +226,7 @@ func TestAdminRoutesAreNotThere(t *testing.T) {
 		{"POST", "host/pause"}, {"POST", "host/resume"}, {"POST", "host/limits"},
 		{"GET", "status"}, {"GET", "peers"}, {"POST", "tasks"},
 		{"GET", "cache"}, {"POST", "cache/pin"}, {"GET", "blocks/bafkqaaa"},
-		{"GET", "../metrics"}, {"POST", "images/edits"},
+		{"GET", "../metrics"}, {"POST", "images/variations"},
 	} {
 		err := c.Execute(ctx, r.method, r.path, map[string]any{"paused": true}, nil)
 		var e *oai.Error

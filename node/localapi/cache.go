@@ -209,6 +209,15 @@ func (s *Server) cachePin(w http.ResponseWriter, r *http.Request, pinned bool) {
 		writeCacheError(w, err)
 		return
 	}
+	if pinned {
+		// A pinned result is kept to be served: the node provides it on
+		// the DHT from now on (node.Announce). Unpinning does not withdraw
+		// it: the record lapses if the result is evicted.
+		if err := s.n.Announce(r.Context(), c); err != nil {
+			writeCacheError(w, err)
+			return
+		}
+	}
 	writeJSON(w, http.StatusOK, res)
 }
 

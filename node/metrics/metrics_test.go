@@ -243,6 +243,7 @@ var libp2pLint = map[string]bool{
 	"libp2p_eventbus_subscribers_total":       true,
 	"libp2p_identify_addrs_count":             true,
 	"libp2p_identify_protocols_count":         true,
+	"libp2p_autorelay_relay_addresses_count":  true,
 }
 
 // scraped is one scrape: the text served, parsed.

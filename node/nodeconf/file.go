@@ -14,7 +14,8 @@ import (
 )
 
 // Load reads the file at path over Defaults: keys it leaves out keep
-// their defaults. md says which keys it defines (for Merge). Every error
+// their defaults. md says which keys it defines (for Merge). A relative
+// gateway.api_keys comes back absolute, joined to path's directory. Every error
 // is one line that names the file: a syntax error with its line and
 // column, an unknown key (a typo would otherwise be ignored in silence),
 // a value of the wrong type or out of range. A missing file is an error
@@ -47,6 +48,15 @@ func Load(path string) (File, toml.MetaData, error) {
 	}
 	if err := f.Validate(); err != nil {
 		return File{}, md, fmt.Errorf("%s: %s", path, oneLine(err.Error()))
+	}
+	if k := f.Gateway.APIKeys; k != "" && !filepath.IsAbs(k) {
+		// Relative to the file, not to the directory the daemon was
+		// started in: a service manager starts it in /, a person anywhere.
+		abs, err := filepath.Abs(filepath.Join(filepath.Dir(path), k))
+		if err != nil {
+			return File{}, md, fmt.Errorf("%s: gateway.api_keys = %q: %w", path, k, err)
+		}
+		f.Gateway.APIKeys = abs
 	}
 	return f, md, nil
 }
@@ -140,9 +150,8 @@ var tmpl = template.Must(template.New(FileName).Funcs(template.FuncMap{"v": valu
 # the keys. A key this file does not know is an error, not ignored.
 # The data directory itself is --data or $GPUNET_HOME, never set here.
 #
-# Not here yet: compute backends (gpunet has none so far), and the
-# gateway's settings, which are flags for now (gpunet daemon --gateway
-# HOST:PORT --api-keys FILE); a key that does nothing would mislead.
+# Not here yet: compute backends (gpunet has none so far); a key that
+# does nothing would mislead.
 
 # Peers to join through: multiaddrs ending in /p2p/PEER_ID, as a running
 # daemon prints after "join with:". Remembered peers (peers.json) are
@@ -198,4 +207,15 @@ rate_limit = {{v .Host.RateLimit}}
 # past midnight). Outside them the host pauses itself, apart from
 # "gpunet host pause", which only the owner undoes. "": every hour.
 hours = {{v .Host.Hours}}
+
+# The gateway (docs/openai.md, "Gateway"): the OpenAI routes served beyond
+# loopback, to the holders of the API keys in api_keys, one
+# "sha256:HASH [name] [rate=N/s]" a line ("gpunet gateway-key new" makes a
+# key). Off unless both keys are set, as --gateway and --api-keys; one
+# without the other is an error. A relative api_keys is relative to this
+# file's directory. Speaks plain HTTP: keep listen on loopback or a
+# private address and put a TLS proxy in front.
+[gateway]
+{{if .Gateway.Listen}}listen = {{v .Gateway.Listen}}{{else}}# listen = "127.0.0.1:8080"{{end}}
+{{if .Gateway.APIKeys}}api_keys = {{v .Gateway.APIKeys}}{{else}}# api_keys = "/etc/gpunet/api-keys"{{end}}
 `))

@@ -28,6 +28,7 @@ type File struct {
 	LogFormat string   `toml:"log_format"`
 	Store     Store    `toml:"store"`
 	Host      Host     `toml:"host"`
+	Gateway   Gateway  `toml:"gateway"`
 }
 
 // Store is the [store] table: the results store.
@@ -46,6 +47,18 @@ type Host struct {
 	MaxTemp      float64  `toml:"max_temp"`
 	RateLimit    float64  `toml:"rate_limit"`
 	Hours        string   `toml:"hours"` // lending hours, HH:MM-HH:MM local time; "": every hour
+}
+
+// Gateway is the [gateway] table: the OpenAI routes served beyond
+// loopback to the holders of API keys (docs/openai.md, "Gateway"). Both
+// keys or neither: a listen address without keys would be an open API,
+// and keys without an address serve nothing.
+type Gateway struct {
+	Listen string `toml:"listen"` // HOST:PORT; "": no gateway
+	// APIKeys is the keys file. Load makes a relative path relative to
+	// the configuration file's directory, not to wherever the daemon was
+	// started, so that the file means the same from any directory.
+	APIKeys string `toml:"api_keys"`
 }
 
 // Defaults is what a daemon or host runs with when neither the file nor a
@@ -127,6 +140,18 @@ func (f File) Validate() error {
 	}
 	if f.Host.Hours != "" && !validHours(f.Host.Hours) {
 		bad("host.hours", fmt.Sprintf("%q", f.Host.Hours), `want HH:MM-HH:MM in local time, e.g. "22:00-07:00", or "" for every hour`)
+	}
+	gw := f.Gateway
+	switch {
+	case gw.Listen != "" && gw.APIKeys == "":
+		errs = append(errs, errors.New("gateway.listen without gateway.api_keys would be an open API: set api_keys to a keys file (`gpunet gateway-key new --name NAME` makes a key)"))
+	case gw.Listen == "" && gw.APIKeys != "":
+		errs = append(errs, errors.New(`gateway.api_keys without gateway.listen serves nothing: set listen = "HOST:PORT", or remove api_keys`))
+	}
+	if gw.Listen != "" {
+		if _, _, err := net.SplitHostPort(gw.Listen); err != nil {
+			bad("gateway.listen", fmt.Sprintf("%q", gw.Listen), "want HOST:PORT, e.g. 127.0.0.1:8080 (behind a TLS proxy)")
+		}
 	}
 	return errors.Join(errs...)
 }

@@ -26,6 +26,12 @@ func TestTemplateRoundTrip(t *testing.T) {
 		t.Errorf("read back\n%+v\nwant\n%+v", got, Defaults())
 	}
 	for _, k := range Keys() {
+		// The gateway's keys are written commented out: an example
+		// value would start a gateway, and an empty one reads as a key
+		// to fill in rather than as "off".
+		if strings.HasPrefix(k, "gateway.") {
+			continue
+		}
 		if !md.IsDefined(strings.Split(k, ".")...) {
 			t.Errorf("the template does not write %s", k)
 		}
@@ -36,6 +42,7 @@ func TestTemplateRoundTrip(t *testing.T) {
 	// Write replaces, and what it writes is read back.
 	f := Defaults()
 	f.Host.Slots, f.Bootstrap = 3, []string{"/ip4/10.0.0.1/tcp/4747/p2p/12D3KooWGzBvYhJm3fQmH5QbNAvxHyP3cmdFwVk8YRngvQ8bFx1B"}
+	f.Gateway = Gateway{Listen: "127.0.0.1:8080", APIKeys: "/etc/gpunet/api-keys"}
 	if err := Write(path, f); err != nil {
 		t.Fatal(err)
 	}
@@ -86,7 +93,11 @@ func TestLoadErrors(t *testing.T) {
 		want       []string
 	}{
 		{"unknown key", "[host]\nslot = 2\n", []string{"unknown key host.slot", "host.slots"}},
-		{"unknown table", "[gateway]\naddr = \"x\"\n", []string{"unknown key gateway"}},
+		{"unknown table", "[gateways]\nlisten = \"x\"\n", []string{"unknown key gateways"}},
+		{"unknown gateway key", "[gateway]\naddr = \"x\"\n", []string{"unknown key gateway.addr", "gateway.listen, gateway.api_keys"}},
+		{"gateway listen without keys", "[gateway]\nlisten = \"0.0.0.0:8080\"\n", []string{"gateway.listen without gateway.api_keys", "open API", "gateway-key new"}},
+		{"gateway keys without listen", "[gateway]\napi_keys = \"keys\"\n", []string{"gateway.api_keys without gateway.listen", `set listen = "HOST:PORT"`, "remove api_keys"}},
+		{"gateway listen not host:port", "[gateway]\nlisten = \"8080\"\napi_keys = \"keys\"\n", []string{`gateway.listen = "8080"`, "HOST:PORT"}},
 		{"syntax", "api = \"127.0.0.1:7447\"\nslots = = 3\n", []string{":2:"}},
 		{"unclosed string", "log_level = \"info\n", []string{":1:"}},
 		{"wrong type", "[host]\nslots = \"four\"\n", []string{"line 2", "host.slots"}},
@@ -164,6 +175,30 @@ func TestValidHours(t *testing.T) {
 	path := write(t, "[host]\nhours = \"22:00-07:00\"\n")
 	if f, _, err := Load(path); err != nil || f.Host.Hours != "22:00-07:00" {
 		t.Errorf("hours from the file: %q, %v", f.Host.Hours, err)
+	}
+}
+
+// TestGatewayKeysPath: a relative api_keys is relative to the file's
+// directory, whatever the working directory; an absolute one is kept.
+func TestGatewayKeysPath(t *testing.T) {
+	t.Chdir(t.TempDir()) // not the file's directory
+	for _, tc := range []struct{ in, want string }{
+		{"api-keys", "api-keys"},
+		{"../keys/gw", "../keys/gw"},
+		{"/etc/gpunet/api-keys", "/etc/gpunet/api-keys"},
+	} {
+		path := write(t, "[gateway]\nlisten = \"127.0.0.1:8080\"\napi_keys = \""+tc.in+"\"\n")
+		want := tc.want
+		if !filepath.IsAbs(want) {
+			want = filepath.Join(filepath.Dir(path), want)
+		}
+		f, md, err := Load(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if f.Gateway.APIKeys != want || f.Gateway.Listen != "127.0.0.1:8080" || !md.IsDefined("gateway", "api_keys") {
+			t.Errorf("api_keys = %q: read %+v, want api_keys %q", tc.in, f.Gateway, want)
+		}
 	}
 }
 

@@ -18,7 +18,9 @@ import (
 	"sync"
 	"time"
 
+	"github.com/gpunet/gpunet/kernel"
 	"github.com/gpunet/gpunet/node"
+	"github.com/gpunet/gpunet/node/localapi"
 	"github.com/gpunet/gpunet/protocol"
 )
 
@@ -73,6 +75,11 @@ type generateRequest struct {
 	Seed           *uint64 `json:"seed"`
 	Steps          *uint32 `json:"steps"`
 	NegativePrompt string  `json:"negative_prompt"`
+
+	// Edits only (edits.go): input_fidelity is accepted and ignored (the
+	// kernel's strength is gpunet's knob for it), strength is gpunet's.
+	InputFidelity string `json:"input_fidelity"`
+	Strength      string `json:"strength"`
 }
 
 // unsupported are OpenAI fields gpunet cannot honour, and why.
@@ -85,6 +92,8 @@ var unsupported = map[string]string{
 
 // plan is a checked request: the tasks to submit and how to answer.
 type plan struct {
+	// event is the SSE event prefix: image_generation, or image_edit.
+	event     string
 	tasks     []protocol.Task
 	submitter string
 	url       bool // response_format url
@@ -97,13 +106,18 @@ type plan struct {
 var sizeRE = regexp.MustCompile(`^([0-9]{1,5})x([0-9]{1,5})$`)
 
 // parse checks a request body and turns it into tasks. It does no I/O:
-// whether a host serves the model is the caller's question.
-func parse(body []byte) (*plan, *apiError) {
+// whether a host serves the model is the caller's question. ed is nil for
+// a generation; for an edit it names the uploaded images, which become the
+// tasks' inputs.
+func parse(body []byte, ed *editInputs) (*plan, *apiError) {
 	var fields map[string]json.RawMessage
 	if err := json.Unmarshal(body, &fields); err != nil {
 		return nil, badRequest("", "body is not a JSON object: "+err.Error())
 	}
 	known := knownFields()
+	if ed == nil {
+		known["input_fidelity"], known["strength"] = false, false
+	}
 	for _, k := range slices.Sorted(maps.Keys(fields)) {
 		if why, ok := unsupported[k]; ok {
 			return nil, badRequest(k, why)
@@ -123,7 +137,7 @@ func parse(body []byte) (*plan, *apiError) {
 	if req.Prompt == nil || strings.TrimSpace(*req.Prompt) == "" {
 		return nil, badRequest("prompt", "prompt is required")
 	}
-	p := &plan{stream: req.Stream, quality: "medium"}
+	p := &plan{event: "image_generation", stream: req.Stream, quality: "medium"}
 	n := 1
 	if req.N != nil {
 		n = *req.N
@@ -132,8 +146,29 @@ func parse(body []byte) (*plan, *apiError) {
 		return nil, badRequest("n", fmt.Sprintf("n %d: want 1..%d", n, maxN))
 	}
 	t := protocol.Task{Prompt: *req.Prompt, NegativePrompt: req.NegativePrompt, Model: req.Model}
+	if ed != nil {
+		p.event = "image_edit"
+		t.Inputs, t.Mask = ed.inputs, ed.mask
+		pm, err := kernel.ParseStrength(req.Strength)
+		if err != nil {
+			return nil, badRequest("strength", err.Error())
+		}
+		if req.Strength != "" {
+			// One spelling per strength ("0.60" and ".6" are 0.6), so
+			// they are one task.
+			t.Params = map[string]string{"strength": strconv.FormatFloat(float64(pm)/1000, 'f', -1, 64)}
+		}
+		switch req.InputFidelity {
+		case "", "low", "high":
+		default:
+			return nil, badRequest("input_fidelity", fmt.Sprintf("input_fidelity %q: want low or high", req.InputFidelity))
+		}
+	}
 	switch req.Size {
 	case "", "auto":
+		if ed != nil {
+			t.Width, t.Height = fitSize(ed.width, ed.height)
+		}
 	default:
 		m := sizeRE.FindStringSubmatch(req.Size)
 		if m == nil {
@@ -259,10 +294,27 @@ func (a *api) generations(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
-	p, err := parse(body)
+	p, err := parse(body, nil)
 	if err != nil {
 		writeError(w, err)
 		return
+	}
+	a.serve(w, r, p)
+}
+
+// serve runs a checked request's tasks and answers it, as JSON or as a
+// stream.
+func (a *api) serve(w http.ResponseWriter, r *http.Request, p *plan) {
+	if c, ok := localapi.CallerOf(r); ok {
+		// A gateway's key holder: the key names the submitter, not the
+		// body (a holder choosing names would take as many fair shares as
+		// it liked), and a url would point at the blocks route that only
+		// the loopback API serves.
+		p.submitter = c.Submitter
+		if p.url {
+			writeError(w, badRequest("response_format", `response_format "url" is not served on the gateway: use b64_json`))
+			return
+		}
 	}
 	if m := p.tasks[0].Model; !a.serves(r.Context(), m) {
 		writeError(w, modelNotFound(m))
@@ -355,8 +407,8 @@ func (a *api) stream(w http.ResponseWriter, p *plan, done <-chan result, partial
 	}
 	index := 0
 	sendPartial := func(png []byte) {
-		send("image_generation.partial_image", map[string]any{
-			"type":                "image_generation.partial_image",
+		send(p.event+".partial_image", map[string]any{
+			"type":                p.event + ".partial_image",
 			"b64_json":            base64.StdEncoding.EncodeToString(png),
 			"partial_image_index": index,
 			"created_at":          time.Now().Unix(),
@@ -384,8 +436,8 @@ func (a *api) stream(w http.ResponseWriter, p *plan, done <-chan result, partial
 			send("error", map[string]any{"type": "error", "error": e})
 			return
 		}
-		send("image_generation.completed", map[string]any{
-			"type":          "image_generation.completed",
+		send(p.event+".completed", map[string]any{
+			"type":          p.event + ".completed",
 			"b64_json":      base64.StdEncoding.EncodeToString(res.img.png),
 			"created_at":    time.Now().Unix(),
 			"size":          p.size,

@@ -7,6 +7,8 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/ipfs/go-cid"
+
 	"github.com/gpunet/gpunet/node"
 	"github.com/gpunet/gpunet/node/localapi"
 	"github.com/gpunet/gpunet/protocol"
@@ -27,6 +29,10 @@ type Swarm interface {
 	// hosts whose beacon shards this node hears, so a model missing from it
 	// may still be served.
 	FindHosts(ctx context.Context, model string, max int) ([]node.HostInfo, error)
+	// PutInput stores an uploaded image as a raw block and returns its
+	// CID, for a task's inputs: the host that runs the task fetches it
+	// from this node.
+	PutInput(ctx context.Context, data []byte) (cid.Cid, error)
 }
 
 var _ Swarm = (*node.Node)(nil)
@@ -50,12 +56,13 @@ func Routes(s Swarm, opts ...Option) []localapi.Option {
 	}
 	notServed := func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, &apiError{status: http.StatusNotFound, Type: "invalid_request_error",
-			Message: r.Method + " " + r.URL.Path + ": not served; this node serves GET /v1/models and POST /v1/images/generations (edits are not there yet)"})
+			Message: r.Method + " " + r.URL.Path + ": not served; this node serves GET /v1/models, POST /v1/images/generations and POST /v1/images/edits"})
 	}
 	return []localapi.Option{
 		localapi.WithRoute("GET /v1/models", http.HandlerFunc(a.listModels)),
 		localapi.WithRoute("GET /v1/models/{id...}", http.HandlerFunc(a.getModel)),
 		localapi.WithRoute("POST /v1/images/generations", http.HandlerFunc(a.generations)),
+		localapi.WithRoute("POST /v1/images/edits", http.HandlerFunc(a.edits)),
 		// The rest of OpenAI's image routes answer in its error shape, so a
 		// client says "not found" rather than failing to parse a page.
 		localapi.WithRoute("/v1/images/", http.HandlerFunc(notServed)),

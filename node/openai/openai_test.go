@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ipfs/go-cid"
 	oai "github.com/openai/openai-go/v3"
 	"github.com/openai/openai-go/v3/option"
 
@@ -286,6 +287,9 @@ func (saturated) View() scheduler.View { return nil }
 func (saturated) Models() []string     { return []string{protocol.DefaultModel} }
 func (saturated) FindHosts(context.Context, string, int) ([]node.HostInfo, error) {
 	return nil, nil
+}
+func (saturated) PutInput(_ context.Context, b []byte) (cid.Cid, error) {
+	return protocol.RawCID(b), nil
 }
 
 func TestSaturatedSwarmIs429WithRetryAfter(t *testing.T) {

@@ -16,6 +16,11 @@
 //	                       blocks and their sizes, bytes, last access and
 //	                       created (Unix ms), pinned
 //
+// A lone block (PutBlock: a task's input image) has a /blocks record and a
+// /meta record under its own CID, with no TaskCID and no manifest. It is
+// evicted, pinned and counted against the budget like a result; GetBlock
+// serves it, and Get, GetByResult and List do not see it.
+//
 // A result is written in one pebble batch (blocks, manifest, meta, index), and
 // removed in one, so a crash leaves either all of it or none. Open reads the
 // whole store once, so that pebble checks every block's checksum (see

@@ -40,7 +40,7 @@ func (s *Store) GetManifest(ctx context.Context, resultCID cid.Cid) ([]byte, err
 		return nil, err
 	}
 	e := s.entries[resultCID]
-	if e == nil {
+	if e == nil || e.isBlock() {
 		s.mu.RUnlock()
 		return nil, fmt.Errorf("manifest %s: %w", resultCID, ErrNotFound)
 	}
@@ -56,8 +56,10 @@ func (s *Store) GetManifest(ctx context.Context, resultCID cid.Cid) ([]byte, err
 	return b, nil
 }
 
-// GetBlock returns the block c of a stored result, verified against c. It
-// does not change the LRU order: a block may belong to several results.
+// GetBlock returns the block c, an output of a stored result or a lone
+// block (PutBlock), verified against c. Reading a lone block counts as its
+// use for LRU; an output's read does not change the LRU order, since a
+// block may belong to several results.
 func (s *Store) GetBlock(ctx context.Context, c cid.Cid) ([]byte, error) {
 	if err := s.rlockOpen(ctx); err != nil {
 		return nil, err
@@ -68,6 +70,9 @@ func (s *Store) GetBlock(ctx context.Context, c cid.Cid) ([]byte, error) {
 		return nil, fmt.Errorf("block %s: %w", c, ErrNotFound)
 	}
 	b, err := s.readVerified(ctx, blockKey(c), c)
+	if e := s.entries[c]; err == nil && e != nil && e.isBlock() {
+		s.touch(e)
+	}
 	s.mu.RUnlock()
 	if err != nil {
 		s.dropIfCorrupt(ctx, err, c, nil)
@@ -98,6 +103,9 @@ func (s *Store) result(ctx context.Context, c cid.Cid, by lookupBy, count bool) 
 		e = s.entries[c]
 	case byEither:
 		e = s.resolveLocked(c)
+	}
+	if e != nil && e.isBlock() {
+		e = nil // a lone block is not a result
 	}
 	if e == nil {
 		s.mu.RUnlock()

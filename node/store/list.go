@@ -20,6 +20,9 @@ func (s *Store) List(ctx context.Context) ([]Entry, error) {
 	defer s.mu.RUnlock()
 	out := make([]Entry, 0, len(s.entries))
 	for _, e := range s.entries {
+		if e.isBlock() {
+			continue // an input image, not a result
+		}
 		out = append(out, Entry{
 			TaskCID: e.task, ResultCID: e.result, Bytes: e.bytes(), Pinned: e.pinned,
 			LastAccess: time.UnixMilli(e.lastAccess.Load()),

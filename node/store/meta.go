@@ -72,6 +72,11 @@ type entry struct {
 	dirty      atomic.Bool
 }
 
+// isBlock reports whether e holds a lone block (an input image) rather than
+// a result: such an entry has no task and no manifest, and its one block is
+// its own CID.
+func (e *entry) isBlock() bool { return !e.task.Defined() }
+
 func (e *entry) bytes() int64 {
 	n := e.manifestSize
 	for _, b := range e.blocks {
@@ -90,8 +95,12 @@ func (e *entry) references(c cid.Cid) bool {
 }
 
 func (e *entry) encodeMeta() ([]byte, error) {
+	var task []byte // empty for a lone block
+	if !e.isBlock() {
+		task = e.task.Bytes()
+	}
 	m := metaRecord{
-		V: metaVersion, Task: e.task.Bytes(), Bytes: uint64(e.bytes()),
+		V: metaVersion, Task: task, Bytes: uint64(e.bytes()),
 		LastAccess: e.lastAccess.Load(), Created: e.created, Pinned: e.pinned,
 	}
 	for _, b := range e.blocks {
@@ -108,9 +117,12 @@ func decodeMeta(result cid.Cid, b []byte) (*entry, error) {
 	if m.V != metaVersion {
 		return nil, fmt.Errorf("meta version %d, want %d", m.V, metaVersion)
 	}
-	task, err := cid.Cast(m.Task)
-	if err != nil {
-		return nil, fmt.Errorf("task cid: %w", err)
+	task := cid.Undef // a lone block has none
+	if len(m.Task) > 0 {
+		var err error
+		if task, err = cid.Cast(m.Task); err != nil {
+			return nil, fmt.Errorf("task cid: %w", err)
+		}
 	}
 	e := &entry{result: result, task: task, created: m.Created, pinned: m.Pinned}
 	var blocks int64
@@ -126,7 +138,11 @@ func decodeMeta(result cid.Cid, b []byte) (*entry, error) {
 		blocks += int64(mb.Size)
 	}
 	e.manifestSize = int64(m.Bytes) - blocks
-	if len(e.blocks) == 0 || e.manifestSize <= 0 || e.manifestSize > protocol.MaxManifestBytes {
+	if e.isBlock() {
+		if len(e.blocks) != 1 || !e.blocks[0].cid.Equals(result) || e.manifestSize != 0 {
+			return nil, fmt.Errorf("inconsistent lone block record: %d blocks, %d bytes", len(e.blocks), m.Bytes)
+		}
+	} else if len(e.blocks) == 0 || e.manifestSize <= 0 || e.manifestSize > protocol.MaxManifestBytes {
 		return nil, fmt.Errorf("inconsistent sizes: %d bytes, %d in %d blocks", m.Bytes, blocks, len(e.blocks))
 	}
 	e.lastAccess.Store(m.LastAccess)

@@ -218,6 +218,18 @@ func (s *Store) salvageOne(ctx context.Context, db *pebble.DB, rc cid.Cid) error
 		defer closer.Close()
 		return bytes.Clone(v), nil
 	}
+	if rc.Prefix().Codec == cid.Raw {
+		// A lone block (an input image): its bytes are all there is.
+		b, err := get(blockKey(rc).Bytes())
+		if err != nil {
+			return fmt.Errorf("block: %w", err)
+		}
+		if err := protocol.VerifyBlock(rc, b); err != nil {
+			return err
+		}
+		_, err = s.PutBlock(ctx, b)
+		return err
+	}
 	mb, err := get(manifestKey(rc).Bytes())
 	if err != nil {
 		return fmt.Errorf("manifest: %w", err)

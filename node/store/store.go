@@ -268,7 +268,7 @@ func (s *Store) load(ctx context.Context) error {
 		s.tasks[tc] = e
 	}
 	for _, e := range s.entries {
-		if s.tasks[e.task] != nil {
+		if e.isBlock() || s.tasks[e.task] != nil {
 			continue
 		}
 		// Only reachable if /tasks was damaged: batches write both or neither.

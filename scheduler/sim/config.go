@@ -68,7 +68,9 @@ type Config struct {
 	Thermal, Governor bool
 	// BeaconInterval is the mean time between a host's beacons (each one
 	// jittered ±25 %); clients see a host as of its last beacon plus their
-	// own placements since.
+	// own placements since. 0 means exact state: no beacons, and each
+	// decision sees every host as it is at that instant, queue and
+	// temperature (the queueing literature's assumption).
 	BeaconInterval float64
 	// ChangeBeacons adds a beacon whenever a host's free slots or its
 	// accepting flag change, at most one per MinBeaconGapS per host.
@@ -84,6 +86,12 @@ type Config struct {
 	Seed                    uint64
 	// D is the number of choices of the pod policy.
 	D int
+	// PodSpeed makes pod pick among its D choices by expected wait, tasks
+	// per slot over the host's current speed, instead of tasks per slot
+	// alone: the power of d choices for hosts of different speeds. Without
+	// it, pod sends a slow laptop as much work as a fast card with the same
+	// queue (docs/scheduling.md, "The textbook case").
+	PodSpeed bool
 	// Repeat is the fraction of tasks that repeat an earlier prompt, chosen
 	// with Zipf exponent Zipf over prompts in order of first appearance.
 	Repeat, Zipf float64
@@ -99,7 +107,7 @@ type Config struct {
 	// outside it, as the node falls back to the DHT.
 	ViewFixed bool
 	// QueueCap is how many tasks a host queues beyond its slots before it
-	// refuses as busy.
+	// refuses as busy; Unbounded (-1) means it never does.
 	QueueCap int
 	// RetryS is how long a client waits before trying again when every
 	// choice refused; HitLatencyS is the time to serve a cache hit.
@@ -120,6 +128,22 @@ type Config struct {
 	// shunning the host until its next beacon. (With 4 s beacons and 10
 	// clients, shunning made mean time in system 50 % worse.)
 	RefusalState bool
+	// Textbook replaces the swarm's mix of cards by identical servers: one
+	// slot, speed 1, no link delay, no heat. With Poisson arrivals (always),
+	// exponential or fixed service, unbounded queues and exact state
+	// (BeaconInterval 0) it is the model of the queueing literature, which
+	// the simulator is checked against (Analytic). It needs Hetero 0,
+	// Thermal off, no churn and no repeats; TextbookConfig sets them.
+	Textbook bool
+	// Steady starts each host with a queue drawn from the steady state the
+	// literature gives for the policy, instead of empty: P(≥ i tasks) =
+	// λ^i for random (M/M/1) and λ^((dⁱ−1)/(d−1)) for pod with d choices
+	// (Mitzenmacher's fixed point, exact as hosts → ∞). Those tasks are not
+	// measured or counted. From empty queues an M/M/1 at load 0.95 takes
+	// thousands of service times to reach its steady state, so without it
+	// runs at high load measure mostly the warm-up. Textbook, exponential
+	// service, random or pod only.
+	Steady bool
 	// Place is the scheduler configuration for the gpunet policy.
 	// MaxStaleness is raised to 3 × BeaconInterval when shorter, as a node
 	// beaconing that rarely would configure it.
@@ -160,6 +184,31 @@ func DefaultConfig() Config {
 	}
 }
 
+// Unbounded as QueueCap: hosts queue every task they are offered.
+const Unbounded = -1
+
+// TextbookConfig is the textbook case of the queueing literature, for
+// policy p (d choices for pod) at load (the arrival rate per server, in
+// tasks per mean service time) and service exp or fixed: 1,000 identical
+// single-slot hosts, Poisson arrivals, unbounded queues, exact state, one
+// client, no heat, churn, repeats or hedge; times in units of the mean
+// service time (1 s). It starts empty with 10 % of the tasks as warm-up.
+func TextbookConfig(p Policy, d int, load float64, service string) Config {
+	c := DefaultConfig()
+	c.Policy, c.D, c.Load, c.Service = p, d, load, service
+	c.Textbook = true
+	c.MeanServiceS = 1
+	c.Hetero = 0
+	c.Thermal, c.Governor = false, false
+	c.BeaconInterval = 0
+	c.ChangeBeacons = false
+	c.Clients = 1
+	c.QueueCap = Unbounded
+	c.Hedge = false
+	c.RefusalState = false
+	return c
+}
+
 // ErrBadConfig is wrapped by every Config validation error.
 var ErrBadConfig = errors.New("invalid simulation config")
 
@@ -188,8 +237,8 @@ func (c Config) Validate() error {
 		return bad("mean service %v: want > 0", c.MeanServiceS)
 	case !(c.Hetero >= 0 && c.Hetero <= 3):
 		return bad("hetero %v: want 0..3", c.Hetero)
-	case !pos(c.BeaconInterval):
-		return bad("beacon interval %v: want > 0", c.BeaconInterval)
+	case !nonneg(c.BeaconInterval):
+		return bad("beacon interval %v: want > 0, or 0 for exact state", c.BeaconInterval)
 	case !nonneg(c.MinBeaconGapS):
 		return bad("min beacon gap %v: want ≥ 0", c.MinBeaconGapS)
 	case c.Clients < 1 || c.Clients > 100000:
@@ -206,12 +255,18 @@ func (c Config) Validate() error {
 		return bad("zipf %v: want > 0", c.Zipf)
 	case c.ViewSize < 0:
 		return bad("view size %d: want ≥ 0", c.ViewSize)
-	case c.QueueCap < 0:
-		return bad("queue cap %d: want ≥ 0", c.QueueCap)
+	case c.QueueCap < Unbounded:
+		return bad("queue cap %d: want ≥ 0, or -1 for unbounded", c.QueueCap)
 	case c.HedgeAttempts < 1:
 		return bad("hedge attempts %d: want ≥ 1", c.HedgeAttempts)
 	case !(c.Warmup >= 0 && c.Warmup < 1):
 		return bad("warmup %v: want 0 ≤ warmup < 1", c.Warmup)
+	case c.Textbook && (c.Thermal || c.Hetero != 0 || c.Churn != 0 || c.Repeat != 0):
+		return bad("textbook hosts are identical, cool and stay: want thermal off, hetero 0, churn 0 and repeat 0")
+	case c.Steady && !(c.Textbook && c.Service == ServiceExp && (c.Policy == Random || c.Policy == Pod)):
+		return bad("steady start: only for textbook runs of random or pod with exp service, whose steady state is known")
+	case c.Steady && !(c.Rate == 0 && c.Load < 1):
+		return bad("steady start: want load < 1 (an overloaded queue has no steady state)")
 	}
 	if err := c.Place.Validate(); err != nil {
 		return fmt.Errorf("%w: %w", ErrBadConfig, err)

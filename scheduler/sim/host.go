@@ -229,7 +229,7 @@ func (h *host) offer(s *sim, now float64, ti int32) int {
 		h.admit(s, ti, false)
 		h.start(s, now, ti)
 		h.rethermal(s, now)
-	case len(h.queue) < s.cfg.QueueCap:
+	case !h.queueFull(s):
 		h.admit(s, ti, false)
 		h.queue = append(h.queue, ti)
 	default:

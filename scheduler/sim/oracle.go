@@ -30,7 +30,7 @@ func newOracleIndex(s *sim) *oracleIndex {
 
 // oracleKey is what dispatchOracle minimises, less now.
 func (s *sim) oracleKey(h *host) float64 {
-	if !h.online || (s.cfg.Thermal && h.hot) || (len(h.running) >= h.slots && len(h.queue) >= s.cfg.QueueCap) {
+	if !h.online || (s.cfg.Thermal && h.hot) || (len(h.running) >= h.slots && h.queueFull(s)) {
 		return math.Inf(1)
 	}
 	rate := h.speed * h.clock(s)

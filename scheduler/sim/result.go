@@ -21,6 +21,9 @@ type Result struct {
 	// arrival, retries included) and running.
 	MeanWaitS float64 `json:"mean_wait_s"`
 	MeanRunS  float64 `json:"mean_run_s"`
+	// AnalyticMeanS is the mean time in system the queueing literature
+	// gives for this run (Analytic), 0 when it gives none.
+	AnalyticMeanS float64 `json:"analytic_mean_s,omitempty"`
 	// Thermal: GPU-seconds run below full clock (hardware slowdown or the
 	// governor's pause), the hottest any host got, how close any host came
 	// to its slowdown temperature, how far any host went past its owner's

@@ -74,6 +74,7 @@ type sim struct {
 	now   float64
 	base  time.Time
 
+	profs      []Profile
 	hosts      []host
 	tasks      []task
 	clients    []client
@@ -83,6 +84,12 @@ type sim struct {
 	beacons    []scheduler.PeerState // sampled views: each host's last beacon
 	fullView   bool
 	staleness  float64
+	// exact: BeaconInterval 0, clients see every host as it is when they
+	// decide.
+	exact bool
+	// prefill is the number of tasks the hosts started with (Steady), the
+	// first of s.tasks; prefillDone how many of them completed.
+	prefill, prefillDone int
 
 	rate             float64
 	arrivalsDone     bool
@@ -145,6 +152,10 @@ func newSim(cfg Config) *sim {
 		s.place.MaxStaleness = floor
 	}
 	s.staleness = s.place.MaxStaleness.Seconds()
+	s.exact = cfg.BeaconInterval == 0
+	if s.exact {
+		s.staleness = math.Inf(1)
+	}
 	s.res.Policy, s.res.Hosts, s.res.Clients = cfg.Policy, cfg.Hosts, cfg.Clients
 
 	s.buildHosts()
@@ -160,7 +171,6 @@ func newSim(cfg Config) *sim {
 	s.res.RatePerS = s.rate
 	if cfg.Tasks > 0 {
 		s.tasks = make([]task, 0, cfg.Tasks)
-		s.warmupIdx = int(cfg.Warmup * float64(cfg.Tasks))
 	}
 
 	s.fullView = cfg.ViewSize == 0 || cfg.Hosts <= cfg.ViewSize
@@ -192,11 +202,20 @@ func newSim(cfg Config) *sim {
 		s.oracleFree = make([]float64, 0, 16)
 	}
 
+	if cfg.Steady {
+		s.prefillQueues()
+	}
+	if cfg.Tasks > 0 {
+		s.warmupIdx = s.prefill + int(cfg.Warmup*float64(cfg.Tasks))
+	}
+
 	// Every host beacons at time 0 (the swarm was running before the
 	// simulation starts), then on its own jittered schedule.
 	for i := range s.hosts {
 		s.publish(int32(i))
-		s.q.push(s.rngBeacon.Float64()*cfg.BeaconInterval, evBeacon, int32(i), 0)
+		if !s.exact {
+			s.q.push(s.rngBeacon.Float64()*cfg.BeaconInterval, evBeacon, int32(i), 0)
+		}
 		if cfg.Churn > 0 {
 			s.q.push(s.rngChurn.ExpFloat64()*60/cfg.Churn, evLeave, int32(i), 0)
 		}
@@ -209,12 +228,48 @@ func newSim(cfg Config) *sim {
 	return s
 }
 
+// prefillQueues starts each host with as many tasks as the policy's steady
+// state draws (Config.Steady): the first running, with all its work ahead
+// of it (exact: exponential service is memoryless), the rest queued.
+func (s *sim) prefillQueues() {
+	rng := stream(s.cfg.Seed, 6)
+	d := 1
+	if s.cfg.Policy == Pod {
+		d = s.cfg.D
+	}
+	for i := range s.hosts {
+		h := &s.hosts[i]
+		u := rng.Float64()
+		for n := 1; u < SteadyTail(s.cfg.Load, d, n); n++ {
+			ti := int32(len(s.tasks))
+			s.tasks = append(s.tasks, task{host: -1, avoid: -1, work: rng.ExpFloat64() * s.cfg.MeanServiceS})
+			h.admit(s, ti, false)
+			if len(h.running) < h.slots {
+				h.start(s, 0, ti)
+			} else {
+				h.queue = append(h.queue, ti)
+			}
+		}
+	}
+	s.prefill = len(s.tasks)
+}
+
 // oracleScan forces the oracle's linear scan; a test compares the two.
 var oracleScan = false
 
+// textbookProfile is every host of a Textbook run: one slot at speed 1.
+// Its thermal figures are a desktop's, unused with the heat model off.
+var textbookProfile = Profile{Name: "textbook", Share: 1, Slots: 1, Speed: 1, MemMB: 24 << 10,
+	IdleW: 25, MaxW: 350, RthCPerW: 0.14, TauS: 60,
+	SlowdownC: 88, LimitC: 83, LimitSpreadC: 5, AmbientC: [2]float64{20, 32}}
+
 func (s *sim) buildHosts() {
 	rng := stream(s.cfg.Seed, 0)
-	profs := Profiles()
+	s.profs = Profiles()
+	if s.cfg.Textbook {
+		s.profs = []Profile{textbookProfile}
+	}
+	profs := s.profs
 	s.hosts = make([]host, s.cfg.Hosts)
 	for i := range s.hosts {
 		x, pi := rng.Float64(), len(profs)-1
@@ -239,6 +294,9 @@ func (s *sim) buildHosts() {
 		}
 		h.speed = p.Speed * m
 		h.rtt = (5 + 75*rng.Float64()) / 1000
+		if s.cfg.Textbook {
+			h.rtt = 0
+		}
 		// The host's own measurement of its mean service time, as its beacon
 		// would report it.
 		h.svcMs = map[string]float64{protocol.DefaultModel: 1000 * s.cfg.MeanServiceS / h.speed}
@@ -336,14 +394,16 @@ func (s *sim) join(i int32) {
 	h.hot, h.hw = false, false
 	h.inflight = nil
 	s.publish(i)
-	s.q.push(s.now+s.cfg.BeaconInterval*(0.75+0.5*s.rngBeacon.Float64()), evBeacon, i, h.epoch)
+	if !s.exact {
+		s.q.push(s.now+s.cfg.BeaconInterval*(0.75+0.5*s.rngBeacon.Float64()), evBeacon, i, h.epoch)
+	}
 	s.q.push(s.now+s.rngChurn.ExpFloat64()*60/s.cfg.Churn, evLeave, i, h.epoch)
 	h.rethermal(s, s.now)
 	s.changed(h)
 }
 
 // publish is host i's beacon reaching every client. Propagation delay is
-// not modelled: staleness comes from the interval.
+// not modelled: staleness comes from the interval (none in exact state).
 func (s *sim) publish(i int32) {
 	h := &s.hosts[i]
 	h.advance(s, s.now)
@@ -372,6 +432,9 @@ func (s *sim) changed(h *host) {
 	if s.oracle != nil {
 		s.oracle.update(s, h)
 	}
+	if s.exact {
+		return // clients read hosts as they are when they decide (exactView)
+	}
 	if !s.cfg.ChangeBeacons || !h.online || h.changePending {
 		return
 	}
@@ -392,7 +455,23 @@ func (h *host) signature(s *sim) (free int, accepting bool) {
 }
 
 func (h *host) accepting(s *sim) bool {
-	return !(s.cfg.Thermal && h.hot) && len(h.queue) < s.cfg.QueueCap
+	return !(s.cfg.Thermal && h.hot) && !h.queueFull(s)
+}
+
+// queueFull reports whether the host's queue refuses another task.
+func (h *host) queueFull(s *sim) bool {
+	return s.cfg.QueueCap != Unbounded && len(h.queue) >= s.cfg.QueueCap
+}
+
+// viewNow is the time clients see: now, or in exact state a fixed time
+// that every beacon also carries, so that Place sees every beacon as
+// fresh (age 0: nothing to drain, nothing stale) however long ago the
+// host last changed.
+func (s *sim) viewNow() time.Time {
+	if s.exact {
+		return s.base
+	}
+	return s.wall(s.now)
 }
 
 // beacon is what host h publishes about itself now.
@@ -408,7 +487,7 @@ func (h *host) beacon(s *sim) scheduler.PeerState {
 		ServiceMs: h.svcMs,
 		Speed:     1,
 		RTTMs:     h.rtt * 1000,
-		Updated:   s.wall(s.now),
+		Updated:   s.viewNow(),
 	}
 	if s.cfg.Thermal {
 		ps.TempC, ps.SlowdownC, ps.LimitC = h.temp, h.prof.SlowdownC, h.limit
@@ -461,7 +540,7 @@ func (s *sim) arrive() {
 
 	s.lastArrival = s.now
 	next := s.now + s.rngArr.ExpFloat64()/s.rate
-	if (cfg.Tasks > 0 && len(s.tasks) >= cfg.Tasks) || (cfg.Duration > 0 && next > cfg.Duration) {
+	if (cfg.Tasks > 0 && len(s.tasks)-s.prefill >= cfg.Tasks) || (cfg.Duration > 0 && next > cfg.Duration) {
 		s.arrivalsDone = true
 	} else {
 		s.q.push(next, evArrival, 0, 0)
@@ -523,6 +602,9 @@ func (s *sim) complete(ti int32, ran float64) {
 	}
 	t.done = true
 	s.completed++
+	if int(ti) < s.prefill {
+		s.prefillDone++
+	}
 	if t.measured {
 		s.times = append(s.times, s.now-t.arrival+t.rtt)
 	}
@@ -601,11 +683,31 @@ func (s *sim) placeGpunet(ti int32) []scheduler.Candidate {
 		req.Exclude = map[string]bool{s.hosts[t.avoid].id: true}
 	}
 	view := cl.view
-	if !s.fullView {
+	switch {
+	case !s.fullView:
 		view = s.sampleView(cl)
+	case s.exact:
+		s.exactView(cl)
 	}
-	cl.cands = scheduler.AppendPlace(cl.cands[:0], view, req, s.wall(s.now), cl.rng, s.place)
+	cl.cands = scheduler.AppendPlace(cl.cands[:0], view, req, s.viewNow(), cl.rng, s.place)
 	return cl.cands
+}
+
+// exactView sets client cl's full view to every host as it is now, for
+// exact state (BeaconInterval 0). Publishing on every change is not enough:
+// a host's temperature changes between events, and an idle host that was
+// too hot when it last changed would stay too hot in every view. A host
+// that left is not accepting.
+func (s *sim) exactView(cl *client) {
+	for i := range s.hosts {
+		h := &s.hosts[i]
+		if !h.online {
+			cl.view[i].Accepting = false
+			continue
+		}
+		h.advance(s, s.now)
+		cl.view[i] = h.beacon(s)
+	}
 }
 
 // offerAll walks the candidates as the node's dispatcher does: the first
@@ -621,10 +723,13 @@ func (s *sim) offerAll(ti int32, cands []scheduler.Candidate) bool {
 		out := s.offer(ti, hi)
 		switch out {
 		case accepted:
-			// Count our own placement until the host's next beacon does.
-			if s.fullView {
+			// Count our own placement until the host's next beacon does
+			// (in exact state, that beacon has already come).
+			switch {
+			case s.exact:
+			case s.fullView:
 				cl.view[hi].Charge()
-			} else {
+			default:
 				s.mark(cl, hi).n++
 			}
 			if h := &s.hosts[hi]; s.cfg.Hedge && len(h.queue) > 0 && h.queue[len(h.queue)-1] == ti {
@@ -657,7 +762,7 @@ func (s *sim) refused(cl *client, hi int32, out int) {
 	}
 	h := &s.hosts[hi]
 	v.Busy, v.QueueLen, v.Pending = len(h.running), len(h.queue), 0
-	v.Updated = s.wall(s.now)
+	v.Updated = s.viewNow()
 }
 
 func (s *sim) hostOf(cl *client, c scheduler.Candidate) int32 {
@@ -745,6 +850,16 @@ func (s *sim) sampleView(cl *client) scheduler.View {
 		if s.beaconSeq[hi] == 0 {
 			continue
 		}
+		if s.exact { // the host as it is now (see exactView)
+			h := &s.hosts[hi]
+			if !h.online {
+				continue
+			}
+			h.advance(s, s.now)
+			cl.view = append(cl.view, h.beacon(s))
+			cl.vidx = append(cl.vidx, int32(hi))
+			continue
+		}
 		cl.view = append(cl.view, s.beacons[hi])
 		ps := &cl.view[len(cl.view)-1]
 		if o := cl.own[hi]; o.seq == s.beaconSeq[hi] {
@@ -802,7 +917,8 @@ func (s *sim) dispatchRoundRobin(ti int32) bool {
 }
 
 // dispatchPod probes D random known hosts for their current queue (one
-// round trip, exact) and offers the task to the least loaded per slot.
+// round trip, exact) and offers the task to the least loaded per slot (per
+// slot and unit of speed with PodSpeed).
 func (s *sim) dispatchPod(ti int32) bool {
 	t := &s.tasks[ti]
 	rng := s.clients[t.client].rng
@@ -821,6 +937,9 @@ func (s *sim) dispatchPod(ti int32) bool {
 				continue
 			}
 			load := float64(len(h.running)+len(h.queue)+1) / float64(h.slots)
+			if s.cfg.PodSpeed {
+				load /= h.speed * h.clock(s) // +Inf while paused
+			}
 			if load < bestLoad {
 				best, bestLoad = hi, load
 			}
@@ -851,7 +970,7 @@ func (s *sim) dispatchOracle(ti int32) bool {
 	mean := s.cfg.MeanServiceS
 	for i := range s.hosts {
 		h := &s.hosts[i]
-		if !h.online || (s.cfg.Thermal && h.hot) || (len(h.running) >= h.slots && len(h.queue) >= s.cfg.QueueCap) {
+		if !h.online || (s.cfg.Thermal && h.hot) || (len(h.running) >= h.slots && h.queueFull(s)) {
 			continue
 		}
 		rate := h.speed * h.clock(s)
@@ -923,8 +1042,8 @@ func (s *sim) expectedRemaining(done float64) float64 {
 
 func (s *sim) summarise() {
 	r := &s.res
-	r.Tasks = len(s.tasks)
-	r.Completed = s.completed
+	r.Tasks = len(s.tasks) - s.prefill
+	r.Completed = s.completed - s.prefillDone
 	r.SimS = s.now
 	r.Refusals = r.RefusedBusy + r.RefusedHot + r.RefusedGone
 	if s.now > 0 {
@@ -947,8 +1066,11 @@ func (s *sim) summarise() {
 	if s.runs > 0 {
 		r.MeanWaitS, r.MeanRunS = s.waitSum/float64(s.runs), s.runSum/float64(s.runs)
 	}
+	if m, ok := Analytic(s.cfg); ok {
+		r.AnalyticMeanS = m
+	}
 	byName := map[string]*ProfileStats{}
-	for _, p := range Profiles() {
+	for _, p := range s.profs {
 		r.ByProfile = append(r.ByProfile, ProfileStats{Name: p.Name})
 	}
 	for i := range r.ByProfile {

@@ -214,8 +214,14 @@ func TestValidate(t *testing.T) {
 		func(c *Config) { c.Service = "weibull" },
 		func(c *Config) { c.Repeat = 1 },
 		func(c *Config) { c.Clients = 0 },
-		func(c *Config) { c.BeaconInterval = 0 },
+		func(c *Config) { c.BeaconInterval = -1 }, // 0 is exact state
 		func(c *Config) { c.Place.TopK = 0 },
+		func(c *Config) { c.QueueCap = -2 },
+		func(c *Config) { c.Textbook = true }, // with the heat model on
+		func(c *Config) { c.Steady = true },   // outside the textbook case
+		func(c *Config) { *c = TextbookConfig(Gpunet, 1, 0.9, ServiceExp); c.Steady = true },
+		func(c *Config) { *c = TextbookConfig(Pod, 2, 0.9, ServiceFixed); c.Steady = true },
+		func(c *Config) { *c = TextbookConfig(Pod, 2, 1.2, ServiceExp); c.Steady = true },
 	}
 	for i, m := range bad {
 		c := DefaultConfig()
@@ -225,6 +231,16 @@ func TestValidate(t *testing.T) {
 		}
 		if _, err := Run(c); err == nil {
 			t.Errorf("case %d: Run accepted a bad config", i)
+		}
+	}
+	good := []Config{TextbookConfig(Pod, 3, 0.95, ServiceExp), TextbookConfig(Random, 1, 0.5, ServiceFixed)}
+	good[0].Steady = true
+	exact := DefaultConfig()
+	exact.BeaconInterval = 0
+	good = append(good, exact)
+	for i, c := range good {
+		if err := c.Validate(); err != nil {
+			t.Errorf("good case %d: %v", i, err)
 		}
 	}
 }
