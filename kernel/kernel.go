@@ -31,6 +31,15 @@ type Kernel interface {
 	Run(ctx context.Context, t protocol.Task, progress Progress) ([]Output, error)
 }
 
+// Digester is a Kernel that knows the digests of its models' weights
+// (protocol 1.2, "Models named by content"): model name to "sha256:" and
+// 64 hex digits (or the bare hex digits). A host advertises them, and
+// serves a task naming a model by content only with those weights. Built-in
+// kernels whose model names carry their version (sketch-v1) report none.
+type Digester interface {
+	ModelDigests() map[string]string
+}
+
 // PreviewFunc receives one partial image: a PNG of the task's state after
 // step (1..total-1), at most protocol.MaxPreviewBytes. It must not block; a
 // kernel calls it from the goroutine that runs the task, and the PNG is the

@@ -61,9 +61,15 @@ func (n *Node) advertise(ctx context.Context) error {
 	// error then only means "not replicated yet", and the loop retries.
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
+	digests := n.modelDigests()
 	for _, m := range n.cfg.Kernel.Models() {
 		if err := n.dht.Provide(ctx, ModelKey(m), true); err != nil {
 			return fmt.Errorf("providing model %s: %w", m, err)
+		}
+		if d := digests[m]; d != "" {
+			if err := n.dht.Provide(ctx, ModelKey(m+"@"+d), true); err != nil {
+				return fmt.Errorf("providing model %s by digest: %w", m, err)
+			}
 		}
 	}
 	rec, err := n.capacityRecord()
@@ -85,6 +91,9 @@ func (n *Node) capacityRecord() ([]byte, error) {
 		MaxConcurrency: uint32(n.cfg.Slots),
 		Version:        n.cfg.Version,
 		Issued:         uint64(time.Now().UnixMilli()),
+	}
+	if d := n.modelDigests(); len(d) > 0 {
+		c.Digests = d
 	}
 	if g, ok := n.gpuInfo(); ok {
 		c.GPUs = []protocol.GPUInfo{g}
@@ -120,7 +129,7 @@ func (n *Node) FindHosts(ctx context.Context, model string, max int) ([]HostInfo
 			switch {
 			case err != nil:
 				n.log.Debug("no capacity record", "peer", ai.ID, "err", err)
-			case !c.Serves(model):
+			case !capacityServes(c, model):
 				f.stale = true // a provider record older than the host's current models
 			default:
 				f.hi.Capacity = c

@@ -9,9 +9,11 @@ import (
 	"unicode"
 	"unicode/utf8"
 
+	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/gpunet/gpunet/node/reach"
 	"github.com/gpunet/gpunet/protocol"
 	"github.com/gpunet/gpunet/scheduler"
-	"github.com/libp2p/go-libp2p/core/peer"
 )
 
 // minBeaconGap spaces beacons sent early on a change: well above the
@@ -92,6 +94,18 @@ func (s *server) beacon(ctx context.Context, seq uint64) *protocol.Beacon {
 		b.GPU = gpuName(s.dev.Name())
 	}
 	b.QueueMax = uint32(s.n.cfg.QueueLen)
+	for m, d := range s.n.modelDigests() {
+		if b.Digests == nil {
+			b.Digests = map[string]string{}
+		}
+		b.Digests[m] = protocol.DigestKey(d)
+	}
+	switch s.n.reach.Info().Reachability {
+	case reach.Public:
+		b.Reach = protocol.ReachPublic
+	case reach.Private:
+		b.Reach = protocol.ReachPrivate
+	}
 	b.Accepting = !s.gov.Paused() && !s.gov.Hot() && s.queue.len() < s.n.cfg.QueueLen
 	for tc := range s.flights {
 		if len(b.Inflight) == protocol.MaxBeaconInflight {
@@ -152,7 +166,37 @@ func deci(c float64) uint32 {
 // View returns the live part of this node's view of the swarm, as the
 // scheduler sees it.
 func (n *Node) View() scheduler.View {
-	return n.gossip.snapshot(time.Now(), n.viewExpiry(), n.host.ID(), n.host.Peerstore().LatencyEWMA)
+	return n.gossip.snapshot(time.Now(), n.viewExpiry(), n.host.ID(), n.linkRTT)
+}
+
+// RelayPenalty is what placement adds to the round trip of a host behind
+// a NAT (its beacon says reach: private) that this node holds no direct
+// connection to: a task and its result then cross the relay, two hops and
+// the relay operator's bandwidth, until DCUtR or a dial makes the link
+// direct. With it, of two hosts otherwise equal the direct one wins, while
+// a private host still wins once the public ones are queued a tenth of a
+// second deeper (docs/nat.md).
+const RelayPenalty = 100 * time.Millisecond
+
+// linkRTT is this node's round-trip estimate to id, plus RelayPenalty
+// when id is reached through a relay only.
+func (n *Node) linkRTT(id peer.ID, reach string) time.Duration {
+	d := n.host.Peerstore().LatencyEWMA(id)
+	if reach == protocol.ReachPrivate && !n.directTo(id) {
+		d += RelayPenalty
+	}
+	return d
+}
+
+// directTo reports whether this node holds a connection to id that is
+// not relayed.
+func (n *Node) directTo(id peer.ID) bool {
+	for _, c := range n.host.Network().ConnsToPeer(id) {
+		if !c.Stat().Limited {
+			return true
+		}
+	}
+	return false
 }
 
 // Hears reports whether this node subscribes to the beacon shard of peer

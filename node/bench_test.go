@@ -94,3 +94,53 @@ func BenchmarkNetworkCacheMiss(b *testing.B) {
 		b.ReportMetric(float64(c.FetchStats().LookupsCut-cut0)/float64(b.N), "cut/op")
 	})
 }
+
+// BenchmarkTaskThroughput is one client pushing no-op tasks (a full Submit,
+// NoCache) through 16 no-op hosts, 64 at once: the fast client path of
+// issue 14. b.N counts tasks; tasks/s is reported. `gpunet bench` measures
+// the same next to raw libp2p requests.
+//
+//	go test -run '^$' -bench TaskThroughput ./node/
+func BenchmarkTaskThroughput(b *testing.B) {
+	ctx := context.Background()
+	profiles := make([]string, 16)
+	for i := range profiles {
+		profiles[i] = "h100"
+	}
+	sw, err := swarm.StartWithClients(ctx, swarm.Options{
+		Profiles: profiles,
+		Kernel:   func(int) kernel.Kernel { return kernel.Noop{} },
+		Slots:    4,
+		Tune: func(c *node.Config) {
+			c.RateLimit = 0
+			c.SimulateGPUSpeed = false
+		},
+	}, 1)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer sw.Close()
+	c := sw.Clients[0]
+	var seed atomic.Uint64
+	submit := func() error {
+		t := protocol.Task{Model: kernel.NoopModel, Prompt: "bench", Seed: seed.Add(1), Width: 64, Height: 64, Steps: 1}
+		_, err := c.Submit(ctx, t, node.SubmitOptions{NoCache: true})
+		return err
+	}
+	for range 64 { // connections to every host
+		if err := submit(); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.SetParallelism(max(1, 64/runtime.GOMAXPROCS(0)))
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if err := submit(); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "tasks/s")
+}

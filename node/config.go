@@ -11,6 +11,7 @@ import (
 	"github.com/gpunet/gpunet/kernel"
 	"github.com/gpunet/gpunet/protocol"
 	"github.com/gpunet/gpunet/scheduler"
+	"github.com/libp2p/go-libp2p"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -166,6 +167,12 @@ type Config struct {
 	// they are scraped beside gpunet's; nil leaves libp2p's default, the
 	// global registry.
 	MetricsRegisterer prometheus.Registerer
+	// HostOptions, for tests and embedders, are extra libp2p options
+	// applied after gpunet's own (node.newHost), so they add to or
+	// override them: a simulated network's transports, say, or, under
+	// such a network, a libp2p.Option that turns off AutoNAT's dialer
+	// hosts, which would open real sockets. Nil for a daemon.
+	HostOptions []libp2p.Option
 
 	// Version is reported in capacity records.
 	Version string

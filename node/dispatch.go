@@ -85,6 +85,9 @@ func (n *Node) Submit(ctx context.Context, task protocol.Task, opts SubmitOption
 			opts.Progress(p)
 		}
 	}
+	if task, err = n.resolveModel(ctx, task); err != nil {
+		return nil, err
+	}
 	t, tc, err := task.NormalizeCID()
 	if err != nil {
 		return nil, err
@@ -433,13 +436,13 @@ func (j *journey) pick(ctx context.Context) (candidate, bool) {
 	}
 	// This host itself, if it has no beacon yet for Place to rank: a lone
 	// host serves its own submissions.
-	if self := n.host.ID(); n.serve != nil && n.own.Load() == nil && serves(n.cfg.Kernel, j.t.Model) && !j.tried[self.String()] {
+	if self := n.host.ID(); n.serve != nil && n.own.Load() == nil && canRun(n.cfg.Kernel, j.t) == nil && !j.tried[self.String()] {
 		return candidate{p: self}, true
 	}
 	if !j.searched {
 		j.searched = true
 		j.progress(Progress{Stage: "searching"})
-		if hosts, err := n.FindHosts(ctx, j.t.Model, 20); err == nil {
+		if hosts, err := n.FindHosts(ctx, providerModel(j.t), 20); err == nil {
 			rendezvousOrder(hosts, j.tc)
 			j.dhtHosts = hosts
 		} else {
@@ -456,15 +459,13 @@ func (j *journey) fromDHT(exclude map[string]bool) (candidate, bool) {
 	if len(j.dhtHosts) == 0 {
 		return candidate{}, false
 	}
-	known := map[string]scheduler.PeerState{}
-	view := j.n.View()
-	j.n.ledger.adjust(view, j.n.viewExpiry())
-	for _, p := range view {
-		known[p.ID] = p
-	}
+	d := j.n.viewDeps()
 	for _, h := range j.dhtHosts {
 		id := h.ID.String()
-		if p, ok := known[id]; exclude[id] || (ok && !p.Available()) {
+		if exclude[id] {
+			continue
+		}
+		if p, ok := j.n.gossip.pv.lookup(d, id); ok && h.ID != j.n.host.ID() && !p.Available() {
 			continue
 		}
 		return candidate{p: h.ID}, true
@@ -477,20 +478,23 @@ func (j *journey) fromDHT(exclude map[string]bool) (candidate, bool) {
 // candidate not excluded, with its prediction.
 func (j *journey) placeInView(exclude map[string]bool, rng *rand.Rand) (candidate, bool) {
 	n := j.n
-	req := scheduler.Request{Model: j.t.Model, Key: j.tc.Bytes(), Exclude: exclude}
-	view := n.View()
-	if b := n.own.Load(); b != nil {
-		// A host's own GPU is a candidate for its own submissions, ranked
-		// like any other (with no link to cross).
-		view = append(view, peerState(n.host.ID(), b))
-	}
-	n.ledger.adjust(view, n.viewExpiry())
-	for _, sc := range scheduler.Place(view, req, time.Now(), rng, n.schedCfg) {
-		if id, err := peer.Decode(sc.ID); err == nil {
-			return candidate{p: id, pred: sc}, true
+	req := scheduler.Request{Model: viewModel(j.t), Key: j.tc.Bytes(), Exclude: exclude}
+	// The placement view (view.go) holds the gossip view corrected by the
+	// ledger and, on a host, its own GPU, ranked like any other (with no
+	// link to cross). Place reads it in place, into a pooled buffer.
+	buf := candPool.Get().(*[]scheduler.Candidate)
+	defer candPool.Put(buf)
+	var c candidate
+	ok := false
+	d := n.viewDeps()
+	n.gossip.pv.read(d, func(v scheduler.View, ids []peer.ID) {
+		*buf = scheduler.AppendPlace((*buf)[:0], v, req, d.now, rng, n.schedCfg)
+		if len(*buf) > 0 {
+			c, ok = candidate{p: ids[(*buf)[0].Index], pred: (*buf)[0]}, true
 		}
-	}
-	return candidate{}, false
+	})
+	clear(*buf) // so the pool holds no peer's strings
+	return c, ok
 }
 
 // attempt is the task at one host: runAt on its own goroutine, reporting
@@ -542,7 +546,7 @@ func (j *journey) follow(ctx context.Context, c candidate) (*Result, peer.ID, er
 		actx, acancel := context.WithCancel(ctx)
 		a := &attempt{c: c, cancel: acancel, heard: time.Now()}
 		go func() {
-			defer n.ledger.start(c.p)()
+			defer n.placed(c)()
 			res, err := n.runAt(actx, c.p, j.t, j.tc, j.noCache, j.submitter, j.previews, func(e protocol.Event) {
 				select {
 				case news <- attemptNews{a: a, e: e}:
@@ -726,12 +730,13 @@ func (j *journey) elsewhere(p peer.ID) (candidate, bool) {
 // beacon says (1 slot and the default service time when unknown).
 func (j *journey) peerLoad(p peer.ID) (slots int, serviceMs float64) {
 	slots, serviceMs = 1, j.n.schedCfg.DefaultServiceMs
-	for _, ps := range j.n.View() {
-		if ps.ID == p.String() {
-			slots = max(1, ps.Slots)
-			if ms, ok := ps.ServiceMs[j.t.Model]; ok && ms > 0 {
-				serviceMs = ms
-			}
+	if p == j.n.host.ID() {
+		return slots, serviceMs // the view's own entry is placement's alone
+	}
+	if ps, ok := j.n.gossip.pv.lookup(j.n.viewDeps(), p.String()); ok {
+		slots = max(1, ps.Slots)
+		if ms, ok := ps.ServiceMs[j.t.Model]; ok && ms > 0 {
+			serviceMs = ms
 		}
 	}
 	return slots, serviceMs

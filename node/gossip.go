@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"time"
 
@@ -34,11 +35,15 @@ type gossip struct {
 
 	mu   sync.Mutex
 	view map[peer.ID]viewEntry // guarded by mu
+	// pv is the same view as placement reads it, kept up to date here,
+	// once per beacon (view.go). Its own lock, taken after mu.
+	pv placeView
 }
 
 type viewEntry struct {
 	b        protocol.Beacon
 	received time.Time
+	ps       scheduler.PeerState // peerState of b, made once per beacon
 }
 
 // newGossip joins the beacon topic with strict signing, a validator and
@@ -66,6 +71,7 @@ func newGossip(ctx context.Context, h host.Host, cfg *Config, log *slog.Logger) 
 		return nil, fmt.Errorf("starting gossipsub: %w", err)
 	}
 	g := &gossip{log: log, ps: ps, cfg: cfg, view: map[peer.ID]viewEntry{}}
+	g.pv.self = h.ID()
 	for i, name := range names {
 		shard := shards[i]
 		validate := func(ctx context.Context, from peer.ID, msg *pubsub.Message) pubsub.ValidationResult {
@@ -198,7 +204,9 @@ func (g *gossip) judge(msg *pubsub.Message) pubsub.ValidationResult {
 			return pubsub.ValidationReject // flooding
 		}
 	}
-	g.view[author] = viewEntry{b: *b, received: now}
+	ps := peerState(author, b)
+	g.view[author] = viewEntry{b: *b, received: now, ps: ps}
+	g.pv.put(author, ps, now)
 	return pubsub.ValidationAccept
 }
 
@@ -231,8 +239,9 @@ func (g *gossip) publish(ctx context.Context, b *protocol.Beacon) (int, error) {
 // dropping peers silent for longer than expiry.
 //
 // rtt, if set, gives this node's round-trip estimate to a peer (0 when
-// unknown), which placement adds to the predicted completion.
-func (g *gossip) snapshot(now time.Time, expiry time.Duration, self peer.ID, rtt func(peer.ID) time.Duration) scheduler.View {
+// unknown) given the reachability its beacon states, which placement adds
+// to the predicted completion.
+func (g *gossip) snapshot(now time.Time, expiry time.Duration, self peer.ID, rtt func(id peer.ID, reach string) time.Duration) scheduler.View {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	v := make(scheduler.View, 0, len(g.view))
@@ -244,13 +253,35 @@ func (g *gossip) snapshot(now time.Time, expiry time.Duration, self peer.ID, rtt
 		if id == self {
 			continue
 		}
-		ps := peerState(id, &e.b)
+		ps := e.ps
 		if rtt != nil {
-			ps.RTTMs = float64(rtt(id)) / float64(time.Millisecond)
+			ps.RTTMs = float64(rtt(id, e.b.Reach)) / float64(time.Millisecond)
 		}
 		v = append(v, ps)
 	}
 	return v
+}
+
+// digestCounts adds to byKey, for each DigestKey the live beacons give
+// model, how many hosts serve it so; bare counts the hosts serving model
+// by name alone, seen all those serving it. It reads the beacons in place:
+// cheaper than a snapshot, since every submission by bare name asks.
+func (g *gossip) digestCounts(model string, byKey map[string]int, self peer.ID, expiry time.Duration) (bare, seen int) {
+	now := time.Now()
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for id, e := range g.view {
+		if id == self || now.Sub(e.received) > expiry || !slices.Contains(e.b.Models, model) {
+			continue
+		}
+		seen++
+		if k, ok := e.b.Digests[model]; ok {
+			byKey[k]++
+		} else {
+			bare++
+		}
+	}
+	return bare, seen
 }
 
 // running returns the peers whose last beacon lists key as in flight,
@@ -279,8 +310,11 @@ func (g *gossip) forget(id peer.ID) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if e, ok := g.view[id]; ok {
-		e.b.Accepting = false
+		e.b.Accepting, e.ps.Accepting = false, false
 		g.view[id] = e
+		if id != g.pv.self {
+			g.pv.refuse(e.ps.ID)
+		}
 	}
 }
 
@@ -295,15 +329,29 @@ func (g *gossip) close() {
 func peerState(id peer.ID, b *protocol.Beacon) scheduler.PeerState {
 	s := scheduler.PeerState{
 		ID: id.String(), Models: b.Models, FreeMemMB: b.FreeMemMB, Accepting: b.Accepting,
-		Slots: int(b.Slots), Busy: int(b.Busy), QueueLen: int(b.Queue), QueueMax: int(b.QueueMax), GPU: b.GPU,
+		Slots: int(b.Slots), Busy: int(b.Busy), QueueLen: int(b.Queue), QueueMax: int(b.QueueMax), GPU: b.GPU, Reach: b.Reach,
 		TempC: float64(b.TempDC) / 10, SlowdownC: float64(b.SlowdownDC) / 10, LimitC: float64(b.LimitDC) / 10,
 		Throttled: b.Throttled, Speed: float64(b.SpeedPm) / 1000, HeatPerTaskC: float64(b.HeatDC) / 10,
 		Updated: time.UnixMilli(int64(b.Issued)),
 	}
 	if len(b.ServiceMs) > 0 {
-		s.ServiceMs = make(map[string]float64, len(b.ServiceMs))
+		s.ServiceMs = make(map[string]float64, len(b.ServiceMs)+len(b.Digests))
 		for m, ms := range b.ServiceMs {
 			s.ServiceMs[m] = float64(ms)
+		}
+	}
+	if len(b.Digests) > 0 {
+		// A model named by content is listed a second time as
+		// name@DigestKey, which placement matches a task carrying that
+		// digest against (viewModel), with the name's service time.
+		s.Models = slices.Clone(b.Models)
+		for _, m := range b.Models {
+			if k, ok := b.Digests[m]; ok {
+				s.Models = append(s.Models, m+"@"+k)
+				if ms, ok := s.ServiceMs[m]; ok {
+					s.ServiceMs[m+"@"+k] = ms
+				}
+			}
 		}
 	}
 	return s

@@ -99,7 +99,7 @@ func TestBeaconValidator(t *testing.T) {
 	if len(v) != 1 || v[0].TempC != 70 || v[0].LimitC != 85 || v[0].HeatPerTaskC != 5.5 || v[0].Slots != 2 || !v[0].Accepting {
 		t.Errorf("snapshot %+v: want alice at 70 °C, limit 85, 5.5 °C predicted heat, 2 slots, accepting", v)
 	}
-	rtt := func(id peer.ID) time.Duration {
+	rtt := func(id peer.ID, _ string) time.Duration {
 		if id == alice {
 			return 7 * time.Millisecond
 		}

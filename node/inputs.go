@@ -71,6 +71,18 @@ func canRun(k kernel.Kernel, t protocol.Task) *protocol.RemoteError {
 	if !serves(k, t.Model) {
 		return &protocol.RemoteError{Code: protocol.CodeUnsupportedModel, Message: fmt.Sprintf("this host serves %v", k.Models())}
 	}
+	switch d := digestOf(k, t.Model); {
+	case t.ModelDigest != "" && d != t.ModelDigest:
+		have := "by name alone"
+		if d != "" {
+			have = "with weights " + d
+		}
+		return &protocol.RemoteError{Code: protocol.CodeUnsupportedModel, Message: fmt.Sprintf("this host serves %s %s, not %s", t.Model, have, t.ModelDigest)}
+	case t.ModelDigest == "" && d != "":
+		// A task by bare name would put these weights' result under the
+		// TaskCID every checkpoint of that name shares.
+		return &protocol.RemoteError{Code: protocol.CodeUnsupportedModel, Message: fmt.Sprintf("this host names %s by content (%s): send model_digest (protocol 1.2)", t.Model, d)}
+	}
 	if _, ok := k.(kernel.Editor); len(t.Inputs) > 0 && !ok {
 		return &protocol.RemoteError{Code: protocol.CodeUnsupportedModel, Message: fmt.Sprintf("this host's kernel %s takes no input images", k.Name())}
 	}

@@ -5,7 +5,6 @@ import (
 	"time"
 
 	"github.com/gpunet/gpunet/scheduler"
-	"github.com/libp2p/go-libp2p/core/peer"
 )
 
 // ledger remembers the tasks this node placed, so that its view of each
@@ -14,24 +13,44 @@ import (
 // and tasks the beacon counted that have since finished are taken off.
 // Without it a client sends its next task to the host that looks idle but
 // is running its previous one, or avoids one that has just finished.
+//
+// It is keyed by the peer ID's string form, as scheduler.PeerState.ID
+// holds it, so that correcting the view decodes nothing. The placement
+// view (view.go) applies it to one peer at a time, when that peer's
+// beacon or placements change; adjust corrects a whole copy of the view.
 // Safe for concurrent use.
 type ledger struct {
 	mu     sync.Mutex
-	placed map[peer.ID][]*placement
+	placed map[string][]*placement
+	starts int // since the last sweep of every peer
 }
 
 type placement struct {
 	at, done time.Time // done is zero while running
 }
 
-// start records a task placed on p now; the returned func marks it done.
-func (l *ledger) start(p peer.ID) func() {
-	pl := &placement{at: time.Now()}
+// ledgerSweepEvery bounds how many placements go by between sweeps of
+// peers nobody looks at any more (a host that left the view keeps its
+// finished placements until then).
+const ledgerSweepEvery = 1024
+
+// start records a task placed on the peer id now; the returned func marks
+// it done.
+func (l *ledger) start(id string, keep time.Duration) func() {
+	now := time.Now()
+	pl := &placement{at: now}
 	l.mu.Lock()
 	if l.placed == nil {
-		l.placed = map[peer.ID][]*placement{}
+		l.placed = map[string][]*placement{}
 	}
-	l.placed[p] = append(l.placed[p], pl)
+	l.placed[id] = append(l.placed[id], pl)
+	if l.starts++; l.starts >= ledgerSweepEvery {
+		l.starts = 0
+		cutoff := now.Add(-keep)
+		for id := range l.placed {
+			l.pruneLocked(id, cutoff)
+		}
+	}
 	l.mu.Unlock()
 	return func() {
 		l.mu.Lock()
@@ -40,39 +59,48 @@ func (l *ledger) start(p peer.ID) func() {
 	}
 }
 
-// adjust corrects v in place, and forgets placements finished longer ago
-// than keep (older than any beacon the view still holds).
-func (l *ledger) adjust(v scheduler.View, keep time.Duration) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	cutoff := time.Now().Add(-keep)
-	for id, pls := range l.placed {
-		live := pls[:0]
-		for _, pl := range pls {
-			if pl.done.IsZero() || pl.done.After(cutoff) {
-				live = append(live, pl)
-			}
-		}
-		if len(live) == 0 {
-			delete(l.placed, id)
-		} else {
-			l.placed[id] = live
+// pruneLocked forgets id's placements finished before cutoff (older than
+// any beacon the view still holds) and returns those left.
+func (l *ledger) pruneLocked(id string, cutoff time.Time) []*placement {
+	pls := l.placed[id]
+	live := pls[:0]
+	for _, pl := range pls {
+		if pl.done.IsZero() || pl.done.After(cutoff) {
+			live = append(live, pl)
 		}
 	}
+	clear(pls[len(live):])
+	if len(live) == 0 {
+		delete(l.placed, id)
+		return nil
+	}
+	l.placed[id] = live
+	return live
+}
+
+// apply corrects one peer's state in place for this node's placements on
+// it, forgetting those finished longer ago than keep.
+func (l *ledger) apply(p *scheduler.PeerState, keep time.Duration) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.placed[p.ID]) == 0 {
+		return
+	}
+	for _, pl := range l.pruneLocked(p.ID, time.Now().Add(-keep)) {
+		beacon := p.Updated
+		switch {
+		case pl.at.After(beacon) && pl.done.IsZero():
+			p.Charge()
+		case !pl.at.After(beacon) && !pl.done.IsZero() && pl.done.After(beacon):
+			uncharge(p)
+		}
+	}
+}
+
+// adjust corrects every peer of v in place.
+func (l *ledger) adjust(v scheduler.View, keep time.Duration) {
 	for i := range v {
-		id, err := peer.Decode(v[i].ID)
-		if err != nil {
-			continue
-		}
-		for _, pl := range l.placed[id] {
-			beacon := v[i].Updated
-			switch {
-			case pl.at.After(beacon) && pl.done.IsZero():
-				v[i].Charge()
-			case !pl.at.After(beacon) && !pl.done.IsZero() && pl.done.After(beacon):
-				uncharge(&v[i])
-			}
-		}
+		l.apply(&v[i], keep)
 	}
 }
 

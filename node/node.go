@@ -243,6 +243,9 @@ func (n *Node) start(ctx context.Context) (err error) {
 // process (the tests, the demo) may each have their own registry without a
 // clash, but each shows the process's totals; a daemon runs one node.
 //
+// cfg.HostOptions come last, so a test can put the host on a simulated
+// network (node/simnet_test.go).
+//
 // dir is the node's data directory (its temporary one when ephemeral),
 // where swarm.key is looked for when cfg.SwarmKeyFile is empty.
 func newHost(key crypto.PrivKey, cfg Config, dir string, bw metrics.Reporter, log *slog.Logger) (host.Host, *reach.Tracker, error) {
@@ -311,7 +314,8 @@ func newHost(key crypto.PrivKey, cfg Config, dir string, bw metrics.Reporter, lo
 	if cfg.MetricsRegisterer != nil {
 		opts = append(opts, libp2p.PrometheusRegisterer(cfg.MetricsRegisterer))
 	}
-	h, err := libp2p.New(append(opts, plan.Options...)...)
+	opts = append(opts, plan.Options...)
+	h, err := libp2p.New(append(opts, cfg.HostOptions...)...)
 	if err != nil {
 		return nil, nil, fmt.Errorf("starting libp2p host: %w", err)
 	}

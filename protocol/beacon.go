@@ -5,6 +5,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"regexp"
+	"slices"
 	"time"
 
 	"github.com/ipfs/go-cid"
@@ -79,7 +81,24 @@ type Beacon struct {
 	// its TaskKey (8 bytes), at most MaxBeaconInflight: a client with an
 	// identical task joins it there at no cost to the GPU.
 	Inflight [][]byte `cbor:"inflight,omitempty"`
+	// Reach is whether the host is reachable directly from the Internet,
+	// as its AutoNAT says (since 1.2): ReachPublic, ReachPrivate (behind a
+	// NAT: reached through a relay until a direct connection is made), or
+	// empty while the host does not know.
+	Reach string `cbor:"reach,omitempty"`
+	// Digests maps a model of Models to the DigestKey (16 hex digits) of
+	// the weights the host serves it with, for the models it names by
+	// content (since 1.2); omitted when none.
+	Digests map[string]string `cbor:"digests,omitempty"`
 }
+
+var digestKeyRE = regexp.MustCompile(`^[0-9a-f]{16}$`)
+
+// Beacon reachability values.
+const (
+	ReachPublic  = "public"
+	ReachPrivate = "private"
+)
 
 // MaxGPUNameBytes bounds a beacon's GPU name.
 const MaxGPUNameBytes = 64
@@ -156,6 +175,15 @@ func DecodeBeacon(data []byte, now time.Time) (*Beacon, error) {
 		return nil, bad("ratio beyond 1000 per mille")
 	case len(b.Inflight) > MaxBeaconInflight:
 		return nil, bad("%d in-flight tasks listed, at most %d", len(b.Inflight), MaxBeaconInflight)
+	case b.Reach != "" && b.Reach != ReachPublic && b.Reach != ReachPrivate:
+		return nil, bad("reach %.20q, want public or private", b.Reach)
+	case len(b.Digests) > len(b.Models):
+		return nil, bad("%d model digests for %d models", len(b.Digests), len(b.Models))
+	}
+	for m, k := range b.Digests {
+		if !slices.Contains(b.Models, m) || !digestKeyRE.MatchString(k) {
+			return nil, bad("digest %.20q of model %.70q: want 16 hex digits of a model it lists", k, m)
+		}
 	}
 	for _, k := range b.Inflight {
 		if len(k) != TaskKeyLen {

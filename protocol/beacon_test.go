@@ -19,6 +19,7 @@ func testBeacon(tb testing.TB) Beacon {
 		Models: []string{DefaultModel, "other/model-v2"}, Slots: 2, Busy: 1, Queue: 3, Accepting: true,
 		ServiceMs: map[string]uint32{DefaultModel: 1800},
 		TempDC:    712, SlowdownDC: 900, LimitDC: 830, UtilPm: 640, SpeedPm: 1000, FreeMemMB: 40960, HeatDC: 43,
+		Reach: ReachPrivate,
 	}
 }
 
@@ -36,7 +37,7 @@ func beaconsEqual(a, b *Beacon) bool {
 		a.Slots == b.Slots && a.Busy == b.Busy && a.Queue == b.Queue && a.Accepting == b.Accepting &&
 		maps.Equal(a.ServiceMs, b.ServiceMs) && a.TempDC == b.TempDC && a.SlowdownDC == b.SlowdownDC &&
 		a.LimitDC == b.LimitDC && a.UtilPm == b.UtilPm && a.SpeedPm == b.SpeedPm && a.Throttled == b.Throttled &&
-		a.FreeMemMB == b.FreeMemMB && a.HeatDC == b.HeatDC
+		a.FreeMemMB == b.FreeMemMB && a.HeatDC == b.HeatDC && a.Reach == b.Reach
 }
 
 func TestBeaconRoundTrip(t *testing.T) {
@@ -45,13 +46,13 @@ func TestBeaconRoundTrip(t *testing.T) {
 	if err := checkDAGCBOR(enc); err != nil {
 		t.Fatalf("beacon is not canonical DAG-CBOR: %v", err)
 	}
-	want := []string{"seq", "busy", "peer", "queue", "slots", "issued", "models", "heat_dc", "temp_dc", "util_pm", "limit_dc",
+	want := []string{"seq", "busy", "peer", "queue", "reach", "slots", "issued", "models", "heat_dc", "temp_dc", "util_pm", "limit_dc",
 		"speed_pm", "accepting", "throttled", "service_ms", "free_mem_mb", "slowdown_dc"}
 	if got := mapKeys(t, enc); !slices.Equal(got, want) {
 		t.Errorf("beacon keys %v, want %v", got, want)
 	}
-	if len(enc) > 300 {
-		t.Errorf("a typical beacon is %d bytes; the cap of %d assumes about 200", len(enc), MaxBeaconBytes)
+	if len(enc) > 320 {
+		t.Errorf("a typical beacon is %d bytes; the cap of %d assumes about 300", len(enc), MaxBeaconBytes)
 	}
 	got, err := DecodeBeacon(enc, beaconNow)
 	if err != nil {
@@ -118,6 +119,12 @@ func TestDecodeBeaconLimits(t *testing.T) {
 		{"gpu name at cap", func(b *Beacon) { b.GPU = strings.Repeat("g", MaxGPUNameBytes) }, beaconNow, true},
 		{"gpu name over cap", func(b *Beacon) { b.GPU = strings.Repeat("g", MaxGPUNameBytes+1) }, beaconNow, false},
 		{"gpu name with a control character", func(b *Beacon) { b.GPU = "rtx\x1b[31m" }, beaconNow, false},
+		{"reach public", func(b *Beacon) { b.Reach = ReachPublic }, beaconNow, true},
+		{"reach private", func(b *Beacon) { b.Reach = ReachPrivate }, beaconNow, true},
+		{"reach unknown word", func(b *Beacon) { b.Reach = "maybe" }, beaconNow, false},
+		{"model digest", func(b *Beacon) { b.Digests = map[string]string{"other/model-v2": "9a5a1b2c3d4e5f60"} }, beaconNow, true},
+		{"digest of a model not listed", func(b *Beacon) { b.Digests = map[string]string{"nope/x": "9a5a1b2c3d4e5f60"} }, beaconNow, false},
+		{"digest not 16 hex", func(b *Beacon) { b.Digests = map[string]string{DefaultModel: "9A5A1B2C3D4E5F60"} }, beaconNow, false},
 		{"200 °C", func(b *Beacon) { b.TempDC, b.SlowdownDC, b.LimitDC = 2000, 2000, 2000 }, beaconNow, true},
 		{"temp over 200 °C", func(b *Beacon) { b.TempDC = 2001 }, beaconNow, false},
 		{"slowdown over 200 °C", func(b *Beacon) { b.SlowdownDC = 2001 }, beaconNow, false},

@@ -36,6 +36,11 @@ type Capacity struct {
 	// validators reject records older than CapacityMaxAge.
 	Issued uint64 `cbor:"issued" json:"issued"`
 	Sig    []byte `cbor:"sig,omitempty" json:"sig,omitempty"`
+	// Digests maps a model of Models to the digest of its weights
+	// ("sha256:" + 64 hex, as a task's model_digest), for the models the
+	// host names by content (since 1.2); omitted when none. A 1.1 node
+	// rejects a record with it (its decoder knows no such key).
+	Digests map[string]string `cbor:"digests,omitempty" json:"digests,omitempty"`
 }
 
 // CapacityKey is the DHT key of id's capacity record.
@@ -85,6 +90,11 @@ func DecodeCapacity(b []byte, now time.Time) (*Capacity, error) {
 	for _, m := range c.Models {
 		if len(m) > MaxModelLen || !modelRE.MatchString(m) {
 			return nil, bad("model %q", m)
+		}
+	}
+	for m, d := range c.Digests {
+		if !c.Serves(m) || !modelDigestRE.MatchString(d) {
+			return nil, bad("digest %.80q of model %.70q: want sha256: and 64 hex digits, of a model it lists", d, m)
 		}
 	}
 	id, err := peer.Decode(c.Peer)

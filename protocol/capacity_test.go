@@ -340,3 +340,25 @@ func TestDecodersRejectKeysInAnotherCase(t *testing.T) {
 		})
 	}
 }
+
+// A record may name models by content: each digest signed with the rest,
+// each of a model the record lists.
+func TestCapacityDigests(t *testing.T) {
+	key := testKey(t, 1)
+	c := testCapacity(capIssued)
+	d := "sha256:" + strings.Repeat("ab", 32)
+	c.Digests = map[string]string{"other/model-v2": d}
+	got, err := DecodeCapacity(signCapacity(t, c, key), capNow)
+	if err != nil || got.Digests["other/model-v2"] != d {
+		t.Fatalf("round trip: %+v, %v", got, err)
+	}
+	for name, digests := range map[string]map[string]string{
+		"a model not listed": {"missing/model": d},
+		"not a digest":       {"other/model-v2": "ab"},
+	} {
+		c.Digests = digests
+		if _, err := DecodeCapacity(resignCapacity(t, c, key), capNow); !errors.Is(err, ErrBadCapacity) {
+			t.Errorf("%s: %v, want ErrBadCapacity", name, err)
+		}
+	}
+}

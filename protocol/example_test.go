@@ -88,7 +88,33 @@ func workedExample(t *testing.T) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	fmt.Fprintf(&b, "the same task with one bit of the image changed: TaskCID %s\n", c4)
+	fmt.Fprintf(&b, "the same task with one bit of the image changed: TaskCID %s\n\n", c4)
+
+	fmt.Fprintf(&b, "== 4. A model named by content (since 1.2)\n\n")
+	weights := []byte("the bytes of a checkpoint file")
+	wsum := sha256.Sum256(weights)
+	digest := "sha256:" + hex.EncodeToString(wsum[:])
+	fmt.Fprintf(&b, "weights: the %d bytes %q\n", len(weights), weights)
+	fmt.Fprintf(&b, "model_digest: %s\n", digest)
+	fmt.Fprintf(&b, "DigestKey (beacons): %s\n", DigestKey(digest))
+	in5 := Task{Prompt: in.Prompt, Seed: 42, Model: "a1111/sdxl-base", ModelDigest: digest}
+	n5 := mustNormalize(t, in5)
+	enc5 := mustEncode(t, n5)
+	c5, err := n5.CID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintf(&b, "normalised: %s\n", mustJSON(t, n5))
+	fmt.Fprintf(&b, "canonical encoding (%d bytes):\n%s\n", len(enc5), hex.EncodeToString(enc5))
+	fmt.Fprintf(&b, "annotated:\n%s", annotateMap(t, enc5))
+	fmt.Fprintf(&b, "TaskCID: %s\n", c5)
+	n5.ModelDigest = ""
+	c6, err := n5.CID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintf(&b, "the same task by name alone: TaskCID %s\n", c6)
+	fmt.Fprintf(&b, "provider key of the digest: %s\n", RawCID([]byte("a1111/sdxl-base@"+digest)))
 	return b.String()
 }
 

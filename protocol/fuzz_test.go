@@ -75,9 +75,11 @@ func fuzzSeeds(tb testing.TB) map[string]map[string][][]byte {
 	}
 	return map[string]map[string][][]byte{
 		"FuzzDecodeTask": {
-			"valid-example":      one(task),
-			"valid-params":       one(withParams),
-			"valid-inputs":       one(withInputs),
+			"valid-example": one(task),
+			"valid-params":  one(withParams),
+			"valid-inputs":  one(withInputs),
+			"valid-digest": one(mustEncode(tb, mustNormalize(tb, Task{Prompt: "x", Seed: 1, Model: "a1111/sdxl",
+				ModelDigest: "sha256:" + strings.Repeat("5d", 32)}))),
 			"non-minimal-seed":   one(bytes.Replace(task, []byte("seed\x18\x2a"), []byte("seed\x19\x00\x2a"), 1)),
 			"unsorted-keys":      one(unsortedTask),
 			"trailing-byte":      one(append(slices.Clone(task), 0)),

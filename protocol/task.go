@@ -55,7 +55,7 @@ var ErrBadTask = errors.New("invalid task")
 //
 // The CBOR keys below are the wire names; DAG-CBOR orders them length-first:
 // mask, seed, model, steps, width, height, inputs, params, prompt,
-// negative_prompt.
+// model_digest, negative_prompt.
 type Task struct {
 	Model          string `cbor:"model" json:"model"`
 	Prompt         string `cbor:"prompt" json:"prompt"`
@@ -81,6 +81,50 @@ type Task struct {
 	// where the first input may change (OpenAI's edit mask). Omitted when
 	// nil.
 	Mask *Link `cbor:"mask,omitempty" json:"mask,omitempty"`
+	// ModelDigest names the model by content (since 1.2): "sha256:" and the
+	// 64 lower-case hex digits of the digest of its weights, so the TaskCID
+	// changes with the weights and two checkpoints that share a name never
+	// share results. Empty: the name alone (models whose name is their
+	// version, such as gpunet/sketch-v1). docs/protocol.md, "Models named by
+	// content".
+	ModelDigest string `cbor:"model_digest,omitempty" json:"model_digest,omitempty"`
+}
+
+// ModelDigestPrefix starts every model digest.
+const ModelDigestPrefix = "sha256:"
+
+var modelDigestRE = regexp.MustCompile(`^sha256:[0-9a-f]{64}$`)
+
+// ParseModelDigest returns d as a task's model_digest: "sha256:" and 64
+// lower-case hex digits. It also takes the bare hex digits, in either case,
+// as AUTOMATIC1111 and most tools print a checkpoint's sha256.
+func ParseModelDigest(d string) (string, error) {
+	d = strings.ToLower(strings.TrimSpace(d))
+	if !strings.HasPrefix(d, ModelDigestPrefix) {
+		d = ModelDigestPrefix + d
+	}
+	if !modelDigestRE.MatchString(d) {
+		return "", fmt.Errorf("%w: model digest %.80q: want sha256: and 64 hex digits", ErrBadTask, d)
+	}
+	return d, nil
+}
+
+// SplitModelRef splits "name@digest", the way a person or an API caller
+// names a model by content, into the task's model and model_digest; a
+// plain name comes back with an empty digest.
+func SplitModelRef(ref string) (model, digest string) {
+	model, digest, _ = strings.Cut(ref, "@")
+	return model, digest
+}
+
+// DigestKey is the short form of a model digest that beacons carry and
+// placement matches on: its first 8 bytes, 16 hex digits.
+func DigestKey(digest string) string {
+	h := strings.TrimPrefix(digest, ModelDigestPrefix)
+	if len(h) < 16 {
+		return h
+	}
+	return h[:16]
 }
 
 // Normalize returns t with whitespace collapsed, the model lower-cased,
@@ -105,6 +149,13 @@ func (t Task) Normalize() (Task, error) {
 	}
 	if len(n.Inputs) == 0 {
 		n.Inputs = nil
+	}
+	if n.ModelDigest != "" {
+		d, err := ParseModelDigest(n.ModelDigest)
+		if err != nil {
+			return Task{}, err
+		}
+		n.ModelDigest = d
 	}
 	if len(n.Params) == 0 {
 		n.Params = nil
@@ -166,6 +217,8 @@ func (t Task) validate(needSeed bool) error {
 		return bad("seed not set")
 	case len(t.Params) > MaxParams:
 		return bad("%d params, at most %d", len(t.Params), MaxParams)
+	case t.ModelDigest != "" && !modelDigestRE.MatchString(t.ModelDigest):
+		return bad("model_digest %.80q: want sha256: and 64 lower-case hex digits", t.ModelDigest)
 	}
 	for k, v := range t.Params {
 		if len(k) > MaxParamKey || !paramKeyRE.MatchString(k) {
@@ -213,7 +266,8 @@ func validSide(s uint32) bool { return s >= MinSide && s <= MaxSide && s%SideMul
 func (t Task) Equal(o Task) bool {
 	if t.Model != o.Model || t.Prompt != o.Prompt || t.NegativePrompt != o.NegativePrompt ||
 		t.Seed != o.Seed || t.Steps != o.Steps || t.Width != o.Width || t.Height != o.Height ||
-		len(t.Params) != len(o.Params) || len(t.Inputs) != len(o.Inputs) || (t.Mask == nil) != (o.Mask == nil) {
+		len(t.Params) != len(o.Params) || len(t.Inputs) != len(o.Inputs) || (t.Mask == nil) != (o.Mask == nil) ||
+		t.ModelDigest != o.ModelDigest {
 		return false
 	}
 	for i := range t.Inputs {

@@ -675,3 +675,42 @@ func TestTaskInputs(t *testing.T) {
 		t.Errorf("empty inputs array accepted: %v", err)
 	}
 }
+
+func TestModelDigest(t *testing.T) {
+	const hex = "9a5a1b2c3d4e5f60718293a4b5c6d7e8f90112233445566778899aabbccddeef"
+	base := Task{Prompt: "a lighthouse", Model: "a1111/sdxl", Seed: 3}
+	named := base
+	named.ModelDigest = "SHA256:" + strings.ToUpper(hex) // as people paste it
+	n, c, err := named.NormalizeCID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n.ModelDigest != "sha256:"+hex {
+		t.Errorf("normalised digest %q, want sha256:%s", n.ModelDigest, hex)
+	}
+	bare := base
+	bare.ModelDigest = hex
+	if _, c2, err := bare.NormalizeCID(); err != nil || !c2.Equals(c) {
+		t.Errorf("the bare hex digits give %s (%v), want the same task %s", c2, err, c)
+	}
+	_, plain, _ := base.NormalizeCID()
+	other := base
+	other.ModelDigest = "sha256:" + strings.Repeat("0", 64)
+	_, c3, _ := other.NormalizeCID()
+	if plain.Equals(c) || c3.Equals(c) {
+		t.Error("the digest does not change the TaskCID")
+	}
+	if got, err := DecodeTask(mustEncode(t, n)); err != nil || !got.Equal(n) {
+		t.Errorf("round trip: %v", err)
+	}
+	for _, d := range []string{"sha256:abc", "md5:" + hex, "sha256:" + hex + "0", "sha256:" + strings.Repeat("g", 64)} {
+		bad := base
+		bad.ModelDigest = d
+		if _, err := bad.Normalize(); !errors.Is(err, ErrBadTask) {
+			t.Errorf("digest %q: %v, want ErrBadTask", d, err)
+		}
+	}
+	if k := DigestKey(n.ModelDigest); k != hex[:16] {
+		t.Errorf("DigestKey %q, want %q", k, hex[:16])
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"sync"
 	"time"
 	"unicode"
 	"unicode/utf8"
@@ -16,15 +17,36 @@ import (
 var ErrFrameTooLarge = errors.New("frame exceeds size cap")
 
 // WriteFrame writes one frame: the unsigned-varint length of body, then body.
+//
+// A frame of up to oneWriteMax bytes goes out in one Write: on a libp2p
+// stream every Write is its own yamux frame, Noise message and syscall
+// (yamux does not coalesce), so a small frame written as header then body
+// cost two of each. A larger body is written after its header rather than
+// copied.
 func WriteFrame(w io.Writer, body []byte) error {
 	var hdr [binary.MaxVarintLen64]byte
 	n := binary.PutUvarint(hdr[:], uint64(len(body)))
+	if len(body) <= oneWriteMax {
+		bp := framePool.Get().(*[]byte)
+		buf := append(append((*bp)[:0], hdr[:n]...), body...)
+		_, err := w.Write(buf)
+		*bp = buf[:0]
+		framePool.Put(bp)
+		return err
+	}
 	if _, err := w.Write(hdr[:n]); err != nil {
 		return err
 	}
 	_, err := w.Write(body)
 	return err
 }
+
+// oneWriteMax is the largest body WriteFrame copies to send with its
+// header: events, requests and manifests fit; big output blocks do not
+// need it (their own size dwarfs a second write).
+const oneWriteMax = 16 << 10
+
+var framePool = sync.Pool{New: func() any { return new([]byte) }}
 
 // ReadFrame reads one frame of at most max bytes. The length is checked
 // before the body is allocated, so a peer cannot make us allocate more than

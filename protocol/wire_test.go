@@ -128,12 +128,42 @@ func TestReadFrameHeaderWithoutBodyIsNotEOF(t *testing.T) {
 }
 
 func TestWriteFramePropagatesErrors(t *testing.T) {
-	for _, n := range []int{0, 1} { // fail on the header, then on the body
-		w := &failingWriter{okWrites: n}
-		if err := WriteFrame(w, []byte("body")); err == nil {
-			t.Errorf("WriteFrame with a writer failing after %d writes succeeded", n)
+	big := make([]byte, oneWriteMax+1) // written as header, then body
+	for _, c := range []struct {
+		body []byte
+		n    int
+	}{{[]byte("body"), 0}, {big, 0}, {big, 1}} { // one write; the header; the body
+		w := &failingWriter{okWrites: c.n}
+		if err := WriteFrame(w, c.body); err == nil {
+			t.Errorf("WriteFrame of %d bytes with a writer failing after %d writes succeeded", len(c.body), c.n)
 		}
 	}
+}
+
+// A small frame is one Write (a libp2p stream sends each Write as its own
+// message), and reads back whole.
+func TestWriteFrameSmallIsOneWrite(t *testing.T) {
+	var w countingWriter
+	if err := WriteFrame(&w, []byte("body")); err != nil {
+		t.Fatal(err)
+	}
+	if w.writes != 1 {
+		t.Errorf("%d writes for a small frame, want 1", w.writes)
+	}
+	got, err := ReadFrame(bufio.NewReader(bytes.NewReader(w.Bytes())), 1<<10)
+	if err != nil || string(got) != "body" {
+		t.Errorf("read back %q, %v", got, err)
+	}
+}
+
+type countingWriter struct {
+	bytes.Buffer
+	writes int
+}
+
+func (w *countingWriter) Write(p []byte) (int, error) {
+	w.writes++
+	return w.Buffer.Write(p)
 }
 
 type failingWriter struct{ okWrites int }

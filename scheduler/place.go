@@ -26,6 +26,10 @@ type PeerState struct {
 	Slots, Busy, QueueLen int
 	// GPU names the peer's GPU, for people; placement does not read it.
 	GPU string
+	// Reach is the peer's reachability as its beacon says (public, private
+	// or empty), for people; placement reads only RTTMs, into which the
+	// node folds the cost of a relayed link.
+	Reach string
 	// QueueMax is how many tasks the peer's queue holds (≤ 0: unknown).
 	// With Pending it tells a full peer before the peer must refuse.
 	QueueMax int

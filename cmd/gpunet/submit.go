@@ -30,6 +30,7 @@ type submitFlags struct {
 	timeout   time.Duration
 	p2p       bool
 	submitter string
+	upscale   bool // then upscale the image ×4 (upscale.go)
 }
 
 // submitOutput is what `submit --json` prints.
@@ -59,7 +60,8 @@ func newSubmitCmd(g *globals) *cobra.Command {
 		Short: "Generate an image on the network (through the local daemon, else as a p2p client)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			t := protocol.Task{Prompt: args[0], NegativePrompt: f.negative, Model: f.model, Seed: f.seed, Steps: uint32(f.steps)}
+			t := protocol.Task{Prompt: args[0], NegativePrompt: f.negative, Seed: f.seed, Steps: uint32(f.steps)}
+			t.Model, t.ModelDigest = protocol.SplitModelRef(f.model)
 			// Zero fields are "use the default" to Normalize; a person who
 			// typed one meant something else, so an explicit flag is
 			// checked here and never silently replaced.
@@ -84,6 +86,9 @@ func newSubmitCmd(g *globals) *cobra.Command {
 			}
 			ctx, cancel := context.WithTimeout(cmd.Context(), f.timeout)
 			defer cancel()
+			if f.upscale {
+				return submitUpscale(ctx, cmd, g, f, t)
+			}
 			res, err := submit(ctx, cmd, g, f, t)
 			if err != nil {
 				return err
@@ -98,12 +103,13 @@ func newSubmitCmd(g *globals) *cobra.Command {
 	fl.Var(&rangeFlag{v: &f.steps, min: protocol.MinSteps, max: protocol.MaxSteps},
 		"steps", fmt.Sprintf("sampling steps, %d to %d (default %d)", protocol.MinSteps, protocol.MaxSteps, protocol.DefaultSteps))
 	fl.StringVar(&f.size, "size", "", fmt.Sprintf("image size WxH (default %dx%d)", protocol.DefaultWidth, protocol.DefaultHeight))
-	fl.StringVar(&f.model, "model", "", "model name (default "+protocol.DefaultModel+")")
+	fl.StringVar(&f.model, "model", "", "model name, or NAME@sha256:DIGEST to name it by the content of its weights (default "+protocol.DefaultModel+")")
 	fl.StringVar(&f.negative, "negative", "", "negative prompt: what the image should not show")
 	fl.BoolVar(&f.noCache, "no-cache", false, "compute afresh even if the result is cached")
 	fl.DurationVar(&f.timeout, "timeout", 10*time.Minute, "give up after this long; a busy swarm is waited out until then")
 	fl.StringVar(&f.submitter, "submitter", defaultSubmitter(), "who submits, for fair sharing between the callers of one daemon (default: your user name)")
 	fl.BoolVar(&f.p2p, "p2p", false, "skip the local daemon and submit as a p2p client")
+	fl.BoolVar(&f.upscale, "upscale", false, "then upscale the image ×4 with "+upscaleModel+", a second task whose input is the first one's output by CID; writes FILE and FILE-x4.png")
 	return cmd
 }
 
@@ -173,19 +179,23 @@ type submitted struct {
 }
 
 // submit goes through the local daemon when one answers, else starts an
-// ephemeral p2p node.
-func submit(ctx context.Context, cmd *cobra.Command, g *globals, f *submitFlags, t protocol.Task) (*submitted, error) {
+// ephemeral p2p node. It runs t, then each task that next makes from the
+// result before it, through the same daemon or node, which holds that
+// result's outputs for a host to fetch by CID; it returns the last result.
+func submit(ctx context.Context, cmd *cobra.Command, g *globals, f *submitFlags, t protocol.Task, next ...func(*submitted) (protocol.Task, error)) (*submitted, error) {
 	bar := newStageBar(g.json)
 	defer bar.finish()
 	if !f.p2p {
 		c := localapi.NewClient(g.api)
 		if err := c.Ping(ctx, 500*time.Millisecond); err == nil {
-			tr, err := c.Submit(ctx, localapi.SubmitRequest{Task: t, NoCache: f.noCache, Submitter: f.submitter,
-				TimeoutMs: uint64(f.timeout.Milliseconds())}, bar.update)
-			if err != nil {
-				return nil, err
-			}
-			return &submitted{tr: tr, via: "daemon"}, nil
+			return chain(t, next, func(t protocol.Task) (*submitted, error) {
+				tr, err := c.Submit(ctx, localapi.SubmitRequest{Task: t, NoCache: f.noCache, Submitter: f.submitter,
+					TimeoutMs: uint64(f.timeout.Milliseconds())}, bar.update)
+				if err != nil {
+					return nil, err
+				}
+				return &submitted{tr: tr, via: "daemon"}, nil
+			})
 		} else if !errors.Is(err, localapi.ErrNoDaemon) {
 			return nil, err
 		}
@@ -214,11 +224,28 @@ func submit(ctx context.Context, cmd *cobra.Command, g *globals, f *submitFlags,
 	if len(cfg.Bootstrap) == 0 {
 		waitForPeers(ctx, n, 3*time.Second) // mDNS needs a moment
 	}
-	res, err := n.Submit(ctx, t, node.SubmitOptions{NoCache: f.noCache, Submitter: f.submitter, Progress: bar.update})
-	if err != nil {
-		return nil, err
+	return chain(t, next, func(t protocol.Task) (*submitted, error) {
+		res, err := n.Submit(ctx, t, node.SubmitOptions{NoCache: f.noCache, Submitter: f.submitter, Progress: bar.update})
+		if err != nil {
+			return nil, err
+		}
+		return &submitted{tr: localapi.ToTaskResult(res), via: "p2p"}, nil
+	})
+}
+
+// chain runs t, then each task that next makes from the result before it,
+// and returns the last result.
+func chain(t protocol.Task, next []func(*submitted) (protocol.Task, error), run func(protocol.Task) (*submitted, error)) (*submitted, error) {
+	s, err := run(t)
+	for _, mk := range next {
+		if err != nil {
+			return nil, err
+		}
+		if t, err = mk(s); err == nil {
+			s, err = run(t)
+		}
 	}
-	return &submitted{tr: localapi.ToTaskResult(res), via: "p2p"}, nil
+	return s, err
 }
 
 func waitForPeers(ctx context.Context, n *node.Node, max time.Duration) {
@@ -229,6 +256,20 @@ func waitForPeers(ctx context.Context, n *node.Node, max time.Duration) {
 }
 
 func writeOutputs(g *globals, f *submitFlags, s *submitted) error {
+	out, err := saveOutputs(f.out, s)
+	if err != nil {
+		return err
+	}
+	if g.json {
+		return printJSON(out)
+	}
+	printOutput(out)
+	return nil
+}
+
+// saveOutputs writes s's outputs to file (-o), or to TASKCID.png, and
+// describes them.
+func saveOutputs(file string, s *submitted) (submitOutput, error) {
 	tr := s.tr
 	out := submitOutput{TaskCID: tr.TaskCID, ResultCID: tr.ResultCID, Host: tr.Host, Provider: tr.Provider,
 		Cache: tr.Cache, ElapsedMs: tr.ElapsedMs, Via: s.via}
@@ -236,20 +277,20 @@ func writeOutputs(g *globals, f *submitFlags, s *submitted) error {
 		out.Seed = m.Task.Seed
 	}
 	for i, o := range tr.Outputs {
-		path := outputPath(f.out, tr.TaskCID, i, len(tr.Outputs), o.MediaType)
+		path := outputPath(file, tr.TaskCID, i, len(tr.Outputs), o.MediaType)
 		if err := os.WriteFile(path, o.Data, 0o644); err != nil {
-			return fmt.Errorf("writing output: %w", err)
+			return out, fmt.Errorf("writing output: %w", err)
 		}
 		out.Outputs = append(out.Outputs, outputFile{CID: o.CID, Path: path, Bytes: o.Bytes, MediaType: o.MediaType})
 	}
-	if g.json {
-		return printJSON(out)
-	}
+	return out, nil
+}
+
+func printOutput(out submitOutput) {
 	for _, o := range out.Outputs {
 		fmt.Printf("%s  %d bytes  %s\n", o.Path, o.Bytes, o.CID)
 	}
 	fmt.Printf("task %s  host %s  cache %s  %.0f ms\n", out.TaskCID, shortID(out.Host), out.Cache, out.ElapsedMs)
-	return nil
 }
 
 // outputPath names output i of n: FILE, or FILE-i.ext for several outputs.

@@ -145,7 +145,9 @@ func parse(body []byte, ed *editInputs) (*plan, *apiError) {
 	if n < 1 || n > maxN {
 		return nil, badRequest("n", fmt.Sprintf("n %d: want 1..%d", n, maxN))
 	}
-	t := protocol.Task{Prompt: *req.Prompt, NegativePrompt: req.NegativePrompt, Model: req.Model}
+	t := protocol.Task{Prompt: *req.Prompt, NegativePrompt: req.NegativePrompt}
+	// "name@sha256:…" names the model by content (docs/protocol.md).
+	t.Model, t.ModelDigest = protocol.SplitModelRef(req.Model)
 	if ed != nil {
 		p.event = "image_edit"
 		t.Inputs, t.Mask = ed.inputs, ed.mask

@@ -266,6 +266,10 @@ type HostRow struct {
 	// BeaconAgeS is how old the last beacon is; 0 for this node's row.
 	BeaconAgeS float64 `json:"beacon_age_s"`
 	RTTMs      float64 `json:"rtt_ms,omitempty"`
+	// Reach is public or private (behind a NAT, reached through a relay),
+	// from the host's beacon or, for this node, its own status; empty
+	// while unknown.
+	Reach string `json:"reach,omitempty"`
 }
 
 // Totals sums the swarm this node sees. The rates are this node's own:
@@ -288,6 +292,14 @@ type Totals struct {
 	CacheHitRatio *float64 `json:"cache_hit_ratio,omitempty"`
 }
 
+// selfReach is this node's reachability as a beacon would say it.
+func selfReach(st node.Status) string {
+	if r := string(st.Reach.Reachability); r == "public" || r == "private" {
+		return r
+	}
+	return ""
+}
+
 // snapshot gathers the state to send now.
 func (d *Dashboard) snapshot(ctx context.Context, src Source) Snapshot {
 	now := d.now()
@@ -301,14 +313,15 @@ func (d *Dashboard) snapshot(ctx context.Context, src Source) Snapshot {
 		}
 		s.Swarm = append(s.Swarm, HostRow{ID: st.PeerID, Self: true, GPU: gpu, Models: st.Models,
 			Accepting: !st.Paused && !st.OffHours && !st.Hot, Slots: st.Slots, Busy: st.Running, Queue: st.Queued, QueueMax: st.QueueMax,
-			TempC: st.TempC, LimitC: st.MaxTempC, Throttled: st.Cooling || (st.GPU != nil && st.GPU.Throttled)})
+			TempC: st.TempC, LimitC: st.MaxTempC, Throttled: st.Cooling || (st.GPU != nil && st.GPU.Throttled),
+			Reach: selfReach(st)})
 	}
 	for _, p := range view {
 		s.Totals.SwarmPerS += busyRate(p)
 		s.Swarm = append(s.Swarm, HostRow{ID: p.ID, GPU: p.GPU, Models: p.Models, Accepting: p.Accepting,
 			Slots: max(p.Slots, 1), Busy: p.Busy, Queue: p.QueueLen, QueueMax: p.QueueMax,
 			TempC: p.TempC, LimitC: p.LimitC, Throttled: p.Throttled,
-			BeaconAgeS: max(now.Sub(p.Updated).Seconds(), 0), RTTMs: p.RTTMs})
+			BeaconAgeS: max(now.Sub(p.Updated).Seconds(), 0), RTTMs: p.RTTMs, Reach: p.Reach})
 	}
 	// This node first, then by ID: rows keep their places between updates.
 	sort.SliceStable(s.Swarm, func(i, j int) bool {

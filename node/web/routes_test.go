@@ -111,8 +111,9 @@ func TestEventsStream(t *testing.T) {
 	src := &fakeSource{
 		status: node.Status{PeerID: "12D3KooWself", Host: true, Models: []string{protocol.DefaultModel}, Running: 1, Slots: 2, QueueMax: 8},
 		view: scheduler.View{{ID: "12D3KooWother", Slots: 4, Busy: 1, Accepting: true, Models: []string{protocol.DefaultModel},
-			TempC: 60, LimitC: 83, Updated: time.Now().Add(-time.Second)}},
+			TempC: 60, LimitC: 83, Updated: time.Now().Add(-time.Second), Reach: protocol.ReachPrivate}},
 	}
+	src.status.Reach.Reachability = "public"
 	srv := serve(d, src)
 	defer srv.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -146,6 +147,9 @@ func TestEventsStream(t *testing.T) {
 	s := next()
 	if len(s.Swarm) != 2 || !s.Swarm[0].Self || s.Swarm[0].Slots != 2 || s.Swarm[1].ID != "12D3KooWother" {
 		t.Fatalf("swarm %+v: want this host first with its 2 slots, then its peer", s.Swarm)
+	}
+	if s.Swarm[0].Reach != "public" || s.Swarm[1].Reach != protocol.ReachPrivate {
+		t.Errorf("reach %q and %q: want this node's public, the peer's private from its beacon", s.Swarm[0].Reach, s.Swarm[1].Reach)
 	}
 	if s.Totals.Hosts != 2 || s.Totals.Slots != 6 || s.Totals.FreeSlots != 1+3 {
 		t.Errorf("totals %+v: want 2 hosts, 6 slots, 4 free", s.Totals)

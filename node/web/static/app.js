@@ -100,6 +100,8 @@ function renderSwarm(rows) {
       el("td", {}, h.queue + (h.queue_max ? " / " + h.queue_max : "")),
       el("td", { className: "mono" }, (h.models || []).join(", ")),
       el("td", {}, el("span", { className: "badge " + (h.accepting ? "" : "warn") }, h.accepting ? "yes" : "no")),
+      h.reach ? el("td", { title: h.reach === "private" ? "behind a NAT: reached through a relay" : "dialable from the Internet" }, h.reach === "private" ? "private (relay)" : "public")
+        : el("td", { className: "muted" }, "unknown"),
       el("td", {}, h.self ? "—" : h.beacon_age_s.toFixed(1) + " s ago"));
     tr.dataset.peer = h.id;
     return tr;
