@@ -52,6 +52,7 @@ type Node struct {
 	// announces (announce.go); closed after the DHT.
 	prov       *providers.Store
 	announceMu sync.Mutex // makes announce's check-then-provide atomic
+	provides   *provideQueue // results to provide (providequeue.go)
 
 	serve *server // nil unless cfg.Kernel is set
 	// own is this host's latest beacon, so that its own submissions can
@@ -182,6 +183,7 @@ func (n *Node) start(ctx context.Context) (err error) {
 	if err != nil {
 		return fmt.Errorf("starting DHT: %w", err)
 	}
+	n.startProvides()
 	if n.gossip, err = newGossip(n.ctx, n.host, &n.cfg, n.log.With("sub", "gossip")); err != nil {
 		return err
 	}

@@ -962,17 +962,9 @@ func (n *Node) provideResult(tc cid.Cid) {
 	if n.closed.Load() || !n.reachable() {
 		return
 	}
-	n.wg.Add(1)
-	go func() {
-		defer n.wg.Done()
-		ctx, cancel := context.WithTimeout(n.ctx, 30*time.Second)
-		defer cancel()
-		err := n.dht.Provide(ctx, tc, true)
-		if err != nil {
-			n.log.Debug("providing result", "task", tc, "err", err)
-		}
-		n.observe(func(o Observer) { o.Provided(err) })
-	}()
+	if !n.provides.add(tc) {
+		n.log.Debug("provide queue full: the reprovide round will provide the result", "task", tc)
+	}
 }
 
 // reachable reports whether other peers can dial this node: a one-shot
