@@ -51,7 +51,7 @@ type Node struct {
 	// prov holds the DHT's provider records and the results this node
 	// announces (announce.go); closed after the DHT.
 	prov       *providers.Store
-	announceMu sync.Mutex // makes announce's check-then-provide atomic
+	announceMu sync.Mutex    // makes announce's check-then-provide atomic
 	provides   *provideQueue // results to provide (providequeue.go)
 
 	serve *server // nil unless cfg.Kernel is set

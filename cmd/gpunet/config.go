@@ -33,6 +33,7 @@ var flagOf = map[string]string{
 	"host.max_temp":      "max-temp",
 	"host.rate_limit":    "rate-limit",
 	"host.hours":         "hours",
+	"host.backends":      "backend",
 	"gateway.listen":     "gateway",
 	"gateway.api_keys":   "api-keys",
 }
@@ -70,6 +71,7 @@ func applyConfig(cmd *cobra.Command, g *globals, f *hostFlags) error {
 		h := merged.Host
 		f.kernel, f.kernelCmd, f.kernelModels, f.gpu = h.Kernel, h.KernelCmd, h.KernelModels, h.GPU
 		f.slots, f.queue, f.maxTemp, f.rate, f.hours = h.Slots, h.Queue, h.MaxTemp, h.RateLimit, h.Hours
+		f.backends = h.Backends
 	}
 	setGateway(cmd, given, merged.Gateway)
 	if created {
@@ -126,9 +128,12 @@ func configBase(g *globals, f *hostFlags) nodeconf.File {
 	}
 	if f != nil {
 		c.Host = nodeconf.Host{Kernel: f.kernel, KernelCmd: f.kernelCmd, KernelModels: f.kernelModels, GPU: f.gpu,
-			Slots: f.slots, Queue: f.queue, MaxTemp: f.maxTemp, RateLimit: f.rate, Hours: f.hours}
+			Slots: f.slots, Queue: f.queue, MaxTemp: f.maxTemp, RateLimit: f.rate, Hours: f.hours, Backends: f.backends}
 		if c.Host.KernelModels == nil {
 			c.Host.KernelModels = []string{}
+		}
+		if c.Host.Backends == nil {
+			c.Host.Backends = []string{}
 		}
 	}
 	return c

@@ -104,7 +104,7 @@ func TestConfigShowSources(t *testing.T) {
 		t.Skip("runs the binary")
 	}
 	data := t.TempDir()
-	file := "api = \"127.0.0.1:9911\"\nlog_format = \"json\"\n[store]\nbudget = \"256MiB\"\n[host]\nslots = 3\n"
+	file := "api = \"127.0.0.1:9911\"\nlog_format = \"json\"\n[store]\nbudget = \"256MiB\"\n[host]\nslots = 3\nbackends = [\"a1111=http://127.0.0.1:7860\"]\n"
 	if err := os.WriteFile(filepath.Join(data, nodeconf.FileName), []byte(file), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -130,13 +130,14 @@ func TestConfigShowSources(t *testing.T) {
 		t.Errorf("file %q exists %v", c.File, c.FileExists)
 	}
 	check(c, map[string]want{
-		"data":         {data, nodeconf.FromFlag},
-		"api":          {"127.0.0.1:9911", nodeconf.FromFile},
-		"log_format":   {"json", nodeconf.FromFile},
-		"store.budget": {"256MiB", nodeconf.FromFile},
-		"host.slots":   {3.0, nodeconf.FromFile}, // JSON numbers decode as float64
-		"host.queue":   {8.0, nodeconf.FromDefault},
-		"mdns":         {true, nodeconf.FromDefault},
+		"data":          {data, nodeconf.FromFlag},
+		"api":           {"127.0.0.1:9911", nodeconf.FromFile},
+		"log_format":    {"json", nodeconf.FromFile},
+		"store.budget":  {"256MiB", nodeconf.FromFile},
+		"host.slots":    {3.0, nodeconf.FromFile}, // JSON numbers decode as float64
+		"host.queue":    {8.0, nodeconf.FromDefault},
+		"mdns":          {true, nodeconf.FromDefault},
+		"host.backends": {[]any{"a1111=http://127.0.0.1:7860"}, nodeconf.FromFile},
 	})
 	c = showConfig(t, nil, "--data", data, "--api", "127.0.0.1:9922", "--log-format", "text")
 	check(c, map[string]want{
@@ -296,7 +297,11 @@ func TestFlagDefaultsAreTheFileDefaults(t *testing.T) {
 		case string:
 			got, err = fl.GetString(name)
 		case []string:
-			got, err = fl.GetStringSlice(name)
+			if fl.Lookup(name).Value.Type() == "stringArray" { // --backend: a value may hold commas
+				got, err = fl.GetStringArray(name)
+			} else {
+				got, err = fl.GetStringSlice(name)
+			}
 		case bool:
 			got, err = fl.GetBool(name)
 		case int:

@@ -208,6 +208,11 @@ rate_limit = {{v .Host.RateLimit}}
 # "gpunet host pause", which only the owner undoes. "": every hour.
 hours = {{v .Host.Hours}}
 
+# Image backends this host also serves (or serves alone, when kernel is not
+# set here or by --kernel), each "KIND=URL[,OPTION=VALUE...]" as --backend
+# takes it: a1111, comfyui or openai; e.g. ["a1111=http://127.0.0.1:7860"].
+backends = {{v .Host.Backends}}
+
 # The gateway (docs/openai.md, "Gateway"): the OpenAI routes served beyond
 # loopback, to the holders of the API keys in api_keys, one
 # "sha256:HASH [name] [rate=N/s]" a line ("gpunet gateway-key new" makes a

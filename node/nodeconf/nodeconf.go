@@ -47,6 +47,9 @@ type Host struct {
 	MaxTemp      float64  `toml:"max_temp"`
 	RateLimit    float64  `toml:"rate_limit"`
 	Hours        string   `toml:"hours"` // lending hours, HH:MM-HH:MM local time; "": every hour
+	// Backends are image backends the host serves, each KIND=URL[,OPT=V…]
+	// as --backend takes it (docs/kernels.md, "Bring your own backend").
+	Backends []string `toml:"backends"`
 }
 
 // Gateway is the [gateway] table: the OpenAI routes served beyond
@@ -82,6 +85,7 @@ func Defaults() File {
 		Host: Host{
 			Kernel:       "sketch",
 			KernelModels: []string{},
+			Backends:     []string{},
 			GPU:          "auto",
 			Slots:        1,
 			Queue:        8,
