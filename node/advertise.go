@@ -34,6 +34,33 @@ func (n *Node) advertiseLoop() {
 	})
 }
 
+// kernelWatcher is a kernel whose models change while it runs (a backend
+// adapter: its backend went away, came back, or got a new checkpoint).
+// Changed returns a channel closed at the next change.
+type kernelWatcher interface {
+	Changed() <-chan struct{}
+}
+
+// watchKernel re-advertises as soon as the kernel's models change, rather
+// than at the next AdvertiseInterval: the capacity record lists only what
+// the backend can run now (FindHosts skips a provider whose record no
+// longer lists the model), and a beacon goes out at once.
+func (n *Node) watchKernel(w kernelWatcher) {
+	defer n.wg.Done()
+	for {
+		select {
+		case <-n.ctx.Done():
+			return
+		case <-w.Changed():
+		}
+		n.log.Info("the kernel's models changed; advertising again", "models", n.cfg.Kernel.Models())
+		poke(n.serve.changed)
+		if err := n.advertise(n.ctx); err != nil {
+			n.log.Debug("advertising after a change of models", "err", err)
+		}
+	}
+}
+
 // repeat runs do now and then every interval until the node closes. After a
 // failure it tries again sooner: 250 ms, doubling up to maxRetry.
 func (n *Node) repeat(interval, maxRetry time.Duration, do func() error) {

@@ -216,6 +216,10 @@ func (n *Node) start(ctx context.Context) (err error) {
 		n.wg.Add(2)
 		go n.advertiseLoop()
 		go n.beaconLoop()
+		if w, ok := cfg.Kernel.(kernelWatcher); ok {
+			n.wg.Add(1)
+			go n.watchKernel(w)
+		}
 	}
 	return nil
 }
