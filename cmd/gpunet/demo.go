@@ -74,6 +74,11 @@ type demoReport struct {
 	// Moved counts tasks the clients' queue hedge took from one host's
 	// queue to another host.
 	Moved uint64 `json:"moved"`
+	// Upscale is the pipeline's second task, the first image ×4 by the
+	// trained ESRGAN network, when kernels/esrgan is installed; Skipped
+	// says why it did not run otherwise.
+	Upscale *demoTask `json:"upscale,omitempty"`
+	Skipped string    `json:"upscale_skipped,omitempty"`
 }
 
 func newDemoCmd(g *globals) *cobra.Command {
@@ -129,7 +134,12 @@ func runDemo(ctx context.Context, f *demoFlags, quiet bool) (*demoReport, error)
 		profiles[i] = demoProfiles[i%len(demoProfiles)]
 	}
 	say("starting %d hosts on loopback (simulated GPUs: %s)…", f.hosts, strings.Join(profiles, ", "))
-	sw, err := swarm.StartWithClients(ctx, swarm.Options{Profiles: profiles, TimeScale: f.timeScale,
+	esr, skipped := demoUpscaler(ctx)
+	if esr != nil {
+		defer esr.Close()
+		say("host 1 also serves %s (the trained ESRGAN ×4 network, kernels/esrgan)", upscaleModel)
+	}
+	sw, err := swarm.StartWithClients(ctx, swarm.Options{Profiles: profiles, TimeScale: f.timeScale, Kernel: demoHostKernel(esr),
 		// Beacons 4x as often as a real swarm's: the whole demo lasts seconds.
 		Tune: func(c *node.Config) {
 			c.BeaconInterval = 500 * time.Millisecond
@@ -185,8 +195,17 @@ func runDemo(ctx context.Context, f *demoFlags, quiet bool) (*demoReport, error)
 		}()
 	}
 	wg.Wait()
+	r := &demoReport{Tasks: tasks, Dir: f.out, Skipped: skipped}
+	if esr != nil {
+		// A pipeline: a small image, then it ×4; the upscaling host fetches
+		// the image by CID from client 0, which holds it.
+		if r.Upscale, err = demoUpscale(ctx, sw.Clients[0], tasks[0].Prompt, f.out, f.steps); err != nil {
+			return r, fmt.Errorf("demo: the pipeline failed: %w", err)
+		}
+		say("[pipeline] %-39.39s host %s  %7.1f ms  %s", r.Upscale.Prompt, shortID(r.Upscale.Host), r.Upscale.ElapsedMs, r.Upscale.Path)
+	}
 	peaks := stopSampling()
-	r := &demoReport{Tasks: tasks, Dir: f.out, Elapsed: math.Round(time.Since(start).Seconds()*10) / 10}
+	r.Elapsed = math.Round(time.Since(start).Seconds()*10) / 10
 	for _, c := range sw.Clients {
 		r.Moved += c.Status(ctx).Moved
 	}
@@ -252,6 +271,12 @@ func printDemo(r *demoReport) {
 	}
 	w.Flush()
 	fmt.Printf("\n%d images in %s/ in %.1f s; %d moved from a queue by the queue hedge\n", len(r.Tasks), r.Dir, r.Elapsed, r.Moved)
+	if r.Upscale != nil {
+		fmt.Printf("pipeline: a %dx%d image upscaled ×4 by the trained ESRGAN network on host %s, its input fetched by CID: %s\n",
+			demoPipelineSide, demoPipelineSide, shortID(r.Upscale.Host), r.Upscale.Path)
+	} else if r.Skipped != "" {
+		fmt.Printf("pipeline (generate, then upscale ×4 by ESRGAN) skipped: %s\n", r.Skipped)
+	}
 }
 
 func slug(s string) string {

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/gpunet/gpunet/kernel"
@@ -198,7 +199,19 @@ func (s *Swarm) waitAdvertised(ctx context.Context) error {
 		want[h.ID().String()] = true
 	}
 	delete(want, probe.ID().String()) // FindHosts skips the node itself
+	// A model every host serves (host 0 may serve more: the demo's
+	// upscaler), so that each host is found under it.
 	model := s.Hosts[0].Models()[0]
+	for _, m := range s.Hosts[0].Models() {
+		every := true
+		for _, h := range s.Hosts[1:] {
+			every = every && slices.Contains(h.Models(), m)
+		}
+		if every {
+			model = m
+			break
+		}
+	}
 	for {
 		found := 0
 		if hosts, err := probe.FindHosts(ctx, model, len(s.Hosts)+1); err == nil {
