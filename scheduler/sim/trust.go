@@ -203,7 +203,7 @@ type trIdent struct {
 	host     int32
 	caught   bool
 	caughtAt float64
-	runs   []int // runs done for each client (probation liars count)
+	runs     []int // runs done for each client (probation liars count)
 }
 
 type trTask struct {
