@@ -525,26 +525,37 @@ func isBadData(err error) bool {
 	return errors.Is(err, protocol.ErrBadCID) || errors.Is(err, protocol.ErrBadManifest) || errors.Is(err, errBadProvider)
 }
 
+// openFetch opens a fetch stream to p (through a relay too, when that is
+// how p is reached), sends the request for c and closes its write side.
+// The stream is reset if ctx ends first; done closes it.
+func (n *Node) openFetch(ctx context.Context, p peer.ID, c cid.Cid) (st network.Stream, done func(), err error) {
+	st, err = n.host.NewStream(reach.AllowRelayed(ctx), p, libp2pProto(protocol.FetchProtocol))
+	if err != nil {
+		return nil, nil, fmt.Errorf("opening fetch stream to %s: %w", p, err)
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		_ = st.SetDeadline(dl)
+	}
+	stop := context.AfterFunc(ctx, func() { st.Reset() })
+	if err := protocol.WriteMsg(st, protocol.FetchRequest{CID: protocol.Link{Cid: c}}); err != nil {
+		stop()
+		st.Reset()
+		return nil, nil, fmt.Errorf("sending fetch request: %w", err)
+	}
+	_ = st.CloseWrite()
+	return st, func() { stop(); st.Close() }, nil
+}
+
 // fetchFrom fetches taskCID's result from one provider and accepts it
 // through acceptResult, which verifies, stores and provides it.
 func (n *Node) fetchFrom(ctx context.Context, p peer.ID, taskCID cid.Cid) (*Result, error) {
 	ctx, cancel := context.WithTimeout(ctx, fetchAttemptTimeout)
 	defer cancel()
-	st, err := n.host.NewStream(reach.AllowRelayed(ctx), p, libp2pProto(protocol.FetchProtocol))
+	st, done, err := n.openFetch(ctx, p, taskCID)
 	if err != nil {
-		return nil, fmt.Errorf("opening fetch stream: %w", err)
+		return nil, err
 	}
-	defer st.Close()
-	if dl, ok := ctx.Deadline(); ok {
-		_ = st.SetDeadline(dl)
-	}
-	stop := context.AfterFunc(ctx, func() { st.Reset() })
-	defer stop()
-	if err := protocol.WriteMsg(st, protocol.FetchRequest{CID: protocol.Link{Cid: taskCID}}); err != nil {
-		st.Reset()
-		return nil, fmt.Errorf("sending fetch request: %w", err)
-	}
-	_ = st.CloseWrite()
+	defer done()
 
 	r := bufio.NewReader(st)
 	var blocks [][]byte

@@ -125,21 +125,11 @@ func (n *Node) taskInputs(ctx context.Context, t protocol.Task, from peer.ID) (k
 func (n *Node) fetchBlock(ctx context.Context, p peer.ID, c cid.Cid) ([]byte, error) {
 	ctx, cancel := context.WithTimeout(ctx, inputFetchTimeout)
 	defer cancel()
-	st, err := n.host.NewStream(ctx, p, libp2pProto(protocol.FetchProtocol))
+	st, done, err := n.openFetch(ctx, p, c)
 	if err != nil {
-		return nil, fmt.Errorf("opening fetch stream to %s: %w", p, err)
+		return nil, err
 	}
-	defer st.Close()
-	if dl, ok := ctx.Deadline(); ok {
-		_ = st.SetDeadline(dl)
-	}
-	stop := context.AfterFunc(ctx, func() { st.Reset() })
-	defer stop()
-	if err := protocol.WriteMsg(st, protocol.FetchRequest{CID: protocol.Link{Cid: c}}); err != nil {
-		st.Reset()
-		return nil, fmt.Errorf("sending fetch request: %w", err)
-	}
-	_ = st.CloseWrite()
+	defer done()
 	body, err := protocol.ReadFrame(bufio.NewReader(st), protocol.MaxEventBytes)
 	if err != nil {
 		st.Reset()
