@@ -525,6 +525,26 @@ func isBadData(err error) bool {
 	return errors.Is(err, protocol.ErrBadCID) || errors.Is(err, protocol.ErrBadManifest) || errors.Is(err, errBadProvider)
 }
 
+// readFetchEvent reads one event of a fetch answer. A frame over the cap
+// or an event that does not decode is the provider's fault
+// (errBadProvider); the stream is reset on any failure.
+func readFetchEvent(st network.Stream, r *bufio.Reader) (*protocol.Event, error) {
+	body, err := protocol.ReadFrame(r, protocol.MaxEventBytes)
+	if err != nil {
+		st.Reset()
+		if errors.Is(err, protocol.ErrFrameTooLarge) {
+			return nil, fmt.Errorf("%w: %v", errBadProvider, err)
+		}
+		return nil, fmt.Errorf("reading from provider: %w", err)
+	}
+	e, err := protocol.DecodeEvent(body)
+	if err != nil {
+		st.Reset()
+		return nil, fmt.Errorf("%w: bad event: %v", errBadProvider, err)
+	}
+	return e, nil
+}
+
 // openFetch opens a fetch stream to p (through a relay too, when that is
 // how p is reached), sends the request for c and closes its write side.
 // The stream is reset if ctx ends first; done closes it.
@@ -561,18 +581,9 @@ func (n *Node) fetchFrom(ctx context.Context, p peer.ID, taskCID cid.Cid) (*Resu
 	var blocks [][]byte
 	// A fetch answer is at most MaxOutputs blocks and a result, or one error.
 	for range protocol.MaxOutputs + 1 {
-		body, err := protocol.ReadFrame(r, protocol.MaxEventBytes)
+		e, err := readFetchEvent(st, r)
 		if err != nil {
-			st.Reset()
-			if errors.Is(err, protocol.ErrFrameTooLarge) {
-				return nil, fmt.Errorf("%w: %v", errBadProvider, err)
-			}
-			return nil, fmt.Errorf("reading from provider: %w", err)
-		}
-		e, err := protocol.DecodeEvent(body)
-		if err != nil {
-			st.Reset()
-			return nil, fmt.Errorf("%w: bad event: %v", errBadProvider, err)
+			return nil, err
 		}
 		switch e.Type {
 		case protocol.EventError:

@@ -130,15 +130,9 @@ func (n *Node) fetchBlock(ctx context.Context, p peer.ID, c cid.Cid) ([]byte, er
 		return nil, err
 	}
 	defer done()
-	body, err := protocol.ReadFrame(bufio.NewReader(st), protocol.MaxEventBytes)
+	e, err := readFetchEvent(st, bufio.NewReader(st))
 	if err != nil {
-		st.Reset()
-		return nil, fmt.Errorf("reading from %s: %w", p, err)
-	}
-	e, err := protocol.DecodeEvent(body)
-	if err != nil {
-		st.Reset()
-		return nil, fmt.Errorf("%w: bad event: %v", errBadProvider, err)
+		return nil, err
 	}
 	switch e.Type {
 	case protocol.EventError:
