@@ -23,6 +23,9 @@ func newSimCmd() *cobra.Command {
 		thermal, governor, changes, hedge string
 		beacon, duration, meanService     time.Duration
 		asJSON, textbook                  bool
+		trust                             = sim.DefaultTrustConfig()
+		lie, verify                       string
+		verdictDelay, rejoinAfter         time.Duration
 	)
 	cmd := &cobra.Command{
 		Use:   "sim",
@@ -41,14 +44,30 @@ still apply. Random and pod runs then print the analytic mean time in
 system beside the simulated one (M/M/1 or M/D/1 for random, Mitzenmacher's
 power of d choices for pod with --d; exp service, hosts → ∞).
 
-docs/scheduling.md describes the model and the results.`,
+--liars or --lie runs the lying-host model instead (scheduler/sim/trust.go):
+a fraction of hosts return wrong results with a strategy (always, 10pct,
+probation, collude, rejoin, or all), and clients verify a sample of results
+by re-running them on an independent host (--verify). It prints, per
+strategy, the wrong results users accepted, the compute spent (runs over
+runs without verification) and honest latency beside a run without liars.
+Its workload is its own (200 hosts, 4 clients, 200,000 tasks, load 0.3);
+--hosts, --clients, --tasks, --load, --seed, --hetero, --mean-service and
+--warmup change it when given.
+
+docs/scheduling.md describes the model and the results; docs/trust.md the
+lying-host model.`,
 		Example: `  gpunet sim --policy all
   gpunet sim --hosts 1000 --load 0.9 --beacon-interval 4s --clients 10 --policy all
   gpunet sim --repeat 0.45 --json
   gpunet sim --hosts 100000 --tasks 200000
-  gpunet sim --textbook --policy pod --d 2 --load 0.95 --tasks 1000000 --steady`,
+  gpunet sim --textbook --policy pod --d 2 --load 0.95 --tasks 1000000 --steady
+  gpunet sim --liars 0.2 --lie all
+  gpunet sim --liars 0.2 --lie probation --lie-after 50 --min-rate 0.3`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if cmd.Flags().Changed("liars") || cmd.Flags().Changed("lie") {
+				return simTrust(cmd, cfg, meanService, trust, lie, verify, verdictDelay, rejoinAfter, asJSON)
+			}
 			if textbook {
 				simTextbook(cmd, &thermal, &governor, &changes, &hedge, &beacon, &meanService, &cfg)
 			}
@@ -140,7 +159,83 @@ docs/scheduling.md describes the model and the results.`,
 	f.BoolVar(&asJSON, "json", false, "print the result as JSON (an array with --policy all)")
 	f.BoolVar(&textbook, "textbook", false, "the queueing literature's model: identical single-slot hosts, unbounded queues, exact state (see above)")
 	f.BoolVar(&cfg.Steady, "steady", false, "textbook random or pod with exp service: start every queue in its analytic steady state instead of empty")
+	f.Float64Var(&trust.Liars, "liars", trust.Liars, "lying-host model: fraction of hosts that lie (see above)")
+	f.StringVar(&lie, "lie", "all", "lying-host model: always, 10pct, probation, collude, rejoin, or all")
+	f.StringVar(&verify, "verify", "on", "lying-host model: verify results by re-running a sample: on or off")
+	f.IntVar(&trust.Probation, "probation", trust.Probation, "lying-host model: results of a host each client re-runs (and holds) before it samples")
+	f.Float64Var(&trust.MinRate, "min-rate", trust.MinRate, "lying-host model: lowest sampling rate after probation")
+	f.Float64Var(&trust.IdleAbove, "idle-above", trust.IdleAbove, "lying-host model: fraction of free slots above which the sampling rate rises towards 1")
+	f.DurationVar(&verdictDelay, "verdict-delay", time.Duration(trust.VerdictDelayS*float64(time.Second)), "lying-host model: time for a fraud proof to reach every other client")
+	f.IntVar(&trust.LieAfter, "lie-after", 0, "lying-host model: honest runs per client before a probation or rejoin liar lies (0: --probation)")
+	f.DurationVar(&rejoinAfter, "rejoin-after", time.Duration(trust.RejoinS*float64(time.Second)), "lying-host model: time a caught rejoin liar takes to come back as a new identity")
 	return cmd
+}
+
+// simTrust runs the lying-host model (sim.TrustCompare) and prints it. The
+// swarm flags apply when given; the model's own defaults otherwise.
+func simTrust(cmd *cobra.Command, cfg sim.Config, meanService time.Duration, trust sim.TrustConfig, lie, verify string, verdictDelay, rejoinAfter time.Duration, asJSON bool) error {
+	fl := cmd.Flags()
+	set := func(flag string, apply func()) {
+		if fl.Changed(flag) {
+			apply()
+		}
+	}
+	set("hosts", func() { trust.Hosts = cfg.Hosts })
+	set("clients", func() { trust.Clients = cfg.Clients })
+	set("tasks", func() { trust.Tasks = cfg.Tasks })
+	set("load", func() { trust.Load = cfg.Load })
+	set("seed", func() { trust.Seed = cfg.Seed })
+	set("hetero", func() { trust.Hetero = cfg.Hetero })
+	set("warmup", func() { trust.Warmup = cfg.Warmup })
+	set("mean-service", func() { trust.MeanServiceS = meanService.Seconds() })
+	trust.VerdictDelayS = verdictDelay.Seconds()
+	trust.RejoinS = rejoinAfter.Seconds()
+	var err error
+	if trust.Verify, err = simOnOff("verify", verify); err != nil {
+		return err
+	}
+	lies := sim.Lies()
+	if lie != "all" {
+		lies = []sim.Lie{sim.Lie(lie)}
+	}
+	for _, l := range lies {
+		c := trust
+		c.Lie = l
+		if err := c.Validate(); err != nil {
+			return fmt.Errorf("%w (see gpunet sim --help)", err)
+		}
+	}
+	rep, err := sim.TrustCompare(trust, lies)
+	if err != nil {
+		return err
+	}
+	out := cmd.OutOrStdout()
+	if asJSON {
+		enc := json.NewEncoder(out)
+		enc.SetIndent("", "  ")
+		return enc.Encode(rep)
+	}
+	return simTrustTable(out, rep)
+}
+
+// simTrustTable prints the lying-host comparison: one row per strategy
+// with verification as configured, wrong results also shown without it.
+func simTrustTable(w io.Writer, rep *sim.TrustReport) error {
+	c := rep.Config
+	fmt.Fprintf(w, "%d hosts, %d clients, %d tasks, load %.2f; %.0f%% liars; probation %d, min rate %.2f, idle above %.2f, verdict delay %gs\n",
+		c.Hosts, c.Clients, c.Tasks, c.Load, 100*c.Liars, c.Probation, c.MinRate, c.IdleAbove, c.VerdictDelayS)
+	base, honest := rep.NoLiars, rep.HonestOnly
+	fmt.Fprintf(w, "no liars, no verification: mean %.2fs, p99 %.2fs; liars' hosts removed: mean %.2fs, p99 %.2fs; no liars, verification: compute %.3f, p99 %.2fs\n\n",
+		base.MeanS, base.P99S, honest.MeanS, honest.P99S, rep.Verified.Compute, rep.Verified.P99S)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "lie\twrong, unverified\twrong accepted\tcompute\thonest mean s\thonest p99 s\tp99 / no liars\tp99 / liars removed\tliar ids\tcaught\thonest framed\tpartner draws\t")
+	for _, r := range rep.Rows {
+		on := r.On
+		fmt.Fprintf(tw, "%s\t%.2f%%\t%.4f%% (%d)\t%.3f\t%.2f\t%.2f\t%.2f\t%.2f\t%d\t%d\t%d\t%d\t\n",
+			r.Lie, 100*r.Off.WrongFrac, 100*on.WrongFrac, on.WrongAccepted, on.Compute, on.MeanS, on.P99S,
+			on.P99S/base.P99S, on.P99S/honest.P99S, on.LiarIdentities, on.Caught, on.HonestFramed, on.PartnerDraws)
+	}
+	return tw.Flush()
 }
 
 // simTextbook sets the textbook case (sim.TextbookConfig) on every setting
