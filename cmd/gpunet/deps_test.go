@@ -31,6 +31,7 @@ func TestDependencyDirection(t *testing.T) {
 	only := map[string][]string{
 		"protocol":       nil,
 		"kernel":         {"protocol"},
+		"kernel/backend": {"protocol", "kernel"}, // backends as kernels: no node
 		"scheduler":      {"protocol"},
 		"node/store":     {"protocol"},
 		"node/providers": nil, // the DHT's records on disk: libraries only
@@ -46,7 +47,7 @@ func TestDependencyDirection(t *testing.T) {
 	}
 	// Packages that must not import these.
 	never := map[string][]string{
-		"node":          {"node/localapi", "node/metrics", "node/web", "node/openai", "node/nodeconf", "node/swarm", "node/gateway", "node/nodetest"},
+		"node":          {"node/localapi", "node/metrics", "node/web", "node/openai", "node/nodeconf", "node/swarm", "node/gateway", "node/nodetest", "kernel/backend"},
 		"node/metrics":  {"node/localapi", "node/web", "node/openai", "node/swarm"},
 		"node/web":      {"node/metrics", "node/openai", "node/swarm"},
 		"node/localapi": {"node/metrics", "node/web", "node/openai", "node/swarm"},
