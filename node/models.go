@@ -108,6 +108,12 @@ func (n *Node) resolveModel(ctx context.Context, t protocol.Task) (protocol.Task
 	}
 	vb, vs := n.gossip.digestCounts(name, hosts, n.host.ID(), n.viewExpiry())
 	bare, seen = bare+vb, seen+vs
+	if seen == 0 && (name == protocol.DefaultModel || name == kernel.NoopModel) {
+		// The built-in kernels' names are their versions: no host names
+		// them by content, so a client with no view yet need not ask the
+		// DHT before its cache lookup and placement.
+		return t, nil
+	}
 	if seen == 0 {
 		found, err := n.FindHosts(ctx, name, 20)
 		if err == nil {
