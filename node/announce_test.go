@@ -249,19 +249,8 @@ func TestProviderRecordsSurviveRestart(t *testing.T) {
 
 	// A bare peer that provides fx and serves it, whose only DHT server is
 	// the node under test.
-	h, err := libp2p.New(libp2p.ListenAddrStrings(swarm.Loopback...))
-	if err != nil {
-		t.Fatal(err)
-	}
-	d, err := dht.New(h, dht.Mode(dht.ModeClient), dht.ProtocolPrefix(protocol.DHTPrefix), dht.BootstrapPeers())
-	if err != nil {
-		h.Close()
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		d.Close()
-		h.Close()
-	})
+	bare := bareDHTPeer(t)
+	h, d := bare.h, bare.d
 	h.SetStreamHandler(lp2pproto.ID(protocol.FetchProtocol), func(s network.Stream) {
 		defer s.Close()
 		if _, err := readFetchRequest(s); err != nil {

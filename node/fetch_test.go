@@ -375,7 +375,9 @@ type dhtPeer struct {
 	d *dht.IpfsDHT
 }
 
-func rawPeer(t *testing.T, sw *swarm.Swarm) *dhtPeer {
+// bareDHTPeer is a libp2p host on loopback with a DHT client of gpunet's
+// DHT and nothing else, closed when the test ends.
+func bareDHTPeer(t *testing.T) *dhtPeer {
 	t.Helper()
 	h, err := libp2p.New(libp2p.ListenAddrStrings(swarm.Loopback...))
 	if err != nil {
@@ -390,6 +392,14 @@ func rawPeer(t *testing.T, sw *swarm.Swarm) *dhtPeer {
 		d.Close()
 		h.Close()
 	})
+	return &dhtPeer{h: h, d: d}
+}
+
+// rawPeer is a bare DHT peer joined to sw's DHT.
+func rawPeer(t *testing.T, sw *swarm.Swarm) *dhtPeer {
+	t.Helper()
+	p := bareDHTPeer(t)
+	h, d := p.h, p.d
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	infos, err := node.ParseAddrInfos(sw.Bootstrap())
@@ -407,7 +417,7 @@ func rawPeer(t *testing.T, sw *swarm.Swarm) *dhtPeer {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	return &dhtPeer{h: h, d: d}
+	return p
 }
 
 func (p *dhtPeer) provide(t *testing.T, ctx context.Context, c cid.Cid) {
