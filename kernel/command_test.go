@@ -467,17 +467,7 @@ func (b *syncBuffer) String() string {
 func editTaskFor(t *testing.T, seed uint64, mask []byte, images ...[]byte) (protocol.Task, Inputs) {
 	t.Helper()
 	task := fakeTask(t, seed)
-	for _, b := range images {
-		task.Inputs = append(task.Inputs, protocol.Link{Cid: protocol.RawCID(b)})
-	}
-	if mask != nil {
-		task.Mask = &protocol.Link{Cid: protocol.RawCID(mask)}
-	}
-	task, err := task.Normalize()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return task, Inputs{Images: images, Mask: mask}
+	return withInputs(t, task, mask, images...)
 }
 
 // TestCommandEdit: the generator receives the task with its input images

@@ -68,17 +68,7 @@ func diffusersTask(t *testing.T, seed uint64, w, h, steps uint32, params map[str
 	t.Helper()
 	task := protocol.Task{Model: diffusersModel, Prompt: "a lighthouse in fog", NegativePrompt: "people",
 		Seed: seed, Steps: steps, Width: w, Height: h, Params: params}
-	for _, b := range images {
-		task.Inputs = append(task.Inputs, protocol.Link{Cid: protocol.RawCID(b)})
-	}
-	if mask != nil {
-		task.Mask = &protocol.Link{Cid: protocol.RawCID(mask)}
-	}
-	task, err := task.Normalize()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return task, Inputs{Images: images, Mask: mask}
+	return withInputs(t, task, mask, images...)
 }
 
 // solidPNG decodes b and says its size and its one colour; it fails the test

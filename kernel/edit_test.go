@@ -64,6 +64,13 @@ func encodePNG(t testing.TB, img image.Image) []byte {
 func editTask(t testing.TB, prompt string, seed uint64, side, steps uint32, params map[string]string, mask []byte, images ...[]byte) (protocol.Task, Inputs) {
 	t.Helper()
 	task := protocol.Task{Prompt: prompt, Seed: seed, Width: side, Height: side, Steps: steps, Params: params}
+	return withInputs(t, task, mask, images...)
+}
+
+// withInputs is task naming images (raw CIDs of their bytes) and mask,
+// normalised, with the Inputs that go with it.
+func withInputs(t testing.TB, task protocol.Task, mask []byte, images ...[]byte) (protocol.Task, Inputs) {
+	t.Helper()
 	for _, b := range images {
 		task.Inputs = append(task.Inputs, protocol.Link{Cid: protocol.RawCID(b)})
 	}
