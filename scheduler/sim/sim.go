@@ -272,14 +272,7 @@ func (s *sim) buildHosts() {
 	profs := s.profs
 	s.hosts = make([]host, s.cfg.Hosts)
 	for i := range s.hosts {
-		x, pi := rng.Float64(), len(profs)-1
-		for j := range profs {
-			if x < profs[j].Share {
-				pi = j
-				break
-			}
-			x -= profs[j].Share
-		}
+		pi := pickProfile(profs, rng.Float64())
 		p := &profs[pi]
 		h := &s.hosts[i]
 		h.idx, h.prof, h.online = int32(i), p, true
@@ -1110,4 +1103,16 @@ func (s *sim) summarise() {
 			}
 		}
 	}
+}
+
+// pickProfile is the profile x (uniform in [0, 1)) falls in, by their
+// shares of the swarm; the last one takes what rounding leaves.
+func pickProfile(profs []Profile, x float64) int {
+	for j := range profs {
+		if x < profs[j].Share {
+			return j
+		}
+		x -= profs[j].Share
+	}
+	return len(profs) - 1
 }

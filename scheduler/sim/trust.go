@@ -324,14 +324,7 @@ func (s *trustSim) buildHosts() {
 	profs := Profiles()
 	s.hosts = make([]trHost, s.cfg.Hosts)
 	for i := range s.hosts {
-		x, pi := rng.Float64(), len(profs)-1
-		for j := range profs {
-			if x < profs[j].Share {
-				pi = j
-				break
-			}
-			x -= profs[j].Share
-		}
+		pi := pickProfile(profs, rng.Float64())
 		m := 1.0
 		if s.cfg.Hetero > 0 {
 			m = math.Exp(s.cfg.Hetero * rng.NormFloat64())
