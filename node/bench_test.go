@@ -103,19 +103,7 @@ func BenchmarkNetworkCacheMiss(b *testing.B) {
 //	go test -run '^$' -bench TaskThroughput ./node/
 func BenchmarkTaskThroughput(b *testing.B) {
 	ctx := context.Background()
-	profiles := make([]string, 16)
-	for i := range profiles {
-		profiles[i] = "h100"
-	}
-	sw, err := swarm.StartWithClients(ctx, swarm.Options{
-		Profiles: profiles,
-		Kernel:   func(int) kernel.Kernel { return kernel.Noop{} },
-		Slots:    4,
-		Tune: func(c *node.Config) {
-			c.RateLimit = 0
-			c.SimulateGPUSpeed = false
-		},
-	}, 1)
+	sw, err := swarm.StartWithClients(ctx, swarm.NoopOptions(16, 4), 1)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -41,21 +41,9 @@ type throughputBench struct {
 func runThroughputBench(ctx context.Context, hosts int, concs []int, phase time.Duration) (throughputBench, error) {
 	tb := throughputBench{ThroughputHosts: hosts, ThroughputPhaseMs: int(phase / time.Millisecond),
 		TasksPerS: map[string]float64{}, RawRequestsPerS: map[string]float64{}, ThroughputRatio: map[string]float64{}}
-	profiles := make([]string, hosts)
-	for i := range profiles {
-		profiles[i] = "h100"
-	}
-	sw, err := swarm.StartWithClients(ctx, swarm.Options{
-		Profiles: profiles,
-		Kernel:   func(int) kernel.Kernel { return kernel.Noop{} },
-		// Enough room that 64 tasks in flight over 16 hosts wait in
-		// queues, not in the client's waiting room.
-		Slots: 4,
-		Tune: func(c *node.Config) {
-			c.RateLimit = 0            // one submitter on purpose
-			c.SimulateGPUSpeed = false // the protocol, not a simulated GPU
-		},
-	}, 1)
+	// Enough room that 64 tasks in flight over 16 hosts wait in queues,
+	// not in the client's waiting room.
+	sw, err := swarm.StartWithClients(ctx, swarm.NoopOptions(hosts, 4), 1)
 	if err != nil {
 		return tb, err
 	}

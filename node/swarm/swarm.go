@@ -277,3 +277,22 @@ func (s *Swarm) WaitViews(ctx context.Context) error {
 		}
 	}
 }
+
+// NoopOptions are n hosts that measure the protocol itself: the no-op
+// kernel, no simulated GPU speed, and no rate limit (one client submits on
+// purpose), with slots tasks at once each.
+func NoopOptions(n, slots int) Options {
+	profiles := make([]string, n)
+	for i := range profiles {
+		profiles[i] = "h100"
+	}
+	return Options{
+		Profiles: profiles,
+		Kernel:   func(int) kernel.Kernel { return kernel.Noop{} },
+		Slots:    slots,
+		Tune: func(c *node.Config) {
+			c.RateLimit = 0
+			c.SimulateGPUSpeed = false
+		},
+	}
+}
