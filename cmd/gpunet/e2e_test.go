@@ -63,6 +63,20 @@ func startPeerProcess(t *testing.T, role, dataDir string, extra ...string) (peer
 	args := append([]string{role, "--data", dataDir, "--listen", "/ip4/127.0.0.1/tcp/0",
 		"--api", "127.0.0.1:0", "--mdns=false", "--json", "--log-level", "warn"}, extra...)
 	cmd := exec.Command(gpunetBin, args...)
+	var info peerInfo
+	startJSON(t, cmd, role, true, &info)
+	if info.PeerID == "" || len(info.Addrs) == 0 {
+		t.Fatalf("%s printed %+v", role, info)
+	}
+	return info, cmd
+}
+
+// startJSON starts cmd, decodes the JSON object it prints once running
+// into v, and stops it with SIGINT when the test ends (SIGCONT first, for
+// a test that froze it). It fails the test if the process does not stop
+// within 20 s, or, with checkExit, stops with an error.
+func startJSON(t *testing.T, cmd *exec.Cmd, name string, checkExit bool, v any) {
+	t.Helper()
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	stdout, err := cmd.StdoutPipe()
@@ -79,22 +93,21 @@ func startPeerProcess(t *testing.T, role, dataDir string, extra ...string) (peer
 		go func() { done <- cmd.Wait() }()
 		select {
 		case err := <-done:
-			if err != nil {
-				t.Errorf("%s exited with %v; stderr:\n%s", role, err, stderr.String())
+			if err != nil && checkExit {
+				t.Errorf("%s exited with %v; stderr:\n%s", name, err, stderr.String())
 			}
 		case <-time.After(20 * time.Second):
 			_ = cmd.Process.Kill()
-			t.Errorf("%s did not stop within 20 s of SIGINT", role)
+			<-done
+			t.Errorf("%s did not stop within 20 s of SIGINT", name)
+		}
+		if t.Failed() {
+			t.Logf("%s stderr:\n%s", name, stderr.String())
 		}
 	})
-	var info peerInfo
-	if err := json.NewDecoder(bufio.NewReader(stdout)).Decode(&info); err != nil {
-		t.Fatalf("reading %s's start line: %v; stderr:\n%s", role, err, stderr.String())
+	if err := json.NewDecoder(bufio.NewReader(stdout)).Decode(v); err != nil {
+		t.Fatalf("reading %s's start line: %v; stderr:\n%s", name, err, stderr.String())
 	}
-	if info.PeerID == "" || len(info.Addrs) == 0 {
-		t.Fatalf("%s printed %+v", role, info)
-	}
-	return info, cmd
 }
 
 type submitJSON struct {

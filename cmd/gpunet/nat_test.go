@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/sha256"
@@ -108,36 +107,10 @@ func newNATLab(t *testing.T) *natLab {
 // test ends, and returns what it printed at start (--json).
 func (l *natLab) start(t *testing.T, ns string, args ...string) peerInfo {
 	t.Helper()
+	// ip netns exec execs gpunet in place: the signal reaches it.
 	cmd := exec.Command("ip", append([]string{"netns", "exec", ns, gpunetBin}, args...)...)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		// ip netns exec execs gpunet in place: the signal reaches it.
-		_ = cmd.Process.Signal(os.Interrupt)
-		done := make(chan error, 1)
-		go func() { done <- cmd.Wait() }()
-		select {
-		case <-done:
-		case <-time.After(20 * time.Second):
-			_ = cmd.Process.Kill()
-			<-done
-			t.Errorf("gpunet %s did not stop within 20 s of SIGINT", args[0])
-		}
-		if t.Failed() {
-			t.Logf("gpunet %s stderr:\n%s", args[0], stderr.String())
-		}
-	})
 	var info peerInfo
-	if err := json.NewDecoder(bufio.NewReader(stdout)).Decode(&info); err != nil {
-		t.Fatalf("reading gpunet %s's start line: %v; stderr:\n%s", args[0], err, stderr.String())
-	}
+	startJSON(t, cmd, "gpunet "+args[0], false, &info)
 	return info
 }
 
