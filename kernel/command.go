@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"image"
+	"image/color"
 	"image/png"
 	"io/fs"
 	"log/slog"
@@ -53,6 +55,9 @@ type commandConfig struct {
 	dir     string
 	timeout time.Duration
 	serve   int // serve mode with this many generators; 0: a process per task
+	// checkInput: the start-up check is an edit of checkImage (an
+	// upscaler, or any generator that needs an input).
+	checkInput bool
 }
 
 // WithCommandLogger sets the logger for the generator's stderr lines (debug)
@@ -75,6 +80,14 @@ func WithCommandEnv(kv ...string) CommandOption {
 // host's.
 func WithCommandDir(dir string) CommandOption {
 	return func(c *commandConfig) { c.dir = dir }
+}
+
+// WithCommandCheckInput makes the start-up check (Check) an edit: its
+// task names a checkSide/4 × checkSide/4 PNG as its one input image, for a
+// generator that runs only on an input (an upscaler ×4 then makes the
+// check's checkSide × checkSide output). Default: a plain one-step task.
+func WithCommandCheckInput() CommandOption {
+	return func(c *commandConfig) { c.checkInput = true }
 }
 
 // WithCommandTimeout bounds one run; 0 means no bound other than the
@@ -206,12 +219,20 @@ const checkSide = protocol.MinSide
 // serve mode the generator started for the check stays in the pool, so the
 // first real task does not pay its start-up again.
 func (c *Command) Check(ctx context.Context) error {
+	var in Inputs
+	if c.cfg.checkInput {
+		in.Images = [][]byte{checkImage()}
+	}
 	for _, m := range c.models {
-		t, err := protocol.Task{Model: m, Prompt: "gpunet start-up check", Steps: 1, Width: checkSide, Height: checkSide}.Normalize()
+		t := protocol.Task{Model: m, Prompt: "gpunet start-up check", Steps: 1, Width: checkSide, Height: checkSide}
+		for _, b := range in.Images {
+			t.Inputs = append(t.Inputs, protocol.Link{Cid: protocol.RawCID(b)})
+		}
+		t, err := t.Normalize()
 		if err != nil {
 			return fmt.Errorf("command kernel: start-up check task for %s: %w", m, err)
 		}
-		if _, err := c.Run(ctx, t, nil); err != nil {
+		if _, err := c.Edit(ctx, t, in, nil, nil, nil); err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
@@ -220,6 +241,26 @@ func (c *Command) Check(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// checkImage is the start-up check's input with WithCommandCheckInput: a
+// checkSide/4-pixel square of gradients and a checkerboard, so that an
+// upscaler's network runs on edges and flat areas alike.
+func checkImage() []byte {
+	side := checkSide / 4
+	img := image.NewNRGBA(image.Rect(0, 0, side, side))
+	for y := range side {
+		for x := range side {
+			v := uint8(25)
+			if (x/4+y/4)%2 == 1 {
+				v = 230
+			}
+			img.SetNRGBA(x, y, color.NRGBA{uint8(255 * x / (side - 1)), uint8(255 * y / (side - 1)), v, 255})
+		}
+	}
+	var b bytes.Buffer
+	_ = png.Encode(&b, img) // an in-memory image of a fixed size: cannot fail
+	return b.Bytes()
 }
 
 // Name returns the configured name.

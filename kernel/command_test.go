@@ -584,3 +584,37 @@ func TestCommandPreviewsPerTask(t *testing.T) {
 		t.Errorf("stdin %q, want the task alone, without preview_steps", raw)
 	}
 }
+
+// With WithCommandCheckInput the start-up check is an edit: the generator
+// gets the check image and must answer it; without, a generator that
+// needs an input fails the check.
+func TestCommandCheckInput(t *testing.T) {
+	// The generator fails a task without input_images, as an upscaler does.
+	script := `read -r line; case "$line" in *'"input_images":["'*) cat "$0.png" ;; *) echo "no input image" >&2; exit 3 ;; esac`
+	dir := t.TempDir()
+	gen := filepath.Join(dir, "gen.sh")
+	if err := os.WriteFile(gen, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(gen+".png", encodePNG(t, image.NewGray(image.Rect(0, 0, checkSide, checkSide))), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	plain, err := NewCommand("cmd:needs-input", []string{"test/up"}, []string{"sh", gen})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := plain.Check(ctx); err == nil {
+		t.Error("a generator that needs an input passed the plain start-up check")
+	}
+	with, err := NewCommand("cmd:needs-input", []string{"test/up"}, []string{"sh", gen}, WithCommandCheckInput())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := with.Check(ctx); err != nil {
+		t.Errorf("start-up check with an input image: %v", err)
+	}
+	if _, err := DecodeInputConfig(checkImage()); err != nil {
+		t.Errorf("the check image is not a valid input: %v", err)
+	}
+}

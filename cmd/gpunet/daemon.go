@@ -42,6 +42,7 @@ type hostFlags struct {
 	kernelModels  []string
 	kernelTimeout time.Duration
 	kernelServe   bool
+	kernelCheckIn bool
 	gpu           string
 	slots         int
 	queue         int
@@ -105,6 +106,7 @@ func newHostCmd(g *globals) *cobra.Command {
 	fl.StringVar(&f.kernelName, "kernel-name", "", "--kernel cmd: kernel name and version recorded in manifests (default: cmd: and the first model's last path element)")
 	fl.StringSliceVar(&f.kernelModels, "kernel-models", nil, "--kernel cmd: models the generator serves, comma-separated (e.g. gpunet/torch-sketch-v1)")
 	fl.DurationVar(&f.kernelTimeout, "kernel-timeout", kernel.DefaultCommandTimeout, "--kernel cmd: kill a run that has not finished after this long (0: never)")
+	fl.BoolVar(&f.kernelCheckIn, "kernel-check-input", false, "--kernel cmd: the start-up check sends a 16x16 input image, for a generator that runs only on one (an upscaler x4)")
 	fl.BoolVar(&f.kernelServe, "kernel-serve", false, "--kernel cmd: keep --slots generators running and send them one task per stdin line (serve mode, docs/kernels.md), so a model loads once")
 	fl.StringVar(&f.gpu, "gpu", "auto", "GPU telemetry: auto, nvml[:N], nvidia-smi[:N], sim:PROFILE ("+strings.Join(kernel.ProfileNames(), ", ")+") or none")
 	fl.IntVar(&f.slots, "slots", 1, "tasks run at once")
@@ -155,8 +157,8 @@ func newHostPauseCmd(g *globals, pause bool) *cobra.Command {
 func kernelNames() []string { return []string{"sketch", "noop", "cmd"} }
 
 func openKernel(f *hostFlags, log *slog.Logger) (kernel.Kernel, error) {
-	if f.kernel != "cmd" && (f.kernelCmd != "" || len(f.kernelModels) > 0 || f.kernelName != "" || f.kernelServe) {
-		return nil, fmt.Errorf("--kernel-cmd, --kernel-models, --kernel-name and --kernel-serve need --kernel cmd (got --kernel %s)", f.kernel)
+	if f.kernel != "cmd" && (f.kernelCmd != "" || len(f.kernelModels) > 0 || f.kernelName != "" || f.kernelServe || f.kernelCheckIn) {
+		return nil, fmt.Errorf("--kernel-cmd, --kernel-models, --kernel-name, --kernel-serve and --kernel-check-input need --kernel cmd (got --kernel %s)", f.kernel)
 	}
 	switch f.kernel {
 	case "sketch":
@@ -181,6 +183,9 @@ func openKernel(f *hostFlags, log *slog.Logger) (kernel.Kernel, error) {
 		opts := []kernel.CommandOption{kernel.WithCommandLogger(log.With("sub", "kernel")), kernel.WithCommandTimeout(f.kernelTimeout)}
 		if f.kernelServe {
 			opts = append(opts, kernel.WithCommandServe(max(f.slots, 1)))
+		}
+		if f.kernelCheckIn {
+			opts = append(opts, kernel.WithCommandCheckInput())
 		}
 		c, err := kernel.NewCommand(name, f.kernelModels, argv, opts...)
 		if err != nil {

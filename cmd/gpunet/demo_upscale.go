@@ -26,7 +26,7 @@ func demoUpscaler(ctx context.Context) (*kernel.Command, string) {
 		return nil, "the upscaler's packages are not installed (npm ci --prefix " + esrganDir + ")"
 	}
 	c, err := kernel.NewCommand("cmd:esrgan-x4-v1", []string{upscaleModel},
-		[]string{"node", filepath.Join(esrganDir, "serve.mjs"), "--serve"}, kernel.WithCommandServe(1))
+		[]string{"node", filepath.Join(esrganDir, "serve.mjs"), "--serve"}, kernel.WithCommandServe(1), kernel.WithCommandCheckInput())
 	if err == nil {
 		if err = c.Check(ctx); err != nil {
 			_ = c.Close()

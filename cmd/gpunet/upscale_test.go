@@ -47,7 +47,7 @@ func TestUpscalePipelineProcesses(t *testing.T) {
 	defer cancel()
 	a, aProc := startPeerProcess(t, "host", t.TempDir(), "--gpu", "sim:rtx3060")
 	b := startHostProcess(t, t.TempDir(), "--kernel", "cmd", "--kernel-serve", "--kernel-cmd", gen,
-		"--kernel-models", upscaleModel, "--kernel-name", "cmd:esrgan-x4-v1")
+		"--kernel-models", upscaleModel, "--kernel-name", "cmd:esrgan-x4-v1", "--kernel-check-input")
 	c, _ := startPeerProcess(t, "daemon", t.TempDir(), "--bootstrap", a.Addrs[0]+","+b.Addrs[0])
 	dir := t.TempDir()
 	pipeline := func(prompt, file string, extra ...string) upscaleOutput {

@@ -48,9 +48,6 @@ const SCALE = 4;
 // the margin's recomputation costs little at 128 (a 64×64 input is one tile).
 const TILE = 128;
 const CONTEXT = 12;
-// The start-up check (kernel.Command.Check) sends this task, with no input
-// image, before a host advertises the model.
-const CHECK_PROMPT = 'gpunet start-up check';
 
 function die(msg) {
   process.stderr.write(msg + '\n');
@@ -80,23 +77,6 @@ async function loadModel() {
   return model;
 }
 
-// testCard is the start-up check's input: a fixed picture of side/4 with
-// edges, gradients and a checkerboard, so the check runs the real network.
-function testCard(w, h) {
-  const data = new Uint8Array(w * h * 4);
-  for (let y = 0; y < h; y++) {
-    for (let x = 0; x < w; x++) {
-      const i = (y * w + x) * 4;
-      const check = ((x >> 2) + (y >> 2)) & 1;
-      data[i] = Math.round((255 * x) / Math.max(w - 1, 1));
-      data[i + 1] = Math.round((255 * y) / Math.max(h - 1, 1));
-      data[i + 2] = check ? 230 : 25;
-      data[i + 3] = 255;
-    }
-  }
-  return { width: w, height: h, data };
-}
-
 // inputImage decodes and checks the task's one input image.
 function inputImage(task) {
   const imgs = task.input_images || [];
@@ -104,9 +84,6 @@ function inputImage(task) {
     throw new TaskError(`${MODEL} does not use a mask: send one input image and no mask`);
   }
   if (imgs.length === 0) {
-    if (task.prompt === CHECK_PROMPT) {
-      return testCard(task.width / SCALE, task.height / SCALE);
-    }
     throw new TaskError(`${MODEL} upscales one input image; this task has none (use gpunet submit --upscale, or name the image in "inputs")`);
   }
   if (imgs.length !== 1) {
