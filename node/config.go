@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/gpunet/gpunet/kernel"
+	"github.com/gpunet/gpunet/node/trust"
 	"github.com/gpunet/gpunet/protocol"
 	"github.com/gpunet/gpunet/scheduler"
 	"github.com/libp2p/go-libp2p"
@@ -158,6 +159,14 @@ type Config struct {
 	// surge is waited out, not refused, and an image is worth minutes of
 	// waiting in one, not hours.
 	SubmitTimeout time.Duration
+
+	// Verify, when set, turns on the checking of other hosts' results
+	// (node/trust, docs/trust.md): results of hosts on probation are held
+	// until a re-run on another host agrees, later ones re-run at a rate
+	// that falls with a clean record, hosts caught are excluded and fraud
+	// proofs gossiped. Nil (the zero Config) checks nothing; the gpunet
+	// command turns it on with trust.DefaultPolicy unless --verify=false.
+	Verify *trust.Policy
 
 	// Observers hear what the node does (metrics, the dashboard); see
 	// Observer for their rules.

@@ -47,7 +47,7 @@ type SubmitOptions struct {
 
 // Progress is one step of a task's journey, for people watching it.
 type Progress struct {
-	Stage string `json:"stage"` // lookup, joined, searching, trying, queued, running, preview, hedge, suspect, moved, refused, waiting, done
+	Stage string `json:"stage"` // lookup, joined, searching, trying, queued, running, preview, hedge, suspect, moved, refused, waiting, verifying, done
 	Peer  string `json:"peer,omitempty"`
 	protocol.Event
 	// Preview is a partial image of the task so far (a PNG), at stage
@@ -132,6 +132,17 @@ func (n *Node) Submit(ctx context.Context, task protocol.Task, opts SubmitOption
 		return &joined, nil
 	}
 	c.res, c.err = n.submit(ctx, t, tc, opts, start, progress)
+	if c.err == nil && n.verify != nil {
+		c.res, c.err = n.verify.judge(ctx, c.res, progress)
+		if errors.Is(c.err, errShunned) {
+			// A cached result of a host caught lying: computed again, by
+			// a host placement may use.
+			c.res, c.err = n.place(ctx, t, tc, true, opts.Submitter, opts.Previews, start, progress)
+		}
+		if c.err == nil {
+			c.res.Elapsed = time.Since(start)
+		}
+	}
 	n.submits.leave(tc, opts.NoCache, c)
 	return c.res, c.err
 }
@@ -140,7 +151,7 @@ func (n *Node) Submit(ctx context.Context, task protocol.Task, opts SubmitOption
 func (n *Node) submit(ctx context.Context, t protocol.Task, tc cid.Cid, opts SubmitOptions, start time.Time, progress func(Progress)) (*Result, error) {
 	if !opts.NoCache {
 		progress(Progress{Stage: "lookup"})
-		if r, err := n.store.Get(ctx, tc); err == nil {
+		if r, err := n.servable(ctx, tc); err == nil {
 			res := resultFrom(r, tc, n.host.ID(), CacheLocal)
 			res.Elapsed = time.Since(start)
 			progress(Progress{Stage: "done"})
@@ -417,11 +428,17 @@ func (j *journey) next(ctx context.Context) (candidate, bool) {
 	if j.exhausted() {
 		return candidate{}, false
 	}
-	c, ok := j.pick(ctx)
-	if ok {
-		j.try(c, "trying")
+	for {
+		c, ok := j.pick(ctx)
+		if ok && j.n.verify != nil && j.n.verify.book.Excluded(c.key()) {
+			j.tried[c.key()] = true // caught lying: never asked again
+			continue
+		}
+		if ok {
+			j.try(c, "trying")
+		}
+		return c, ok
 	}
-	return c, ok
 }
 
 func (j *journey) pick(ctx context.Context) (candidate, bool) {
@@ -547,7 +564,8 @@ func (j *journey) follow(ctx context.Context, c candidate) (*Result, peer.ID, er
 		a := &attempt{c: c, cancel: acancel, heard: time.Now()}
 		go func() {
 			defer n.placed(c)()
-			res, err := n.runAt(actx, c.p, j.t, j.tc, j.noCache, j.submitter, j.previews, func(e protocol.Event) {
+			req := protocol.TaskRequest{Task: j.t, NoCache: j.noCache, Submitter: j.submitter, Previews: uint32(j.previews)}
+			res, err := n.runAt(actx, c.p, req, j.tc, func(e protocol.Event) {
 				select {
 				case news <- attemptNews{a: a, e: e}:
 				case <-actx.Done():
@@ -751,12 +769,13 @@ func (n *Node) rng() *rand.Rand { return rand.New(rand.NewPCG(rand.Uint64(), ran
 // protocol.MaxPreviews) are asked for with the task. Cancelling ctx resets the
 // stream, which tells the host that this client no longer waits: it drops
 // the task from its queue if nobody else waits for it.
-func (n *Node) runAt(ctx context.Context, p peer.ID, t protocol.Task, tc cid.Cid, noCache bool, submitter string, previews int, onEvent func(protocol.Event)) (*Result, error) {
-	previews = min(max(previews, 0), protocol.MaxPreviews)
+func (n *Node) runAt(ctx context.Context, p peer.ID, req protocol.TaskRequest, tc cid.Cid, onEvent func(protocol.Event)) (*Result, error) {
+	req.Previews = min(req.Previews, protocol.MaxPreviews)
+	req.NoCache = req.NoCache || req.Verify
 	ctx, cancel := context.WithTimeout(ctx, n.cfg.TaskTimeout)
 	defer cancel()
 	if p == n.host.ID() && n.serve != nil {
-		r, err := n.serve.local(ctx, t, tc, noCache, submitter, previews, onEvent)
+		r, err := n.serve.local(ctx, req, tc, onEvent)
 		if err != nil {
 			return nil, err
 		}
@@ -780,7 +799,6 @@ func (n *Node) runAt(ctx context.Context, p peer.ID, t protocol.Task, tc cid.Cid
 	// learns at once that the client has gone (see the protocol spec).
 	// A 1.0 host rejects the previews key as it does submitter; both are
 	// omitted when empty, so a plain request still reaches it.
-	req := protocol.TaskRequest{Task: t, NoCache: noCache, Submitter: submitter, Previews: uint32(previews)}
 	if err := protocol.WriteMsg(st, req); err != nil {
 		st.Reset()
 		return nil, fmt.Errorf("sending task: %w", err)
@@ -903,7 +921,8 @@ func (n *Node) SubmitTo(ctx context.Context, p peer.ID, task protocol.Task, opts
 	if err != nil {
 		return nil, err
 	}
-	res, err := n.runAt(ctx, p, t, tc, opts.NoCache, opts.Submitter, opts.Previews, func(e protocol.Event) {
+	req := protocol.TaskRequest{Task: t, NoCache: opts.NoCache, Submitter: opts.Submitter, Previews: uint32(max(opts.Previews, 0))}
+	res, err := n.runAt(ctx, p, req, tc, func(e protocol.Event) {
 		if e.Type == protocol.EventPreview && opts.Progress != nil {
 			opts.Progress(Progress{Stage: "preview", Peer: p.String(), Event: protocol.Event{Step: e.Step, Total: e.Total}, Preview: e.Data})
 		}

@@ -279,11 +279,7 @@ func (f *fetcher) handle(st network.Stream) {
 
 // lookup reads the result c names, a TaskCID or a ResultCID, verified.
 func (f *fetcher) lookup(c cid.Cid) (*store.Result, error) {
-	s := f.n.store
-	if s.Has(f.n.ctx, c) {
-		return s.Get(f.n.ctx, c)
-	}
-	return s.GetByResult(f.n.ctx, c)
+	return f.n.servable(f.n.ctx, c)
 }
 
 // allow takes a token from p's bucket, or says how long until one is there.

@@ -55,6 +55,12 @@ func newGossip(ctx context.Context, h host.Host, cfg *Config, log *slog.Logger) 
 	for i, shard := range shards {
 		names[i] = protocol.BeaconShardTopic(k, shard)
 	}
+	scored := names
+	if cfg.Verify != nil {
+		// A proof the receiver's re-run contradicts is rejected and costs
+		// its sender score like a forged beacon.
+		scored = append(slices.Clone(names), protocol.FraudTopic)
+	}
 	ps, err := pubsub.NewGossipSub(ctx, h,
 		pubsub.WithMessageSignaturePolicy(pubsub.StrictSign),
 		// Every message on the network is a small beacon; RPCs batch a few
@@ -62,7 +68,7 @@ func newGossip(ctx context.Context, h host.Host, cfg *Config, log *slog.Logger) 
 		pubsub.WithMaxMessageSize(64<<10),
 		pubsub.WithPeerOutboundQueueSize(256),
 		pubsub.WithValidateQueueSize(256),
-		pubsub.WithPeerScore(beaconScoreParams(names), &pubsub.PeerScoreThresholds{
+		pubsub.WithPeerScore(beaconScoreParams(scored), &pubsub.PeerScoreThresholds{
 			GossipThreshold: -100, PublishThreshold: -500, GraylistThreshold: -1000,
 			AcceptPXThreshold: 10, OpportunisticGraftThreshold: 5,
 		}),

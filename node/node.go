@@ -63,7 +63,8 @@ type Node struct {
 	submits  submitCalls // identical Submits in flight share one journey
 	waiting  *waitRoom   // submissions waiting out a saturated swarm
 	gossip   *gossip
-	fetch    *fetcher // set in New before any goroutine reads it
+	fetch    *fetcher  // set in New before any goroutine reads it
+	verify   *verifier // nil unless cfg.Verify is set (verify.go)
 
 	started time.Time
 	stats   counters
@@ -192,6 +193,9 @@ func (n *Node) start(ctx context.Context) (err error) {
 		defer n.wg.Done()
 		n.gossip.drain(n.ctx)
 	}()
+	if err := n.startVerify(); err != nil {
+		return err
+	}
 	if cfg.Kernel != nil {
 		if n.cfg.MaxTempC == 0 {
 			n.cfg.MaxTempC = deviceMaxTemp(ctx, cfg)
@@ -529,6 +533,9 @@ func (n *Node) Close() error {
 	n.wg.Wait()
 	errs = append(errs, n.closePeers()) // while the host still knows its peers
 	if n.gossip != nil {
+		if n.verify != nil {
+			n.verify.close()
+		}
 		n.gossip.close()
 	}
 	if n.dht != nil {

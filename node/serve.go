@@ -141,10 +141,23 @@ type flight struct {
 
 	res *store.Result
 	err error
+	// fresh is this host's own result, when res is another one the store
+	// held first for the task (a no-cache rerun): what a verify request
+	// gets. Nil when res is fresh itself.
+	fresh *store.Result
 	// started is when the kernel began, kernel how long it ran; set by
 	// compute before done is closed, read after.
 	started time.Time
 	kernel  time.Duration
+}
+
+// answer is the result a request gets once f is done: the stored one, or
+// for a verify request (protocol.TaskRequest.Verify) this host's own.
+func (f *flight) answer(verify bool) *store.Result {
+	if verify && f.fresh != nil {
+		return f.fresh
+	}
+	return f.res
 }
 
 // timing is, for a request admitted to f at admitted, how long it waited
@@ -230,8 +243,8 @@ func (s *server) handle(st network.Stream) {
 	var f *flight
 	var admitted time.Time
 	cached := false
-	if !req.NoCache {
-		if r, err := s.n.store.Get(s.n.ctx, tc); err == nil {
+	if !req.NoCache && !req.Verify {
+		if r, err := s.n.servable(s.n.ctx, tc); err == nil {
 			res, cached = r, true
 		}
 	}
@@ -244,6 +257,9 @@ func (s *server) handle(st network.Stream) {
 		_ = st.SetWriteDeadline(time.Now().Add(writeTimeout))
 		_ = protocol.WriteMsg(st, s.stateEvent(f))
 		res, err = s.wait(st, f, int(req.Previews), watchCancel(st, br))
+		if err == nil {
+			res = f.answer(req.Verify)
+		}
 		gone := errors.Is(err, errClientGone)
 		s.leave(f, gone)
 		if gone {
@@ -290,14 +306,15 @@ var errClientGone = errors.New("client stopped reading")
 // remote submitter's (the owner's pause, the governor, the queue); onEvent
 // gets the events a stream would carry, up to previews preview events among
 // them.
-func (s *server) local(ctx context.Context, t protocol.Task, tc cid.Cid, noCache bool, submitter string, previews int, onEvent func(protocol.Event)) (*store.Result, error) {
+func (s *server) local(ctx context.Context, req protocol.TaskRequest, tc cid.Cid, onEvent func(protocol.Event)) (*store.Result, error) {
+	t, submitter, previews := req.Task, req.Submitter, int(req.Previews)
 	if re := canRun(s.n.cfg.Kernel, t); re != nil {
 		return nil, re
 	}
 	start := time.Now()
 	self := s.n.host.ID()
-	if !noCache {
-		if r, err := s.n.store.Get(ctx, tc); err == nil {
+	if !req.NoCache && !req.Verify {
+		if r, err := s.n.servable(ctx, tc); err == nil {
 			s.n.stats.served.Add(1)
 			s.n.stats.servedCached.Add(1)
 			ev := ServedEvent{TaskCID: tc, Peer: self, Cached: true, Elapsed: time.Since(start)}
@@ -325,7 +342,7 @@ func (s *server) local(ctx context.Context, t protocol.Task, tc cid.Cid, noCache
 				s.n.observe(func(o Observer) { o.Served(ev) })
 				s.log.Info("task served", "peer", "self", "task", tc, "cache", cacheWord(false), "ms", ev.Elapsed.Milliseconds())
 			}
-			return f.res, f.err
+			return f.answer(req.Verify), f.err
 		case e := <-ch:
 			if e.Type == protocol.EventPreview {
 				if previews <= 0 {
@@ -715,6 +732,7 @@ func (s *server) compute(f *flight) (*store.Result, error) {
 	}
 	res := &store.Result{CID: kept, Manifest: m, ManifestBytes: mbytes, Blocks: blocks}
 	if !kept.Equals(protocol.ManifestCID(mbytes)) {
+		f.fresh = &store.Result{CID: protocol.ManifestCID(mbytes), Manifest: m, ManifestBytes: mbytes, Blocks: blocks}
 		// The store already held a result for this task (a --no-cache
 		// rerun): the first result wins, and every server must hand out
 		// the same ResultCID, so answer with the stored one.

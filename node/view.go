@@ -102,6 +102,9 @@ type viewDeps struct {
 	own *protocol.Beacon
 	rtt func(peer.ID, string) time.Duration
 	led *ledger
+	// distrust is each peer's score from node/trust (nil: verification
+	// off); a change of it marks the peer dirty (touch).
+	distrust func(id string) float64
 }
 
 // read calls fn with the live view, up to date as of d.now, and the peer
@@ -164,6 +167,9 @@ func (v *placeView) updateLocked(d *viewDeps) {
 		v.states[i] = v.base[i]
 		if d.led != nil {
 			d.led.apply(&v.states[i], d.expiry)
+		}
+		if d.distrust != nil && v.ids[i] != v.self {
+			v.states[i].Distrust = d.distrust(v.states[i].ID)
 		}
 	}
 	clear(v.dirty)
@@ -228,7 +234,11 @@ func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond)
 
 // viewDeps are this node's, now.
 func (n *Node) viewDeps() viewDeps {
-	return viewDeps{now: time.Now(), expiry: n.viewExpiry(), own: n.own.Load(), rtt: n.linkRTT, led: &n.ledger}
+	d := viewDeps{now: time.Now(), expiry: n.viewExpiry(), own: n.own.Load(), rtt: n.linkRTT, led: &n.ledger}
+	if n.verify != nil {
+		d.distrust = n.verify.book.Distrust
+	}
+	return d
 }
 
 // placed records a task placed on p (the ledger) and returns the func that

@@ -97,6 +97,11 @@ type TaskRequest struct {
 	// fewer (its kernel makes none, or the client reads too slowly). A 1.0
 	// host rejects the key as it rejects submitter.
 	Previews uint32 `cbor:"previews,omitempty"`
+	// Verify asks the host to run the kernel itself and answer with its
+	// own result, never with one it holds already (since 1.3): a client
+	// checking another host's result (docs/trust.md). It implies NoCache.
+	// A host older than 1.3 rejects the key.
+	Verify bool `cbor:"verify,omitempty"`
 }
 
 // DecodeTaskRequest decodes and validates a request frame.

@@ -76,6 +76,12 @@ type Config struct {
 	HeadroomWeight float64
 	HeadroomScaleC float64
 
+	// TrustWeight scales how much a peer's Distrust raises its score:
+	// score × (1 + TrustWeight × Distrust). Default 0.5: a peer on probation
+	// from the start (node/trust gives it 0.2) costs 10 % more than one with
+	// a clean record, enough to win a close call, not to leave it idle.
+	TrustWeight float64
+
 	// UnknownHeadroomC is the headroom assumed for a peer that reports no
 	// temperature limit at all (no GPU telemetry, e.g. a CPU kernel). Default
 	// 15 °C: ranked as comfortably cool, so such peers are used, but a GPU
@@ -142,6 +148,7 @@ func DefaultConfig() Config {
 		AgeDrain:            true,
 		HeadroomWeight:      2,
 		HeadroomScaleC:      3,
+		TrustWeight:         0.5,
 		UnknownHeadroomC:    15,
 		Choices:             4,
 		TopK:                256,
@@ -177,6 +184,8 @@ func (c Config) Validate() error {
 		return bad("QueuePenalty %v must be ≥ 0", c.QueuePenalty)
 	case !finite(c.HeadroomWeight) || c.HeadroomWeight < 0:
 		return bad("HeadroomWeight %v must be ≥ 0", c.HeadroomWeight)
+	case !finite(c.TrustWeight) || c.TrustWeight < 0:
+		return bad("TrustWeight %v must be ≥ 0", c.TrustWeight)
 	case !finite(c.HeadroomScaleC) || c.HeadroomScaleC <= 0:
 		return bad("HeadroomScaleC %v must be positive", c.HeadroomScaleC)
 	case !finite(c.UnknownHeadroomC):

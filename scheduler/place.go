@@ -62,6 +62,13 @@ type PeerState struct {
 	// the beacon was issued.
 	RTTMs   float64
 	Updated time.Time
+
+	// Distrust is the client's doubt about the peer's results (node/trust):
+	// 0 for a peer with a clean record, up to 1 for one whose results are
+	// still being checked, 1 or more for one caught returning a wrong result,
+	// which Place never returns. A doubted peer's score is raised by
+	// TrustWeight × Distrust, so a peer with a record wins a close call.
+	Distrust float64
 }
 
 // View is a snapshot of the peers a client knows. Place does not modify it.
@@ -199,6 +206,8 @@ type terms struct {
 	// run is the service time over the speed; until exponents, the service
 	// time, and speed the speed.
 	run, speed, rtt float64
+	// distrust is the peer's Distrust.
+	distrust float64
 	// drain: the beacon's tasks are aged (see drainExponent).
 	drain bool
 }
@@ -345,6 +354,7 @@ type scorer struct {
 	unknownHeadroom float64
 	queuePenalty    float64
 	headroomWeight  float64
+	trustWeight     float64
 	scale           float64
 	// tasks and slots sum Busy + QueueLen and Slots over the fresh peers.
 	tasks, slots int
@@ -367,6 +377,7 @@ func newScorer(r *Request, now time.Time, cfg *Config) scorer {
 		unknownHeadroom: cfg.UnknownHeadroomC,
 		queuePenalty:    max(cfg.QueuePenalty, 0),
 		headroomWeight:  max(cfg.HeadroomWeight, 0),
+		trustWeight:     max(cfg.TrustWeight, 0),
 		scale:           cfg.HeadroomScaleC,
 	}
 	if len(r.Exclude) > 0 {
@@ -420,6 +431,10 @@ func (s *scorer) assess(p *PeerState, c *Candidate, t *terms) bool {
 	if s.exclude != nil && s.exclude[p.ID] {
 		return false
 	}
+	// Written so that a NaN fails: a peer caught lying is never placed on.
+	if !(p.Distrust < 1) {
+		return false
+	}
 	if !slices.Contains(p.Models, s.model) {
 		return false
 	}
@@ -457,6 +472,9 @@ func (s *scorer) assess(p *PeerState, c *Candidate, t *terms) bool {
 		run:     svc,
 		speed:   speed,
 		rtt:     rtt,
+	}
+	if p.Distrust > 0 {
+		t.distrust = p.Distrust
 	}
 	if s.ageDrain {
 		// The age is in whole milliseconds, as it has always been ranked.
@@ -500,6 +518,9 @@ func (s *scorer) finish(c *Candidate, t *terms, e *[2]float64, load float64) {
 	pred := wait + t.run + t.rtt
 	c.PredictedMs, c.WaitMs = pred, wait
 	c.Score = (pred + s.queuePenalty*wait) * (1 + s.headroomWeight*e[0])
+	if t.distrust > 0 {
+		c.Score *= 1 + s.trustWeight*t.distrust
+	}
 }
 
 // limit is the temperature the peer must stay under: the owner's limit, or

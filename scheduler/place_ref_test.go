@@ -180,6 +180,9 @@ func refAssess(p *PeerState, r *Request, at refClock, load float64, cfg *Config)
 	if r.Exclude[p.ID] {
 		return Candidate{}, false
 	}
+	if !(p.Distrust < 1) {
+		return Candidate{}, false
+	}
 	if !slices.Contains(p.Models, r.Model) {
 		return Candidate{}, false
 	}
@@ -228,12 +231,16 @@ func refAssess(p *PeerState, r *Request, at refClock, load float64, cfg *Config)
 	// The exponent is capped so a peer far past its predicted limit gets a
 	// huge but finite score and the order stays total.
 	penalty := math.Exp(min(-headroom/scale, 60))
+	score := (pred + max(cfg.QueuePenalty, 0)*wait) * (1 + max(cfg.HeadroomWeight, 0)*penalty)
+	if p.Distrust > 0 {
+		score *= 1 + max(cfg.TrustWeight, 0)*p.Distrust
+	}
 	return Candidate{
 		ID:          p.ID,
 		PredictedMs: pred,
 		WaitMs:      wait,
 		HeadroomC:   headroom,
-		Score:       (pred + max(cfg.QueuePenalty, 0)*wait) * (1 + max(cfg.HeadroomWeight, 0)*penalty),
+		Score:       score,
 	}, true
 }
 

@@ -325,7 +325,7 @@ func TestRendezvous(t *testing.T) {
 
 // feasibleRef is an independent, plain statement of the filters.
 func feasibleRef(p PeerState, r Request, now time.Time, cfg Config) bool {
-	if !p.Accepting || now.Sub(p.Updated) > cfg.MaxStaleness || p.FreeMemMB < r.MemMB || r.Exclude[p.ID] {
+	if !p.Accepting || now.Sub(p.Updated) > cfg.MaxStaleness || p.FreeMemMB < r.MemMB || r.Exclude[p.ID] || !(p.Distrust < 1) {
 		return false
 	}
 	if !slices.Contains(p.Models, r.Model) {
@@ -383,6 +383,8 @@ func randomView(rng *rand.Rand, n int, now time.Time) View {
 			p.LimitC = p.TempC // exactly at the limit
 		case 3:
 			p.RTTMs = math.Inf(1)
+		case 4, 5:
+			p.Distrust = []float64{0.2, 0.05, 1, math.NaN()}[rng.IntN(4)]
 		}
 		v[i] = p
 	}
@@ -608,3 +610,36 @@ func TestSlowdownPrediction(t *testing.T) {
 		}
 	}
 }
+
+// TestDistrust: a peer caught lying (Distrust ≥ 1, or NaN) is never
+// returned, whatever its load; a doubted one loses a close call to a peer
+// with a clean record, and wins a clear one.
+func TestDistrust(t *testing.T) {
+	now := time.Unix(1_700_000_000, 0)
+	cfg := DefaultConfig()
+	cfg.Choices = 1 // no sampling: plain score order
+	mk := func(id string, distrust float64, queue int) PeerState {
+		return PeerState{ID: id, Models: []string{"m"}, Accepting: true, Slots: 1, QueueLen: queue,
+			ServiceMs: map[string]float64{"m": 1000}, Updated: now, Distrust: distrust}
+	}
+	rng := rand.New(rand.NewPCG(1, 2))
+	for _, d := range []float64{1, 7, math.NaN()} {
+		got := Place(View{mk("liar", d, 0), mk("busy", 0, 3)}, Request{Model: "m"}, now, rng, cfg)
+		if len(got) != 1 || got[0].ID != "busy" {
+			t.Fatalf("distrust %v: Place returned %v, want only the busy honest peer", d, got)
+		}
+	}
+	close := View{mk("new", ProbationTestDistrust, 0), mk("known", 0, 0)}
+	close[1].ServiceMs = map[string]float64{"m": 1050} // 5 % slower
+	if got := Place(close, Request{Model: "m"}, now, rng, cfg); got[0].ID != "known" {
+		t.Fatalf("a close call went to the doubted peer: %v", got)
+	}
+	clear := View{mk("new", ProbationTestDistrust, 0), mk("known", 0, 2)}
+	if got := Place(clear, Request{Model: "m"}, now, rng, cfg); got[0].ID != "new" {
+		t.Fatalf("a doubted idle peer lost to a busy known one: %v", got)
+	}
+}
+
+// ProbationTestDistrust is node/trust's ProbationDistrust (scheduler may
+// not import it).
+const ProbationTestDistrust = 0.2

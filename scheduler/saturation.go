@@ -63,3 +63,23 @@ func SwarmETAMs(v View, model string, ahead int, defaultServiceMs float64) (etaM
 	mean := svc / float64(slots)
 	return QueuedETAMs(work+max(ahead, 0), slots, mean), true
 }
+
+// IdleShare is the share of the slots of v's accepting peers serving model
+// that are idle now (0 when there are none), counting this client's own
+// placements since each beacon: how much of the swarm a check of a result
+// would take from nobody (node/trust re-runs every result above a share).
+func IdleShare(v View, model string) float64 {
+	slots, idle := 0, 0
+	for _, p := range v {
+		if !p.Accepting || !serving(p, model) {
+			continue
+		}
+		s := max(p.Slots, 1)
+		slots += s
+		idle += max(0, s-p.Busy-p.QueueLen-p.Pending)
+	}
+	if slots == 0 {
+		return 0
+	}
+	return float64(idle) / float64(slots)
+}

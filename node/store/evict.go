@@ -50,6 +50,38 @@ func (s *Store) setPinned(ctx context.Context, c cid.Cid, pinned bool) error {
 	return nil
 }
 
+// MarkVerified records that a re-run on another host agreed with the
+// result c names (a TaskCID or a ResultCID): node/trust need not check it
+// again. Not synced: a mark lost to a crash costs one more check.
+func (s *Store) MarkVerified(ctx context.Context, c cid.Cid) error {
+	if err := s.lockOpen(ctx); err != nil {
+		return err
+	}
+	defer s.mu.Unlock()
+	e := s.resolveLocked(c)
+	if e == nil || e.isBlock() {
+		return fmt.Errorf("marking %s verified: %w", c, ErrNotFound)
+	}
+	if e.verified {
+		return nil
+	}
+	e.verified = true
+	v, err := e.encodeMeta()
+	if err == nil {
+		b := s.ds.DB.NewBatch()
+		defer b.Close()
+		if err = b.Set(metaKey(e.result).Bytes(), v, nil); err == nil {
+			err = s.commit(b, pebble.NoSync)
+		}
+	}
+	if err != nil {
+		e.verified = false
+		return fmt.Errorf("saving mark of %s: %w", e.result, err)
+	}
+	e.dirty.Store(false)
+	return nil
+}
+
 // Remove deletes the result c names (a TaskCID or a ResultCID), pinned or
 // not, and the blocks no other result references.
 func (s *Store) Remove(ctx context.Context, c cid.Cid) error {

@@ -39,6 +39,9 @@ type metaRecord struct {
 	LastAccess int64       `cbor:"atime"`
 	Created    int64       `cbor:"ctime"`
 	Pinned     bool        `cbor:"pinned"`
+	// Verified: a re-run on another host agreed (node/trust). Omitted
+	// when false, so records written before it decode as unverified.
+	Verified bool `cbor:"verified,omitempty"`
 }
 
 type metaBlock struct {
@@ -65,6 +68,7 @@ type entry struct {
 	blocks       []blockRef // distinct, in manifest order
 	created      int64      // Unix ms, when this node stored it
 	pinned       bool       // guarded by Store.mu (written under the write lock)
+	verified     bool       // likewise
 
 	// lastAccess (Unix ms) moves forward under the read lock, so it is atomic;
 	// dirty says it is newer than the value in /meta.
@@ -102,6 +106,7 @@ func (e *entry) encodeMeta() ([]byte, error) {
 	m := metaRecord{
 		V: metaVersion, Task: task, Bytes: uint64(e.bytes()),
 		LastAccess: e.lastAccess.Load(), Created: e.created, Pinned: e.pinned,
+		Verified: e.verified,
 	}
 	for _, b := range e.blocks {
 		m.Blocks = append(m.Blocks, metaBlock{CID: b.cid.Bytes(), Size: uint64(b.size)})
@@ -124,7 +129,7 @@ func decodeMeta(result cid.Cid, b []byte) (*entry, error) {
 			return nil, fmt.Errorf("task cid: %w", err)
 		}
 	}
-	e := &entry{result: result, task: task, created: m.Created, pinned: m.Pinned}
+	e := &entry{result: result, task: task, created: m.Created, pinned: m.Pinned, verified: m.Verified}
 	var blocks int64
 	for _, mb := range m.Blocks {
 		c, err := cid.Cast(mb.CID)

@@ -42,6 +42,8 @@ type Result struct {
 	ManifestBytes []byte
 	// Blocks holds one block per Manifest.Outputs entry, in the same order.
 	Blocks [][]byte
+	// Verified: a re-run on another host agreed with it (MarkVerified).
+	Verified bool
 }
 
 // Entry describes one stored result for listings.
@@ -50,8 +52,9 @@ type Entry struct {
 	ResultCID cid.Cid
 	// Bytes is the manifest plus the result's distinct blocks, counting blocks
 	// shared with other results too.
-	Bytes  int64
-	Pinned bool
+	Bytes    int64
+	Pinned   bool
+	Verified bool
 	// LastAccess is the last read through Get, GetByResult, GetManifest or
 	// ExportCAR (or the Put).
 	LastAccess time.Time

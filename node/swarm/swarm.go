@@ -169,10 +169,19 @@ func (s *Swarm) Bootstrap() []string { return s.boot }
 // AddClient starts a client node (no kernel, DHT client mode) joined to the
 // swarm.
 func (s *Swarm) AddClient(ctx context.Context) (*node.Node, error) {
+	return s.AddClientTuned(ctx, nil)
+}
+
+// AddClientTuned adds a client as AddClient does, with tune applied after
+// Options.Tune.
+func (s *Swarm) AddClientTuned(ctx context.Context, tune func(*node.Config)) (*node.Node, error) {
 	cfg := s.config(fmt.Sprintf("client-%d", len(s.Clients)))
 	cfg.DHTServer = false
 	if s.opts.Tune != nil {
 		s.opts.Tune(&cfg)
+	}
+	if tune != nil {
+		tune(&cfg)
 	}
 	n, err := node.New(ctx, cfg)
 	if err != nil {
