@@ -19,6 +19,7 @@ import (
 	"github.com/gpunet/gpunet/node/swarm"
 	"github.com/gpunet/gpunet/node/trust"
 	"github.com/gpunet/gpunet/protocol"
+	"github.com/libp2p/go-libp2p/core/crypto"
 	"golang.org/x/sync/errgroup"
 )
 
@@ -275,5 +276,89 @@ func TestLyingHostsAreCaught(t *testing.T) {
 		if liarIDs[res.Host.String()] {
 			t.Errorf("task placed on excluded liar %s", res.Host)
 		}
+	}
+}
+
+// TestFraudProofAboutAnHonestHostIsRefused: a node publishes a proof that
+// an honest host lied, made of the host's genuine signed result and a
+// wrong one signed by a throwaway identity. Every other node re-runs the
+// task, finds the host right and refuses the proof: nobody excludes the
+// host, and it goes on getting work.
+func TestFraudProofAboutAnHonestHostIsRefused(t *testing.T) {
+	sw := startSwarmWith(t, swarm.Options{
+		Profiles: []string{"a100", "a100", "a100"},
+		Tune: func(c *node.Config) {
+			fastBeacons(c)
+			v := trust.DefaultPolicy()
+			c.Verify = &v
+		},
+	})
+	framer, observer := addClient(t, sw), addClient(t, sw)
+	waitForView(t, observer, 3)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	victim := sw.Hosts[0]
+	tk := protocol.Task{Prompt: "a lighthouse in fog", Width: 64, Height: 64, Steps: 2}
+	real, err := framer.SubmitTo(ctx, victim.ID(), tk, node.SubmitOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	genuine, err := real.Manifest.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sybil, _, err := crypto.GenerateEd25519Key(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wrong := alterImage(real.Blocks[0], color.Black)
+	fake, err := protocol.NewManifest(real.Manifest.Task, []protocol.Output{{CID: protocol.Link{Cid: protocol.RawCID(wrong)}, MediaType: "image/png", Size: uint64(len(wrong))}}, real.Manifest.Kernel, 1, sybil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fb, err := fake.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	proof, err := protocol.EncodeFraudProof(genuine, fb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The framer's peers (the hosts and the daemon it is connected to)
+	// each settle the proof: a refused proof is not forwarded, so it
+	// goes no further than them. Gossip needs a mesh on the topic before
+	// a publish reaches anyone, so it is sent again until one refuses it.
+	others := append([]*node.Node{observer, sw.Daemon}, sw.Hosts...)
+	refused := func() (n uint64) {
+		for _, o := range others {
+			s, _ := o.TrustStats()
+			n += s.ProofsRefused
+		}
+		return n
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for refused() == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("no node settled the proof in 30 s")
+		}
+		if err := framer.PublishFraudProof(ctx, proof); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(300 * time.Millisecond)
+	}
+	for _, n := range others {
+		s, _ := n.TrustStats()
+		if slices.Contains(s.Excluded, victim.ID().String()) || s.ProofsAccepted > 0 {
+			t.Errorf("%s acted on a false proof: %+v", n.ID(), s)
+		}
+	}
+	t.Logf("%d refusals of the false proof", refused())
+	// The victim still gets the work placement gives it.
+	res, err := observer.SubmitTo(ctx, victim.ID(), protocol.Task{Prompt: "after the proof", Width: 64, Height: 64, Steps: 2}, node.SubmitOptions{})
+	if err != nil || res.Host != victim.ID() {
+		t.Fatalf("the victim did not serve: %v", err)
+	}
+	if d := observer.Distrust(victim.ID()); d >= 1 {
+		t.Errorf("observer's distrust of the victim %v", d)
 	}
 }

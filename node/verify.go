@@ -30,6 +30,8 @@ type verifier struct {
 	// finds none free is skipped (counted in skipped).
 	later   chan struct{}
 	skipped atomic.Uint64
+	// proofs counts the fraud proofs other nodes sent, by outcome.
+	proofsAccepted, proofsRefused, proofsIgnored atomic.Uint64
 }
 
 const (
@@ -96,12 +98,15 @@ func (v *verifier) validate(ctx context.Context, from peer.ID, msg *pubsub.Messa
 	case err == nil:
 		v.n.log.Warn("host excluded: a fraud proof checked out", "host", accused, "from", sender)
 		v.excluded(accused)
+		v.proofsAccepted.Add(1)
 		return pubsub.ValidationAccept
 	case errors.Is(err, protocol.ErrBadProof), errors.Is(err, trust.ErrFramed):
 		v.n.log.Warn("fraud proof refused", "accused", accused, "from", sender, "err", err)
+		v.proofsRefused.Add(1)
 		return pubsub.ValidationReject
 	default:
 		v.n.log.Debug("fraud proof not acted on", "accused", accused, "from", sender, "err", err)
+		v.proofsIgnored.Add(1)
 		return pubsub.ValidationIgnore
 	}
 }
@@ -368,6 +373,12 @@ type TrustStats struct {
 	// Skipped counts background checks not run because maxBackgroundChecks
 	// were running.
 	Skipped uint64 `json:"skipped"`
+	// Proofs from other nodes: accepted (the accused excluded), refused
+	// (malformed, or a re-run agreed with the accused) and ignored (known
+	// already, over the rate, or undecided).
+	ProofsAccepted uint64 `json:"proofs_accepted"`
+	ProofsRefused  uint64 `json:"proofs_refused"`
+	ProofsIgnored  uint64 `json:"proofs_ignored"`
 	// Excluded lists the hosts this node caught or learnt of by proof.
 	Excluded []string `json:"excluded"`
 }
@@ -378,7 +389,11 @@ func (n *Node) TrustStats() (s TrustStats, ok bool) {
 	if n.verify == nil {
 		return s, false
 	}
-	return TrustStats{Stats: n.verify.checker.Stats(), Skipped: n.verify.skipped.Load(), Excluded: n.verify.book.ExcludedHosts()}, true
+	v := n.verify
+	return TrustStats{
+		Stats: v.checker.Stats(), Skipped: v.skipped.Load(), Excluded: v.book.ExcludedHosts(),
+		ProofsAccepted: v.proofsAccepted.Load(), ProofsRefused: v.proofsRefused.Load(), ProofsIgnored: v.proofsIgnored.Load(),
+	}, true
 }
 
 // Distrust is this node's score for host (node/trust), 0 when verification

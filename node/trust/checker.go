@@ -288,7 +288,11 @@ type Stats struct {
 	// Checks started, Reruns made for checks and proofs, checks whose
 	// first re-run Agreed, hosts Caught, and checks left Unchecked (no
 	// other host could run the task, or no two results agreed).
-	Checks, Reruns, Agreed, Caught, Unchecked int64
+	Checks    int64 `json:"checks"`
+	Reruns    int64 `json:"reruns"`
+	Agreed    int64 `json:"agreed"`
+	Caught    int64 `json:"caught"`
+	Unchecked int64 `json:"unchecked"`
 }
 
 // Stats returns the checker's counts so far.
