@@ -28,6 +28,9 @@ type Status struct {
 	Moved      uint64     `json:"moved"` // submitted tasks the queue hedge moved to another host
 	Cache      CacheStats `json:"cache"`
 	Fetch      FetchStats `json:"fetch"`
+	// Verification is what this node's checks of other hosts' results did
+	// (docs/trust.md); absent when verification is off.
+	Verification *TrustStats `json:"verification,omitempty"`
 	GPU        *GPUStatus `json:"gpu,omitempty"`
 	// Host-only: the owner's pause, the lending hours, the thermal
 	// governor's state and the queue. paused, off_hours and hot are always
@@ -123,6 +126,9 @@ func (n *Node) Status(ctx context.Context) Status {
 		n.serve.mu.Unlock()
 	}
 	s.Fetch = n.FetchStats()
+	if ts, ok := n.TrustStats(); ok {
+		s.Verification = &ts
+	}
 	s.Reach = n.reach.Info()
 	s.ViewPeers = len(n.View())
 	s.BeaconsSent, s.BeaconBytes = n.stats.beaconsSent.Load(), n.stats.beaconBytes.Load()

@@ -329,6 +329,7 @@ func (n *Node) rerun(ctx context.Context, t protocol.Task, exclude []string) (*R
 	for round := range rerunRounds {
 		j.tried = maps.Clone(never)
 		trustedOnly := book != nil
+		asked := 0
 		for {
 			c, ok := j.next(ctx)
 			if !ok && trustedOnly {
@@ -347,6 +348,7 @@ func (n *Node) rerun(ctx context.Context, t protocol.Task, exclude []string) (*R
 			if trustedOnly && !book.Trusted(c.key()) {
 				continue // next() marked it tried for this pass
 			}
+			asked++
 			done := n.placed(c)
 			res, err := n.runAt(ctx, c.p, req, tc, ignore)
 			done()
@@ -357,6 +359,9 @@ func (n *Node) rerun(ctx context.Context, t protocol.Task, exclude []string) (*R
 				return nil, ctx.Err()
 			}
 			last = fmt.Errorf("%s: %w", c.p, err)
+		}
+		if asked == 0 {
+			break // no other host serves the model: no use waiting
 		}
 		select {
 		case <-time.After(rerunWait * time.Duration(round+1)):

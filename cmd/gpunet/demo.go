@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/gpunet/gpunet/node"
+	"github.com/gpunet/gpunet/node/trust"
 	"github.com/gpunet/gpunet/node/swarm"
 	"github.com/gpunet/gpunet/protocol"
 	"github.com/spf13/cobra"
@@ -42,6 +43,7 @@ type demoFlags struct {
 	steps                           uint32
 	timeScale                       float64
 	queueHedge                      bool
+	verify                          bool
 }
 
 type demoTask struct {
@@ -74,6 +76,9 @@ type demoReport struct {
 	// Moved counts tasks the clients' queue hedge took from one host's
 	// queue to another host.
 	Moved uint64 `json:"moved"`
+	// Verification is what the clients' checks of the hosts' results did
+	// (docs/trust.md); absent with --verify=false.
+	Verification *node.TrustStats `json:"verification,omitempty"`
 	// Upscale is the pipeline's second task, the first image ×4 by the
 	// trained ESRGAN network, when kernels/esrgan is installed; Skipped
 	// says why it did not run otherwise.
@@ -88,7 +93,7 @@ func newDemoCmd(g *globals) *cobra.Command {
 		Short: "Run a small gpunet swarm on loopback and generate a batch of images",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			f.queueHedge = g.hedge
+			f.queueHedge, f.verify = g.hedge, g.verify
 			r, err := runDemo(cmd.Context(), f, g.json)
 			if err != nil {
 				return err
@@ -144,6 +149,10 @@ func runDemo(ctx context.Context, f *demoFlags, quiet bool) (*demoReport, error)
 		Tune: func(c *node.Config) {
 			c.BeaconInterval = 500 * time.Millisecond
 			c.QueueHedge = f.queueHedge
+			if f.verify {
+				p := trust.DefaultPolicy()
+				c.Verify = &p
+			}
 		}}, f.clients)
 	if err != nil {
 		return nil, err
@@ -208,6 +217,18 @@ func runDemo(ctx context.Context, f *demoFlags, quiet bool) (*demoReport, error)
 	r.Elapsed = math.Round(time.Since(start).Seconds()*10) / 10
 	for _, c := range sw.Clients {
 		r.Moved += c.Status(ctx).Moved
+		if s, ok := c.TrustStats(); ok {
+			if r.Verification == nil {
+				r.Verification = &node.TrustStats{}
+			}
+			v := r.Verification
+			v.Checks += s.Checks
+			v.Reruns += s.Reruns
+			v.Agreed += s.Agreed
+			v.Caught += s.Caught
+			v.Unchecked += s.Unchecked
+			v.Excluded = append(v.Excluded, s.Excluded...)
+		}
 	}
 	for i, hn := range sw.Hosts {
 		st := hn.Status(ctx)
@@ -271,6 +292,10 @@ func printDemo(r *demoReport) {
 	}
 	w.Flush()
 	fmt.Printf("\n%d images in %s/ in %.1f s; %d moved from a queue by the queue hedge\n", len(r.Tasks), r.Dir, r.Elapsed, r.Moved)
+	if v := r.Verification; v != nil {
+		fmt.Printf("verification: %d results checked by re-running them on another host (%d agreed, %d could not be checked), %d hosts caught lying\n",
+			v.Checks, v.Agreed, v.Unchecked, v.Caught)
+	}
 	if r.Upscale != nil {
 		fmt.Printf("pipeline: a %dx%d image upscaled ×4 by the trained ESRGAN network on host %s, its input fetched by CID: %s\n",
 			demoPipelineSide, demoPipelineSide, shortID(r.Upscale.Host), r.Upscale.Path)

@@ -42,6 +42,10 @@ func newStatusCmd(g *globals) *cobra.Command {
 			}
 			if st.Submitted > 0 {
 				fmt.Fprintf(w, "submitted\t%d tasks, %d moved from a queue by the queue hedge\n", st.Submitted, st.Moved)
+				if v := st.Verification; v != nil {
+					fmt.Fprintf(w, "verification\t%d results checked, %d re-runs, %d hosts excluded; proofs from others: %d accepted, %d refused\n",
+						v.Checks, v.Reruns, len(v.Excluded), v.ProofsAccepted, v.ProofsRefused)
+				}
 			}
 			if g := st.GPU; g != nil {
 				sim, throttled := "", ""

@@ -16,6 +16,7 @@ import (
 	"syscall"
 
 	"github.com/gpunet/gpunet/node"
+	"github.com/gpunet/gpunet/node/trust"
 	"github.com/libp2p/go-libp2p/core/peer"
 	ma "github.com/multiformats/go-multiaddr"
 	"github.com/spf13/cobra"
@@ -35,6 +36,7 @@ type globals struct {
 	logLevel  string
 	logFormat string
 	hedge     bool
+	verify    bool
 	shards    int
 	heard     int
 	// storeBudget is store.budget from the configuration file (no flag);
@@ -156,6 +158,7 @@ func newRootCmd() *cobra.Command {
 	pf.BoolVar(&g.mdns, "mdns", true, "discover peers on the local network with mDNS")
 	pf.BoolVar(&g.json, "json", false, "print results as JSON")
 	pf.BoolVar(&g.hedge, "queue-hedge", true, "when this node submits: move a task still queued well past its predicted wait to a host predicted to finish it sooner")
+	pf.BoolVar(&g.verify, "verify", true, "when this node takes results from other hosts: re-run a sample on independent hosts (every result of a host on probation), exclude hosts caught, act on fraud proofs (docs/trust.md)")
 	pf.IntVar(&g.shards, "beacon-shards", 1, "split the swarm's beacons over this many gossip topics (every node of a swarm must agree; see docs/protocol.md)")
 	pf.IntVar(&g.heard, "view-shards", 0, "with --beacon-shards: how many shards this node hears, from its own on (0: all)")
 	pf.StringVar(&g.logLevel, "log-level", "", "debug, info, warn or error (default: info for daemon and host, warn otherwise)")
@@ -246,6 +249,10 @@ func (g *globals) nodeConfig(cmd *cobra.Command, log *slog.Logger) node.Config {
 	cfg.Bootstrap = g.bootstrap
 	cfg.MDNS = g.mdns
 	cfg.QueueHedge = g.hedge
+	if g.verify {
+		p := trust.DefaultPolicy()
+		cfg.Verify = &p
+	}
 	if g.storeBudget > 0 {
 		cfg.StoreBudget = g.storeBudget
 	}
