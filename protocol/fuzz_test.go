@@ -160,6 +160,25 @@ func fuzzSeeds(tb testing.TB) map[string]map[string][][]byte {
 			"raw-cid":    one(mustMarshal(tb, FetchRequest{CID: Link{RawCID([]byte("x"))}})),
 			"null-cid":   one([]byte("\xa1\x63cid\xf6")),
 		},
+		"FuzzDecodeFraudProof": func() map[string][][]byte {
+			other := func(k byte, data string) []byte {
+				m, err := NewManifest(mustNormalize(tb, exampleTask()), []Output{{CID: Link{RawCID([]byte(data))}, MediaType: "image/png", Size: uint64(len(data))}}, "sketch-v1", fixedCreated, testKey(tb, k))
+				if err != nil {
+					tb.Fatal(err)
+				}
+				return encodeManifest(tb, m)
+			}
+			proof := func(accused []byte, w ...[]byte) []byte {
+				return mustMarshal(tb, &FraudProof{Version: FraudProofVersion, Accused: accused, Witnesses: w})
+			}
+			return map[string][][]byte{
+				"valid":          one(proof(manifest, other(2, "right"), other(3, "right"))),
+				"witness-agrees": one(proof(manifest, encodeManifest(tb, testManifest(tb, testKey(tb, 2))))),
+				"same-host":      one(proof(manifest, other(1, "right"))),
+				"no-witness":     one(proof(manifest)),
+				"twice":          one(proof(manifest, other(2, "right"), other(2, "also"))),
+			}
+		}(),
 		"FuzzLinkUnmarshalCBOR": {
 			"raw-cid":     one(link),
 			"dag-cbor":    one(mustMarshal(tb, testManifest(tb, key).TaskCID)),
@@ -578,6 +597,29 @@ func FuzzNormalize(f *testing.F) {
 		got, err := DecodeTask(enc)
 		if err != nil || !got.Equal(n) {
 			t.Fatalf("DecodeTask(Encode(n)) = %+v, %v; want %+v", got, err, n)
+		}
+	})
+}
+
+func FuzzDecodeFraudProof(f *testing.F) {
+	addSeeds(f, "FuzzDecodeFraudProof", malformedCBOR...)
+	f.Fuzz(func(t *testing.T, b []byte) {
+		p, err := DecodeFraudProof(b)
+		if err != nil {
+			if !errors.Is(err, ErrBadProof) {
+				t.Fatalf("error %v does not wrap ErrBadProof", err)
+			}
+			return
+		}
+		if len(p.Witnesses) == 0 || len(p.Witnesses) > MaxWitnesses {
+			t.Fatalf("%d witnesses accepted", len(p.Witnesses))
+		}
+		hosts := map[string]bool{p.Accused.Host: true}
+		for _, w := range p.Witnesses {
+			if hosts[w.Host] || SameOutputs(w, p.Accused) || !w.TaskCID.Equals(p.Accused.TaskCID.Cid) {
+				t.Fatalf("a witness that proves nothing was accepted: %+v", w)
+			}
+			hosts[w.Host] = true
 		}
 	})
 }
