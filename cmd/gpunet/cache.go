@@ -158,13 +158,16 @@ func newCacheLsCmd(g *globals) *cobra.Command {
 					return printJSON(l)
 				}
 				w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
-				fmt.Fprintln(w, "TASK\tRESULT\tBYTES\tPINNED\tLAST USED\tPROMPT")
+				fmt.Fprintln(w, "TASK\tRESULT\tBYTES\tPINNED\tVERIFIED\tLAST USED\tPROMPT")
 				for _, e := range l.Entries {
-					pin := ""
+					pin, ver := "", ""
 					if e.Pinned {
 						pin = "pinned"
 					}
-					fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%s\t%s\n", e.TaskCID, shortID(e.ResultCID), e.Bytes, pin,
+					if e.Verified {
+						ver = "verified"
+					}
+					fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%s\t%s\t%s\n", e.TaskCID, shortID(e.ResultCID), e.Bytes, pin, ver,
 						e.LastAccess.Local().Format(time.DateTime), truncate(e.Prompt, 40))
 				}
 				if err := w.Flush(); err != nil {

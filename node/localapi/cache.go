@@ -31,10 +31,12 @@ import (
 
 // CacheEntry is one stored result.
 type CacheEntry struct {
-	TaskCID    string    `json:"task_cid"`
-	ResultCID  string    `json:"result_cid"`
-	Bytes      int64     `json:"bytes"`
-	Pinned     bool      `json:"pinned"`
+	TaskCID   string `json:"task_cid"`
+	ResultCID string `json:"result_cid"`
+	Bytes     int64  `json:"bytes"`
+	Pinned    bool   `json:"pinned"`
+	// Verified: a re-run on another host agreed with it (docs/trust.md).
+	Verified   bool      `json:"verified"`
 	LastAccess time.Time `json:"last_access"`
 	Created    time.Time `json:"created"`
 	Prompt     string    `json:"prompt,omitempty"`
@@ -100,7 +102,7 @@ func ListCache(ctx context.Context, s *store.Store) (*CacheListing, error) {
 }
 
 func cacheEntry(e store.Entry) CacheEntry {
-	return CacheEntry{TaskCID: e.TaskCID.String(), ResultCID: e.ResultCID.String(), Bytes: e.Bytes, Pinned: e.Pinned,
+	return CacheEntry{TaskCID: e.TaskCID.String(), ResultCID: e.ResultCID.String(), Bytes: e.Bytes, Pinned: e.Pinned, Verified: e.Verified,
 		LastAccess: e.LastAccess.UTC(), Created: e.Created.UTC(), Prompt: e.Prompt, Host: e.Host}
 }
 

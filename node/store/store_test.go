@@ -900,3 +900,56 @@ func TestPutVerified(t *testing.T) {
 		t.Errorf("Get after PutVerified: %v", err)
 	}
 }
+
+// TestMarkVerifiedSurvivesReopen: the mark node/trust sets once a re-run
+// agreed is read back with the result, listed, and kept across a restart;
+// a result never checked stays unmarked.
+func TestMarkVerifiedSurvivesReopen(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	key := newKey(t)
+	a := makeResult(t, key, "checked", "k", randBlock(1, 100))
+	b := makeResult(t, key, "unchecked", "k", randBlock(2, 100))
+	s, err := Open(dir, WithLogger(testLogger(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustPut(t, s, a)
+	mustPut(t, s, b)
+	if err := s.MarkVerified(ctx, a.task); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.MarkVerified(ctx, randCID(t)); !errors.Is(err, ErrNotFound) {
+		t.Errorf("marking a missing result: %v", err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s = openStore(t, dir)
+	for _, f := range []struct {
+		fx   fixture
+		want bool
+	}{{a, true}, {b, false}} {
+		r, err := s.Get(ctx, f.fx.task)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.Verified != f.want {
+			t.Errorf("%s: verified %v after reopening, want %v", f.fx.task, r.Verified, f.want)
+		}
+	}
+	l, err := s.List(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range l {
+		if e.Verified != e.TaskCID.Equals(a.task) {
+			t.Errorf("listing: %s verified %v", e.TaskCID, e.Verified)
+		}
+	}
+}
+
+func randCID(t *testing.T) cid.Cid {
+	t.Helper()
+	return protocol.RawCID(randBlock(99, 10))
+}
