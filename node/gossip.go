@@ -206,8 +206,19 @@ func (g *gossip) judge(msg *pubsub.Message) pubsub.ValidationResult {
 		if b.Seq <= prev.b.Seq {
 			return pubsub.ValidationIgnore // replay, or an old copy arriving late
 		}
-		if now.Sub(prev.received) < protocol.BeaconMinInterval {
+		// Flooding is judged by the author's own signed clock: two beacons
+		// it issued too close together are its fault, and the penalty
+		// lands on whoever delivers the second. Two that only arrive close
+		// together (bunched on the way by a busy relay or link) are not:
+		// penalising the relay for that graylisted honest peers under
+		// load, and with them every topic they relay. Those are dropped
+		// unpenalised, which still bounds what an author with a clock set
+		// ahead gets through.
+		if b.Issued < prev.b.Issued+uint64(protocol.BeaconMinInterval/time.Millisecond) {
 			return pubsub.ValidationReject // flooding
+		}
+		if now.Sub(prev.received) < protocol.BeaconMinInterval {
+			return pubsub.ValidationIgnore
 		}
 	}
 	ps := peerState(author, b)

@@ -72,7 +72,10 @@ func TestBeaconValidator(t *testing.T) {
 		{"valid", beaconMsg(t, alice, goodBeacon(alice, 10, now)), pubsub.ValidationAccept},
 		{"replayed sequence", beaconMsg(t, alice, goodBeacon(alice, 10, now)), pubsub.ValidationIgnore},
 		{"older sequence", beaconMsg(t, alice, goodBeacon(alice, 9, now)), pubsub.ValidationIgnore},
-		{"flooding: next one too soon", beaconMsg(t, alice, goodBeacon(alice, 11, now)), pubsub.ValidationReject},
+		{"flooding: next one issued too soon", beaconMsg(t, alice, goodBeacon(alice, 11, now.Add(protocol.BeaconMinInterval/2))), pubsub.ValidationReject},
+		// Issued far enough apart, but bunched on the way: dropped, and
+		// the relay that delivered it is not penalised.
+		{"bunched on the way", beaconMsg(t, alice, goodBeacon(alice, 11, now.Add(2*protocol.BeaconMinInterval))), pubsub.ValidationIgnore},
 	}
 	for _, s := range steps {
 		if got := g.validate(context.Background(), "", s.msg); got != s.want {
@@ -90,7 +93,7 @@ func TestBeaconValidator(t *testing.T) {
 	e := g.view[alice]
 	e.received = e.received.Add(-protocol.BeaconMinInterval)
 	g.view[alice] = e
-	next := goodBeacon(alice, 12, time.Now())
+	next := goodBeacon(alice, 12, now.Add(protocol.BeaconMinInterval))
 	next.TempDC, next.HeatDC = 700, 55
 	if got := g.validate(context.Background(), "", beaconMsg(t, alice, next)); got != pubsub.ValidationAccept {
 		t.Fatalf("next beacon after the interval: %v", got)

@@ -232,6 +232,11 @@ func TestLyingHostsAreCaught(t *testing.T) {
 				break
 			}
 			if time.Now().After(deadline) {
+				for i, o := range append(append([]*node.Node{sw.Daemon}, sw.Hosts...), sw.Clients...) {
+					s, _ := o.TrustStats()
+					t.Logf("node %d %s: %d peers; proofs accepted %d, known %d, refused %d, ignored %d; excluded %d",
+						i, o.ID(), len(o.Host().Network().Peers()), s.ProofsAccepted, s.ProofsKnown, s.ProofsRefused, s.ProofsIgnored, len(s.Excluded))
+				}
 				t.Fatalf("after 60 s, %s has not excluded %d liar(s) that lied; it excluded %v", n.ID(), missing, got)
 			}
 			time.Sleep(50 * time.Millisecond)

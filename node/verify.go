@@ -31,7 +31,7 @@ type verifier struct {
 	later   chan struct{}
 	skipped atomic.Uint64
 	// proofs counts the fraud proofs other nodes sent, by outcome.
-	proofsAccepted, proofsRefused, proofsIgnored atomic.Uint64
+	proofsAccepted, proofsKnown, proofsRefused, proofsIgnored atomic.Uint64
 }
 
 const (
@@ -95,6 +95,12 @@ func (v *verifier) validate(ctx context.Context, from peer.ID, msg *pubsub.Messa
 	sender := msg.GetFrom()
 	accused, err := v.checker.CheckProof(ctx, sender.String(), msg.Data)
 	switch {
+	case errors.Is(err, trust.ErrKnown):
+		// This node caught the host itself, or settled an earlier proof:
+		// it passes this one on without running the task again (every
+		// receiver settles it for itself).
+		v.proofsKnown.Add(1)
+		return pubsub.ValidationAccept
 	case err == nil:
 		v.n.log.Warn("host excluded: a fraud proof checked out", "host", accused, "from", sender)
 		v.excluded(accused)
@@ -105,7 +111,7 @@ func (v *verifier) validate(ctx context.Context, from peer.ID, msg *pubsub.Messa
 		v.proofsRefused.Add(1)
 		return pubsub.ValidationReject
 	default:
-		v.n.log.Debug("fraud proof not acted on", "accused", accused, "from", sender, "err", err)
+		v.n.log.Info("fraud proof not acted on", "accused", accused, "from", sender, "err", err)
 		v.proofsIgnored.Add(1)
 		return pubsub.ValidationIgnore
 	}
@@ -378,10 +384,13 @@ type TrustStats struct {
 	// Skipped counts background checks not run because maxBackgroundChecks
 	// were running.
 	Skipped uint64 `json:"skipped"`
-	// Proofs from other nodes: accepted (the accused excluded), refused
-	// (malformed, or a re-run agreed with the accused) and ignored (known
-	// already, over the rate, or undecided).
+	// Proofs from other nodes: accepted (a re-run confirmed it: the
+	// accused excluded), known (about a host this node had excluded
+	// already: passed on unchecked), refused (malformed, or a re-run
+	// agreed with the accused) and ignored (over the rate, undecided, or
+	// the re-run failed).
 	ProofsAccepted uint64 `json:"proofs_accepted"`
+	ProofsKnown    uint64 `json:"proofs_known"`
 	ProofsRefused  uint64 `json:"proofs_refused"`
 	ProofsIgnored  uint64 `json:"proofs_ignored"`
 	// Excluded lists the hosts this node caught or learnt of by proof.
@@ -397,7 +406,7 @@ func (n *Node) TrustStats() (s TrustStats, ok bool) {
 	v := n.verify
 	return TrustStats{
 		Stats: v.checker.Stats(), Skipped: v.skipped.Load(), Excluded: v.book.ExcludedHosts(),
-		ProofsAccepted: v.proofsAccepted.Load(), ProofsRefused: v.proofsRefused.Load(), ProofsIgnored: v.proofsIgnored.Load(),
+		ProofsAccepted: v.proofsAccepted.Load(), ProofsKnown: v.proofsKnown.Load(), ProofsRefused: v.proofsRefused.Load(), ProofsIgnored: v.proofsIgnored.Load(),
 	}, true
 }
 
