@@ -874,7 +874,10 @@ func (n *Node) ensureAddrs(ctx context.Context, p peer.ID) {
 // it: its host or provider does, and this node only once it serves it to
 // someone (announce.go).
 func (n *Node) acceptResult(ctx context.Context, tc cid.Cid, mbytes []byte, blocks [][]byte, from peer.ID) (*Result, error) {
-	m, err := protocol.DecodeManifest(mbytes)
+	// Straight from its host, the result's maker is known from the
+	// secure channel: its signature is checked before the result is
+	// served to anyone else (servable), not on this client's hot path.
+	m, err := protocol.DecodeManifestFrom(mbytes, from.String())
 	if err != nil {
 		return nil, err
 	}

@@ -279,7 +279,7 @@ func (f *fetcher) handle(st network.Stream) {
 
 // lookup reads the result c names, a TaskCID or a ResultCID, verified.
 func (f *fetcher) lookup(c cid.Cid) (*store.Result, error) {
-	return f.n.servable(f.n.ctx, c)
+	return f.n.reservable(f.n.ctx, c)
 }
 
 // allow takes a token from p's bucket, or says how long until one is there.

@@ -244,7 +244,7 @@ func (s *server) handle(st network.Stream) {
 	var admitted time.Time
 	cached := false
 	if !req.NoCache && !req.Verify {
-		if r, err := s.n.servable(s.n.ctx, tc); err == nil {
+		if r, err := s.n.reservable(s.n.ctx, tc); err == nil {
 			res, cached = r, true
 		}
 	}

@@ -264,6 +264,27 @@ func (n *Node) servable(ctx context.Context, c cid.Cid) (*store.Result, error) {
 	return r, nil
 }
 
+// reservable is servable for serving to another peer: a result this node
+// did not make has its host's signature checked first (a client took it
+// straight from its host without, see acceptResult); one that fails is
+// dropped.
+func (n *Node) reservable(ctx context.Context, c cid.Cid) (*store.Result, error) {
+	r, err := n.servable(ctx, c)
+	if err != nil {
+		return nil, err
+	}
+	if r.Manifest.Host != n.host.ID().String() {
+		if err := r.Manifest.VerifySignature(); err != nil {
+			n.log.Warn("dropping a stored result whose signature does not verify", "result", r.CID, "err", err)
+			if rerr := n.store.Remove(ctx, r.CID); rerr != nil && !errors.Is(rerr, store.ErrNotFound) {
+				n.log.Warn("removing a result", "result", r.CID, "err", rerr)
+			}
+			return nil, fmt.Errorf("%s: %w (its signature does not verify)", c, store.ErrNotFound)
+		}
+	}
+	return r, nil
+}
+
 // runner is what node/trust needs from the node.
 type runner struct{ n *Node }
 

@@ -84,7 +84,17 @@ func ManifestCID(encoded []byte) cid.Cid { return dagCBORCID(encoded) }
 
 // DecodeManifest decodes and fully verifies an encoded manifest: size, shape,
 // the task, the TaskCID, the outputs and the host's signature.
-func DecodeManifest(b []byte) (*Manifest, error) {
+func DecodeManifest(b []byte) (*Manifest, error) { return DecodeManifestFrom(b, "") }
+
+// DecodeManifestFrom decodes and verifies an encoded manifest as
+// DecodeManifest does, except the signature when the manifest names sender
+// as its host: a result received straight from its host over a channel that
+// authenticated the host (Noise or TLS) needs no signature to know who made
+// it, so a client checks the signature only before it hands the manifest to
+// anyone else (serving it, or putting it in a fraud proof). Any other
+// sender's manifest has its signature checked. sender is a peer ID in its
+// text form, or empty.
+func DecodeManifestFrom(b []byte, sender string) (*Manifest, error) {
 	if len(b) > MaxManifestBytes {
 		return nil, fmt.Errorf("%w: %d bytes, cap %d", ErrBadManifest, len(b), MaxManifestBytes)
 	}
@@ -92,8 +102,13 @@ func DecodeManifest(b []byte) (*Manifest, error) {
 	if err := Unmarshal(b, &m); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrBadManifest, err)
 	}
-	if err := m.Verify(); err != nil {
+	if err := m.verifyFields(); err != nil {
 		return nil, err
+	}
+	if sender == "" || m.Host != sender {
+		if err := m.VerifySignature(); err != nil {
+			return nil, err
+		}
 	}
 	if again, err := m.Encode(); err != nil || string(again) != string(b) {
 		return nil, fmt.Errorf("%w: encoding is not canonical", ErrBadManifest)
@@ -103,6 +118,14 @@ func DecodeManifest(b []byte) (*Manifest, error) {
 
 // Verify checks the manifest's fields and signature.
 func (m *Manifest) Verify() error {
+	if err := m.verifyFields(); err != nil {
+		return err
+	}
+	return m.VerifySignature()
+}
+
+// verifyFields checks everything but the signature.
+func (m *Manifest) verifyFields() error {
 	bad := func(format string, a ...any) error {
 		return fmt.Errorf("%w: "+format, append([]any{ErrBadManifest}, a...)...)
 	}
@@ -133,6 +156,20 @@ func (m *Manifest) Verify() error {
 		if o.MediaType == "" || len(o.MediaType) > 64 {
 			return bad("output %d: media type", i)
 		}
+	}
+	if _, err := peer.Decode(m.Host); err != nil {
+		return bad("host: %v", err)
+	}
+	if len(m.Sig) == 0 || len(m.Sig) > 1024 {
+		return bad("missing signature")
+	}
+	return nil
+}
+
+// VerifySignature checks the host's signature of the manifest.
+func (m *Manifest) VerifySignature() error {
+	bad := func(format string, a ...any) error {
+		return fmt.Errorf("%w: "+format, append([]any{ErrBadManifest}, a...)...)
 	}
 	id, err := peer.Decode(m.Host)
 	if err != nil {

@@ -361,3 +361,24 @@ func TestRawCIDAndVerifyBlock(t *testing.T) {
 		t.Errorf("VerifyBlock(sha2-512 CID) = %v, want ErrBadCID", err)
 	}
 }
+
+// TestDecodeManifestFrom: a manifest received from the host it names skips
+// the signature check (the channel authenticated the host); from anyone
+// else, or from nobody in particular, a bad signature is refused.
+func TestDecodeManifestFrom(t *testing.T) {
+	key := testKey(t, 1)
+	m := testManifest(t, key)
+	m.Sig[0] ^= 1
+	b := encodeManifest(t, m)
+	if _, err := DecodeManifestFrom(b, m.Host); err != nil {
+		t.Errorf("from its host: %v", err)
+	}
+	for _, sender := range []string{"", testID(t, testKey(t, 2)).String()} {
+		if _, err := DecodeManifestFrom(b, sender); !errors.Is(err, ErrBadManifest) {
+			t.Errorf("from %q: %v, want ErrBadManifest", sender, err)
+		}
+	}
+	if err := m.VerifySignature(); !errors.Is(err, ErrBadManifest) {
+		t.Errorf("VerifySignature: %v", err)
+	}
+}

@@ -31,9 +31,12 @@ func (s *Store) Put(ctx context.Context, manifestBytes []byte, blocks [][]byte) 
 }
 
 // PutVerified is Put for a manifest the caller has just decoded with
-// protocol.DecodeManifest (which checked its signature) or built and signed
-// itself: it skips the signature check, the slow part of a small Put, but
-// still checks that manifestBytes encode m and every block against its CID.
+// protocol.DecodeManifest or DecodeManifestFrom, or built and signed itself:
+// it skips the signature check, the slow part of a small Put, but still
+// checks that manifestBytes encode m and every block against its CID. A
+// manifest decoded with DecodeManifestFrom from its own host may carry a
+// signature nobody checked yet: the node checks it before serving the
+// result to another peer (node/verify.go, reservable).
 func (s *Store) PutVerified(ctx context.Context, m *protocol.Manifest, manifestBytes []byte, blocks [][]byte) (cid.Cid, error) {
 	if again, err := m.Encode(); err != nil || string(again) != string(manifestBytes) {
 		return cid.Undef, fmt.Errorf("storing result: %w: bytes do not encode the manifest", protocol.ErrBadManifest)
