@@ -159,7 +159,8 @@ func (n *Node) submit(ctx context.Context, t protocol.Task, tc cid.Cid, opts Sub
 		}
 		// A miss must cost little: the lookup is bounded, and on a miss
 		// (ErrNoProvider) or any other failure the task is scheduled.
-		if res, err := n.FetchFromNetwork(ctx, tc, DefaultNetworkCacheBound); err == nil {
+		// The host rendezvous hashing names is asked as the lookup starts.
+		if res, err := n.fetchFromNetwork(ctx, tc, DefaultNetworkCacheBound, n.rendezvousHolder(t, tc)); err == nil {
 			res.Elapsed = time.Since(start)
 			progress(Progress{Stage: "done", Peer: res.Provider.String()})
 			return res, nil

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -13,6 +14,7 @@ import (
 	"github.com/gpunet/gpunet/node/reach"
 	"github.com/gpunet/gpunet/node/store"
 	"github.com/gpunet/gpunet/protocol"
+	"github.com/gpunet/gpunet/scheduler"
 	"github.com/ipfs/go-cid"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -130,6 +132,9 @@ type FetchStats struct {
 	// found within the grace after the first peer answered (a miss that
 	// did not wait for slow peers).
 	LookupsCut uint64 `json:"lookups_cut"`
+	// RendezvousHits counts results fetched from the host rendezvous
+	// hashing on the TaskCID names, asked as the DHT lookup starts.
+	RendezvousHits uint64 `json:"rendezvous_hits"`
 }
 
 // fetcher is both ends of /gpunet/fetch/1.0.0 for one node, and the loop
@@ -145,7 +150,7 @@ type fetcher struct {
 	bad     map[peer.ID]time.Time // provider -> when it may be asked again
 	handles sync.WaitGroup        // running handlers; Add under mu
 
-	served, notFound, refused, fetched, badProvider, lookupsCut atomic.Uint64
+	served, notFound, refused, fetched, badProvider, lookupsCut, rendezvousHits atomic.Uint64
 }
 
 // startFetch serves /gpunet/fetch/1.0.0 from the node's store and starts
@@ -185,7 +190,7 @@ func (n *Node) FetchStats() FetchStats {
 		return FetchStats{}
 	}
 	return FetchStats{Served: f.served.Load(), NotFound: f.notFound.Load(), Refused: f.refused.Load(),
-		Fetched: f.fetched.Load(), BadProvider: f.badProvider.Load(), LookupsCut: f.lookupsCut.Load()}
+		Fetched: f.fetched.Load(), BadProvider: f.badProvider.Load(), LookupsCut: f.lookupsCut.Load(), RendezvousHits: f.rendezvousHits.Load()}
 }
 
 // close waits for running handlers, so none reads the store after Node.Close
@@ -363,6 +368,16 @@ func (f *fetcher) markBad(p peer.ID, now time.Time) {
 // within bound or the grace, or none that answered with a valid result. A
 // fetch already under way when the lookup stops is allowed to finish.
 func (n *Node) FetchFromNetwork(ctx context.Context, taskCID cid.Cid, bound time.Duration) (*Result, error) {
+	return n.fetchFromNetwork(ctx, taskCID, bound, "")
+}
+
+// fetchFromNetwork is FetchFromNetwork that also asks first, as the lookup
+// starts, the peer first: the host rendezvous hashing on the TaskCID makes
+// the likeliest holder (rendezvousHolder). A duplicate of a recent task was
+// most likely computed there, and asking it costs one round trip where the
+// lookup costs log N; its answer does not wait on the lookup, nor a miss
+// there on it.
+func (n *Node) fetchFromNetwork(ctx context.Context, taskCID cid.Cid, bound time.Duration, first peer.ID) (*Result, error) {
 	start := time.Now()
 	f := n.fetcher()
 	if f == nil {
@@ -439,6 +454,10 @@ func (n *Node) FetchFromNetwork(ctx context.Context, taskCID cid.Cid, bound time
 		hedgeC = hedge.C
 	}
 	hedged := false
+	if first != "" && first != n.host.ID() && !f.isBad(first, time.Now()) {
+		seen[first] = true
+		launch(first)
+	}
 	for {
 		// One attempt at a time; a second only once the first has had
 		// fetchHedgeDelay, or when the first has failed.
@@ -497,6 +516,9 @@ func (n *Node) FetchFromNetwork(ctx context.Context, taskCID cid.Cid, bound time
 			inFlight--
 			if o.err == nil {
 				f.fetched.Add(1)
+				if o.from == first {
+					f.rendezvousHits.Add(1)
+				}
 				o.res.Elapsed = time.Since(start)
 				return o.res, nil
 			}
@@ -681,4 +703,26 @@ feed:
 		return 0, fmt.Errorf("%d provides failed, the last: %w", fail.Load(), lastErr)
 	}
 	return int(ok.Load()), ctx.Err()
+}
+
+// rendezvousHolder is the host of the view serving t's model with the
+// highest rendezvous weight for tc, whatever its load: placement's
+// rendezvous draw favours it for every copy of the task, so it is where a
+// duplicate most likely was computed. Empty when the view has none.
+func (n *Node) rendezvousHolder(t protocol.Task, tc cid.Cid) peer.ID {
+	key := scheduler.KeyHash(tc.Bytes())
+	model := viewModel(t)
+	var best peer.ID
+	var bestW uint64
+	n.gossip.pv.read(n.viewDeps(), func(v scheduler.View, ids []peer.ID) {
+		for i := range v {
+			if !slices.Contains(v[i].Models, model) {
+				continue
+			}
+			if w := scheduler.RendezvousWeight(key, v[i].ID); best == "" || w > bestW {
+				best, bestW = ids[i], w
+			}
+		}
+	})
+	return best
 }

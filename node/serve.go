@@ -2,6 +2,7 @@ package node
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -991,15 +992,39 @@ func (n *Node) reachable() bool { return len(n.host.Addrs()) > 0 }
 
 // sendResult writes one block event per output, then the result event.
 func sendResult(st network.Stream, res *store.Result, cached bool) error {
+	// Small results go in one write, blocks and manifest together: on a
+	// libp2p stream every write is a yamux frame, a Noise message and a
+	// syscall of its own.
+	var w io.Writer = st
+	var batch *bytes.Buffer
+	size := len(res.ManifestBytes)
+	for _, b := range res.Blocks {
+		size += len(b)
+	}
+	if size <= oneWriteResult {
+		batch = bytes.NewBuffer(make([]byte, 0, size+256))
+		w = batch
+	}
 	for _, b := range res.Blocks {
 		_ = st.SetWriteDeadline(time.Now().Add(writeTimeout))
-		if err := protocol.WriteMsg(st, protocol.Event{Type: protocol.EventBlock, Data: b}); err != nil {
+		if err := protocol.WriteMsg(w, protocol.Event{Type: protocol.EventBlock, Data: b}); err != nil {
 			return err
 		}
 	}
 	_ = st.SetWriteDeadline(time.Now().Add(writeTimeout))
-	return protocol.WriteMsg(st, protocol.Event{Type: protocol.EventResult, Manifest: res.ManifestBytes, Cached: cached})
+	if err := protocol.WriteMsg(w, protocol.Event{Type: protocol.EventResult, Manifest: res.ManifestBytes, Cached: cached}); err != nil {
+		return err
+	}
+	if batch != nil {
+		_, err := st.Write(batch.Bytes())
+		return err
+	}
+	return nil
 }
+
+// oneWriteResult is the largest result (blocks and manifest) sendResult
+// writes at once.
+const oneWriteResult = 64 << 10
 
 func serves(k kernel.Kernel, model string) bool {
 	for _, m := range k.Models() {
