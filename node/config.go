@@ -103,6 +103,15 @@ type Config struct {
 	// and clock, so simulated hosts run at their cards' speed rather than
 	// the CPU's. Off for benchmarks that measure protocol overhead.
 	SimulateGPUSpeed bool
+	// ConnsLow and ConnsHigh are the connection manager's watermarks: past
+	// ConnsHigh open connections it closes the least valued ones down to
+	// ConnsLow, sparing peers in a GossipSub mesh, in the DHT's routing
+	// table, with a task stream open, and connections younger than
+	// ConnsGrace. They bound a node's connections, and so its memory,
+	// whatever the size of the swarm (issue 14). ConnsHigh 0 turns the
+	// manager off.
+	ConnsLow, ConnsHigh int
+	ConnsGrace          time.Duration
 	// RateLimit is tasks per second one submitter may start on this host
 	// (0: unlimited), with bursts of RateBurst.
 	RateLimit float64
@@ -207,6 +216,9 @@ func DefaultConfig() Config {
 		Slots:             1,
 		QueueLen:          8,
 		SimulateGPUSpeed:  true,
+		ConnsLow:          96,
+		ConnsHigh:         192,
+		ConnsGrace:        30 * time.Second,
 		RateLimit:         10,
 		RateBurst:         20,
 		BeaconInterval:    2 * time.Second,
@@ -241,6 +253,9 @@ func (c *Config) validate() error {
 	var errs []error
 	if c.Slots < 1 {
 		errs = append(errs, fmt.Errorf("slots %d: want at least 1", c.Slots))
+	}
+	if c.ConnsHigh < 0 || c.ConnsLow < 0 || (c.ConnsHigh > 0 && c.ConnsLow > c.ConnsHigh) {
+		errs = append(errs, fmt.Errorf("connection watermarks %d, %d: want 0 ≤ low ≤ high (high 0: no limit)", c.ConnsLow, c.ConnsHigh))
 	}
 	if c.QueueLen < 0 {
 		errs = append(errs, fmt.Errorf("queue length %d: want 0 or more", c.QueueLen))

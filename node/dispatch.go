@@ -789,6 +789,11 @@ func (n *Node) runAt(ctx context.Context, p peer.ID, req protocol.TaskRequest, t
 		return nil, fmt.Errorf("opening task stream: %w", err)
 	}
 	defer st.Close()
+	// The connection manager spares the host's connection while the task
+	// runs on it.
+	tag := "gpunet-task-" + st.ID()
+	n.host.ConnManager().Protect(p, tag)
+	defer n.host.ConnManager().Unprotect(p, tag)
 	// The stream deadline follows ctx, so a host that goes silent cannot
 	// hold the client past TaskTimeout.
 	if dl, ok := ctx.Deadline(); ok {

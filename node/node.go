@@ -20,12 +20,14 @@ import (
 	"github.com/gpunet/gpunet/scheduler"
 	"github.com/libp2p/go-libp2p"
 	dht "github.com/libp2p/go-libp2p-kad-dht"
+	corecm "github.com/libp2p/go-libp2p/core/connmgr"
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/metrics"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/p2p/discovery/mdns"
 	rcmgr "github.com/libp2p/go-libp2p/p2p/host/resource-manager"
+	"github.com/libp2p/go-libp2p/p2p/net/connmgr"
 	"github.com/libp2p/go-libp2p/p2p/security/noise"
 	libp2ptls "github.com/libp2p/go-libp2p/p2p/security/tls"
 	quic "github.com/libp2p/go-libp2p/p2p/transport/quic"
@@ -305,8 +307,15 @@ func newHost(key crypto.PrivKey, cfg Config, dir string, bw metrics.Reporter, lo
 	if err != nil {
 		return nil, nil, fmt.Errorf("resource manager: %w", err)
 	}
+	var cm corecm.ConnManager = &corecm.NullConnMgr{}
+	if cfg.ConnsHigh > 0 {
+		if cm, err = connmgr.NewConnManager(cfg.ConnsLow, cfg.ConnsHigh, connmgr.WithGracePeriod(cfg.ConnsGrace)); err != nil {
+			return nil, nil, fmt.Errorf("connection manager: %w", err)
+		}
+	}
 	opts := []libp2p.Option{
 		libp2p.Identity(key),
+		libp2p.ConnectionManager(cm),
 		libp2p.Transport(tcp.NewTCPTransport, tcp.DisableReuseport()),
 		libp2p.Security(noise.ID, noise.New),
 		libp2p.Security(libp2ptls.ID, libp2ptls.New),

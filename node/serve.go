@@ -208,6 +208,11 @@ func (s *server) handle(st network.Stream) {
 	defer st.Close()
 	start := time.Now()
 	remote := st.Conn().RemotePeer()
+	// The connection manager spares the client's connection while this
+	// host works for it.
+	tag := "gpunet-task-" + st.ID()
+	s.n.host.ConnManager().Protect(remote, tag)
+	defer s.n.host.ConnManager().Unprotect(remote, tag)
 	log := s.log.With("peer", remote)
 	var tc cid.Cid
 	refuse := func(err error) {

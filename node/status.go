@@ -31,7 +31,7 @@ type Status struct {
 	// Verification is what this node's checks of other hosts' results did
 	// (docs/trust.md); absent when verification is off.
 	Verification *TrustStats `json:"verification,omitempty"`
-	GPU        *GPUStatus `json:"gpu,omitempty"`
+	GPU          *GPUStatus  `json:"gpu,omitempty"`
 	// Host-only: the owner's pause, the lending hours, the thermal
 	// governor's state and the queue. paused, off_hours and hot are always
 	// written, false included, so a script never reads "absent" as
