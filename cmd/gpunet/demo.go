@@ -12,8 +12,8 @@ import (
 	"time"
 
 	"github.com/gpunet/gpunet/node"
-	"github.com/gpunet/gpunet/node/trust"
 	"github.com/gpunet/gpunet/node/swarm"
+	"github.com/gpunet/gpunet/node/trust"
 	"github.com/gpunet/gpunet/protocol"
 	"github.com/spf13/cobra"
 )

@@ -36,7 +36,7 @@ func TestDependencyDirection(t *testing.T) {
 		"node/store":     {"protocol"},
 		"node/providers": nil, // the DHT's records on disk: libraries only
 		"node/nodeconf":  nil,
-		"node/reach":     nil, // NAT, relays, swarm keys: how the libp2p host is built; libraries only
+		"node/reach":     nil,          // NAT, relays, swarm keys: how the libp2p host is built; libraries only
 		"node/trust":     {"protocol"}, // checks, verdicts, fraud proofs: the node only through trust.Runner
 	}
 	for pkg, ok := range only {
