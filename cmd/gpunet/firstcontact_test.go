@@ -384,7 +384,7 @@ func TestVersionCommand(t *testing.T) {
 	var v versionInfo
 	runJSON(t, ctx, &v, "version", "--json")
 	if v.Version == "" || v.Go == "" || v.Protocols["task"] != protocol.TaskProtocol || v.Protocols["fetch"] != protocol.FetchProtocol ||
-		v.Protocols["beacon"] != protocol.BeaconTopic {
+		v.Protocols["beacon"] != protocol.BeaconTopic || v.Protocols["fraud"] != protocol.FraudTopic {
 		t.Errorf("version --json printed %+v", v)
 	}
 	out, err := exec.CommandContext(ctx, gpunetBin, "version").Output()

@@ -167,7 +167,7 @@ func newRootCmd() *cobra.Command {
 
 	root.AddCommand(
 		newDaemonCmd(g), newHostCmd(g), newSubmitCmd(g), newPeersCmd(g), newStatusCmd(g),
-		newDemoCmd(g), newBenchCmd(g), newCacheCmd(g), newSimCmd(), newGeneratorCmd(), newVersionCmd(g),
+		newDemoCmd(g), newBenchCmd(g), newCacheCmd(g), newSimCmd(), newGeneratorCmd(), newVersionCmd(g), newCompareCmd(g),
 	)
 	root.AddCommand(newInitCmd(g), newConfigCmd(g))
 	root.AddCommand(newGatewayKeyCmd(), newSwarmKeyCmd())

@@ -31,6 +31,7 @@ func currentVersion() versionInfo {
 			"task":   protocol.TaskProtocol,
 			"fetch":  protocol.FetchProtocol,
 			"beacon": protocol.BeaconTopic,
+			"fraud":  protocol.FraudTopic,
 			"dht":    protocol.DHTPrefix + "/kad/1.0.0",
 		},
 	}
