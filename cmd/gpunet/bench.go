@@ -120,6 +120,7 @@ func newBenchCmd(g *globals) *cobra.Command {
 	}
 	cmd.AddCommand(newSurgeCmd(g))
 	cmd.AddCommand(newFloodCmd(g))
+	cmd.AddCommand(newScaleCmd(g))
 	cmd.Flags().IntVar(&f.n, "n", 500, "round trips per measurement")
 	cmd.Flags().IntSliceVar(&f.gossipSizes, "gossip-sizes", []int{4, 12}, "swarm sizes for the gossip measurement (empty: skip)")
 	cmd.Flags().DurationVar(&f.gossipFor, "gossip-for", 3*time.Second, "how long to measure gossip at each size")

@@ -48,7 +48,7 @@ func TestDependencyDirection(t *testing.T) {
 	}
 	// Packages that must not import these.
 	never := map[string][]string{
-		"node":          {"node/localapi", "node/metrics", "node/web", "node/openai", "node/nodeconf", "node/swarm", "node/gateway", "node/nodetest", "kernel/backend"},
+		"node":          {"node/localapi", "node/metrics", "node/web", "node/openai", "node/nodeconf", "node/swarm", "node/gateway", "node/nodetest", "node/scale", "kernel/backend"},
 		"node/metrics":  {"node/localapi", "node/web", "node/openai", "node/swarm"},
 		"node/web":      {"node/metrics", "node/openai", "node/swarm"},
 		"node/localapi": {"node/metrics", "node/web", "node/openai", "node/swarm"},
