@@ -12,7 +12,7 @@
 // round trips and timers make it, not how busy the machine's cores are.
 // Outside a bubble it runs in real time, CPU-bound for large swarms.
 //
-// The scale test (node/scale_test.go) and `gpunet bench scale` use it. It
+// The scale test (scale_test.go, in its own test process) and `gpunet bench scale` use it. It
 // imports the node and is imported by neither the node nor the daemon's
 // other packages.
 package scale

@@ -1,8 +1,10 @@
-package node_test
+package scale_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
+	"log/slog"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -10,6 +12,11 @@ import (
 	"github.com/gpunet/gpunet/node/scale"
 )
 
+// TestScaleOnSimnet runs in this package's own test process, away from
+// the node package's tests: pebble keeps pooled objects across stores,
+// and one made inside a synctest bubble and reused outside it is a fatal
+// error ("send on synctest channel from outside bubble").
+//
 // TestScaleOnSimnet runs swarms of real nodes (a bootstrap daemon, no-op
 // hosts, a client: DHT, beacon gossip, dispatch and the task service as a
 // daemon runs them) on a simulated QUIC network with 10 ms links, each in
@@ -86,3 +93,16 @@ func TestScaleOnSimnet(t *testing.T) {
 }
 
 func scaleMs(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+type testWriter struct{ t testing.TB }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Helper()
+	w.t.Log(string(bytes.TrimRight(p, "\n")))
+	return len(p), nil
+}
+
+// testLogger logs warnings and errors through t.
+func testLogger(t testing.TB) *slog.Logger {
+	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+}
