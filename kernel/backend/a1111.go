@@ -279,6 +279,11 @@ func (a *A1111) run(ctx context.Context, t protocol.Task, in *kernel.Inputs, pro
 		select {
 		case r := <-done:
 			if ctx.Err() != nil {
+				// The generation call may end (cut by rctx) before this
+				// select sees rctx done: the job must still be stopped.
+				if r.err != nil {
+					a.interrupt()
+				}
 				return nil, ctx.Err()
 			}
 			if r.err != nil {
