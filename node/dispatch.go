@@ -506,7 +506,11 @@ func (j *journey) placeInView(exclude map[string]bool, rng *rand.Rand) (candidat
 	ok := false
 	d := n.viewDeps()
 	n.gossip.pv.read(d, func(v scheduler.View, ids []peer.ID) {
-		*buf = scheduler.AppendPlace((*buf)[:0], v, req, d.now, rng, n.schedCfg)
+		// Only the best candidate is used: AppendPlaceTop finds it without
+		// ordering the rest. Round(0) drops the monotonic reading (the
+		// view's times are wall-clock, from beacons), which its staleness
+		// check then compares without time.Time's slower path.
+		*buf = scheduler.AppendPlaceTop((*buf)[:0], v, req, d.now.Round(0), rng, n.schedCfg, 1)
 		if len(*buf) > 0 {
 			c, ok = candidate{p: ids[(*buf)[0].Index], pred: (*buf)[0]}, true
 		}

@@ -141,33 +141,14 @@ func Place(v View, r Request, now time.Time, rng *rand.Rand, cfg Config) []Candi
 // AppendPlace is Place appending to dst, so a caller placing many tasks can
 // reuse one buffer. The candidates are dst[len(dst):] of the result.
 func AppendPlace(dst []Candidate, v View, r Request, now time.Time, rng *rand.Rand, cfg Config) []Candidate {
-	// One pass over the view filters, reads what the score needs and sums
-	// the view's load: the view is the largest thing Place touches, and is
-	// read once. Short loops over the feasible peers then take the
-	// divisions, the exponentials and the scores, and a sort writes the
-	// result.
+	// score filters and scores the view; a sort of every feasible peer
+	// then writes the result.
 	sc := scratchPool.Get().(*scratch)
 	defer scratchPool.Put(sc)
-	s := newScorer(&r, now, &cfg)
-	cand, terms, ex := sc.grow(len(v))
-	n := 0
-	for i := range v {
-		if s.assess(&v[i], &cand[n], &terms[n]) {
-			cand[n].Index = i
-			n++
-		}
-	}
+	cand, _, _ := sc.score(v, &r, now, &cfg)
+	n := len(cand)
 	if n == 0 {
 		return dst
-	}
-	cand, terms, ex = cand[:n], terms[:n], ex[:2*n]
-	for i := range terms {
-		s.exponents(&terms[i], cand[i].HeadroomC, (*[2]float64)(ex[2*i:]))
-	}
-	expAll(ex)
-	load := s.load()
-	for i := range cand {
-		s.finish(&cand[i], &terms[i], (*[2]float64)(ex[2*i:]), load)
 	}
 	base := len(dst)
 	dst = slices.Grow(dst, n)[:base+n]
@@ -177,6 +158,73 @@ func AppendPlace(dst []Candidate, v View, r Request, now time.Time, rng *rand.Ra
 	return dst
 }
 
+// score runs the filters over v and scores every peer that passes them,
+// into sc's candidates, which it returns in view order, with the smallest
+// score and whether every score is a number ≥ 0 (it is, unless cfg does
+// not validate). One pass over the view (scan) filters, reads what the
+// score needs and sums the view's load: the view is the largest thing
+// Place touches, and is read once. Short loops over the feasible peers
+// then take the divisions, the exponentials and the scores.
+func (sc *scratch) score(v View, r *Request, now time.Time, cfg *Config) (cand []Candidate, best float64, plain bool) {
+	s := newScorer(r, now, cfg)
+	cand, terms, ex := sc.grow(len(v))
+	n := s.scan(v, cand, terms)
+	if n == 0 {
+		return nil, 0, false
+	}
+	cand, terms, ex = cand[:n], terms[:n], ex[:2*n]
+	// The loops below are written out, not a call per candidate: a call
+	// cost as much as the arithmetic.
+	for i := range terms {
+		// The run time, and the exponents of the thermal preference and of
+		// the beacon's drain.
+		t, x := &terms[i], (*[2]float64)(ex[2*i:])
+		if t.speed != 1 { // x/1 is x, and a division is dear
+			t.run /= t.speed
+		}
+		// The exponent is capped so a peer far past its predicted limit
+		// gets a huge but finite score and the order stays total.
+		x[0], x[1] = min(-cand[i].HeadroomC/s.scale, 60), 0
+		if t.drain {
+			x[1], t.drain = drainExponent(t.tasks, t.slots, t.ageMs, t.run)
+		}
+	}
+	expAll(ex)
+	load := s.load()
+	best, plain = math.Inf(1), true
+	for i := range cand {
+		// The prediction and the score. Tasks ahead of ours: what the
+		// beacon reported, aged (see drainExponent), plus what this client
+		// placed there since.
+		c, t, e := &cand[i], &terms[i], (*[2]float64)(ex[2*i:])
+		n := t.tasks
+		if t.drain {
+			mean := load * t.slots
+			n = mean + (n-mean)*e[1]
+		}
+		n += t.pending
+		ahead := max(n-t.slots+1, 0)
+		if t.slots != 1 {
+			ahead /= t.slots
+		}
+		wait := ahead * t.run
+		pred := wait + t.run + t.rtt
+		score := (pred + s.queuePenalty*wait) * (1 + s.headroomWeight*e[0])
+		if t.distrust > 0 {
+			score *= 1 + s.trustWeight*t.distrust
+		}
+		c.PredictedMs, c.WaitMs, c.Score = pred, wait, score
+		// Unlike min, < skips a NaN score; it makes plain false anyway.
+		if score < best {
+			best = score
+		}
+		if !(score >= 0) {
+			plain = false
+		}
+	}
+	return cand, best, plain
+}
+
 // scratch is one Place call's working memory, kept in scratchPool between
 // calls so that Place allocates only its result.
 type scratch struct {
@@ -184,6 +232,11 @@ type scratch struct {
 	terms     []terms
 	ex        []float64 // two exponents a candidate, then their exponentials
 	keys, tmp []uint64
+	// AppendPlaceTop's: its sampling pool, and its best candidates in
+	// order before they are appended. They are grown when it needs them,
+	// so that AppendPlace's scratch stays as small as it was.
+	pool []int32
+	out  []Candidate
 }
 
 var scratchPool = sync.Pool{New: func() any { return new(scratch) }}
@@ -196,15 +249,15 @@ func (sc *scratch) grow(n int) ([]Candidate, []terms, []float64) {
 	return sc.cand[:n], sc.terms[:n], sc.ex[:2*n]
 }
 
-// terms is what assess read from one feasible peer for finish, which
-// completes its candidate once the view's load is known. It is kept apart
+// terms is what scan read from one feasible peer for the loops of score,
+// which complete its candidate once the view's load is known. It is kept apart
 // from the candidates so that the sort moves only those.
 type terms struct {
 	// tasks is Busy + QueueLen, pending is Pending and slots is Slots (≥ 1),
 	// as floats; ageMs is the beacon's age.
 	tasks, pending, slots, ageMs float64
-	// run is the service time over the speed; until exponents, the service
-	// time, and speed the speed.
+	// run is the service time over the speed; until score's first loop,
+	// the service time, and speed the speed.
 	run, speed, rtt float64
 	// distrust is the peer's Distrust.
 	distrust float64
@@ -220,7 +273,10 @@ type terms struct {
 // significant bits (coarser only when the scores span more than 16
 // octaves), above a 32-bit index, by a radix sort of at most three passes.
 // Candidates whose cut scores differ are then in their exact order; the
-// rare runs of equal cut scores are put in theirs by byScore.
+// rare runs of equal cut scores are put in theirs by byScore, stably, so
+// that the order is (Score, ID, Index) whatever the run's length; the
+// unsorted draw of AppendPlaceTop relies on that for peers that share an
+// ID.
 func (sc *scratch) sort(w, c []Candidate) {
 	if uint64(len(w)) > math.MaxUint32 {
 		copy(c, w)
@@ -242,19 +298,31 @@ func (sc *scratch) sort(w, c []Candidate) {
 	for i, k := range keys {
 		c[i] = w[uint32(k)]
 	}
+	orderRuns(c, keys)
+}
+
+// orderRuns puts in order the runs of c whose sort keys (cut scores, in
+// keys' top bits) are equal.
+func orderRuns(c []Candidate, keys []uint64) {
 	for i := 0; i < len(c); {
 		j := i + 1
 		for j < len(c) && keys[j]>>32 == keys[i]>>32 {
 			j++
 		}
 		if j-i > 1 {
-			if run := c[i:j]; len(run) <= 8 {
-				insertionSort(run)
-			} else {
-				slices.SortFunc(run, byScore)
-			}
+			sortRun(c[i:j])
 		}
 		i = j
+	}
+}
+
+// sortRun sorts c by byScore, stably: equal scores and IDs keep their
+// order.
+func sortRun(c []Candidate) {
+	if len(c) <= 8 {
+		insertionSort(c)
+	} else {
+		slices.SortStableFunc(c, byScore)
 	}
 }
 
@@ -358,13 +426,26 @@ type scorer struct {
 	scale           float64
 	// tasks and slots sum Busy + QueueLen and Slots over the fresh peers.
 	tasks, slots int
+
+	// wall is set when oldest has no monotonic clock reading, so that
+	// Before(oldest) compares wall clocks, which scan does in line from
+	// oldest's seconds since year 1 and nanoseconds.
+	wall    bool
+	oldSec  int64
+	oldNsec int
+	// tails holds the last 8 bytes of the IDs that exclude excludes, when
+	// they are few and none is shorter (else ntails is -1): a peer whose
+	// ID ends otherwise is not excluded, and needs no map lookup.
+	tails  [maxTails]uint64
+	ntails int
 }
 
 func newScorer(r *Request, now time.Time, cfg *Config) scorer {
 	s := scorer{
 		// time.Time.Sub checks for overflow through Add and cost a tenth
-		// of Place; staleness is decided with Before, and ages of fresh
-		// beacons (whose times are in UnixNano's range) by subtraction.
+		// of Place; staleness is decided as Before decides it (see scan),
+		// and ages of fresh beacons (whose times are in UnixNano's range)
+		// by subtraction.
 		now:             now.UnixNano(),
 		oldest:          now.Add(-cfg.MaxStaleness),
 		model:           r.Model,
@@ -380,8 +461,27 @@ func newScorer(r *Request, now time.Time, cfg *Config) scorer {
 		trustWeight:     max(cfg.TrustWeight, 0),
 		scale:           cfg.HeadroomScaleC,
 	}
+	// Round(0) strips a monotonic reading and changes nothing else.
+	if s.oldest == s.oldest.Round(0) {
+		s.wall, s.oldSec, s.oldNsec = true, s.oldest.Unix()+unixToInternal, s.oldest.Nanosecond()
+	}
 	if len(r.Exclude) > 0 {
 		s.exclude = r.Exclude
+		s.ntails = -1 // no tails: every ID is looked up
+		if len(r.Exclude) <= maxTails {
+			s.ntails = 0
+			for id, ex := range r.Exclude {
+				if !ex { // an entry that is false excludes nothing
+					continue
+				}
+				if len(id) < 8 {
+					s.ntails = -1
+					break
+				}
+				s.tails[s.ntails] = tail(id)
+				s.ntails++
+			}
+		}
 	}
 	if !(s.scale > 0) {
 		s.scale = 1
@@ -389,9 +489,42 @@ func newScorer(r *Request, now time.Time, cfg *Config) scorer {
 	return s
 }
 
+// maxTails is how many excluded IDs scorer checks by their tails: a
+// client excludes the peers that refused one task, rarely more than a few.
+const maxTails = 8
+
+// excluded reports s.exclude[id]. A map lookup hashes the whole ID, and
+// with a few peers excluded (every placement after a refusal) the lookups
+// were a fifth of Place; equal IDs end alike, so an ID whose last 8 bytes
+// are none of the excluded ones' is not excluded.
+func (s *scorer) excluded(id string) bool {
+	if s.ntails >= 0 && len(id) >= 8 {
+		t, hit := tail(id), false
+		for _, x := range s.tails[:s.ntails] {
+			hit = hit || x == t
+		}
+		if !hit {
+			return false
+		}
+	}
+	return s.exclude[id]
+}
+
+// tail is the last 8 bytes of id (len(id) ≥ 8) as a number.
+func tail(id string) uint64 {
+	b := id[len(id)-8:]
+	return uint64(b[0]) | uint64(b[1])<<8 | uint64(b[2])<<16 | uint64(b[3])<<24 |
+		uint64(b[4])<<32 | uint64(b[5])<<40 | uint64(b[6])<<48 | uint64(b[7])<<56
+}
+
+// unixToInternal is time's offset from Unix seconds to its own seconds
+// since year 1: t.Unix() + unixToInternal is t's internal second count,
+// exactly, wrapping where Unix wrapped.
+const unixToInternal = (1969*365 + 1969/4 - 1969/100 + 1969/400) * 24 * 60 * 60
+
 // load is the mean number of tasks per slot over the fresh peers of the
 // view: what a peer is expected to hold once its beacon is too old to say.
-// It is known once assess has seen every peer.
+// It is known once scan has seen every peer.
 func (s *scorer) load() float64 {
 	if !s.ageDrain || s.slots == 0 {
 		return 0
@@ -399,128 +532,106 @@ func (s *scorer) load() float64 {
 	return float64(s.tasks) / float64(s.slots)
 }
 
-// assess applies the filters to p and, if it passes, fills c's ID and
-// HeadroomC and t with what the rest of its score needs. It reads and does
-// not compute: the divisions and exponentials of the score are made in
-// loops of their own over the candidates (exponents, expAll, finish), whose
-// iterations are independent and short, so the processor overlaps them;
-// computed here, behind each peer's map lookup, they cost twice as much.
-func (s *scorer) assess(p *PeerState, c *Candidate, t *terms) bool {
-	// Filters, cheapest first: field compares, then a map lookup, then a
-	// scan of the model list. Freshness comes first because every fresh
-	// peer counts in the view's load.
-	if p.Updated.Before(s.oldest) {
-		return false
-	}
-	tasks := max(p.Busy, 0) + max(p.QueueLen, 0)
-	slots := max(p.Slots, 1)
-	s.tasks += tasks
-	s.slots += slots
-	if !p.Accepting || p.full() {
-		return false
-	}
-	if p.FreeMemMB < s.memMB {
-		return false
-	}
-	limit, telemetry := p.limit()
-	// Written so that a NaN temperature fails: a peer whose temperature
-	// cannot be read cannot show that it is under its limit.
-	if telemetry && !(p.TempC < limit-s.minHeadroom) {
-		return false
-	}
-	if s.exclude != nil && s.exclude[p.ID] {
-		return false
-	}
-	// Written so that a NaN fails: a peer caught lying is never placed on.
-	if !(p.Distrust < 1) {
-		return false
-	}
-	if !slices.Contains(p.Models, s.model) {
-		return false
-	}
-
-	// Ranking.
-	svc := p.ServiceMs[s.model]
-	if !(svc > 0) || math.IsInf(svc, 1) {
-		svc = s.defaultService
-	}
-	speed := p.Speed
-	if !(speed > 0) || speed > 1 {
-		speed = 1
-	}
-	headroom := s.unknownHeadroom
-	if telemetry {
-		heat := p.HeatPerTaskC
-		if !(heat > 0) || math.IsInf(heat, 1) {
-			heat = s.defaultHeat
+// scan applies the filters to every peer of v and, for each that passes,
+// fills the next candidate's ID, Index and HeadroomC and its terms with
+// what the rest of its score needs; it returns how many passed, and sums
+// the view's load. It reads and does not compute: the divisions and
+// exponentials of the score are made in loops of their own over the
+// candidates (in score), whose iterations are independent and short, so
+// the processor overlaps them; computed here, behind each peer's map
+// lookup, they cost twice as much. The loop is one function, not a call
+// per peer, so that the load's sums stay in registers.
+func (s *scorer) scan(v View, cand []Candidate, ts []terms) int {
+	n := 0
+	sumTasks, sumSlots := 0, 0
+	cand, ts = cand[:len(v)], ts[:len(v)]
+	for i := range v {
+		p := &v[i]
+		// Filters, cheapest first: field compares, then a map lookup, then
+		// a scan of the model list. Freshness comes first because every
+		// fresh peer counts in the view's load.
+		//
+		// Stale is p.Updated.Before(s.oldest). Before is not inlined and
+		// was a seventh of the scan; when oldest has no monotonic reading
+		// (a simulated clock, or a caller that strips it), Before compares
+		// seconds and nanoseconds, and so does this, in line.
+		if s.wall {
+			sec := p.Updated.Unix() + unixToInternal
+			if sec < s.oldSec || sec == s.oldSec && p.Updated.Nanosecond() < s.oldNsec {
+				continue
+			}
+		} else if p.Updated.Before(s.oldest) {
+			continue
 		}
-		predicted := p.TempC + heat
-		if p.SlowdownC > 0 && predicted >= p.SlowdownC && !p.Throttled {
-			speed *= s.slowdownSpeed
+		tasks := max(p.Busy, 0) + max(p.QueueLen, 0)
+		slots := max(p.Slots, 1)
+		sumTasks += tasks
+		sumSlots += slots
+		if !p.Accepting || p.full() || p.FreeMemMB < s.memMB {
+			continue
 		}
-		headroom = limit - predicted
-	}
-	rtt := p.RTTMs
-	if !(rtt > 0) || math.IsInf(rtt, 1) {
-		rtt = 0
-	}
-	c.ID, c.HeadroomC = p.ID, headroom
-	*t = terms{
-		tasks:   float64(tasks),
-		pending: float64(max(p.Pending, 0)),
-		slots:   float64(slots),
-		run:     svc,
-		speed:   speed,
-		rtt:     rtt,
-	}
-	if p.Distrust > 0 {
-		t.distrust = p.Distrust
-	}
-	if s.ageDrain {
-		// The age is in whole milliseconds, as it has always been ranked.
-		if age := time.Duration(s.now - p.Updated.UnixNano()); age > 0 {
-			t.ageMs, t.drain = float64(age.Milliseconds()), true
+		limit, telemetry := p.limit()
+		// Written so that a NaN temperature fails: a peer whose temperature
+		// cannot be read cannot show that it is under its limit.
+		if telemetry && !(p.TempC < limit-s.minHeadroom) {
+			continue
 		}
-	}
-	return true
-}
+		if s.exclude != nil && s.excluded(p.ID) {
+			continue
+		}
+		// Written so that a NaN fails: a peer caught lying is never placed on.
+		if !(p.Distrust < 1) {
+			continue
+		}
+		if !slices.Contains(p.Models, s.model) {
+			continue
+		}
 
-// exponents completes t's run time and sets x to the exponents of the
-// thermal preference of a peer with headroom and of its beacon's drain.
-func (s *scorer) exponents(t *terms, headroom float64, x *[2]float64) {
-	if t.speed != 1 { // x/1 is x, and a division is dear
-		t.run /= t.speed
+		// Ranking. The terms are written field by field: a composite
+		// literal is built on the stack and copied in 16-byte moves, which
+		// cannot be forwarded from its 8-byte stores and stalled the loop.
+		t, c := &ts[n], &cand[n]
+		svc := p.ServiceMs[s.model]
+		if !(svc > 0) || math.IsInf(svc, 1) {
+			svc = s.defaultService
+		}
+		speed := p.Speed
+		if !(speed > 0) || speed > 1 {
+			speed = 1
+		}
+		headroom := s.unknownHeadroom
+		if telemetry {
+			heat := p.HeatPerTaskC
+			if !(heat > 0) || math.IsInf(heat, 1) {
+				heat = s.defaultHeat
+			}
+			predicted := p.TempC + heat
+			if p.SlowdownC > 0 && predicted >= p.SlowdownC && !p.Throttled {
+				speed *= s.slowdownSpeed
+			}
+			headroom = limit - predicted
+		}
+		rtt := p.RTTMs
+		if !(rtt > 0) || math.IsInf(rtt, 1) {
+			rtt = 0
+		}
+		c.ID, c.Index, c.HeadroomC = p.ID, i, headroom
+		t.tasks = float64(tasks)
+		t.pending = float64(max(p.Pending, 0))
+		t.slots = float64(slots)
+		t.run, t.speed, t.rtt = svc, speed, rtt
+		t.distrust = max(p.Distrust, 0) // NaN failed the filter
+		t.ageMs, t.drain = 0, false
+		if s.ageDrain {
+			// The age is in whole milliseconds, as it has always been ranked.
+			if age := time.Duration(s.now - p.Updated.UnixNano()); age > 0 {
+				t.ageMs, t.drain = float64(age.Milliseconds()), true
+			}
+		}
+		n++
 	}
-	// The exponent is capped so a peer far past its predicted limit gets a
-	// huge but finite score and the order stays total.
-	x[0], x[1] = min(-headroom/s.scale, 60), 0
-	if t.drain {
-		x[1], t.drain = drainExponent(t.tasks, t.slots, t.ageMs, t.run)
-	}
-}
-
-// finish completes c's prediction and score from t and the exponentials e
-// of assess's exponents, given the view's load.
-func (s *scorer) finish(c *Candidate, t *terms, e *[2]float64, load float64) {
-	// Tasks ahead of ours: what the beacon reported, aged (see
-	// drainExponent), plus what this client placed there since.
-	n := t.tasks
-	if t.drain {
-		mean := load * t.slots
-		n = mean + (n-mean)*e[1]
-	}
-	n += t.pending
-	ahead := max(n-t.slots+1, 0)
-	if t.slots != 1 {
-		ahead /= t.slots
-	}
-	wait := ahead * t.run
-	pred := wait + t.run + t.rtt
-	c.PredictedMs, c.WaitMs = pred, wait
-	c.Score = (pred + s.queuePenalty*wait) * (1 + s.headroomWeight*e[0])
-	if t.distrust > 0 {
-		c.Score *= 1 + s.trustWeight*t.distrust
-	}
+	s.tasks, s.slots = sumTasks, sumSlots
+	return n
 }
 
 // limit is the temperature the peer must stay under: the owner's limit, or
@@ -601,8 +712,12 @@ func spread(c []Candidate, key []byte, rng *rand.Rand, cfg *Config) {
 	}
 	var chosen [maxTopK]bool
 	if keyed {
+		var ids [maxTopK]string
+		for i := range k {
+			ids[i] = c[i].ID
+		}
 		var w [maxTopK]uint64
-		poolWeights(w[:k], c[:k], KeyHash(key))
+		poolWeights(w[:k], ids[:k], KeyHash(key))
 		for range d {
 			m := -1
 			for i := range k {
@@ -697,16 +812,17 @@ func mix(h uint64) uint64 {
 	return h
 }
 
-// poolWeights sets w[i] to RendezvousWeight(kh, c[i].ID), for a pool of up
+// poolWeights sets w[i] to RendezvousWeight(kh, ids[i]), for a pool of up
 // to TopK candidates: hashing 52-byte peer IDs one at a time was a sixth of
 // Place's time. The prefix every ID shares ("12D3KooW" for Ed25519 peer
 // IDs) is hashed once, and the rest four IDs at a time: each FNV step
 // waits for the previous multiply, and four independent chains keep the
 // multiplier busy.
-func poolWeights(w []uint64, c []Candidate, kh uint64) {
-	pre := c[0].ID
-	for i := 1; i < len(c) && pre != ""; i++ {
-		id := c[i].ID
+func poolWeights(w []uint64, ids []string, kh uint64) {
+	w = w[:len(ids)]
+	pre := ids[0]
+	for i := 1; i < len(ids) && pre != ""; i++ {
+		id := ids[i]
 		j, m := 0, min(len(pre), len(id))
 		for j < m && pre[j] == id[j] {
 			j++
@@ -715,19 +831,19 @@ func poolWeights(w []uint64, c []Candidate, kh uint64) {
 	}
 	h0, np := fnvString(kh, pre), len(pre)
 	i := 0
-	for ; i+4 <= len(c); i += 4 {
-		a, b, x, y := c[i].ID[np:], c[i+1].ID[np:], c[i+2].ID[np:], c[i+3].ID[np:]
+	for ; i+4 <= len(ids); i += 4 {
+		a, b, x, y := ids[i][np:], ids[i+1][np:], ids[i+2][np:], ids[i+3][np:]
 		if len(b) != len(a) || len(x) != len(a) || len(y) != len(a) {
 			for j := i; j < i+4; j++ {
-				w[j] = mix(fnvString(h0, c[j].ID[np:]))
+				w[j] = mix(fnvString(h0, ids[j][np:]))
 			}
 			continue
 		}
 		ha, hb, hx, hy := fnv4(h0, a, b, x, y)
 		w[i], w[i+1], w[i+2], w[i+3] = mix(ha), mix(hb), mix(hx), mix(hy)
 	}
-	for ; i < len(c); i++ {
-		w[i] = mix(fnvString(h0, c[i].ID[np:]))
+	for ; i < len(ids); i++ {
+		w[i] = mix(fnvString(h0, ids[i][np:]))
 	}
 }
 

@@ -60,14 +60,10 @@ func TestPoolWeights(t *testing.T) {
 		idSets = append(idSets, ids)
 	}
 	for _, set := range idSets {
-		c := make([]Candidate, len(set))
-		for i, id := range set {
-			c[i].ID = id
-		}
 		for _, key := range []string{"", "task", "another task"} {
 			kh := KeyHash([]byte(key))
-			w := make([]uint64, len(c))
-			poolWeights(w, c, kh)
+			w := make([]uint64, len(set))
+			poolWeights(w, set, kh)
 			for i, id := range set {
 				if want := RendezvousWeight(kh, id); w[i] != want {
 					t.Fatalf("ids %q key %q: weight of %q = %#x, want %#x", set, key, id, w[i], want)

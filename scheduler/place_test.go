@@ -514,6 +514,62 @@ func TestPlaceProperties(t *testing.T) {
 	}
 }
 
+// TestStaleness: the staleness filter is Updated.Before(now −
+// MaxStaleness), as in the reference, for a now with and without a
+// monotonic clock reading (scan compares seconds and nanoseconds itself for
+// the one without), around the boundary and at the ends of time.Time.
+func TestStaleness(t *testing.T) {
+	cfg := DefaultConfig()
+	mono := time.Now()
+	for _, now := range []time.Time{t0, mono, mono.Round(0), time.Unix(1<<40, 5), time.Unix(-1<<40, 5), {}} {
+		oldest := now.Add(-cfg.MaxStaleness)
+		for _, u := range []time.Time{
+			oldest, oldest.Add(1), oldest.Add(-1), oldest.Round(0), oldest.Round(0).Add(1), oldest.Round(0).Add(-1),
+			oldest.Add(-time.Second), oldest.Add(time.Second), oldest.Add(-time.Hour), now, now.Add(time.Hour), {},
+			time.Unix(math.MaxInt64, 999_999_999), time.Unix(math.MinInt64, 0), time.Unix(1<<40, 0), time.Unix(-1<<40, 0),
+		} {
+			p := peer("a")
+			p.Updated = u
+			got := len(Place(View{p}, Request{Model: model}, now, nil, cfg)) == 1
+			ref := len(placeReference(View{p}, Request{Model: model}, now, nil, cfg)) == 1
+			if want := !u.Before(oldest); got != want || ref != want {
+				t.Errorf("now %v, beacon %v: returned %v, reference %v, want %v", now, u, got, ref, want)
+			}
+		}
+	}
+}
+
+// TestExclude: Exclude leaves out exactly the peers whose ID maps to true,
+// as in the reference, whatever the IDs: short ones, one that is empty,
+// and IDs that end in the same 8 bytes (scan compares the ends of IDs
+// before it looks one up), with few and many entries, some false.
+func TestExclude(t *testing.T) {
+	idSet := []string{"", "x", "1234567", "12345678", "a12345678", "b12345678", "ab12345678",
+		"12D3KooWaaaaaaaaaa", "12D3KooWbaaaaaaaaa", "12D3KooWaaaaaaaaab", "peer-000", "peer-001"}
+	rng := rand.New(rand.NewPCG(8, 8))
+	for iter := range 500 {
+		v := make(View, 1+rng.IntN(2*len(idSet)))
+		for i := range v {
+			v[i] = peer(idSet[rng.IntN(len(idSet))])
+			v[i].RTTMs = float64(rng.IntN(4)) // some ties, some not
+		}
+		r := Request{Model: model, Exclude: map[string]bool{}}
+		for range rng.IntN(2 * maxTails) {
+			r.Exclude[idSet[rng.IntN(len(idSet))]] = rng.IntN(4) > 0
+		}
+		got := Place(v, r, t0, nil, noSample())
+		want := placeReference(v, r, t0, nil, noSample())
+		if !slices.EqualFunc(got, want, sameCandidate) {
+			t.Fatalf("iteration %d, exclude %v: %v, reference %v", iter, r.Exclude, ids(got), ids(want))
+		}
+		for _, c := range got {
+			if r.Exclude[c.ID] {
+				t.Fatalf("iteration %d: excluded %q returned", iter, c.ID)
+			}
+		}
+	}
+}
+
 func TestAppendPlaceReusesBuffer(t *testing.T) {
 	v := BenchView(200, 1)
 	r := BenchRequest(1)

@@ -242,11 +242,11 @@ func benchPlacement(r *benchReport) {
 	rng := rand.New(rand.NewPCG(1, 2))
 	now := scheduler.BenchNow()
 	const n = 2000
-	// AppendPlace into one buffer, as a node places (dispatch.go).
+	// The best candidate into one buffer, as a node places (dispatch.go).
 	var buf []scheduler.Candidate
 	start := time.Now()
 	for i := 0; i < n; i++ {
-		if buf = scheduler.AppendPlace(buf[:0], view, scheduler.BenchRequest(uint64(i)), now, rng, cfg); len(buf) == 0 {
+		if buf = scheduler.AppendPlaceTop(buf[:0], view, scheduler.BenchRequest(uint64(i)), now, rng, cfg, 1); len(buf) == 0 {
 			panic("bench view has no feasible peer")
 		}
 	}
