@@ -375,7 +375,9 @@ func TestA1111Dies(t *testing.T) {
 	f.stepDelay = time.Second
 	a := newA1111T(t, f)
 	tk := task(t, protocol.Task{Model: "a1111/dreamshaper_8", Prompt: "x", Steps: 20})
+	killed := make(chan struct{})
 	go func() {
+		defer close(killed)
 		<-f.started
 		f.srv.CloseClientConnections()
 		f.srv.Listener.Close()
@@ -394,6 +396,9 @@ func TestA1111Dies(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("Run hangs after the backend died")
 	}
+	// Run may fail as the connections close, before the listener does: the
+	// health check below must find the backend gone.
+	<-killed
 	// The next health check withdraws the models.
 	changed := a.Changed()
 	_ = a.check(ctxT(t))
