@@ -9,6 +9,12 @@
 // thousands of simulated hosts. docs/scheduling.md describes the algorithm and
 // the simulator results.
 //
+// probe.go is load information whose cost per node does not grow with the
+// swarm (issue 14), so far in the simulator only (gpunet sim --load-info
+// probe): a Cyclon peer-sampling view, probes of a few hosts per task whose
+// replies are ranked with Place's scoring (RankProbed), a memory of hosts
+// recently heard idle, and idle notices from hosts to recent probers.
+//
 // Dependency rule: scheduler imports only protocol of this project (and the
 // standard library). node and cmd may import it; kernel may not.
 package scheduler

@@ -26,6 +26,7 @@ func newSimCmd() *cobra.Command {
 		trust                             = sim.DefaultTrustConfig()
 		lie, verify                       string
 		verdictDelay, rejoinAfter         time.Duration
+		shuffleEvery, probeTimeout        time.Duration
 	)
 	cmd := &cobra.Command{
 		Use:   "sim",
@@ -44,6 +45,15 @@ still apply. Random and pod runs then print the analytic mean time in
 system beside the simulated one (M/M/1 or M/D/1 for random, Mitzenmacher's
 power of d choices for pod with --d; exp service, hosts → ∞).
 
+--load-info probe makes the gpunet policy learn load by probing instead of
+gossip (scheduler/probe.go): every node keeps a small peer-sampling view
+refreshed by shuffles; a client probes --probe-d hosts, drawn from its view
+by capacity, for each task and ranks their replies with the real Place. It
+prints the per-node load-information bytes beside what gossip would cost,
+and gpunet's mean and p99 against oracle and random when they ran.
+--heavy-client f makes client 0 submit a share f of the tasks (uneven
+submitters). --policy takes a comma-separated list as well as all.
+
 --liars or --lie runs the lying-host model instead (scheduler/sim/trust.go):
 a fraction of hosts return wrong results with a strategy (always, 10pct,
 probation, collude, rejoin, or all), and clients verify a sample of results
@@ -60,6 +70,7 @@ lying-host model.`,
   gpunet sim --hosts 1000 --load 0.9 --beacon-interval 4s --clients 10 --policy all
   gpunet sim --repeat 0.45 --json
   gpunet sim --hosts 100000 --tasks 200000
+  gpunet sim --hosts 100000 --tasks 500000 --load-info probe --policy gpunet,oracle,random --heavy-client 0.5
   gpunet sim --textbook --policy pod --d 2 --load 0.95 --tasks 1000000 --steady
   gpunet sim --liars 0.2 --lie all
   gpunet sim --liars 0.2 --lie probation --lie-after 50 --min-rate 0.3`,
@@ -88,12 +99,17 @@ lying-host model.`,
 			cfg.BeaconInterval = beacon.Seconds()
 			cfg.Duration = duration.Seconds()
 			cfg.MeanServiceS = meanService.Seconds()
+			cfg.Probe.ShuffleEvery, cfg.Probe.Timeout = shuffleEvery, probeTimeout
 			if cmd.Flags().Changed("duration") && !cmd.Flags().Changed("tasks") {
 				cfg.Tasks = 0 // --duration alone bounds the run by time
 			}
-			policies := []sim.Policy{sim.Policy(policy)}
-			if policy == "all" {
-				policies = sim.Policies()
+			var policies []sim.Policy
+			for _, p := range strings.Split(policy, ",") {
+				if p == "all" {
+					policies = append(policies, sim.Policies()...)
+					continue
+				}
+				policies = append(policies, sim.Policy(strings.TrimSpace(p)))
 			}
 			results := make([]*sim.Result, len(policies))
 			errs := make([]error, len(policies))
@@ -113,6 +129,7 @@ lying-host model.`,
 					return err
 				}
 			}
+			sim.Compare(results)
 			out := cmd.OutOrStdout()
 			if asJSON {
 				enc := json.NewEncoder(out)
@@ -144,7 +161,7 @@ lying-host model.`,
 	f.IntVar(&cfg.Clients, "clients", cfg.Clients, "number of independent schedulers")
 	f.Float64Var(&cfg.Churn, "churn", 0, "fraction of hosts leaving per minute (they come back as new peers)")
 	f.Uint64Var(&cfg.Seed, "seed", cfg.Seed, "random seed: the same seed gives the same result")
-	f.StringVar(&policy, "policy", string(cfg.Policy), "gpunet, random, roundrobin, pod, oracle, or all to compare them")
+	f.StringVar(&policy, "policy", string(cfg.Policy), "gpunet, random, roundrobin, pod, oracle, a comma-separated list of them, or all to compare them")
 	f.IntVar(&cfg.D, "d", cfg.D, "choices of the pod policy")
 	f.BoolVar(&cfg.PodSpeed, "pod-speed", false, "pod picks among its choices by tasks per slot over the host's speed, not tasks per slot alone")
 	f.Float64Var(&cfg.Repeat, "repeat", 0, "fraction of tasks that repeat an earlier prompt")
@@ -156,6 +173,16 @@ lying-host model.`,
 	f.IntVar(&cfg.Place.Choices, "choices", cfg.Place.Choices, "gpunet placement: candidates drawn from the pool (d)")
 	f.IntVar(&cfg.Place.TopK, "topk", cfg.Place.TopK, "gpunet placement: size of the pool drawn from (k; 1 disables anti-herding)")
 	f.Float64Var(&cfg.Warmup, "warmup", cfg.Warmup, "fraction of tasks left out of the time-in-system statistics")
+	f.StringVar(&cfg.LoadInfo, "load-info", cfg.LoadInfo, "how gpunet clients learn hosts' load: gossip (every beacon to every node) or probe (peer sampling and probes)")
+	f.IntVar(&cfg.Probe.D, "probe-d", cfg.Probe.D, "load-info probe: hosts probed per task")
+	f.IntVar(&cfg.Probe.ViewSize, "probe-view", cfg.Probe.ViewSize, "load-info probe: descriptors in each node's peer-sampling view")
+	f.IntVar(&cfg.Probe.Piggyback, "probe-piggyback", cfg.Probe.Piggyback, "load-info probe: descriptors a probe reply carries")
+	f.IntVar(&cfg.Probe.Rounds, "probe-rounds", cfg.Probe.Rounds, "load-info probe: probe rounds before a client waits and retries")
+	f.IntVar(&cfg.Probe.Notify, "probe-notify", cfg.Probe.Notify, "load-info probe: recent probers a host keeps, one of which it tells when a slot comes free with nobody queued (0: no idle notices)")
+	f.IntVar(&cfg.Probe.Memory, "probe-memory", cfg.Probe.Memory, "load-info probe: recent probe replies a client keeps and ranks with each round's (0: the round's alone)")
+	f.DurationVar(&shuffleEvery, "shuffle-every", cfg.Probe.ShuffleEvery, "load-info probe: peer-sampling shuffle period")
+	f.DurationVar(&probeTimeout, "probe-timeout", cfg.Probe.Timeout, "load-info probe: longest wait for probe replies (a host that left never answers)")
+	f.Float64Var(&cfg.HeavyClient, "heavy-client", 0, "share of the tasks client 0 submits, the rest spread evenly (0: all even)")
 	f.BoolVar(&asJSON, "json", false, "print the result as JSON (an array with --policy all)")
 	f.BoolVar(&textbook, "textbook", false, "the queueing literature's model: identical single-slot hosts, unbounded queues, exact state (see above)")
 	f.BoolVar(&cfg.Steady, "steady", false, "textbook random or pod with exp service: start every queue in its analytic steady state instead of empty")
@@ -344,7 +371,34 @@ func simTable(w io.Writer, cfg sim.Config, rs []*sim.Result) error {
 		fmt.Fprintf(tw, "%s\t%.2f\t%.2f\t%.2f\t%s\t%d\t%d\t%.1f%%\t%.1f\t\n",
 			r.Policy, r.MeanS, r.P50S, r.P99S, heat, r.Refusals, r.Hedges, 100*r.CacheHitRatio, r.WallS)
 	}
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	for _, r := range rs {
+		if r.LoadInfo == sim.LoadProbe {
+			simProbeSummary(w, cfg, r)
+		}
+	}
+	return nil
+}
+
+// simProbeSummary prints what load information by probing cost and how
+// gpunet's times compare with the oracle's and random's.
+func simProbeSummary(w io.Writer, cfg sim.Config, r *sim.Result) {
+	submit := "even"
+	if cfg.HeavyClient > 0 {
+		submit = fmt.Sprintf("client 0 submits %.0f%%", 100*cfg.HeavyClient)
+	}
+	fmt.Fprintf(w, "\nload info: probe, d=%d, view %d, piggyback %d, shuffle every %s; submitters %s\n",
+		cfg.Probe.D, cfg.Probe.ViewSize, cfg.Probe.Piggyback, cfg.Probe.ShuffleEvery, submit)
+	fmt.Fprintf(w, "  per node %s (gossip would be %s); per host %s, of which shuffles %s\n",
+		simBytes(r.LoadInfoBytesPerNodeS), simBytes(r.GossipBytesPerNodeS), simBytes(r.ProbeBytesPerHostS), simBytes(r.ShuffleBytesPerHostS))
+	fmt.Fprintf(w, "  per client %s, busiest %s; %.0f B per task submitted: %.2f probes, %.3f new connections\n",
+		simBytes(r.ProbeBytesPerClientS), simBytes(r.ProbeBytesPerClientSMax), r.ProbeBytesPerTask, r.ProbesPerTask, r.ConnSetupsPerTask)
+	if r.MeanVsOracle > 0 || r.MeanVsRandom > 0 {
+		fmt.Fprintf(w, "  gpunet: mean %.2fx / p99 %.2fx the oracle's, mean %.2fx / p99 %.2fx random's\n",
+			r.MeanVsOracle, r.P99VsOracle, r.MeanVsRandom, r.P99VsRandom)
+	}
 }
 
 func simBytes(b float64) string {

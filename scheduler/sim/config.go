@@ -148,7 +148,23 @@ type Config struct {
 	// MaxStaleness is raised to 3 × BeaconInterval when shorter, as a node
 	// beaconing that rarely would configure it.
 	Place scheduler.Config
+	// LoadInfo is how the gpunet policy learns hosts' load: LoadGossip
+	// (every client hears every host's beacons, the default) or LoadProbe
+	// (peer-sampling views and probes, scheduler/probe.go, tuned by Probe).
+	// Other policies ignore it; "" is LoadGossip.
+	LoadInfo string
+	Probe    scheduler.ProbeConfig
+	// HeavyClient, when > 0, is the fraction of tasks client 0 submits; the
+	// others share the rest evenly (uneven submitters: one gateway with half
+	// the traffic, say). 0 spreads tasks evenly over the clients.
+	HeavyClient float64
 }
+
+// Load information modes of the gpunet policy (Config.LoadInfo).
+const (
+	LoadGossip = "gossip"
+	LoadProbe  = "probe"
+)
 
 // DefaultConfig is the setting of the targets in docs/scheduling.md:
 // 1,000 heterogeneous hosts at 90 % load with the heat model on.
@@ -181,6 +197,8 @@ func DefaultConfig() Config {
 		RefusalState:   true,
 		HedgeAttempts:  maxAttempts,
 		Place:          scheduler.DefaultConfig(),
+		LoadInfo:       LoadGossip,
+		Probe:          scheduler.DefaultProbeConfig(),
 	}
 }
 
@@ -267,9 +285,20 @@ func (c Config) Validate() error {
 		return bad("steady start: only for textbook runs of random or pod with exp service, whose steady state is known")
 	case c.Steady && !(c.Rate == 0 && c.Load < 1):
 		return bad("steady start: want load < 1 (an overloaded queue has no steady state)")
+	case c.LoadInfo != "" && c.LoadInfo != LoadGossip && c.LoadInfo != LoadProbe:
+		return bad("load info %q: want gossip or probe", c.LoadInfo)
+	case !(c.HeavyClient >= 0 && c.HeavyClient < 1):
+		return bad("heavy client %v: want 0 ≤ share < 1", c.HeavyClient)
+	case c.HeavyClient > 0 && c.Clients < 2:
+		return bad("heavy client: want at least 2 clients")
 	}
 	if err := c.Place.Validate(); err != nil {
 		return fmt.Errorf("%w: %w", ErrBadConfig, err)
+	}
+	if c.LoadInfo == LoadProbe {
+		if err := c.Probe.Validate(); err != nil {
+			return fmt.Errorf("%w: %w", ErrBadConfig, err)
+		}
 	}
 	return nil
 }

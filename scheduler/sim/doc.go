@@ -4,7 +4,11 @@
 // that place tasks, churn, and a prompt-popularity model for the result
 // cache. Policy "gpunet" runs the real scheduler.Place with the real
 // scheduler.DefaultConfig; the other policies are the baselines it is judged
-// against. docs/scheduling.md states the model and the results.
+// against. With Config.LoadInfo = LoadProbe the gpunet policy learns load by
+// peer sampling, probes and idle notices instead of gossip, through the
+// functions of scheduler/probe.go (probe.go here models their messages,
+// round trips and bytes). docs/scheduling.md states the model and the
+// results.
 //
 // The simulator is single-threaded and uses only seeded random streams, so a
 // Config always gives the same Result (except WallS). Every policy sees the

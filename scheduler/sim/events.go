@@ -12,6 +12,9 @@ const (
 	evHit                   // a cache hit is served (a: task)
 	evChange                // a rate-limited change beacon is due (a: host, ver: epoch)
 	evHedge                 // a queued task's hedge deadline (a: task, ver: task's version)
+	evProbed                // a probe round's replies are in (a: round)
+	evShuffle               // a node's peer-sampling shuffle (a: host, or clientNode; ver: epoch)
+	evNotice                // an idle notice reaches its client (a: notice)
 )
 
 type event struct {

@@ -18,6 +18,9 @@ type host struct {
 	rtt   float64 // seconds
 	svcMs map[string]float64
 	memMB uint64
+	// capacity is slots × 1000 / svcMs of the model (LoadProbe's
+	// descriptors), set on first use: both are fixed.
+	capacity float64
 
 	amb, rth, tau, limit float64
 

@@ -42,6 +42,40 @@ type Result struct {
 	Beacons             int     `json:"beacons"`
 	BeaconsPerHostS     float64 `json:"beacons_per_host_s"`
 	GossipBytesPerNodeS float64 `json:"gossip_bytes_per_node_s"`
+	// LoadInfo is how the gpunet policy learned hosts' load (gossip or
+	// probe; empty for the other policies). LoadInfoBytesPerNodeS is what
+	// that cost one node, in and out: GossipBytesPerNodeS for gossip; for
+	// probe, every probe, reply, shuffle and connection set-up, counted at
+	// both ends and spread over the hosts, as if each host submitted an
+	// even share of the tasks (a client's own cost is in
+	// ProbeBytesPerTask). Rates are over the period tasks arrive.
+	LoadInfo              string  `json:"load_info,omitempty"`
+	LoadInfoBytesPerNodeS float64 `json:"load_info_bytes_per_node_s,omitempty"`
+	// Probe: ProbeBytesPerHostS is a host's share (probes it answered,
+	// shuffles, connections), of which ShuffleBytesPerHostS shuffles;
+	// ProbeBytesPerClientS the mean over clients and ...Max the busiest
+	// one's, which grow with what they submit; ProbeBytesPerTask a
+	// client's bytes per task it submitted (hedges included).
+	ProbeBytesPerHostS      float64 `json:"probe_bytes_per_host_s,omitempty"`
+	ShuffleBytesPerHostS    float64 `json:"shuffle_bytes_per_host_s,omitempty"`
+	ProbeBytesPerClientS    float64 `json:"probe_bytes_per_client_s,omitempty"`
+	ProbeBytesPerClientSMax float64 `json:"probe_bytes_per_client_s_max,omitempty"`
+	ProbeBytesPerTask       float64 `json:"probe_bytes_per_task,omitempty"`
+	Probes                  int     `json:"probes,omitempty"`
+	ProbesFailed            int     `json:"probes_failed,omitempty"` // to hosts that had left
+	ProbeRounds             int     `json:"probe_rounds,omitempty"`
+	ProbesPerTask           float64 `json:"probes_per_task,omitempty"`
+	ConnSetups              int     `json:"conn_setups,omitempty"`
+	ConnSetupsPerTask       float64 `json:"conn_setups_per_task,omitempty"`
+	Shuffles                int     `json:"shuffles,omitempty"`
+	IdleNotices             int     `json:"idle_notices,omitempty"`
+	Rebootstraps            int     `json:"rebootstraps,omitempty"` // client views refilled from the DHT
+	// Against the oracle and random policies of the same comparison
+	// (Compare): mean and p99 time in system as multiples of theirs.
+	MeanVsOracle float64 `json:"mean_vs_oracle,omitempty"`
+	P99VsOracle  float64 `json:"p99_vs_oracle,omitempty"`
+	MeanVsRandom float64 `json:"mean_vs_random,omitempty"`
+	P99VsRandom  float64 `json:"p99_vs_random,omitempty"`
 	// Refusals counts offers a host refused, by reason.
 	Refusals     int `json:"refusals"`
 	RefusedBusy  int `json:"refused_busy"`
@@ -111,4 +145,35 @@ const (
 func GossipModel(hosts int, perHostS float64) float64 {
 	perBeacon := 2*(MeshDegree-1)*BeaconBytes + 2*LazyDegree*GossipHistory*MsgIDBytes
 	return float64(hosts) * perHostS * float64(perBeacon)
+}
+
+// Compare sets, on every gpunet result of rs, its mean and p99 time in
+// system as multiples of the oracle's and random's in rs, when rs has them.
+func Compare(rs []*Result) {
+	var oracle, random *Result
+	for _, r := range rs {
+		switch r.Policy {
+		case Oracle:
+			oracle = r
+		case Random:
+			random = r
+		}
+	}
+	ratio := func(a, b float64) float64 {
+		if b > 0 {
+			return a / b
+		}
+		return 0
+	}
+	for _, r := range rs {
+		if r.Policy != Gpunet {
+			continue
+		}
+		if oracle != nil {
+			r.MeanVsOracle, r.P99VsOracle = ratio(r.MeanS, oracle.MeanS), ratio(r.P99S, oracle.P99S)
+		}
+		if random != nil {
+			r.MeanVsRandom, r.P99VsRandom = ratio(r.MeanS, random.MeanS), ratio(r.P99S, random.P99S)
+		}
+	}
 }

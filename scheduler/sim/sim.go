@@ -46,6 +46,12 @@ type client struct {
 	// inflight maps a key to this client's task for it, so an identical
 	// submission joins it (node-side coalescing).
 	inflight map[uint64]int32
+	// LoadProbe: the client's peer-sampling view, its connections to
+	// hosts, and the size of conns above which idle ones are closed.
+	pview     []scheduler.Descriptor
+	mem       *scheduler.ProbeMemory
+	conns     map[int32]conn
+	connPrune int
 }
 
 type ownMark struct {
@@ -105,6 +111,8 @@ type sim struct {
 	rngBeacon        *rand.Rand
 	oracleFree       []float64
 	oracle           *oracleIndex // exponential service only
+	pr               *prober      // LoadProbe only
+	rngProbe         *rand.Rand   // hosts' and clients' draws of LoadProbe
 	waitSum, runSum  float64
 	runs             int
 
@@ -145,6 +153,7 @@ func newSim(cfg Config) *sim {
 		rngPop:    stream(cfg.Seed, 3),
 		rngChurn:  stream(cfg.Seed, 4),
 		rngBeacon: stream(cfg.Seed, 5),
+		rngProbe:  stream(cfg.Seed, 8),
 		cache:     map[uint64]cacheEntry{},
 		running:   map[uint64]int{},
 	}
@@ -176,7 +185,8 @@ func newSim(cfg Config) *sim {
 	s.fullView = cfg.ViewSize == 0 || cfg.Hosts <= cfg.ViewSize
 	s.lastBeacon = make([]float64, cfg.Hosts)
 	s.beaconSeq = make([]uint32, cfg.Hosts)
-	if cfg.Policy == Gpunet && !s.fullView {
+	probing := cfg.Policy == Gpunet && cfg.LoadInfo == LoadProbe
+	if cfg.Policy == Gpunet && !s.fullView && !probing {
 		s.beacons = make([]scheduler.PeerState, cfg.Hosts)
 	}
 	s.clients = make([]client, cfg.Clients)
@@ -187,7 +197,7 @@ func newSim(cfg Config) *sim {
 			cl.fixed = c * cfg.ViewSize % cfg.Hosts
 		}
 		cl.inflight = map[uint64]int32{}
-		if cfg.Policy != Gpunet {
+		if cfg.Policy != Gpunet || probing {
 			continue
 		}
 		if s.fullView {
@@ -200,6 +210,9 @@ func newSim(cfg Config) *sim {
 	}
 	if cfg.Policy == Oracle {
 		s.oracleFree = make([]float64, 0, 16)
+	}
+	if probing {
+		s.pr = newProber(s)
 	}
 
 	if cfg.Steady {
@@ -333,7 +346,9 @@ func (s *sim) loop() {
 			}
 		case evBeacon:
 			h := &s.hosts[e.a]
-			if !h.online || h.epoch != e.ver {
+			if !h.online || h.epoch != e.ver || (s.pr != nil && s.arrivalsDone) {
+				// Probing does not read beacons; they are only counted,
+				// over the arrivals, for what gossip would cost.
 				continue
 			}
 			s.publish(e.a)
@@ -364,6 +379,12 @@ func (s *sim) loop() {
 			}
 		case evHit:
 			s.complete(e.a, 0)
+		case evProbed:
+			s.probed(e.a)
+		case evShuffle:
+			s.shuffle(e.a, e.ver)
+		case evNotice:
+			s.noticed(e.a)
 		}
 		if s.arrivalsDone && (s.completed == len(s.tasks) || s.now > s.lastArrival+drainLimit*s.cfg.MeanServiceS) {
 			break
@@ -374,7 +395,8 @@ func (s *sim) loop() {
 // drainLimit bounds, in mean service times, how long the run goes on after
 // the last arrival: a swarm that cannot finish its tasks by then (every
 // host too hot for good, say) ends the run, and Run reports the tasks lost.
-const drainLimit = 100000
+// A test lowers it to see a lost task fail fast.
+var drainLimit = 100000.0
 
 // join brings host i back as a new peer: a new ID, cold, empty.
 func (s *sim) join(i int32) {
@@ -393,6 +415,9 @@ func (s *sim) join(i int32) {
 	s.q.push(s.now+s.rngChurn.ExpFloat64()*60/s.cfg.Churn, evLeave, i, h.epoch)
 	h.rethermal(s, s.now)
 	s.changed(h)
+	if s.pr != nil {
+		s.probeJoined(h)
+	}
 }
 
 // publish is host i's beacon reaching every client. Propagation delay is
@@ -404,7 +429,7 @@ func (s *sim) publish(i int32) {
 	s.beaconSeq[i]++
 	s.res.Beacons++
 	h.pubFree, h.pubAccepting = h.signature(s)
-	if s.cfg.Policy != Gpunet {
+	if s.cfg.Policy != Gpunet || s.pr != nil {
 		return
 	}
 	ps := h.beacon(s)
@@ -424,6 +449,9 @@ func (s *sim) publish(i int32) {
 func (s *sim) changed(h *host) {
 	if s.oracle != nil {
 		s.oracle.update(s, h)
+	}
+	if s.pr != nil && s.pr.probers != nil {
+		s.notify(h)
 	}
 	if s.exact {
 		return // clients read hosts as they are when they decide (exactView)
@@ -506,7 +534,7 @@ func (h *host) heatPerTask(s *sim) float64 {
 func (s *sim) arrive() {
 	ti := int32(len(s.tasks))
 	cfg := &s.cfg
-	t := task{arrival: s.now, host: -1, avoid: -1, client: int32(s.rngArr.IntN(cfg.Clients))}
+	t := task{arrival: s.now, host: -1, avoid: -1, client: s.submitter()}
 	switch cfg.Service {
 	case ServiceExp:
 		t.work = s.rngWork.ExpFloat64() * cfg.MeanServiceS
@@ -529,12 +557,18 @@ func (s *sim) arrive() {
 	} else {
 		t.measured = s.now >= cfg.Warmup*cfg.Duration
 	}
+	if s.pr != nil && t.measured && !s.pr.warm.set {
+		s.pr.snapshot(s, &s.pr.warm)
+	}
 	s.tasks = append(s.tasks, t)
 
 	s.lastArrival = s.now
 	next := s.now + s.rngArr.ExpFloat64()/s.rate
 	if (cfg.Tasks > 0 && len(s.tasks)-s.prefill >= cfg.Tasks) || (cfg.Duration > 0 && next > cfg.Duration) {
 		s.arrivalsDone = true
+		if s.pr != nil {
+			s.pr.snapshot(s, &s.pr.last)
+		}
 	} else {
 		s.q.push(next, evArrival, 0, 0)
 	}
@@ -562,6 +596,20 @@ func (s *sim) arrive() {
 		}
 	}
 	s.dispatch(ti)
+}
+
+// submitter draws the client of a new task: uniformly, or with HeavyClient
+// client 0 takes that share and the others split the rest evenly.
+func (s *sim) submitter() int32 {
+	f, n := s.cfg.HeavyClient, s.cfg.Clients
+	if f <= 0 {
+		return int32(s.rngArr.IntN(n))
+	}
+	u := s.rngArr.Float64()
+	if u < f {
+		return 0
+	}
+	return int32(min(1+int((u-f)/(1-f)*float64(n-1)), n-1))
 }
 
 // coalesce makes task w wait for primary p's result.
@@ -636,7 +684,11 @@ func (s *sim) dispatch(ti int32) {
 	var ok bool
 	switch s.cfg.Policy {
 	case Gpunet:
-		ok = s.dispatchGpunet(ti)
+		if s.pr != nil {
+			ok = s.probe(ti, false, 1, nil) // decided when the replies are in
+		} else {
+			ok = s.dispatchGpunet(ti)
+		}
 	case Random:
 		ok = s.dispatchRandom(ti)
 	case RoundRobin:
@@ -725,9 +777,7 @@ func (s *sim) offerAll(ti int32, cands []scheduler.Candidate) bool {
 			default:
 				s.mark(cl, hi).n++
 			}
-			if h := &s.hosts[hi]; s.cfg.Hedge && len(h.queue) > 0 && h.queue[len(h.queue)-1] == ti {
-				s.q.push(s.now+s.hedgeAfter(c.WaitMs/1000), evHedge, ti, t.ver)
-			}
+			s.queuedHedge(ti, hi, c.WaitMs)
 			return true
 		case joined:
 			return true
@@ -783,25 +833,51 @@ func (s *sim) hedgeAfter(waitS float64) float64 {
 
 // hedge is the dispatcher's look at task ti, still queued where it was
 // placed, when its deadline passed: the queue hedge of scheduler/hedge.go.
-// The host's ETA for it is what its queued events carry
-// (scheduler.QueuedETAMs of its place in the queue); if ShouldMove says
-// Place's best other host finishes it sooner, the client offers it there
-// and, once accepted, cancels it here. Otherwise it looks again later.
+// With a view, Place's best other host is known at once; with LoadProbe
+// it is the best of a probe round that leaves this host out (probedHedge).
 func (s *sim) hedge(ti int32, ver uint32) {
+	h, i, ok := s.stillQueued(ti, ver)
+	if !ok {
+		return
+	}
+	if s.pr != nil {
+		if !s.probe(ti, true, 1, map[string]bool{h.id: true}) {
+			s.q.push(s.now+s.place.HedgeMin.Seconds(), evHedge, ti, ver)
+		}
+		return
+	}
+	s.tasks[ti].avoid = h.idx
+	cands := s.placeGpunet(ti)
+	s.moveQueued(ti, h, i, cands, func(c []scheduler.Candidate) bool { return s.offerAll(ti, c) })
+}
+
+// stillQueued finds task ti in the queue of the host it was placed on, if
+// it is still there as of version ver (not started, moved or lost).
+func (s *sim) stillQueued(ti int32, ver uint32) (*host, int, bool) {
 	t := &s.tasks[ti]
 	if t.done || t.ver != ver || t.host < 0 {
-		return
+		return nil, 0, false
 	}
 	h := &s.hosts[t.host]
 	i := slices.Index(h.queue, ti)
 	if !h.online || h.epoch != t.epoch || i < 0 {
-		return
+		return nil, 0, false
 	}
+	return h, i, true
+}
+
+// moveQueued decides on task ti, at position i of host h's queue, given
+// the best other hosts cands. The host's ETA for it is what its queued
+// events carry (scheduler.QueuedETAMs of its place in the queue); if
+// ShouldMove says cands[0] finishes it sooner, the client offers it down
+// cands (offer) and, once accepted, cancels it here. Otherwise it looks
+// again later.
+func (s *sim) moveQueued(ti int32, h *host, i int, cands []scheduler.Candidate, offer func([]scheduler.Candidate) bool) {
+	t := &s.tasks[ti]
+	ver := t.ver
 	h.advance(s, s.now)
 	runMs := 1000 * s.cfg.MeanServiceS / (h.speed * max(h.clock(s), 0.1))
 	etaMs := scheduler.QueuedETAMs(i+1, h.slots, runMs)
-	t.avoid = h.idx
-	cands := s.placeGpunet(ti)
 	again := s.now + s.hedgeAfter(scheduler.QueuedWaitMs(etaMs, i+1, h.slots)/1000)
 	if len(cands) == 0 || !s.place.ShouldMove(etaMs, cands[0]) {
 		s.q.push(again, evHedge, ti, ver)
@@ -811,7 +887,7 @@ func (s *sim) hedge(ti int32, ver uint32) {
 	// takes it, it goes back where it was, at the same instant.
 	h.queue = slices.Delete(h.queue, i, i+1)
 	h.release(s, ti)
-	if s.offerAll(ti, cands[:min(len(cands), s.cfg.HedgeAttempts)]) {
+	if offer(cands[:min(len(cands), s.cfg.HedgeAttempts)]) {
 		s.res.Hedges++
 		t.rtt += h.rtt // the cancel
 		s.changed(h)
@@ -1043,6 +1119,13 @@ func (s *sim) summarise() {
 		r.BeaconsPerHostS = float64(r.Beacons) / float64(s.cfg.Hosts) / s.now
 	}
 	r.GossipBytesPerNodeS = GossipModel(s.cfg.Hosts, r.BeaconsPerHostS)
+	switch {
+	case s.pr != nil:
+		r.LoadInfo = LoadProbe
+		s.pr.summarise(s)
+	case s.cfg.Policy == Gpunet:
+		r.LoadInfo, r.LoadInfoBytesPerNodeS = LoadGossip, r.GossipBytesPerNodeS
+	}
 	if r.Tasks > 0 {
 		r.CacheHitRatio = float64(r.CacheHits+r.Coalesced) / float64(r.Tasks)
 	}
