@@ -143,6 +143,9 @@ func (v *verifier) judge(ctx context.Context, res *Result, progress func(Progres
 		v.drop(res.ResultCID)
 		return nil, errShunned
 	case trust.CheckLater:
+		if v.n.ctx.Err() != nil {
+			break // closing: no new background work
+		}
 		select {
 		case v.later <- struct{}{}:
 			v.n.wg.Add(1)
