@@ -17,7 +17,9 @@ import (
 	"github.com/gpunet/gpunet/protocol"
 	"github.com/gpunet/gpunet/scheduler"
 	"github.com/ipfs/go-cid"
+	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/p2p/net/swarm"
 )
 
 // Cache outcomes reported by Submit.
@@ -789,6 +791,12 @@ func (n *Node) runAt(ctx context.Context, p peer.ID, req protocol.TaskRequest, t
 	n.ensureAddrs(ctx, p)
 	// Through a relay too, when that is how the host is reached (node/reach).
 	st, err := n.host.NewStream(reach.AllowRelayed(ctx), p, libp2pProto(protocol.TaskProtocol))
+	if err != nil && n.host.Network().Connectedness(p) != network.Connected && n.refreshAddrs(ctx, p) {
+		// The addresses this node had may be stale or only the direct ones
+		// (a host behind a NAT gets its relay address later): with fresh
+		// ones from the DHT, once more.
+		st, err = n.host.NewStream(reach.AllowRelayed(ctx), p, libp2pProto(protocol.TaskProtocol))
+	}
 	if err != nil {
 		return nil, fmt.Errorf("opening task stream: %w", err)
 	}
@@ -877,6 +885,40 @@ func (n *Node) ensureAddrs(ctx context.Context, p peer.ID) {
 	if ai, err := n.dht.FindPeer(ctx, p); err == nil {
 		n.host.Peerstore().AddAddrs(p, ai.Addrs, 10*time.Minute)
 	}
+}
+
+// refreshAddrs looks p up on the DHT and reports whether that gave an
+// address this node did not have; the swarm's dial backoff is cleared for
+// p so the new ones are tried at once.
+// It asks at most once a minute per peer, and waits at most a second: a
+// host that is gone must not slow the move to the next.
+func (n *Node) refreshAddrs(ctx context.Context, p peer.ID) bool {
+	now := time.Now()
+	if last, ok := n.refreshed.Load(p); ok && now.Sub(last.(time.Time)) < time.Minute {
+		return false
+	}
+	n.refreshed.Store(p, now)
+	ctx, cancel := context.WithTimeout(ctx, min(n.cfg.FindTimeout, time.Second))
+	defer cancel()
+	ai, err := n.dht.FindPeer(ctx, p)
+	if err != nil {
+		return false
+	}
+	known := n.host.Peerstore().Addrs(p)
+	fresh := false
+	for _, a := range ai.Addrs {
+		if !slices.ContainsFunc(known, a.Equal) {
+			fresh = true
+		}
+	}
+	if !fresh {
+		return false
+	}
+	n.host.Peerstore().AddAddrs(p, ai.Addrs, 10*time.Minute)
+	if sw, ok := n.host.Network().(interface{ Backoff() *swarm.DialBackoff }); ok {
+		sw.Backoff().Clear(p)
+	}
+	return true
 }
 
 // acceptResult verifies a result received from a peer (manifest signature,

@@ -67,6 +67,9 @@ type Node struct {
 	gossip   *gossip
 	fetch    *fetcher  // set in New before any goroutine reads it
 	verify   *verifier // nil unless cfg.Verify is set (verify.go)
+	// refreshed is when each peer's addresses were last looked up again
+	// after a failed dial (dispatch.go, refreshAddrs).
+	refreshed sync.Map
 
 	started time.Time
 	stats   counters

@@ -308,7 +308,10 @@ type swarm struct {
 	proto   protoBytes
 
 	cmMu sync.Mutex
-	cms  []*quicreuse.ConnManager // closed after the nodes: go-libp2p does not close one it was given
+	// netMu serialises simnet.NewEndpoint, which appends to the network's
+	// links unguarded, while nodes start concurrently.
+	netMu sync.Mutex
+	cms   []*quicreuse.ConnManager // closed after the nodes: go-libp2p does not close one it was given
 }
 
 // start starts the bootstraps one by one, then the hosts and clients,
@@ -428,7 +431,9 @@ func (s *swarm) quic(ep *endpoint) libp2p.Option {
 		quicreuse.OverrideSourceIPSelector(func() (quicreuse.SourceIPSelector, error) { return src, nil }),
 		quicreuse.OverrideListenUDP(func(_ string, a *net.UDPAddr) (net.PacketConn, error) {
 			src.ip.Store(&a.IP)
+			s.netMu.Lock()
 			c := s.net.NewEndpoint(a, link)
+			s.netMu.Unlock()
 			ep.conn.Store(c)
 			return c, nil
 		}))
