@@ -2,9 +2,12 @@ package node
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"maps"
+	"os"
+	"path/filepath"
 	"sync/atomic"
 	"time"
 
@@ -55,6 +58,9 @@ func (n *Node) startVerify() error {
 	}
 	v := &verifier{n: n, book: trust.NewBook(*n.cfg.Verify), later: make(chan struct{}, maxBackgroundChecks)}
 	v.checker = trust.NewChecker(v.book, runner{n})
+	if n.cfg.DataDir != "" {
+		v.loadBook(n.cfg.DataDir)
+	}
 	ps := n.gossip.ps
 	err := ps.RegisterTopicValidator(protocol.FraudTopic, v.validate,
 		pubsub.WithValidatorTimeout(proofTimeout), pubsub.WithValidatorConcurrency(4))
@@ -83,6 +89,11 @@ func (n *Node) startVerify() error {
 func (v *verifier) close() {
 	v.sub.Cancel()
 	_ = v.topic.Close()
+	if dir := v.n.cfg.DataDir; dir != "" {
+		if err := v.saveBook(dir); err != nil {
+			v.n.log.Warn("saving the host records", "err", err)
+		}
+	}
 }
 
 // validate settles a fraud proof before GossipSub forwards it: a proof
@@ -115,6 +126,61 @@ func (v *verifier) validate(ctx context.Context, from peer.ID, msg *pubsub.Messa
 		v.proofsIgnored.Add(1)
 		return pubsub.ValidationIgnore
 	}
+}
+
+// trustFile, in the data directory, keeps the book across restarts: a
+// daemon that forgot its records would put every host it knows back on
+// probation, and take results of hosts it had caught.
+const trustFile = "trust.json"
+
+type trustFileV1 struct {
+	Version int                `json:"version"`
+	Hosts   []trust.HostRecord `json:"hosts"`
+}
+
+// loadBook reads the saved records, if any. A file that does not decode is
+// reported and set aside: the node starts with what it learns anew.
+func (v *verifier) loadBook(dir string) {
+	path := filepath.Join(dir, trustFile)
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return
+	}
+	var f trustFileV1
+	if err == nil {
+		err = json.Unmarshal(b, &f)
+	}
+	if err == nil && f.Version != 1 {
+		err = fmt.Errorf("version %d, want 1", f.Version)
+	}
+	if err != nil {
+		v.n.log.Warn("the saved host records do not read; starting without them", "file", path, "err", err)
+		return
+	}
+	v.book.Restore(f.Hosts)
+}
+
+// saveBook writes the records worth keeping, atomically.
+func (v *verifier) saveBook(dir string) error {
+	b, err := json.Marshal(trustFileV1{Version: 1, Hosts: v.book.Records()})
+	if err != nil {
+		return err
+	}
+	f, err := os.CreateTemp(dir, trustFile+".tmp-*")
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(b)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(f.Name(), filepath.Join(dir, trustFile))
+	}
+	if err != nil {
+		_ = os.Remove(f.Name())
+	}
+	return err
 }
 
 // excluded takes a caught host out of placement at once.

@@ -2,6 +2,8 @@ package trust
 
 import (
 	"math/rand/v2"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 )
@@ -60,7 +62,7 @@ type Record struct {
 	Passed int `json:"passed"`
 	// Excluded is set once the host was caught; Proof is the evidence.
 	Excluded bool      `json:"excluded"`
-	Proof    []byte    `json:"-"`
+	Proof    []byte    `json:"proof,omitempty"`
 	Since    time.Time `json:"since"` // first seen, or caught
 }
 
@@ -208,6 +210,44 @@ func (b *Book) Record(host string) (Record, bool) {
 		return Record{}, false
 	}
 	return *r, true
+}
+
+// HostRecord is one host's record, as Records lists it.
+type HostRecord struct {
+	Host string `json:"host"`
+	Record
+}
+
+// Records lists the records worth keeping across a restart: hosts caught,
+// and hosts with at least one confirmed result; by host.
+func (b *Book) Records() []HostRecord {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var out []HostRecord
+	for h, r := range b.hosts {
+		if r.Excluded || r.Passed > 0 {
+			out = append(out, HostRecord{Host: h, Record: *r})
+		}
+	}
+	slices.SortFunc(out, func(a, b HostRecord) int { return strings.Compare(a.Host, b.Host) })
+	return out
+}
+
+// Restore puts saved records back, up to the book's bound; a record with
+// no host or negative counts is skipped.
+func (b *Book) Restore(rs []HostRecord) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for _, r := range rs {
+		if r.Host == "" || r.Results < 0 || r.Passed < 0 {
+			continue
+		}
+		if _, ok := b.hosts[r.Host]; !ok && len(b.hosts) >= b.pol.MaxHosts {
+			b.forgetOldestLocked()
+		}
+		rec := r.Record
+		b.hosts[r.Host] = &rec
+	}
 }
 
 // ExcludedHosts lists the hosts caught.
