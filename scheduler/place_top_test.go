@@ -168,25 +168,28 @@ func BenchmarkAppendPlaceTopMonotonic1000(b *testing.B) {
 // BenchmarkAppendPlaceTopExclude1000 is the node's placement after two
 // refusals: the two peers it tried are excluded.
 func BenchmarkAppendPlaceTopExclude1000(b *testing.B) {
-	v := BenchView(1000, 1)
-	r := BenchRequest(1)
-	cfg := DefaultConfig()
-	tried := Place(v, r, BenchNow(), nil, cfg)
-	r.Exclude = map[string]bool{tried[0].ID: true, tried[1].ID: true}
+	v, r, cfg := afterTwoRefusals()
 	rng := rand.New(rand.NewPCG(1, 1))
 	now := BenchNow()
 	buf := make([]Candidate, 0, len(v))
 	cpuLoop(b, func() { buf = AppendPlaceTop(buf[:0], v, r, now, rng, cfg, 1) })
 }
 
-// BenchmarkPlaceReferenceExclude1000 is the reference on
-// BenchmarkAppendPlaceTopExclude1000's request.
-func BenchmarkPlaceReferenceExclude1000(b *testing.B) {
+// afterTwoRefusals is the bench view and request with the two best peers
+// excluded, as after two refusals.
+func afterTwoRefusals() (View, Request, Config) {
 	v := BenchView(1000, 1)
 	r := BenchRequest(1)
 	cfg := DefaultConfig()
 	tried := Place(v, r, BenchNow(), nil, cfg)
 	r.Exclude = map[string]bool{tried[0].ID: true, tried[1].ID: true}
+	return v, r, cfg
+}
+
+// BenchmarkPlaceReferenceExclude1000 is the reference on
+// BenchmarkAppendPlaceTopExclude1000's request.
+func BenchmarkPlaceReferenceExclude1000(b *testing.B) {
+	v, r, cfg := afterTwoRefusals()
 	rng := rand.New(rand.NewPCG(1, 1))
 	now := BenchNow()
 	cpuLoop(b, func() { placeReference(v, r, now, rng, cfg) })

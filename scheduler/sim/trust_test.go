@@ -166,21 +166,30 @@ func TestTrustCollusionRare(t *testing.T) {
 
 func TestTrustDeterministic(t *testing.T) {
 	c := smallTrust(Lie10)
-	enc := func(c TrustConfig) string {
+	assertDeterministic(t, func() any {
 		r := runTrust(t, c)
 		r.WallS = 0
-		b, err := json.Marshal(r)
+		return r
+	}, func() { c.Seed++ })
+}
+
+// assertDeterministic checks that two runs of result give the same JSON,
+// and that a run after reseed gives another.
+func assertDeterministic(t *testing.T, result func() any, reseed func()) {
+	t.Helper()
+	enc := func() string {
+		b, err := json.Marshal(result())
 		if err != nil {
 			t.Fatal(err)
 		}
 		return string(b)
 	}
-	a := enc(c)
-	if b := enc(c); a != b {
+	a := enc()
+	if b := enc(); a != b {
 		t.Fatalf("same seed, different results:\n%s\n%s", a, b)
 	}
-	c.Seed++
-	if enc(c) == a {
+	reseed()
+	if enc() == a {
 		t.Fatal("a different seed gave the same result")
 	}
 }
