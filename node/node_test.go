@@ -10,21 +10,12 @@ import (
 	"time"
 
 	"github.com/gpunet/gpunet/node"
+	"github.com/gpunet/gpunet/node/nodetest"
 	"github.com/gpunet/gpunet/node/swarm"
 	"github.com/gpunet/gpunet/protocol"
 )
 
-type testWriter struct{ t testing.TB }
-
-func (w testWriter) Write(p []byte) (int, error) {
-	w.t.Helper()
-	w.t.Log(string(bytes.TrimRight(p, "\n")))
-	return len(p), nil
-}
-
-func testLogger(t testing.TB) *slog.Logger {
-	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
-}
+func testLogger(t testing.TB) *slog.Logger { return nodetest.Logger(t) }
 
 // startSwarm starts hosts behind a bootstrap daemon: clients know only the
 // daemon's address, so they can reach hosts only through the DHT.

@@ -5,6 +5,7 @@
 package nodetest
 
 import (
+	"bytes"
 	"context"
 	"log/slog"
 	"testing"
@@ -65,4 +66,18 @@ func SimGPU(t testing.TB, profile string) *kernel.SimGPU {
 	}
 	t.Cleanup(func() { dev.Close() })
 	return dev
+}
+
+// Logger logs warnings and errors through t, so a failing test shows what
+// its nodes complained about.
+func Logger(t testing.TB) *slog.Logger {
+	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+}
+
+type tWriter struct{ t testing.TB }
+
+func (w tWriter) Write(p []byte) (int, error) {
+	w.t.Helper()
+	w.t.Log(string(bytes.TrimRight(p, "\n")))
+	return len(p), nil
 }

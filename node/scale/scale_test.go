@@ -1,14 +1,13 @@
 package scale_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
-	"log/slog"
 	"testing"
 	"testing/synctest"
 	"time"
 
+	"github.com/gpunet/gpunet/node/nodetest"
 	"github.com/gpunet/gpunet/node/scale"
 )
 
@@ -48,7 +47,7 @@ func TestScaleOnSimnet(t *testing.T) {
 			o := scale.DefaultOptions(n)
 			o.Tasks = 12
 			o.Latency = latency
-			o.Logger = testLogger(t)
+			o.Logger = nodetest.Logger(t)
 			r, err := scale.Run(ctx, o)
 			if err != nil {
 				t.Fatalf("%d nodes: %v", n, err)
@@ -93,16 +92,3 @@ func TestScaleOnSimnet(t *testing.T) {
 }
 
 func scaleMs(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
-
-type testWriter struct{ t testing.TB }
-
-func (w testWriter) Write(p []byte) (int, error) {
-	w.t.Helper()
-	w.t.Log(string(bytes.TrimRight(p, "\n")))
-	return len(p), nil
-}
-
-// testLogger logs warnings and errors through t.
-func testLogger(t testing.TB) *slog.Logger {
-	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
-}
