@@ -487,6 +487,22 @@ type TrustStats struct {
 	Excluded []string `json:"excluded"`
 }
 
+// Add adds o's counts to s and o's excluded hosts to its list, for a
+// total over several nodes (the demo's clients).
+func (s *TrustStats) Add(o TrustStats) {
+	s.Checks += o.Checks
+	s.Reruns += o.Reruns
+	s.Agreed += o.Agreed
+	s.Caught += o.Caught
+	s.Unchecked += o.Unchecked
+	s.Skipped += o.Skipped
+	s.ProofsAccepted += o.ProofsAccepted
+	s.ProofsKnown += o.ProofsKnown
+	s.ProofsRefused += o.ProofsRefused
+	s.ProofsIgnored += o.ProofsIgnored
+	s.Excluded = append(s.Excluded, o.Excluded...)
+}
+
 // TrustStats reports the node's verification so far; ok is false when
 // verification is off.
 func (n *Node) TrustStats() (s TrustStats, ok bool) {

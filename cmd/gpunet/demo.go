@@ -221,13 +221,7 @@ func runDemo(ctx context.Context, f *demoFlags, quiet bool) (*demoReport, error)
 			if r.Verification == nil {
 				r.Verification = &node.TrustStats{}
 			}
-			v := r.Verification
-			v.Checks += s.Checks
-			v.Reruns += s.Reruns
-			v.Agreed += s.Agreed
-			v.Caught += s.Caught
-			v.Unchecked += s.Unchecked
-			v.Excluded = append(v.Excluded, s.Excluded...)
+			r.Verification.Add(s)
 		}
 	}
 	for i, hn := range sw.Hosts {
