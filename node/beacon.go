@@ -24,7 +24,15 @@ const minBeaconGap = 4 * protocol.BeaconMinInterval
 // and early, at most every minBeaconGap, when load or heat changed.
 func (n *Node) beaconLoop() {
 	defer n.wg.Done()
-	seq := uint64(time.Now().UnixMilli()) // survives restarts: see Beacon.Seq
+	// Seq starts at the clock so that it survives restarts (Beacon.Seq);
+	// probe replies take numbers from the same counter (probe.go).
+	n.beaconSeq.Store(uint64(time.Now().UnixMilli()))
+	// A probing host publishes nothing, so the gossip flood limit does not
+	// hold it back: a new beacon is what sends idle notices.
+	gap := minBeaconGap
+	if n.probing() {
+		gap = protocol.BeaconMinInterval
+	}
 	var last time.Time
 	timer := time.NewTimer(0)
 	defer timer.Stop()
@@ -34,18 +42,23 @@ func (n *Node) beaconLoop() {
 			return
 		case <-timer.C:
 		case <-n.serve.changed:
-			if gap := time.Since(last); gap < minBeaconGap {
+			if since := time.Since(last); since < gap {
 				select {
 				case <-n.ctx.Done():
 					return
-				case <-time.After(minBeaconGap - gap):
+				case <-time.After(gap - since):
 				}
 			}
 		}
-		seq++
-		b := n.serve.beacon(n.ctx, seq)
+		b := n.serve.beacon(n.ctx, n.beaconSeq.Add(1))
 		b.Peer = n.host.ID().String()
 		n.own.Store(b)
+		last = time.Now()
+		if n.probing() {
+			n.sampling.Changed(b)
+			timer.Reset(jitter(n.cfg.BeaconInterval))
+			continue
+		}
 		size, err := n.gossip.publish(n.ctx, b)
 		if err != nil {
 			n.log.Debug("publishing beacon", "err", err)
@@ -53,7 +66,6 @@ func (n *Node) beaconLoop() {
 			n.stats.beaconsSent.Add(1)
 			n.stats.beaconBytes.Add(uint64(size))
 		}
-		last = time.Now()
 		timer.Reset(jitter(n.cfg.BeaconInterval))
 	}
 }
@@ -88,8 +100,7 @@ func (s *server) beacon(ctx context.Context, seq uint64) *protocol.Beacon {
 	}
 	b.LimitDC = deci(s.gov.LimitC)
 	b.Slots = uint32(s.n.cfg.Slots)
-	b.Busy = uint32(min(s.running, s.n.cfg.Slots))
-	b.Queue = uint32(s.queue.len())
+	s.loadLocked(b)
 	if s.dev != nil {
 		b.GPU = gpuName(s.dev.Name())
 	}
@@ -106,13 +117,6 @@ func (s *server) beacon(ctx context.Context, seq uint64) *protocol.Beacon {
 	case reach.Private:
 		b.Reach = protocol.ReachPrivate
 	}
-	b.Accepting = !s.gov.Paused() && !s.gov.Hot() && s.queue.len() < s.n.cfg.QueueLen
-	for tc := range s.flights {
-		if len(b.Inflight) == protocol.MaxBeaconInflight {
-			break
-		}
-		b.Inflight = append(b.Inflight, protocol.TaskKey(tc))
-	}
 	b.HeatDC = s.heatDCLocked(b.Models)
 	if len(s.service) > 0 {
 		b.ServiceMs = make(map[string]uint32, len(s.service))
@@ -121,6 +125,30 @@ func (s *server) beacon(ctx context.Context, seq uint64) *protocol.Beacon {
 		}
 	}
 	return b
+}
+
+// live brings b's load fields to now: slots busy, queue, whether the host
+// accepts, the tasks in flight. Heat, speed and service times stay as the
+// last beacon read them (reading the GPU per probe would cost a probe
+// milliseconds); a beacon goes out on every change anyway.
+func (s *server) live(b *protocol.Beacon) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.loadLocked(b)
+}
+
+// loadLocked sets b's load fields. Callers hold mu.
+func (s *server) loadLocked(b *protocol.Beacon) {
+	b.Busy = uint32(min(s.running, s.n.cfg.Slots))
+	b.Queue = uint32(s.queue.len())
+	b.Accepting = !s.gov.Paused() && !s.gov.Hot() && s.queue.len() < s.n.cfg.QueueLen
+	b.Inflight = nil
+	for tc := range s.flights {
+		if len(b.Inflight) == protocol.MaxBeaconInflight {
+			break
+		}
+		b.Inflight = append(b.Inflight, protocol.TaskKey(tc))
+	}
 }
 
 // heatPredictor is a device that can run its heat model forward (the

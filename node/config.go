@@ -20,6 +20,12 @@ import (
 // for the machine's own user), on a port chosen to be unlikely to collide.
 const DefaultAPIAddr = "127.0.0.1:7447"
 
+// Config.LoadInfo values.
+const (
+	LoadGossip = "gossip"
+	LoadProbe  = "probe"
+)
+
 // DefaultListenAddrs listen on a fixed port on all interfaces, as a daemon
 // others connect to needs. Tests pass /ip4/127.0.0.1/tcp/0.
 var DefaultListenAddrs = []string{
@@ -131,6 +137,16 @@ type Config struct {
 	// within 1.05× of the oracle's mean.
 	BeaconShards int
 	ViewShards   int
+	// LoadInfo is how this node learns the hosts' load: LoadGossip (every
+	// beacon, over GossipSub) or LoadProbe (a peer-sampling view, probes
+	// and idle notices: node/sampling). Default gossip, which a swarm of a
+	// few hundred hosts affords; probing costs a node about the same bytes
+	// at 1,000 hosts as at 100,000 (docs/scheduling.md, "Load information
+	// at scale"). A probing host publishes no beacons; every node answers
+	// probes and shuffles in either mode, so a swarm can move over.
+	LoadInfo string
+	// Probe tunes probing; every default's reason is in scheduler/probe.go.
+	Probe scheduler.ProbeConfig
 	// QueueHedge lets Submit move a task that waits in a host's queue well
 	// past its predicted wait to a host predicted to finish it sooner, once
 	// that host has accepted it (scheduler/hedge.go; the scheduler config
@@ -232,6 +248,8 @@ func DefaultConfig() Config {
 		SubmitTimeout:     10 * time.Minute,
 		QueueHedge:        true,
 		BeaconShards:      1,
+		LoadInfo:          LoadGossip,
+		Probe:             scheduler.DefaultProbeConfig(),
 		Scheduler:         scheduler.DefaultConfig(),
 		Version:           "dev",
 	}
@@ -293,6 +311,17 @@ func (c *Config) validate() error {
 	}
 	if err := c.Scheduler.Validate(); err != nil {
 		errs = append(errs, err)
+	}
+	switch c.LoadInfo {
+	case "":
+		c.LoadInfo = LoadGossip
+	case LoadGossip:
+	case LoadProbe:
+		if err := c.Probe.Validate(); err != nil {
+			errs = append(errs, err)
+		}
+	default:
+		errs = append(errs, fmt.Errorf("load information %q: want %s or %s", c.LoadInfo, LoadGossip, LoadProbe))
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()

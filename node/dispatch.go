@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/gpunet/gpunet/node/reach"
+	"github.com/gpunet/gpunet/node/sampling"
 	"github.com/gpunet/gpunet/node/store"
 	"github.com/gpunet/gpunet/protocol"
 	"github.com/gpunet/gpunet/scheduler"
@@ -243,6 +244,10 @@ type journey struct {
 
 	tried    map[string]bool // this round's hosts
 	failures int             // attempts that failed other than by a refusal for load
+	// When probing (probe.go): the latest probe round's ranking, not yet
+	// tried, and the rounds taken since the task last waited.
+	choices  []sampling.Choice
+	rounds   int
 	dhtHosts []HostInfo
 	searched bool
 }
@@ -271,7 +276,7 @@ func (n *Node) place(ctx context.Context, t protocol.Task, tc cid.Cid, noCache b
 	var last error // the latest host's error, for the message
 	everCandidate := false
 	for {
-		j.tried = map[string]bool{}
+		j.tried, j.choices, j.rounds = map[string]bool{}, nil, 0
 		var retryAfter time.Duration
 		for {
 			c, ok := j.next(ctx)
@@ -412,6 +417,9 @@ func (j *journey) noHost() error {
 // its next beacon says otherwise.
 func (j *journey) failed(p peer.ID, err error) {
 	j.n.gossip.forget(p)
+	if j.n.probing() {
+		j.n.sampling.Forget(p)
+	}
 	j.progress(Progress{Stage: "refused", Peer: p.String(), Event: protocol.Event{Message: err.Error()}})
 	j.n.log.Debug("host did not complete the task, trying the next", "peer", p, "err", err)
 }
@@ -419,6 +427,9 @@ func (j *journey) failed(p peer.ID, err error) {
 // try records c as tried in this round.
 func (j *journey) try(c candidate, stage string) {
 	j.tried[c.p.String()] = true
+	if j.n.probing() {
+		j.n.sampling.Charge(c.p)
+	}
 	j.progress(Progress{Stage: stage, Peer: c.p.String()})
 }
 
@@ -451,7 +462,11 @@ func (j *journey) pick(ctx context.Context) (candidate, bool) {
 	if ids := n.gossip.running(protocol.TaskKey(j.tc), n.host.ID(), j.tried); len(ids) > 0 {
 		return candidate{p: ids[0]}, true
 	}
-	if c, ok := j.placeInView(j.tried, n.rng()); ok {
+	if n.probing() {
+		if c, ok := j.fromProbes(ctx); ok {
+			return c, true
+		}
+	} else if c, ok := j.placeInView(j.tried, n.rng()); ok {
 		return c, true
 	}
 	// This host itself, if it has no beacon yet for Place to rank: a lone

@@ -51,6 +51,9 @@ type viewEntry struct {
 func newGossip(ctx context.Context, h host.Host, cfg *Config, log *slog.Logger) (*gossip, error) {
 	k := max(cfg.BeaconShards, 1)
 	shards := heardShards(cfg, h.ID())
+	if cfg.LoadInfo == LoadProbe {
+		shards = nil // no beacon topic: load comes from probes (probe.go)
+	}
 	names := make([]string, len(shards))
 	for i, shard := range shards {
 		names[i] = protocol.BeaconShardTopic(k, shard)
@@ -227,6 +230,23 @@ func (g *gossip) judge(msg *pubsub.Message) pubsub.ValidationResult {
 	return pubsub.ValidationAccept
 }
 
+// heard folds in a beacon that came straight from its host, in a probe
+// reply or an idle notice (node/sampling): the stream authenticated the
+// host and nobody relayed it, so only order matters, not the flood limit.
+func (g *gossip) heard(id peer.ID, b *protocol.Beacon, now time.Time) {
+	if id == g.pv.self {
+		return
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if prev, ok := g.view[id]; ok && b.Seq <= prev.b.Seq {
+		return // an older answer overtaken by a newer one
+	}
+	ps := peerState(id, b)
+	g.view[id] = viewEntry{b: *b, received: now, ps: ps}
+	g.pv.put(id, ps, now)
+}
+
 // drain consumes delivered messages: the validator has already folded them
 // into the view, so the subscriptions exist only to be in the meshes.
 func (g *gossip) drain(ctx context.Context) {
@@ -245,6 +265,9 @@ func (g *gossip) drain(ctx context.Context) {
 
 // publish sends one beacon.
 func (g *gossip) publish(ctx context.Context, b *protocol.Beacon) (int, error) {
+	if len(g.topics) == 0 {
+		return 0, errors.New("no beacon topic joined")
+	}
 	data, err := b.Encode()
 	if err != nil {
 		return 0, err

@@ -15,6 +15,7 @@ import (
 
 	"github.com/gpunet/gpunet/node/providers"
 	"github.com/gpunet/gpunet/node/reach"
+	"github.com/gpunet/gpunet/node/sampling"
 	"github.com/gpunet/gpunet/node/store"
 	"github.com/gpunet/gpunet/protocol"
 	"github.com/gpunet/gpunet/scheduler"
@@ -65,8 +66,12 @@ type Node struct {
 	submits  submitCalls // identical Submits in flight share one journey
 	waiting  *waitRoom   // submissions waiting out a saturated swarm
 	gossip   *gossip
-	fetch    *fetcher  // set in New before any goroutine reads it
-	verify   *verifier // nil unless cfg.Verify is set (verify.go)
+	// sampling is load information by probing (probe.go, node/sampling);
+	// beaconSeq numbers this host's beacons, gossiped or probed.
+	sampling  *sampling.Service
+	beaconSeq atomic.Uint64
+	fetch     *fetcher  // set in New before any goroutine reads it
+	verify    *verifier // nil unless cfg.Verify is set (verify.go)
 	// refreshed is when each peer's addresses were last looked up again
 	// after a failed dial (dispatch.go, refreshAddrs).
 	refreshed sync.Map
@@ -198,6 +203,9 @@ func (n *Node) start(ctx context.Context) (err error) {
 		defer n.wg.Done()
 		n.gossip.drain(n.ctx)
 	}()
+	if err := n.startSampling(); err != nil {
+		return err
+	}
 	if err := n.startVerify(); err != nil {
 		return err
 	}
@@ -543,6 +551,9 @@ func (n *Node) Close() error {
 		n.serve.close()
 	}
 	n.wg.Wait()
+	if n.sampling != nil {
+		errs = append(errs, n.sampling.Close())
+	}
 	errs = append(errs, n.closePeers()) // while the host still knows its peers
 	if n.gossip != nil {
 		if n.verify != nil {

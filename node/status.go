@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/gpunet/gpunet/node/reach"
+	"github.com/gpunet/gpunet/node/sampling"
 	"github.com/gpunet/gpunet/protocol"
 )
 
@@ -31,7 +32,11 @@ type Status struct {
 	// Verification is what this node's checks of other hosts' results did
 	// (docs/trust.md); absent when verification is off.
 	Verification *TrustStats `json:"verification,omitempty"`
-	GPU          *GPUStatus  `json:"gpu,omitempty"`
+	// LoadInfo is how this node learns the hosts' load (Config.LoadInfo);
+	// Sampling is what its probing did, absent when it gossips.
+	LoadInfo string          `json:"load_info"`
+	Sampling *sampling.Stats `json:"sampling,omitempty"`
+	GPU      *GPUStatus      `json:"gpu,omitempty"`
 	// Host-only: the owner's pause, the lending hours, the thermal
 	// governor's state and the queue. paused, off_hours and hot are always
 	// written, false included, so a script never reads "absent" as
@@ -130,6 +135,11 @@ func (n *Node) Status(ctx context.Context) Status {
 		s.Verification = &ts
 	}
 	s.Reach = n.reach.Info()
+	s.LoadInfo = n.cfg.LoadInfo
+	if n.probing() {
+		st := n.sampling.Stats()
+		s.Sampling = &st
+	}
 	s.ViewPeers = len(n.View())
 	s.BeaconsSent, s.BeaconBytes = n.stats.beaconsSent.Load(), n.stats.beaconBytes.Load()
 	st := n.store.Stats()

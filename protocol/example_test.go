@@ -259,6 +259,8 @@ func TestProtocolDocMatchesCode(t *testing.T) {
 		{"MaxSubmitterBytes", MaxSubmitterBytes}, {"KeepaliveInterval", KeepaliveInterval}, {"SuspectAfter", SuspectAfter},
 		{"MaxPreviews", MaxPreviews}, {"MaxPreviewBytes", MaxPreviewBytes}, {"MaxInputs", MaxInputs},
 		{"MaxFraudProofBytes", MaxFraudProofBytes}, {"MaxWitnesses", MaxWitnesses}, {"FraudProofVersion", FraudProofVersion},
+		{"MaxSampleBytes", MaxSampleBytes}, {"MaxDescriptors", MaxDescriptors}, {"MaxDescriptorAddrs", MaxDescriptorAddrs},
+		{"MaxAddrBytes", MaxAddrBytes}, {"SampleTimeout", SampleTimeout},
 	}
 	for _, c := range consts {
 		// The tables in the doc have a row "| `Name` | value |".
@@ -267,7 +269,7 @@ func TestProtocolDocMatchesCode(t *testing.T) {
 		}
 	}
 	for _, s := range []string{
-		TaskProtocol, FetchProtocol, DHTPrefix + "/kad/1.0.0", BeaconTopic, FraudTopic, "/" + CapacityNamespace + "/",
+		TaskProtocol, FetchProtocol, DHTPrefix + "/kad/1.0.0", BeaconTopic, FraudTopic, ProbeProtocol, IdleProtocol, SampleProtocol, "/" + CapacityNamespace + "/",
 		DefaultModel, manifestDomain[:len(manifestDomain)-1], capacityDomain[:len(capacityDomain)-1], "gpunet-seed-v1",
 		EventQueued, EventProgress, EventPreview, EventBlock, EventResult, EventError,
 		CodeBusy, CodeTooHot, CodePaused, CodeRateLimited, CodeUnsupportedModel, CodeBadRequest, CodeNotFound, CodeInternal,

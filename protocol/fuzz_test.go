@@ -154,6 +154,26 @@ func fuzzSeeds(tb testing.TB) map[string]map[string][][]byte {
 			"busy-over":     one(encodeBeacon(tb, func() Beacon { b := testBeacon(tb); b.Busy = 9; return b }())),
 			"trailing-byte": one(append(encodeBeacon(tb, testBeacon(tb)), 0)),
 		},
+		"FuzzDecodeProbeReply": func() map[string][][]byte {
+			b := encodeBeacon(tb, testBeacon(tb))
+			return map[string][][]byte{
+				"valid":       one(mustMarshal(tb, ProbeReply{Beacon: b, Peers: testDescriptors(tb, 2)})),
+				"notice":      one(mustMarshal(tb, ProbeReply{Beacon: b})),
+				"too-many":    one(mustMarshal(tb, ProbeReply{Beacon: b, Peers: testDescriptors(tb, MaxDescriptors+1)})),
+				"bad-beacon":  one(mustMarshal(tb, ProbeReply{Beacon: append(slices.Clone(b), 0)})),
+				"twice":       one(mustMarshal(tb, ProbeReply{Beacon: b, Peers: append(testDescriptors(tb, 1), testDescriptors(tb, 1)...)})),
+				"bad-address": one(mustMarshal(tb, ProbeReply{Beacon: b, Peers: []Descriptor{{Peer: testDescriptors(tb, 1)[0].Peer, Addrs: [][]byte{{0xff, 0xff}}}}})),
+			}
+		}(),
+		"FuzzDecodeShuffle": {
+			"valid":    one(mustMarshal(tb, Shuffle{Peers: testDescriptors(tb, 8)})),
+			"empty":    one(mustMarshal(tb, Shuffle{})),
+			"bad-peer": one(mustMarshal(tb, Shuffle{Peers: []Descriptor{{Peer: "not a peer"}}})),
+		},
+		"FuzzDecodeProbeRequest": {
+			"notify": one(mustMarshal(tb, ProbeRequest{Notify: true})),
+			"plain":  one(mustMarshal(tb, ProbeRequest{})),
+		},
 		"FuzzDecodeFetchRequest": {
 			"task-cid":   one(mustMarshal(tb, FetchRequest{CID: testManifest(tb, key).TaskCID})),
 			"result-cid": one(mustMarshal(tb, FetchRequest{CID: Link{ManifestCID(manifest)}})),
@@ -622,4 +642,61 @@ func FuzzDecodeFraudProof(f *testing.F) {
 			hosts[w.Host] = true
 		}
 	})
+}
+
+func FuzzDecodeProbeReply(f *testing.F) {
+	addSeeds(f, "FuzzDecodeProbeReply", malformedCBOR...)
+	from := testID(f, testKey(f, 1)).String()
+	f.Fuzz(func(t *testing.T, b []byte) {
+		r, bc, err := DecodeProbeReply(b, from, beaconNow)
+		if err != nil {
+			if !errors.Is(err, ErrBadSample) {
+				t.Fatalf("error %v does not wrap ErrBadSample", err)
+			}
+			return
+		}
+		if bc.Peer != from || len(r.Peers) > MaxDescriptors {
+			t.Fatalf("accepted a reply about %q with %d descriptors", bc.Peer, len(r.Peers))
+		}
+		checkDescriptorsAccepted(t, r.Peers)
+	})
+}
+
+func FuzzDecodeShuffle(f *testing.F) {
+	addSeeds(f, "FuzzDecodeShuffle", malformedCBOR...)
+	f.Fuzz(func(t *testing.T, b []byte) {
+		s, err := DecodeShuffle(b)
+		if err != nil {
+			if !errors.Is(err, ErrBadSample) {
+				t.Fatalf("error %v does not wrap ErrBadSample", err)
+			}
+			return
+		}
+		checkDescriptorsAccepted(t, s.Peers)
+	})
+}
+
+func FuzzDecodeProbeRequest(f *testing.F) {
+	addSeeds(f, "FuzzDecodeProbeRequest", malformedCBOR...)
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if _, err := DecodeProbeRequest(b); err != nil && !errors.Is(err, ErrBadSample) {
+			t.Fatalf("error %v does not wrap ErrBadSample", err)
+		}
+	})
+}
+
+// checkDescriptorsAccepted fails t if an accepted descriptor list breaks
+// a rule a node relies on.
+func checkDescriptorsAccepted(t *testing.T, ds []Descriptor) {
+	t.Helper()
+	if len(ds) > MaxDescriptors {
+		t.Fatalf("%d descriptors accepted", len(ds))
+	}
+	seen := map[string]bool{}
+	for _, d := range ds {
+		if _, err := peer.Decode(d.Peer); err != nil || seen[d.Peer] || len(d.Addrs) > MaxDescriptorAddrs {
+			t.Fatalf("accepted descriptor %+v", d)
+		}
+		seen[d.Peer] = true
+	}
 }

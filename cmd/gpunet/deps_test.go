@@ -36,8 +36,9 @@ func TestDependencyDirection(t *testing.T) {
 		"node/store":     {"protocol"},
 		"node/providers": nil, // the DHT's records on disk: libraries only
 		"node/nodeconf":  nil,
-		"node/reach":     nil,          // NAT, relays, swarm keys: how the libp2p host is built; libraries only
-		"node/trust":     {"protocol"}, // checks, verdicts, fraud proofs: the node only through trust.Runner
+		"node/reach":     nil,                       // NAT, relays, swarm keys: how the libp2p host is built; libraries only
+		"node/trust":     {"protocol"},              // checks, verdicts, fraud proofs: the node only through trust.Runner
+		"node/sampling":  {"protocol", "scheduler"}, // probes, idle notices, peer sampling: the node only through sampling.Node
 	}
 	for pkg, ok := range only {
 		for _, dep := range deps(pkg) {
