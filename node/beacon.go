@@ -230,6 +230,9 @@ func (n *Node) directTo(id peer.ID) bool {
 // Hears reports whether this node subscribes to the beacon shard of peer
 // id, so that id, if it is a host, appears in its view.
 func (n *Node) Hears(id peer.ID) bool {
+	if n.cfg.LoadInfo == LoadProbe {
+		return false // no beacon topic: hosts are probed
+	}
 	return slices.Contains(heardShards(&n.cfg, n.host.ID()), protocol.BeaconShard(id.String(), max(n.cfg.BeaconShards, 1)))
 }
 

@@ -3,11 +3,13 @@ package node_test
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/gpunet/gpunet/node"
+	"github.com/gpunet/gpunet/node/nodetest"
 	"github.com/gpunet/gpunet/node/swarm"
 )
 
@@ -106,5 +108,20 @@ func TestProbingClientUsesGossipingHosts(t *testing.T) {
 	}
 	if st := c.Status(ctx); st.Sampling == nil || st.Sampling.Probes == 0 || st.Sampling.ProbeFails == st.Sampling.Probes {
 		t.Fatalf("no probe answered: %+v", st.Sampling)
+	}
+}
+
+// A mistyped --load-info is a one-line error before anything starts.
+func TestLoadInfoMistake(t *testing.T) {
+	cfg := nodetest.Config()
+	cfg.LoadInfo = "rumour"
+	cfg.Logger = testLogger(t)
+	n, err := node.New(context.Background(), cfg)
+	if err == nil {
+		n.Close()
+		t.Fatal("a node started with load information \"rumour\"")
+	}
+	if want := `load information "rumour": want gossip or probe`; !strings.Contains(err.Error(), want) || strings.Contains(err.Error(), "\n") {
+		t.Fatalf("error %q, want one line with %q", err, want)
 	}
 }

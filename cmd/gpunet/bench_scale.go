@@ -30,6 +30,7 @@ type scaleFlags struct {
 	realTime     bool
 	beaconShards int
 	viewShards   int
+	loadInfo     string
 }
 
 // scaleBenchReport is `gpunet bench scale --json`: one scale.Report per
@@ -66,11 +67,11 @@ protocol's, not this machine's. The run itself is CPU-bound: a few seconds at
 				return printJSON(r)
 			}
 			fmt.Printf("scale: real nodes on simnet, %s clock, links %.0f ms one way\n", r.Clock, r.LatencyMs)
-			fmt.Printf("%6s %6s %9s %9s %9s %12s %12s %10s %8s %8s %7s\n",
-				"nodes", "tasks", "p50 ms", "p99 ms", "place p50", "idle B/s", "gossip B/s", "heap/node", "gor/node", "conns", "wall s")
+			fmt.Printf("%6s %6s %9s %9s %9s %12s %12s %12s %12s %10s %8s %8s %7s\n",
+				"nodes", "tasks", "p50 ms", "p99 ms", "place p50", "idle B/s", "gossip B/s", "probe B/s", "task B/s", "heap/node", "gor/node", "conns", "wall s")
 			for _, s := range r.Sizes {
-				fmt.Printf("%6d %6d %9.1f %9.1f %9.1f %12.0f %12.0f %9.1fM %8.0f %8.1f %7.1f\n",
-					s.Nodes, s.Completed, s.LatencyP50ms, s.LatencyP99ms, s.PlaceP50ms, s.IdleBytesPerNodeS, gossipBytes(s),
+				fmt.Printf("%6d %6d %9.1f %9.1f %9.1f %12.0f %12.0f %12.0f %12.0f %9.1fM %8.0f %8.1f %7.1f\n",
+					s.Nodes, s.Completed, s.LatencyP50ms, s.LatencyP99ms, s.PlaceP50ms, s.IdleBytesPerNodeS, gossipBytes(s), s.ProbeBytesPerNodeS, s.TaskBytesPerNodeS,
 					s.HeapBytesPerNode/(1<<20), s.GoroutinesPerNode, s.ConnsPerNode, s.WallS)
 			}
 			return nil
@@ -86,6 +87,7 @@ protocol's, not this machine's. The run itself is CPU-bound: a few seconds at
 	fl.BoolVar(&f.realTime, "real-time", false, "run on the real clock instead of a synctest bubble: figures then include this machine's CPU")
 	fl.IntVar(&f.beaconShards, "beacon-shards", 1, "GossipSub topics the beacons are split over (node.Config.BeaconShards)")
 	fl.IntVar(&f.viewShards, "view-shards", 0, "shards each node hears (0: all)")
+	fl.StringVar(&f.loadInfo, "load-info", node.LoadGossip, "how nodes learn the hosts' load: gossip (every beacon) or probe (peer sampling, probes, idle notices)")
 	return cmd
 }
 
@@ -113,8 +115,8 @@ func runScale(ctx context.Context, f *scaleFlags) (*scaleBenchReport, error) {
 	for _, n := range f.sizes {
 		o := scale.DefaultOptions(n)
 		o.Tasks, o.Clients, o.Latency, o.Settle, o.Window = f.tasks, f.clients, f.latency, f.settle, f.window
-		if f.beaconShards > 1 {
-			o.Tune = func(c *node.Config) { c.BeaconShards, c.ViewShards = f.beaconShards, f.viewShards }
+		o.Tune = func(c *node.Config) {
+			c.BeaconShards, c.ViewShards, c.LoadInfo = max(f.beaconShards, 1), f.viewShards, f.loadInfo
 		}
 		start := time.Now()
 		var r *scale.Report

@@ -39,6 +39,7 @@ type globals struct {
 	verify    bool
 	shards    int
 	heard     int
+	loadInfo  string
 	// storeBudget is store.budget from the configuration file (no flag);
 	// 0 leaves node.DefaultConfig's.
 	storeBudget int64
@@ -161,6 +162,7 @@ func newRootCmd() *cobra.Command {
 	pf.BoolVar(&g.verify, "verify", true, "when this node takes results from other hosts: re-run a sample on independent hosts (every result of a host on probation), exclude hosts caught, act on fraud proofs (docs/trust.md)")
 	pf.IntVar(&g.shards, "beacon-shards", 1, "split the swarm's beacons over this many gossip topics (every node of a swarm must agree; see docs/protocol.md)")
 	pf.IntVar(&g.heard, "view-shards", 0, "with --beacon-shards: how many shards this node hears, from its own on (0: all)")
+	pf.StringVar(&g.loadInfo, "load-info", node.LoadGossip, "how this node learns the hosts' load: gossip (every host's beacon) or probe (a few hosts per task, idle notices, peer sampling: per-node cost flat in swarm size; docs/scheduling.md)")
 	pf.StringVar(&g.logLevel, "log-level", "", "debug, info, warn or error (default: info for daemon and host, warn otherwise)")
 	pf.StringVar(&g.logFormat, "log-format", "text", "logs on stderr as text (key=value) or json (one object a line); go-libp2p's logs too")
 	g.reach.add(pf)
@@ -257,6 +259,7 @@ func (g *globals) nodeConfig(cmd *cobra.Command, log *slog.Logger) node.Config {
 		cfg.StoreBudget = g.storeBudget
 	}
 	cfg.BeaconShards, cfg.ViewShards = g.shards, g.heard
+	cfg.LoadInfo = g.loadInfo
 	g.reach.apply(&cfg, g.data)
 	cfg.Version = version
 	cfg.Logger = log

@@ -49,6 +49,7 @@ type Service struct {
 	memory    *scheduler.ProbeMemory // hosts heard of with a free slot
 	probers   scheduler.Probers      // a host's last clients asking for notices
 	announced int                    // free slots this host has announced
+	seeded    time.Time              // when the view was last refilled from the DHT
 	rng       *rand.Rand
 
 	stats  counters
@@ -141,7 +142,7 @@ type Choice struct {
 // the replies, ranked best first by scheduler.RankProbed: at most max
 // choices, none of them in exclude.
 func (s *Service) Round(ctx context.Context, r scheduler.Request, cfg scheduler.Config, max int) []Choice {
-	if s.viewSize() < s.cfg.D || s.cfg.Rebootstrap(s.viewSize()) {
+	if s.rebootstrap() {
 		s.Seed(s.node.Hosts(ctx, r.Model)...)
 	}
 	s.mu.Lock()
@@ -206,11 +207,24 @@ func (s *Service) Forget(id peer.ID) {
 	s.memory.Forget(id.String())
 }
 
-func (s *Service) viewSize() int {
+// rebootstrap reports whether a round should refill the view from the
+// DHT first: when it is too small to draw from (scheduler's Rebootstrap),
+// at most once per reseedEvery, so that a swarm with fewer hosts than D
+// does not pay a DHT search for every task.
+func (s *Service) rebootstrap() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return len(s.view)
+	if !s.cfg.Rebootstrap(len(s.view)) || time.Since(s.seeded) < reseedEvery {
+		return false
+	}
+	s.seeded = time.Now()
+	return true
 }
+
+// reseedEvery bounds how often a small view is refilled from the DHT: a
+// search costs log N round trips, and hosts that join reach views through
+// shuffles within a period or two anyway.
+const reseedEvery = 5 * time.Second
 
 // probe asks host id for its beacon; on any failure the host leaves the
 // view and the memory (Cyclon drops a neighbour that does not answer).

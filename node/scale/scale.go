@@ -168,6 +168,12 @@ type Report struct {
 	// traffic.
 	TaskBytesPerNodeS float64 `json:"task_bytes_per_node_s"`
 	TaskPhaseS        float64 `json:"task_phase_s"`
+	// TaskBytesByProtocol splits the task phase's traffic as
+	// IdleBytesByProtocol does the idle window's; ProbeBytesPerNodeS is
+	// its load-information part when probing: the probe, idle-notice and
+	// shuffle protocols together (node/sampling).
+	TaskBytesByProtocol map[string]float64 `json:"task_bytes_by_protocol_per_node_s"`
+	ProbeBytesPerNodeS  float64            `json:"probe_bytes_per_node_s"`
 	// IdleBytesByProtocol splits the idle window's traffic by libp2p
 	// protocol, per node per second: the bytes the protocol's streams
 	// carried (sent plus received), before QUIC's framing and
@@ -586,7 +592,7 @@ func (s *swarm) tasks(ctx context.Context, r *Report) error {
 		}
 	}
 	runs0 := s.kernelRuns()
-	b0 := s.bytes()
+	b0, p0 := s.bytes(), s.proto.snapshot()
 	start := time.Now()
 	full, err := s.submitAll(ctx, clients, 1, node.SubmitOptions{})
 	if err != nil {
@@ -597,7 +603,7 @@ func (s *swarm) tasks(ctx context.Context, r *Report) error {
 		return err
 	}
 	phase := time.Since(start)
-	b1 := s.bytes()
+	b1, p1 := s.bytes(), s.proto.snapshot()
 	r.Tasks, r.Completed = 2*s.o.Tasks, len(full)+len(place)
 	if got := s.kernelRuns() - runs0; got != uint64(r.Completed) {
 		return fmt.Errorf("%d tasks completed but the hosts' kernels ran %d", r.Completed, got)
@@ -616,6 +622,16 @@ func (s *swarm) tasks(ctx context.Context, r *Report) error {
 			total += b1[i] - b0[i]
 		}
 		r.TaskBytesPerNodeS = float64(total) / phase.Seconds() / float64(len(s.members))
+		r.TaskBytesByProtocol = map[string]float64{}
+		for p, v := range p1 {
+			if d := v - p0[p]; d > 0 {
+				r.TaskBytesByProtocol[p] = float64(d) / phase.Seconds() / float64(len(s.members))
+				switch p {
+				case protocol.ProbeProtocol, protocol.IdleProtocol, protocol.SampleProtocol:
+					r.ProbeBytesPerNodeS += r.TaskBytesByProtocol[p]
+				}
+			}
+		}
 	}
 	return nil
 }
