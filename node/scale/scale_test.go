@@ -7,8 +7,10 @@ import (
 	"testing/synctest"
 	"time"
 
+	"github.com/gpunet/gpunet/node"
 	"github.com/gpunet/gpunet/node/nodetest"
 	"github.com/gpunet/gpunet/node/scale"
+	"github.com/gpunet/gpunet/protocol"
 )
 
 // TestScaleOnSimnet runs in this package's own test process, away from
@@ -92,3 +94,35 @@ func TestScaleOnSimnet(t *testing.T) {
 }
 
 func scaleMs(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+// TestScaleProbingOnSimnet runs the swarm learning load by probing
+// (node/sampling): no host publishes a beacon, so no node pays for every
+// host's, and the tasks are still placed, on hosts the client probed.
+func TestScaleProbingOnSimnet(t *testing.T) {
+	scale.PrepareProcess()
+	synctest.Test(t, func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+		defer cancel()
+		o := scale.DefaultOptions(16)
+		o.Tasks = 12
+		o.Logger = nodetest.Logger(t)
+		o.Tune = func(c *node.Config) { c.LoadInfo = node.LoadProbe }
+		r, err := scale.Run(ctx, o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		js, _ := json.MarshalIndent(r, "", "  ")
+		t.Logf("%s", js)
+		if r.Completed != 2*o.Tasks || r.HostsUsed < 2 {
+			t.Errorf("%d of %d tasks completed on %d hosts", r.Completed, 2*o.Tasks, r.HostsUsed)
+		}
+		if r.BeaconsPerS != 0 {
+			t.Errorf("%.1f beacons/s published while probing", r.BeaconsPerS)
+		}
+		for _, p := range []string{protocol.ProbeProtocol, protocol.IdleProtocol} {
+			if r.TaskBytesByProtocol[p] <= 0 {
+				t.Errorf("no %s traffic while the client placed tasks: %v", p, r.TaskBytesByProtocol)
+			}
+		}
+	})
+}
