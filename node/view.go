@@ -57,6 +57,15 @@ func (v *placeView) setLocked(id peer.ID, ps scheduler.PeerState, received time.
 		ps.RTTMs = ms(v.rtts(id, ps.Reach))
 	}
 	i, ok := v.index[ps.ID]
+	// Once per beacon, what placement would otherwise work out from it at
+	// every decision; a peer's ID table is kept from its last beacon.
+	// Placement's own Config is not at hand here: with another than the
+	// default, Place works out the thermal term itself, as before.
+	var prev *scheduler.PeerState
+	if ok {
+		prev = &v.base[i]
+	}
+	ps.Prepare(prev, nil)
 	if !ok {
 		if v.index == nil {
 			v.index, v.dirty = map[string]int{}, map[int]struct{}{}

@@ -27,7 +27,8 @@ func BenchRequest(seed uint64) Request {
 // protocol.DefaultModel; the mix of cards, loads and temperatures is the
 // simulator's (a few peers are stale, paused, hot or short of memory, so
 // every filter does work). Beacons were issued within the 4 s before
-// BenchNow.
+// BenchNow. Its peers are prepared (PeerState.Prepare), as the node
+// prepares those of its view.
 func BenchView(n int, seed uint64) View {
 	rng := rand.New(rand.NewPCG(seed, 0x5851f42d4c957f2d))
 	const b58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
@@ -92,6 +93,7 @@ func BenchView(n int, seed uint64) View {
 		if rng.Float64() < 0.02 { // silent peer the view has not expired yet
 			p.Updated = now.Add(-time.Minute)
 		}
+		p.Prepare(nil, nil) // as the node's view does once per beacon
 		v[i] = p
 	}
 	return v

@@ -6,14 +6,16 @@ import (
 	"math/bits"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 )
 
 // PeerState is what a client knows about one peer, as of the peer's last
 // beacon plus whatever the client itself placed there since (see Charge).
-// The node fills it from gossip beacons; the fields are plain so that the
-// mapping stays obvious. Zero values mean "not reported" where noted.
+// The node fills it from gossip beacons, and prepares it (Prepare); the
+// fields are plain so that the mapping stays obvious. Zero values mean
+// "not reported" where noted.
 type PeerState struct {
 	ID        string
 	Models    []string
@@ -69,6 +71,9 @@ type PeerState struct {
 	// which Place never returns. A doubted peer's score is raised by
 	// TrustWeight × Distrust, so a peer with a record wins a close call.
 	Distrust float64
+
+	// prep is what Prepare made, if it was called.
+	prep prepared
 }
 
 // View is a snapshot of the peers a client knows. Place does not modify it.
@@ -133,7 +138,7 @@ type Candidate struct {
 // rng may be nil, which disables the random draw; the same rng state gives
 // the same answer. cfg should pass Validate; out-of-range values are clamped.
 // Place is safe for concurrent use (its scratch space is pooled) and does
-// not modify v.
+// not modify v. Peers prepared by Prepare give the same answer sooner.
 func Place(v View, r Request, now time.Time, rng *rand.Rand, cfg Config) []Candidate {
 	return AppendPlace(nil, v, r, now, rng, cfg)
 }
@@ -154,53 +159,53 @@ func AppendPlace(dst []Candidate, v View, r Request, now time.Time, rng *rand.Ra
 	dst = slices.Grow(dst, n)[:base+n]
 	c := dst[base:]
 	sc.sort(cand, c)
-	spread(c, r.Key, rng, &cfg)
+	spread(v, c, r.Key, rng, &cfg)
 	return dst
 }
 
 // score runs the filters over v and scores every peer that passes them,
 // into sc's candidates, which it returns in view order, with the smallest
 // score and whether every score is a number ≥ 0 (it is, unless cfg does
-// not validate). One pass over the view (scan) filters, reads what the
-// score needs and sums the view's load: the view is the largest thing
-// Place touches, and is read once. Short loops over the feasible peers
-// then take the divisions, the exponentials and the scores.
+// not validate). One pass over the view (scan) filters, works out the
+// score's terms and exponents and sums the view's load: the view is the
+// largest thing Place touches, and is read once. Short loops over the
+// feasible peers then take the exponentials and the scores.
 func (sc *scratch) score(v View, r *Request, now time.Time, cfg *Config) (cand []Candidate, best float64, plain bool) {
 	s := newScorer(r, now, cfg)
 	cand, terms, ex := sc.grow(len(v))
-	n := s.scan(v, cand, terms)
+	// By candidate, the exponent of the drain and the thermal term, or its
+	// exponent for the candidates at sc.miss, for which Prepare did not
+	// make it; the third part of ex gathers those.
+	drain, thermal := ex[:len(v)], ex[len(v):2*len(v)]
+	n, nm := s.scan(v, cand, terms, drain, thermal, sc.miss)
 	if n == 0 {
 		return nil, 0, false
 	}
-	cand, terms, ex = cand[:n], terms[:n], ex[:2*n]
-	// The loops below are written out, not a call per candidate: a call
-	// cost as much as the arithmetic.
-	for i := range terms {
-		// The run time, and the exponents of the thermal preference and of
-		// the beacon's drain.
-		t, x := &terms[i], (*[2]float64)(ex[2*i:])
-		if t.speed != 1 { // x/1 is x, and a division is dear
-			t.run /= t.speed
+	cand, terms, drain, thermal = cand[:n], terms[:n], drain[:n], thermal[:n]
+	expAll(drain)
+	if nm == n {
+		expAll(thermal)
+	} else if nm > 0 { // a few, charged since their beacon: gathered
+		x := ex[2*len(v) : 2*len(v)+nm]
+		for j, i := range sc.miss[:nm] {
+			x[j] = thermal[i]
 		}
-		// The exponent is capped so a peer far past its predicted limit
-		// gets a huge but finite score and the order stays total.
-		x[0], x[1] = min(-cand[i].HeadroomC/s.scale, 60), 0
-		if t.drain {
-			x[1], t.drain = drainExponent(t.tasks, t.slots, t.ageMs, t.run)
+		expAll(x)
+		for j, i := range sc.miss[:nm] {
+			thermal[i] = x[j]
 		}
 	}
-	expAll(ex)
 	load := s.load()
 	best, plain = math.Inf(1), true
 	for i := range cand {
 		// The prediction and the score. Tasks ahead of ours: what the
 		// beacon reported, aged (see drainExponent), plus what this client
 		// placed there since.
-		c, t, e := &cand[i], &terms[i], (*[2]float64)(ex[2*i:])
+		c, t := &cand[i], &terms[i]
 		n := t.tasks
 		if t.drain {
 			mean := load * t.slots
-			n = mean + (n-mean)*e[1]
+			n = mean + (n-mean)*drain[i]
 		}
 		n += t.pending
 		ahead := max(n-t.slots+1, 0)
@@ -209,7 +214,7 @@ func (sc *scratch) score(v View, r *Request, now time.Time, cfg *Config) (cand [
 		}
 		wait := ahead * t.run
 		pred := wait + t.run + t.rtt
-		score := (pred + s.queuePenalty*wait) * (1 + s.headroomWeight*e[0])
+		score := (pred + s.queuePenalty*wait) * (1 + s.headroomWeight*thermal[i])
 		if t.distrust > 0 {
 			score *= 1 + s.trustWeight*t.distrust
 		}
@@ -230,7 +235,8 @@ func (sc *scratch) score(v View, r *Request, now time.Time, cfg *Config) (cand [
 type scratch struct {
 	cand      []Candidate
 	terms     []terms
-	ex        []float64 // two exponents a candidate, then their exponentials
+	ex        []float64 // exponents, then their exponentials (see score)
+	miss      []int32
 	keys, tmp []uint64
 	// AppendPlaceTop's: its sampling pool, and its best candidates in
 	// order before they are appended. They are grown when it needs them,
@@ -243,22 +249,21 @@ var scratchPool = sync.Pool{New: func() any { return new(scratch) }}
 
 func (sc *scratch) grow(n int) ([]Candidate, []terms, []float64) {
 	if cap(sc.cand) < n {
-		sc.cand, sc.terms, sc.ex = make([]Candidate, n), make([]terms, n), make([]float64, 2*n)
-		sc.keys, sc.tmp = make([]uint64, n), make([]uint64, n)
+		sc.cand, sc.terms, sc.ex = make([]Candidate, n), make([]terms, n), make([]float64, 3*n)
+		sc.miss, sc.keys, sc.tmp = make([]int32, n), make([]uint64, n), make([]uint64, n)
 	}
-	return sc.cand[:n], sc.terms[:n], sc.ex[:2*n]
+	return sc.cand[:n], sc.terms[:n], sc.ex[:3*n]
 }
 
-// terms is what scan read from one feasible peer for the loops of score,
-// which complete its candidate once the view's load is known. It is kept apart
-// from the candidates so that the sort moves only those.
+// terms is what scan worked out for one feasible peer for the last loop of
+// score, which completes its candidate once the view's load is known. It is
+// kept apart from the candidates so that the sort moves only those.
 type terms struct {
 	// tasks is Busy + QueueLen, pending is Pending and slots is Slots (≥ 1),
-	// as floats; ageMs is the beacon's age.
-	tasks, pending, slots, ageMs float64
-	// run is the service time over the speed; until score's first loop,
-	// the service time, and speed the speed.
-	run, speed, rtt float64
+	// as floats.
+	tasks, pending, slots float64
+	// run is the service time over the speed.
+	run, rtt float64
 	// distrust is the peer's Distrust.
 	distrust float64
 	// drain: the beacon's tasks are aged (see drainExponent).
@@ -405,6 +410,131 @@ func (p *PeerState) full() bool { return p.room() == 0 }
 // since, would take another task now: it accepts work and is not full.
 func (p *PeerState) Available() bool { return p.Accepting && !p.full() }
 
+// Prepare makes, once per beacon, what placement would otherwise work
+// out from p's beacon at every placement: the service time of each model
+// (a map lookup per peer was a sixth of Place), a table that makes the
+// ID's rendezvous weight for any key a few multiplications (hashing the
+// pool's IDs was a tenth), and the thermal preference's exponential under
+// cfg (nil: DefaultConfig), which changes only with a beacon or a Charge.
+// Place returns the same for a prepared PeerState as for one that is not,
+// to the bit, only sooner.
+//
+// Call it once the beacon's fields are set, and again after changing
+// Models or ServiceMs. A copy of p keeps what Prepare made. Place reads
+// the fields instead when p has another ID or Models slice than Prepare
+// saw, and works the thermal term out when p's headroom or the Config's
+// HeadroomScaleC is not the one Prepare saw (after a Charge, or under
+// another Config); it cannot tell that ServiceMs was changed. prev, when
+// not nil, is the peer's previous state, whose ID table is reused for the
+// same ID: making one costs some 4 µs.
+func (p *PeerState) Prepare(prev *PeerState, cfg *Config) {
+	if cfg == nil {
+		d := DefaultConfig()
+		cfg = &d
+	}
+	var rdv *idHash
+	if prev != nil && prev.prep.id == p.ID {
+		rdv = prev.prep.rdv
+	}
+	if rdv == nil {
+		rdv = newIDHash(p.ID)
+	}
+	q := prepared{rdv: rdv, id: p.ID}
+	if len(p.Models) > 0 {
+		q.svc, q.models = make([]modelService, len(p.Models)), &p.Models[0]
+		for i, m := range p.Models {
+			lo, hi := ends(m)
+			q.svc[i] = modelService{model: m, lo: lo, hi: hi, ms: p.ServiceMs[m]}
+		}
+	}
+	// The headroom and the scale as scan works them out.
+	headroom, scale := cfg.UnknownHeadroomC, cfg.HeadroomScaleC
+	if !(scale > 0) {
+		scale = 1
+	}
+	if limit, telemetry := p.limit(); telemetry {
+		headroom = limit - p.predictedTemp(cfg.DefaultHeatPerTaskC)
+	}
+	q.headroom, q.scale = math.Float64bits(headroom), math.Float64bits(scale)
+	q.thermal = fastExp(thermalExponent(headroom, scale))
+	p.prep = q
+}
+
+// prepared is what Prepare made for a PeerState. Copies of the PeerState
+// share its slice and table, so they are not modified once made.
+type prepared struct {
+	// svc is Models with the ServiceMs of each, and models &Models[0] as
+	// it was: a PeerState given another Models slice is read field by
+	// field.
+	svc    []modelService
+	models *string
+	// rdv is the rendezvous table of the ID id (nil when the ID has a byte
+	// ≥ 0x80); Place checks that the PeerState still has that ID, which
+	// for the same string is a pointer compare.
+	rdv *idHash
+	id  string
+	// thermal is exp(thermalExponent(headroom, scale)), where headroom and
+	// scale are these bits: checking them keeps it right whatever changed
+	// since. No scale scan uses has the bits of +0, so a PeerState that
+	// was not prepared never matches.
+	headroom, scale uint64
+	thermal         float64
+}
+
+// services returns what Prepare made of p's Models, or nil.
+func (p *PeerState) services() []modelService {
+	if m := p.prep.models; m == nil || len(p.prep.svc) != len(p.Models) || m != &p.Models[0] {
+		return nil
+	}
+	return p.prep.svc
+}
+
+// rendezvous returns p's rendezvous table, or nil.
+func (p *PeerState) rendezvous() *idHash {
+	if p.prep.rdv == nil || p.prep.id != p.ID {
+		return nil
+	}
+	return p.prep.rdv
+}
+
+// thermal returns exp(thermalExponent(headroom, scale)) when Prepare made
+// it.
+func (p *PeerState) thermal(headroom, scale float64) (float64, bool) {
+	if p.prep.headroom != math.Float64bits(headroom) || p.prep.scale != math.Float64bits(scale) {
+		return 0, false
+	}
+	return p.prep.thermal, true
+}
+
+// modelService is one of a peer's models, the ends of its name and its
+// ServiceMs entry (0 when it has none).
+type modelService struct {
+	model  string
+	lo, hi uint64 // see ends
+	ms     float64
+}
+
+// is reports whether m is the model named name, whose ends are lo and hi.
+// Comparing strings is a call, around which the scan saves and reloads its
+// registers, and it was a tenth of the scan: names of the same length
+// whose ends differ differ, and up to 16 bytes the ends are all the name.
+func (m *modelService) is(name string, lo, hi uint64) bool {
+	return len(m.model) == len(name) && m.lo == lo && m.hi == hi && (len(name) <= 16 || m.model == name)
+}
+
+// ends returns the first and the last 8 bytes of s as numbers, or s
+// padded with zeros twice when it is shorter.
+func ends(s string) (lo, hi uint64) {
+	if len(s) < 8 {
+		var b [8]byte
+		copy(b[:], s)
+		lo = uint64(b[0]) | uint64(b[1])<<8 | uint64(b[2])<<16 | uint64(b[3])<<24 |
+			uint64(b[4])<<32 | uint64(b[5])<<40 | uint64(b[6])<<48 | uint64(b[7])<<56
+		return lo, lo
+	}
+	return tail(s[:8]), tail(s)
+}
+
 // scorer is one Place call's request and settings, read once so that the
 // loop over the view does no per-peer work that does not depend on the
 // peer, and the sums that make the view's load.
@@ -412,6 +542,8 @@ type scorer struct {
 	now             int64 // Unix nanoseconds
 	oldest          time.Time
 	model           string
+	modelLo         uint64 // the model's ends
+	modelHi         uint64
 	memMB           uint64
 	exclude         map[string]bool
 	ageDrain        bool
@@ -486,6 +618,7 @@ func newScorer(r *Request, now time.Time, cfg *Config) scorer {
 	if !(s.scale > 0) {
 		s.scale = 1
 	}
+	s.modelLo, s.modelHi = ends(s.model)
 	return s
 }
 
@@ -493,21 +626,17 @@ func newScorer(r *Request, now time.Time, cfg *Config) scorer {
 // client excludes the peers that refused one task, rarely more than a few.
 const maxTails = 8
 
-// excluded reports s.exclude[id]. A map lookup hashes the whole ID, and
-// with a few peers excluded (every placement after a refusal) the lookups
-// were a fifth of Place; equal IDs end alike, so an ID whose last 8 bytes
-// are none of the excluded ones' is not excluded.
-func (s *scorer) excluded(id string) bool {
-	if s.ntails >= 0 && len(id) >= 8 {
-		t, hit := tail(id), false
-		for _, x := range s.tails[:s.ntails] {
-			hit = hit || x == t
-		}
-		if !hit {
-			return false
-		}
+// endsLikeExcluded reports whether an ID whose last 8 bytes are t may be
+// excluded. A map lookup hashes the whole ID, and with a few peers
+// excluded (every placement after a refusal) the lookups were a fifth of
+// Place; equal IDs end alike, so an ID whose last 8 bytes are none of the
+// excluded ones' is not excluded, and needs no lookup.
+func (s *scorer) endsLikeExcluded(t uint64) bool {
+	hit := false
+	for _, x := range s.tails[:s.ntails] {
+		hit = hit || x == t
 	}
-	return s.exclude[id]
+	return hit
 }
 
 // tail is the last 8 bytes of id (len(id) ≥ 8) as a number.
@@ -533,31 +662,34 @@ func (s *scorer) load() float64 {
 }
 
 // scan applies the filters to every peer of v and, for each that passes,
-// fills the next candidate's ID, Index and HeadroomC and its terms with
-// what the rest of its score needs; it returns how many passed, and sums
-// the view's load. It reads and does not compute: the divisions and
-// exponentials of the score are made in loops of their own over the
-// candidates (in score), whose iterations are independent and short, so
-// the processor overlaps them; computed here, behind each peer's map
-// lookup, they cost twice as much. The loop is one function, not a call
-// per peer, so that the load's sums stay in registers.
-func (s *scorer) scan(v View, cand []Candidate, ts []terms) int {
-	n := 0
+// fills the next candidate's ID, Index and HeadroomC, its terms, its
+// drain's exponent and its thermal term, or the term's exponent with its
+// index in miss when Prepare did not make the term; it returns how many
+// passed and how many are in miss, and sums the view's load. The
+// exponentials are left to expAll, which takes them all at once in a
+// third of math.Exp's time. The divisions are made here: without a map
+// lookup in the loop (see Prepare), a loop of their own over the
+// candidates cost a microsecond more at 1,000 peers. The loop is one
+// function, not a call per peer, so that the load's sums stay in
+// registers, and it makes no call for a prepared peer: around one, it
+// saves and reloads them.
+func (s *scorer) scan(v View, cand []Candidate, ts []terms, drain, thermal []float64, miss []int32) (n, nm int) {
 	sumTasks, sumSlots := 0, 0
 	cand, ts = cand[:len(v)], ts[:len(v)]
 	for i := range v {
 		p := &v[i]
-		// Filters, cheapest first: field compares, then a map lookup, then
-		// a scan of the model list. Freshness comes first because every
-		// fresh peer counts in the view's load.
+		// Filters, cheapest first: field compares, then the excluded IDs,
+		// then a scan of the model list. Freshness comes first because
+		// every fresh peer counts in the view's load.
 		//
 		// Stale is p.Updated.Before(s.oldest). Before is not inlined and
 		// was a seventh of the scan; when oldest has no monotonic reading
 		// (a simulated clock, or a caller that strips it), Before compares
 		// seconds and nanoseconds, and so does this, in line.
+		unix, nsec := p.Updated.Unix(), p.Updated.Nanosecond()
 		if s.wall {
-			sec := p.Updated.Unix() + unixToInternal
-			if sec < s.oldSec || sec == s.oldSec && p.Updated.Nanosecond() < s.oldNsec {
+			sec := unix + unixToInternal
+			if sec < s.oldSec || sec == s.oldSec && nsec < s.oldNsec {
 				continue
 			}
 		} else if p.Updated.Before(s.oldest) {
@@ -576,22 +708,36 @@ func (s *scorer) scan(v View, cand []Candidate, ts []terms) int {
 		if telemetry && !(p.TempC < limit-s.minHeadroom) {
 			continue
 		}
-		if s.exclude != nil && s.excluded(p.ID) {
+		// Written out so that most IDs cost no call (see endsLikeExcluded),
+		// around which the scan saves and reloads its registers.
+		if s.exclude != nil && (s.ntails < 0 || len(p.ID) < 8 || s.endsLikeExcluded(tail(p.ID))) && s.exclude[p.ID] {
 			continue
 		}
 		// Written so that a NaN fails: a peer caught lying is never placed on.
 		if !(p.Distrust < 1) {
 			continue
 		}
-		if !slices.Contains(p.Models, s.model) {
-			continue
+		var svc float64 // the model's entry in ServiceMs
+		if ms := p.services(); ms != nil {
+			j := 0
+			for j < len(ms) && !ms[j].is(s.model, s.modelLo, s.modelHi) {
+				j++
+			}
+			if j == len(ms) {
+				continue
+			}
+			svc = ms[j].ms
+		} else {
+			if !slices.Contains(p.Models, s.model) {
+				continue
+			}
+			svc = p.ServiceMs[s.model]
 		}
 
 		// Ranking. The terms are written field by field: a composite
 		// literal is built on the stack and copied in 16-byte moves, which
 		// cannot be forwarded from its 8-byte stores and stalled the loop.
 		t, c := &ts[n], &cand[n]
-		svc := p.ServiceMs[s.model]
 		if !(svc > 0) || math.IsInf(svc, 1) {
 			svc = s.defaultService
 		}
@@ -601,11 +747,7 @@ func (s *scorer) scan(v View, cand []Candidate, ts []terms) int {
 		}
 		headroom := s.unknownHeadroom
 		if telemetry {
-			heat := p.HeatPerTaskC
-			if !(heat > 0) || math.IsInf(heat, 1) {
-				heat = s.defaultHeat
-			}
-			predicted := p.TempC + heat
+			predicted := p.predictedTemp(s.defaultHeat)
 			if p.SlowdownC > 0 && predicted >= p.SlowdownC && !p.Throttled {
 				speed *= s.slowdownSpeed
 			}
@@ -615,23 +757,52 @@ func (s *scorer) scan(v View, cand []Candidate, ts []terms) int {
 		if !(rtt > 0) || math.IsInf(rtt, 1) {
 			rtt = 0
 		}
+		run := svc
+		if speed != 1 { // x/1 is x, and a division is dear
+			run /= speed
+		}
 		c.ID, c.Index, c.HeadroomC = p.ID, i, headroom
+		if e, ok := p.thermal(headroom, s.scale); ok {
+			thermal[n] = e
+		} else {
+			thermal[n], miss[nm] = thermalExponent(headroom, s.scale), int32(n)
+			nm++
+		}
+		drain[n] = 0 // exp(0) is 1, and a stale value may be out of expAll's range
 		t.tasks = float64(tasks)
 		t.pending = float64(max(p.Pending, 0))
 		t.slots = float64(slots)
-		t.run, t.speed, t.rtt = svc, speed, rtt
+		t.run, t.rtt = run, rtt
 		t.distrust = max(p.Distrust, 0) // NaN failed the filter
-		t.ageMs, t.drain = 0, false
+		t.drain = false
 		if s.ageDrain {
 			// The age is in whole milliseconds, as it has always been ranked.
-			if age := time.Duration(s.now - p.Updated.UnixNano()); age > 0 {
-				t.ageMs, t.drain = float64(age.Milliseconds()), true
+			// unix·10⁹ + nsec is UnixNano, without decoding Updated again.
+			if age := time.Duration(s.now - (unix*1e9 + int64(nsec))); age > 0 {
+				drain[n], t.drain = drainExponent(t.tasks, t.slots, float64(age.Milliseconds()), run)
 			}
 		}
 		n++
 	}
 	s.tasks, s.slots = sumTasks, sumSlots
-	return n
+	return n, nm
+}
+
+// thermalExponent is the exponent of the thermal preference. It is capped
+// so a peer far past its predicted limit gets a huge but finite score and
+// the order stays total.
+func thermalExponent(headroom, scale float64) float64 {
+	return min(-headroom/scale, 60)
+}
+
+// predictedTemp is the temperature p is predicted to reach with one more
+// task, defaultHeat being DefaultHeatPerTaskC.
+func (p *PeerState) predictedTemp(defaultHeat float64) float64 {
+	heat := p.HeatPerTaskC
+	if !(heat > 0) || math.IsInf(heat, 1) {
+		heat = defaultHeat
+	}
+	return p.TempC + heat
 }
 
 // limit is the temperature the peer must stay under: the owner's limit, or
@@ -640,7 +811,12 @@ func (p *PeerState) limit() (float64, bool) {
 	l, s := p.LimitC, p.SlowdownC
 	switch {
 	case l > 0 && s > 0:
-		return min(l, s), true
+		// Not min: neither is NaN, and min's NaN and −0 handling
+		// cost more than the rest of this.
+		if s < l {
+			return s, true
+		}
+		return l, true
 	case l > 0:
 		return l, true
 	case s > 0:
@@ -698,7 +874,7 @@ func (p *PeerState) Charge() {
 // the pool's Choices candidates with the highest rendezvous weight, so
 // clients with similar views draw the same ones for one task; otherwise it
 // is random from rng.
-func spread(c []Candidate, key []byte, rng *rand.Rand, cfg *Config) {
+func spread(v View, c []Candidate, key []byte, rng *rand.Rand, cfg *Config) {
 	k := min(max(cfg.TopK, 1), maxTopK, len(c))
 	if lim := c[0].Score * (1 + max(cfg.SampleSlack, 0)); !math.IsNaN(lim) {
 		for k > 1 && c[k-1].Score > lim {
@@ -713,11 +889,12 @@ func spread(c []Candidate, key []byte, rng *rand.Rand, cfg *Config) {
 	var chosen [maxTopK]bool
 	if keyed {
 		var ids [maxTopK]string
+		var at [maxTopK]int
 		for i := range k {
-			ids[i] = c[i].ID
+			ids[i], at[i] = c[i].ID, c[i].Index
 		}
 		var w [maxTopK]uint64
-		poolWeights(w[:k], ids[:k], KeyHash(key))
+		weigh(w[:k], ids[:k], at[:k], v, KeyHash(key))
 		for range d {
 			m := -1
 			for i := range k {
@@ -779,6 +956,53 @@ func RendezvousWeight(keyHash uint64, id string) uint64 {
 	return mix(fnvString(keyHash, id))
 }
 
+// idHash is one ID's RendezvousWeight for every key at the price of three
+// multiplications, not one a byte. FNV-1a's step is h ← (h ⊕ b)·P. For a
+// byte b < 0x80, h ⊕ b = h + δ with δ = (h mod 128 ⊕ b) − h mod 128, and
+// the low 7 bits of a sum or a product depend on those of its terms only;
+// so every δ along the ID depends on the ID and the start's low 7 bits,
+// and, all modulo 2⁶⁴,
+//
+//	fnvString(h, id) = h·P^len(id) + Σ δᵢ·P^(len(id)−i) = h·P^len(id) + d[h mod 128]
+//
+// with d[l] = fnvString(l, id) − l·P^len(id): exactly RendezvousWeight's
+// hash. Peer IDs are base58, so every byte is below 0x80.
+type idHash struct {
+	pn uint64 // P^len(id)
+	d  [128]uint64
+}
+
+// newIDHash returns id's table, or nil when a byte of id is ≥ 0x80.
+func newIDHash(id string) *idHash {
+	t := &idHash{pn: 1}
+	for i := 0; i < len(id); i++ {
+		if id[i] >= 0x80 {
+			return nil
+		}
+		t.pn *= fnvPrime
+	}
+	for l := range t.d {
+		t.d[l] = uint64(l)
+	}
+	// Byte by byte over all 128 starts: independent chains, so the
+	// multiplier is never waiting on the previous product.
+	for i := 0; i < len(id); i++ {
+		b := uint64(id[i])
+		for l := range t.d {
+			t.d[l] = (t.d[l] ^ b) * fnvPrime
+		}
+	}
+	for l := range t.d {
+		t.d[l] -= uint64(l) * t.pn
+	}
+	return t
+}
+
+// weight is RendezvousWeight(kh, id) for the table's id.
+func (t *idHash) weight(kh uint64) uint64 {
+	return mix(kh*t.pn + t.d[kh%128])
+}
+
 func fnvString(h uint64, s string) uint64 {
 	for i := 0; i < len(s); i++ {
 		h ^= uint64(s[i])
@@ -812,6 +1036,40 @@ func mix(h uint64) uint64 {
 	return h
 }
 
+// weigh sets w[i] to RendezvousWeight(kh, ids[i]), where ids[i] is the ID
+// of v[at[i]]: from the peer's table (see Prepare) when it has one.
+func weigh(w []uint64, ids []string, at []int, v View, kh uint64) {
+	miss := false
+	for i, j := range at {
+		if t := v[j].rendezvous(); t != nil {
+			w[i] = t.weight(kh)
+		} else {
+			miss = true
+		}
+	}
+	if miss {
+		weighUnprepared(w, ids, at, v, kh)
+	}
+}
+
+// weighUnprepared sets w[i] for the peers weigh found no table for.
+func weighUnprepared(w []uint64, ids []string, at []int, v View, kh uint64) {
+	var idx [maxTopK]int
+	var rest [maxTopK]string
+	n := 0
+	for i, j := range at {
+		if v[j].rendezvous() == nil {
+			idx[n], rest[n] = i, ids[i]
+			n++
+		}
+	}
+	var rw [maxTopK]uint64
+	poolWeights(rw[:n], rest[:n], kh)
+	for i, j := range idx[:n] {
+		w[j] = rw[i]
+	}
+}
+
 // poolWeights sets w[i] to RendezvousWeight(kh, ids[i]), for a pool of up
 // to TopK candidates: hashing 52-byte peer IDs one at a time was a sixth of
 // Place's time. The prefix every ID shares ("12D3KooW" for Ed25519 peer
@@ -823,6 +1081,9 @@ func poolWeights(w []uint64, ids []string, kh uint64) {
 	pre := ids[0]
 	for i := 1; i < len(ids) && pre != ""; i++ {
 		id := ids[i]
+		if strings.HasPrefix(id, pre) {
+			continue // most do: comparing byte by byte was a quarter of this
+		}
 		j, m := 0, min(len(pre), len(id))
 		for j < m && pre[j] == id[j] {
 			j++

@@ -72,3 +72,76 @@ func TestPoolWeights(t *testing.T) {
 		}
 	}
 }
+
+// TestIDHash: an ID's table gives RendezvousWeight for every key, for IDs
+// of every length up to 60 and every byte below 0x80, and keys that
+// cover every start of the table; an ID with a byte ≥ 0x80 has none.
+func TestIDHash(t *testing.T) {
+	rng := rand.New(rand.NewPCG(10, 10))
+	for n := range 61 {
+		for range 20 {
+			b := make([]byte, n)
+			for i := range b {
+				b[i] = byte(rng.IntN(0x80))
+			}
+			id := string(b)
+			h := newIDHash(id)
+			if h == nil {
+				t.Fatalf("no table for %q", id)
+			}
+			for l := range uint64(300) {
+				kh := rng.Uint64()
+				if l < 128 {
+					kh = kh&^127 | l
+				}
+				if got, want := h.weight(kh), RendezvousWeight(kh, id); got != want {
+					t.Fatalf("id %q key hash %#x: %#x, want %#x", id, kh, got, want)
+				}
+			}
+		}
+	}
+	for _, id := range []string{"\x80", "12D3KooW\xff", "é"} {
+		if newIDHash(id) != nil {
+			t.Errorf("a table for %q", id)
+		}
+	}
+}
+
+// TestModelIs: a prepared model name matches exactly the names equal to
+// it: names of every length to 40, ones that differ only in the middle
+// (past the ends is compares) or at one end, by a zero byte at the end,
+// or in length only.
+func TestModelIs(t *testing.T) {
+	rng := rand.New(rand.NewPCG(11, 11))
+	for range 20000 {
+		n := rng.IntN(41)
+		a := make([]byte, n)
+		for i := range a {
+			a[i] = "ab\x00"[rng.IntN(3)]
+		}
+		b := slices.Clone(a)
+		switch rng.IntN(5) {
+		case 0: // equal
+		case 1:
+			if n > 0 {
+				b[rng.IntN(n)] ^= 1
+			}
+		case 2:
+			b = append(b, 0)
+		case 3:
+			if n > 0 {
+				b = b[:n-1]
+			}
+		case 4:
+			if n > 16 {
+				b[8+rng.IntN(n-16)] ^= 1 // not in either end
+			}
+		}
+		lo, hi := ends(string(a))
+		m := modelService{model: string(b)}
+		m.lo, m.hi = ends(m.model)
+		if got, want := m.is(string(a), lo, hi), string(a) == string(b); got != want {
+			t.Fatalf("%q is %q: %v, want %v", b, a, got, want)
+		}
+	}
+}

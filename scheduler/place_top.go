@@ -40,7 +40,7 @@ func AppendPlaceTop(dst []Candidate, v View, r Request, now time.Time, rng *rand
 		dst = slices.Grow(dst, n)[:base+n]
 		c := dst[base:]
 		sc.sort(cand, c)
-		spread(c, r.Key, rng, &cfg)
+		spread(v, c, r.Key, rng, &cfg)
 		return dst
 	}
 	// spread's pool is the first top of the order, cut to those within lim
@@ -70,27 +70,28 @@ func AppendPlaceTop(dst []Candidate, v View, r Request, now time.Time, rng *rand
 			}
 		}
 		if np <= top && d < np && k <= d && len(r.Key) > 0 && cfg.Rendezvous {
-			return keyedDraw(dst, cand, pool[:np], d, k, KeyHash(r.Key))
+			return keyedDraw(dst, v, cand, pool[:np], d, k, KeyHash(r.Key))
 		}
 		m = min(m, np)
 	}
 	c := sc.best(cand, max(m, k))
-	spread(c, r.Key, rng, &cfg)
+	spread(v, c, r.Key, rng, &cfg)
 	return append(dst, c[:k]...)
 }
 
-// keyedDraw is spread's keyed draw from the pool of candidates c[pool[i]]
-// and appends the first k ≤ d drawn to dst: the d pool members of highest
-// RendezvousWeight (ties to the smaller ID, then to the earlier in Place's
-// order), in Place's order. The draw does not depend on the pool's order,
-// so the pool is never sorted.
-func keyedDraw(dst, c []Candidate, pool []int32, d, k int, kh uint64) []Candidate {
+// keyedDraw is spread's keyed draw from the pool of candidates c[pool[i]],
+// peers of v, and appends the first k ≤ d drawn to dst: the d pool members
+// of highest RendezvousWeight (ties to the smaller ID, then to the earlier
+// in Place's order), in Place's order. The draw does not depend on the
+// pool's order, so the pool is never sorted.
+func keyedDraw(dst []Candidate, v View, c []Candidate, pool []int32, d, k int, kh uint64) []Candidate {
 	var ids [maxTopK]string
+	var at [maxTopK]int
 	for i, j := range pool {
-		ids[i] = c[j].ID
+		ids[i], at[i] = c[j].ID, c[j].Index
 	}
 	var w [maxTopK]uint64
-	poolWeights(w[:len(pool)], ids[:len(pool)], kh)
+	weigh(w[:len(pool)], ids[:len(pool)], at[:len(pool)], v, kh)
 	// heavier reports whether pool member i is drawn before j.
 	heavier := func(i, j int) bool {
 		if w[i] != w[j] {

@@ -207,3 +207,16 @@ func BenchmarkAppendPlaceTopRandom1000(b *testing.B) {
 	buf := make([]Candidate, 0, len(v))
 	cpuLoop(b, func() { buf = AppendPlaceTop(buf[:0], v, r, now, rng, cfg, 1) })
 }
+
+// BenchmarkAppendPlaceTopUnprepared1000 is BenchmarkAppendPlaceTop1000 on
+// a view that was not prepared, as the simulator's.
+func BenchmarkAppendPlaceTopUnprepared1000(b *testing.B) {
+	v := BenchView(1000, 1)
+	prepare(v, false)
+	r := BenchRequest(1)
+	cfg := DefaultConfig()
+	rng := rand.New(rand.NewPCG(1, 1))
+	now := BenchNow()
+	buf := make([]Candidate, 0, len(v))
+	cpuLoop(b, func() { buf = AppendPlaceTop(buf[:0], v, r, now, rng, cfg, 1) })
+}
