@@ -163,6 +163,11 @@ type Config struct {
 	// re-provides its models; well inside CapacityMaxAge and the DHT's
 	// provider record lifetime.
 	AdvertiseInterval time.Duration
+	// SweepInterval is the period of the DHT provider's reprovide sweep
+	// (sweep.go): each result this node provides is reprovided once per
+	// period, with the other keys of its keyspace region. 0 (or less) means
+	// ReprovideInterval; tests shorten it to watch a sweep.
+	SweepInterval time.Duration
 	// FindTimeout bounds a DHT search for hosts of a model.
 	FindTimeout time.Duration
 	// TaskTimeout bounds one attempt at one host, from stream open to result.

@@ -194,7 +194,9 @@ func (n *Node) start(ctx context.Context) (err error) {
 	if err != nil {
 		return fmt.Errorf("starting DHT: %w", err)
 	}
-	n.startProvides()
+	if err := n.startProvides(); err != nil {
+		return err
+	}
 	if n.gossip, err = newGossip(n.ctx, n.host, &n.cfg, n.log.With("sub", "gossip")); err != nil {
 		return err
 	}

@@ -1,86 +1,121 @@
 package node
 
 import (
-	"context"
+	"errors"
 	"sync"
-	"time"
 
 	"github.com/ipfs/go-cid"
+	mh "github.com/multiformats/go-multihash"
 )
 
-// Result provides go through one queue with a few workers, instead of a
-// goroutine each: a surge of results on one host would otherwise start a
-// DHT walk per result at once, every walk competing with the tasks for the
-// CPU and the link. A provide is never on a task's critical path; the
-// queue only bounds how many run together and drops repeats.
-const (
-	// provideWorkers is how many provides run at once. Each is a DHT walk
-	// of a few round trips, mostly waiting on the network.
-	provideWorkers = 4
-	// provideQueueLen bounds the provides waiting. Past it a result is not
-	// queued: the reprovide round (ReprovideInterval) provides it then,
-	// since it provides every result this node made or announced.
-	provideQueueLen = 4096
-)
+// The TaskCIDs this node is to provide wait here until the sweep (sweep.go)
+// hands them to kad-dht's SweepingProvider, and are remembered until their
+// first provider record has gone out, so that each is reported to the
+// observers once (Observer.Provided): done when a record reached a peer,
+// failed when the node closed first.
+//
+// The queue itself never batches by time: a provide is handed over as soon
+// as it comes. Batches form in the provider, whose provide queue groups
+// keys by keyspace region while its workers are busy; so one result on an
+// idle node is provided at once, as before, and a surge of results costs a
+// few region walks rather than one DHT walk per result.
 
-// provideQueue is the node's queue of TaskCIDs to provide.
+// provideQueueLen bounds the TaskCIDs waiting or in flight (a few MiB).
+// Past it a result is not queued: the sweep's keystore sync (sweep.go, at
+// start and every sweep interval) takes every result this node serves from
+// the store, so it is provided then.
+const provideQueueLen = 1 << 16
+
+// errNotProvided is what Observer.Provided hears for a TaskCID whose
+// provider record had not gone out when the node closed. A node with a data
+// directory provides it at its next start: the provider saves its queue,
+// and the keystore sync finds the result in the store.
+var errNotProvided = errors.New("node closed before the provide went out")
+
+// provideQueue is the node's queue of TaskCIDs to provide. It is safe for
+// concurrent use.
 type provideQueue struct {
 	mu      sync.Mutex
-	pending map[cid.Cid]bool // queued or being provided
-	ch      chan cid.Cid
-	dropped uint64
+	waiting []cid.Cid            // not handed to the provider yet
+	pending map[string]cid.Cid   // by multihash: waiting or handed over, no record out yet
+	wake    chan struct{}        // a TaskCID is waiting
+	closed  bool                 // no more TaskCIDs are taken
+	report  func(n int, e error) // reports n provides done (e nil) or failed
 }
 
-func newProvideQueue() *provideQueue {
-	return &provideQueue{pending: map[cid.Cid]bool{}, ch: make(chan cid.Cid, provideQueueLen)}
+// newProvideQueue returns an empty queue that tells report of each provide
+// done or failed. report is called without the queue's lock held and must
+// not block.
+func newProvideQueue(report func(n int, err error)) *provideQueue {
+	return &provideQueue{pending: map[string]cid.Cid{}, wake: make(chan struct{}, 1), report: report}
 }
 
-// add queues tc unless it is already queued or the queue is full; it
+// add queues tc unless it is queued already, the queue is full or closed; it
 // never blocks.
 func (q *provideQueue) add(tc cid.Cid) bool {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	if q.pending[tc] {
+	k := string(tc.Hash())
+	if _, ok := q.pending[k]; ok {
 		return true
 	}
-	select {
-	case q.ch <- tc:
-		q.pending[tc] = true
-		return true
-	default:
-		q.dropped++
+	if q.closed || len(q.pending) >= provideQueueLen {
 		return false
 	}
+	q.pending[k] = tc
+	q.waiting = append(q.waiting, tc)
+	select {
+	case q.wake <- struct{}{}:
+	default:
+	}
+	return true
 }
 
-func (q *provideQueue) done(tc cid.Cid) {
+// take returns the TaskCIDs waiting, as multihashes (what the DHT provides),
+// and empties the waiting list; they stay pending until sent.
+func (q *provideQueue) take() []mh.Multihash {
 	q.mu.Lock()
-	delete(q.pending, tc)
-	q.mu.Unlock()
+	defer q.mu.Unlock()
+	if len(q.waiting) == 0 {
+		return nil
+	}
+	out := make([]mh.Multihash, len(q.waiting))
+	for i, tc := range q.waiting {
+		out[i] = tc.Hash()
+	}
+	q.waiting = q.waiting[:0]
+	return out
 }
 
-// startProvides starts the queue's workers; they stop with the node.
-func (n *Node) startProvides() {
-	n.provides = newProvideQueue()
-	for range provideWorkers {
-		n.wg.Add(1)
-		go func() {
-			defer n.wg.Done()
-			for {
-				select {
-				case <-n.ctx.Done():
-					return
-				case tc := <-n.provides.ch:
-					ctx, cancel := context.WithTimeout(n.ctx, 30*time.Second)
-					err := n.dht.Provide(ctx, tc, true)
-					cancel()
-					n.provides.done(tc)
-					if err != nil {
-						n.log.Debug("providing result", "task", tc, "err", err)
-					}
-					n.observe(func(o Observer) { o.Provided(err) })
-				}
-			}
-		}()
+// hasWaiting reports whether a TaskCID waits to be handed over.
+func (q *provideQueue) hasWaiting() bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return len(q.waiting) > 0
+}
+
+// sent marks the provide of h done: a provider record for it reached a
+// peer. A key this queue does not hold (a reprovide, a model key) is
+// ignored. It must be safe to call from the provider's workers.
+func (q *provideQueue) sent(h mh.Multihash) {
+	q.mu.Lock()
+	_, ok := q.pending[string(h)]
+	delete(q.pending, string(h))
+	q.mu.Unlock()
+	if ok {
+		q.report(1, nil)
+	}
+}
+
+// close stops the queue taking TaskCIDs and reports every one whose
+// record had not gone out as failed.
+func (q *provideQueue) close() {
+	q.mu.Lock()
+	q.closed = true
+	n := len(q.pending)
+	q.pending, q.waiting = map[string]cid.Cid{}, nil
+	q.mu.Unlock()
+	if n > 0 {
+		q.report(n, errNotProvided)
 	}
 }

@@ -131,7 +131,15 @@ func runScale(ctx context.Context, f *scaleFlags) (*scaleBenchReport, error) {
 		if f.realTime {
 			err = run(ctx)
 		} else {
+			// The bubble cannot watch ctx (a goroutine blocked on a
+			// channel from outside would stop its clock), so Ctrl-C or
+			// SIGTERM ends the process from here.
+			stop := context.AfterFunc(ctx, func() {
+				fmt.Fprintln(os.Stderr, "gpunet: bench scale interrupted")
+				os.Exit(exitInterrupt)
+			})
 			err = inBubble(fmt.Sprintf("scale-%d", n), run)
+			stop()
 		}
 		if err != nil {
 			return nil, fmt.Errorf("scale: %d nodes: %w", n, err)

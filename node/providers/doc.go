@@ -22,12 +22,20 @@
 //	/gpunet/announced/<cid>  a TaskCID this node announces though it did
 //	                         not compute it: it served a fetch of it, re-served
 //	                         it from its cache, or its owner pinned it
+//	/gpunet/sweep/keys/...   the keys this node provides: kad-dht's sweeping
+//	                         provider's keystore (node/sweep.go), synced with
+//	                         the results store at start
+//	/gpunet/sweep/state/...  that provider's reprovide history, cycle start,
+//	                         network size estimate, and its provide queue
+//	                         saved at close
 //
 // # Durability
 //
 // All of it is soft state: provider records come back with their providers'
 // next reprovide, and a lost announcement only means a result this node holds
-// is found through its maker instead. So writes are not synced, and a
+// is found through its maker instead; a lost keystore is rebuilt from the
+// results store when the node starts, and a lost schedule only means every
+// region is reprovided once at start. So writes are not synced, and a
 // database that does not open (damaged, or from an incompatible version) is
 // deleted and started afresh rather than repaired.
 //

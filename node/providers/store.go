@@ -12,6 +12,7 @@ import (
 	"github.com/cockroachdb/pebble/v2/vfs"
 	"github.com/ipfs/go-cid"
 	ds "github.com/ipfs/go-datastore"
+	"github.com/ipfs/go-datastore/namespace"
 	"github.com/ipfs/go-datastore/query"
 	pebbleds "github.com/ipfs/go-ds-pebble"
 )
@@ -20,6 +21,13 @@ import (
 // computed them (doc.go). It lies outside kad-dht's /providers/ namespace,
 // which the provider manager's garbage collector sweeps.
 const announcedPrefix = "/gpunet/announced/"
+
+// The sweeping provider's state (doc.go, Layout): the keys this node
+// provides, and the provider's own schedule and queue.
+const (
+	sweepKeysPrefix  = "/gpunet/sweep/keys"
+	sweepStatePrefix = "/gpunet/sweep/state"
+)
 
 // memTableSize is pebble's memtable, 2 MiB rather than its 4 MiB default: a
 // provider record is about 100 bytes, so 2 MiB still holds ~20,000 writes
@@ -94,6 +102,29 @@ func (s *Store) open() (*pebbleds.Datastore, error) {
 // Datastore is what the DHT keeps its provider records in
 // (dht.ProviderDatastore). It stays valid until Close; close the DHT first.
 func (s *Store) Datastore() ds.Batching { return s.ds }
+
+// SweepKeys is where kad-dht's sweeping provider keeps the keys this node
+// provides (its keystore), SweepState where it keeps its reprovide history,
+// cycle start and, at close, its provide queue. Both stay valid until Close;
+// close the provider and its keystore first.
+//
+// Their Sync is a no-op: the keystore syncs after every write, which on
+// pebble is a WAL fsync, one per batch of results, for state that is soft
+// (doc.go, Durability: the node rebuilds the keystore from its results store
+// at start).
+func (s *Store) SweepKeys() ds.Batching {
+	return unsynced{namespace.Wrap(s.ds, ds.NewKey(sweepKeysPrefix))}
+}
+
+// SweepState: see SweepKeys.
+func (s *Store) SweepState() ds.Batching {
+	return unsynced{namespace.Wrap(s.ds, ds.NewKey(sweepStatePrefix))}
+}
+
+// unsynced is a datastore whose Sync does nothing.
+type unsynced struct{ ds.Batching }
+
+func (unsynced) Sync(context.Context, ds.Key) error { return nil }
 
 // Announce records that this node announces tc.
 func (s *Store) Announce(ctx context.Context, tc cid.Cid) error {

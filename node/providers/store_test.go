@@ -10,6 +10,8 @@ import (
 
 	"github.com/gpunet/gpunet/node/providers"
 	"github.com/ipfs/go-cid"
+	ds "github.com/ipfs/go-datastore"
+	"github.com/ipfs/go-datastore/query"
 	"github.com/libp2p/go-libp2p-kad-dht/records"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/peerstore"
@@ -176,4 +178,51 @@ func newPeerstore(t testing.TB) peerstore.Peerstore {
 	}
 	t.Cleanup(func() { ps.Close() })
 	return ps
+}
+
+// TestSweepNamespacesAreApart: what the sweeping provider writes (its
+// keystore and its state) survives a restart, stays in its own namespace,
+// and neither it nor the announced set shows up in the other's listing.
+func TestSweepNamespacesAreApart(t *testing.T) {
+	ctx := context.Background()
+	dir := filepath.Join(t.TempDir(), "dht")
+	s := open(t, dir)
+	announced := randCID(t)
+	if err := s.Announce(ctx, announced); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range []ds.Batching{s.SweepKeys(), s.SweepState()} {
+		if err := d.Put(ctx, ds.NewKey("/0/1/key"), []byte("v")); err != nil {
+			t.Fatal(err)
+		}
+		if err := d.Sync(ctx, ds.NewKey("")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	s = open(t, dir)
+	defer s.Close()
+	for name, d := range map[string]ds.Batching{"keys": s.SweepKeys(), "state": s.SweepState()} {
+		res, err := d.Query(ctx, query.Query{KeysOnly: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		all, err := res.Rest()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(all) != 1 || all[0].Key != "/0/1/key" {
+			t.Errorf("sweep %s after reopening: %v, want only /0/1/key", name, all)
+		}
+	}
+	keys, err := s.AnnouncedKeys(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(keys) != 1 || !keys[0].Equals(announced) {
+		t.Errorf("announced keys %v, want only [%s]", keys, announced)
+	}
 }
