@@ -105,12 +105,6 @@ const (
 	// spare, and re-announces results to the peers that are now closest
 	// to each key after churn.
 	ReprovideInterval = 12 * time.Hour
-	// reprovideWorkers bounds concurrent provides in a round: each is a
-	// DHT lookup, and a store of a few thousand results must not open
-	// hundreds of streams at once.
-	reprovideWorkers = 4
-	// reprovideTimeout bounds one provide, as provideResult does.
-	reprovideTimeout = 30 * time.Second
 )
 
 // ErrNoProvider means no peer that the DHT named for a TaskCID answered
@@ -165,8 +159,14 @@ func (n *Node) startFetch() {
 	}
 	n.fetch = f
 	n.host.SetStreamHandler(libp2pProto(protocol.FetchProtocol), f.handle)
+	// Reprovides are the sweep's (sweep.go): it reprovides what this
+	// node serves region by region, not one DHT walk per result.
 	n.wg.Add(1)
-	go f.reprovideLoop()
+	go func() {
+		defer n.wg.Done()
+		<-n.ctx.Done()
+		f.close()
+	}()
 }
 
 // fetcher returns the node's fetch service, nil once the node has closed.
@@ -617,92 +617,6 @@ func (n *Node) fetchFrom(ctx context.Context, p peer.ID, taskCID cid.Cid) (*Resu
 	}
 	st.Reset()
 	return nil, fmt.Errorf("%w: more blocks than a manifest may name", errBadProvider)
-}
-
-// reprovideLoop provides the TaskCID of every stored result this node
-// serves (announce.go: made here, pinned or announced) at start and then
-// every ReprovideInterval, so results stay findable past the DHT's record
-// lifetime and after a restart. Until a round succeeds it retries quickly,
-// like advertiseLoop: a node that just started may have no DHT peer yet.
-// When the node's context ends it closes the fetch service.
-func (f *fetcher) reprovideLoop() {
-	n := f.n
-	defer n.wg.Done()
-	defer f.close()
-	n.repeat(ReprovideInterval, 5*time.Minute, func() error {
-		provided, err := f.reprovide(n.ctx)
-		if err != nil {
-			n.log.Debug("re-providing results", "provided", provided, "err", err)
-		}
-		return err
-	})
-}
-
-// reprovide provides the TaskCID of every stored result this node serves
-// once, and forgets announcements of results it no longer holds. It fails only
-// if some provides failed and none succeeded: a provide stores the record
-// locally before it looks for peers, so partial failure means the DHT is
-// reachable and the next round will catch up.
-func (f *fetcher) reprovide(ctx context.Context) (int, error) {
-	n := f.n
-	if !n.reachable() {
-		return 0, nil
-	}
-	held, err := n.store.List(ctx)
-	if err != nil {
-		return 0, fmt.Errorf("listing stored results: %w", err)
-	}
-	n.forgetEvicted(ctx, held)
-	var entries []store.Entry
-	for _, e := range held {
-		if n.reprovides(ctx, e) {
-			entries = append(entries, e)
-		}
-	}
-	if len(entries) == 0 {
-		return 0, nil
-	}
-	keys := make(chan cid.Cid)
-	var (
-		wg       sync.WaitGroup
-		ok, fail atomic.Int64
-		errMu    sync.Mutex
-		lastErr  error
-	)
-	for range min(reprovideWorkers, len(entries)) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for tc := range keys {
-				pctx, cancel := context.WithTimeout(ctx, reprovideTimeout)
-				err := n.dht.Provide(pctx, tc, true)
-				cancel()
-				if err != nil {
-					fail.Add(1)
-					errMu.Lock()
-					lastErr = err
-					errMu.Unlock()
-				} else {
-					ok.Add(1)
-				}
-			}
-		}()
-	}
-feed:
-	for _, e := range entries {
-		select {
-		case keys <- e.TaskCID:
-		case <-ctx.Done():
-			break feed
-		}
-	}
-	close(keys)
-	wg.Wait()
-	n.log.Debug("re-provided stored results", "ok", ok.Load(), "failed", fail.Load())
-	if ok.Load() == 0 && fail.Load() > 0 {
-		return 0, fmt.Errorf("%d provides failed, the last: %w", fail.Load(), lastErr)
-	}
-	return int(ok.Load()), ctx.Err()
 }
 
 // rendezvousHolder is the host of the view serving t's model with the

@@ -55,6 +55,10 @@ var quietSubsystems = map[string]slog.Level{
 	// the one-line error (docs/usage.md, "Errors and exit status") with
 	// nothing the node's own lines do not already say.
 	"dht/RtRefreshManager": slog.LevelError,
+	// The sweeping provider (node/sweep.go) logs every batch and every
+	// keyspace region it reprovides at info: routine, and on a busy host
+	// several lines a second.
+	"dht/provider": slog.LevelWarn,
 }
 
 // goLogLevel is the go-log level name that lets through what lvl does.
