@@ -115,8 +115,9 @@ func runScale(ctx context.Context, f *scaleFlags) (*scaleBenchReport, error) {
 	for _, n := range f.sizes {
 		o := scale.DefaultOptions(n)
 		o.Tasks, o.Clients, o.Latency, o.Settle, o.Window = f.tasks, f.clients, f.latency, f.settle, f.window
-		o.Tune = func(c *node.Config) {
-			c.BeaconShards, c.ViewShards, c.LoadInfo = max(f.beaconShards, 1), f.viewShards, f.loadInfo
+		o.LoadInfo = f.loadInfo
+		if f.beaconShards > 1 {
+			o.Tune = func(c *node.Config) { c.BeaconShards, c.ViewShards = f.beaconShards, f.viewShards }
 		}
 		start := time.Now()
 		var r *scale.Report

@@ -69,6 +69,9 @@ type Options struct {
 	// Window is how long idle traffic is measured: the load information
 	// (beacons, mesh upkeep) and DHT upkeep a swarm pays with no task.
 	Window time.Duration
+	// LoadInfo is how every node learns the hosts' load
+	// (node.Config.LoadInfo); empty is the node's default, gossip.
+	LoadInfo string
 	// Tune adjusts each node's config after the harness's own settings
 	// (a load-information design's knobs, say); nil for none.
 	Tune func(*node.Config)
@@ -387,6 +390,9 @@ func (s *swarm) add(ctx context.Context, i int, role string) (*member, error) {
 	// once, and no per-submitter rate limit on the one client.
 	cfg.SimulateGPUSpeed = false
 	cfg.RateLimit = 0
+	if s.o.LoadInfo != "" {
+		cfg.LoadInfo = s.o.LoadInfo
+	}
 	cfg.HostOptions = []libp2p.Option{
 		s.quic(m.ep),
 		// go-libp2p's x/simlibp2p turns this off too: identify's address
@@ -513,8 +519,14 @@ func (t *teeReporter) LogRecvMessageStream(n int64, id lp2pproto.ID, peer peer.I
 
 // waitViews waits until every client's view holds every host it hears,
 // so that placement has load to go on (bounded by ctx; on the swarm's
-// clock, a poll costs nothing in a bubble).
+// clock, a poll costs nothing in a bubble). A probing client hears no
+// host: it waits instead until the DHT names as many hosts as a search
+// returns (20, or every host of a smaller swarm), the hosts' model
+// records having reached the peers closest to the model's key.
 func (s *swarm) waitViews(ctx context.Context) error {
+	if s.o.probing() {
+		return s.waitAdvertised(ctx)
+	}
 	var hosts, clients []*node.Node
 	for _, m := range s.members {
 		switch m.role {
@@ -546,6 +558,36 @@ func (s *swarm) waitViews(ctx context.Context) error {
 		}
 	}
 }
+
+// waitAdvertised is waitViews for probing clients.
+func (s *swarm) waitAdvertised(ctx context.Context) error {
+	hosts := 0
+	var clients []*node.Node
+	for _, m := range s.members {
+		switch m.role {
+		case "host":
+			hosts++
+		case "client":
+			clients = append(clients, m.n)
+		}
+	}
+	want := min(hosts, 20)
+	for _, c := range clients {
+		for {
+			found, err := c.FindHosts(ctx, kernel.NoopModel, want)
+			if err == nil && len(found) >= want {
+				break
+			}
+			if err := sleep(ctx, time.Second); err != nil {
+				return fmt.Errorf("the DHT never named %d hosts to a client (last: %d, %v): %w", want, len(found), err, ctx.Err())
+			}
+		}
+	}
+	return nil
+}
+
+// probing reports whether the swarm's nodes learn load by probing.
+func (o *Options) probing() bool { return o.LoadInfo == node.LoadProbe }
 
 // bytes is every member's link bytes, in the order of s.members.
 func (s *swarm) bytes() []int64 {

@@ -106,7 +106,7 @@ func TestScaleProbingOnSimnet(t *testing.T) {
 		o := scale.DefaultOptions(16)
 		o.Tasks = 12
 		o.Logger = nodetest.Logger(t)
-		o.Tune = func(c *node.Config) { c.LoadInfo = node.LoadProbe }
+		o.LoadInfo = node.LoadProbe
 		r, err := scale.Run(ctx, o)
 		if err != nil {
 			t.Fatal(err)
