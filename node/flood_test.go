@@ -164,6 +164,23 @@ func TestFloodHoldsToCaps(t *testing.T) {
 	// The flooder and the rater lost their standing: a valid beacon from
 	// either, sent now at a legal pace, is dropped, while the same from
 	// the control, which behaved, gets into the host's view.
+	//
+	// Penalties are per sender, not per author: a valid beacon the
+	// flooder publishes would reach the host through any other node
+	// connected to it, which relays it as it should. The flooder named
+	// itself a provider of the model during its flood, so a client placing
+	// a task may have dialled it (one CI run under load saw the beacon
+	// arrive): every other node drops its connections to the flood's
+	// identities first, so that what reaches the host comes from them.
+	for _, n := range append(append([]*node.Node{sw.Daemon}, sw.Clients...), sw.Hosts[1:]...) {
+		if n == nil {
+			continue
+		}
+		for _, id := range []peer.ID{flooderID, raterID} {
+			n.Host().Peerstore().ClearAddrs(id)
+			_ = n.Host().Network().ClosePeer(id)
+		}
+	}
 	const marker = 4242
 	if err := fl.Probe(ctx, marker); err != nil {
 		t.Fatal(err)
