@@ -168,6 +168,14 @@ type Config struct {
 	// period, with the other keys of its keyspace region. 0 (or less) means
 	// ReprovideInterval; tests shorten it to watch a sweep.
 	SweepInterval time.Duration
+	// ProvideOneByOne provides each result with its own DHT walk, as
+	// nodes did before the sweep, and reprovides nothing: for harnesses
+	// that run nodes inside a testing/synctest bubble (node/scale). kad-dht's
+	// SweepingProvider cannot close there: Close waits on a mutex while its
+	// prefix-length workers sleep a second between retries, and a bubble's
+	// clock does not move while a goroutine waits on a mutex. A daemon
+	// leaves it off.
+	ProvideOneByOne bool
 	// FindTimeout bounds a DHT search for hosts of a model.
 	FindTimeout time.Duration
 	// TaskTimeout bounds one attempt at one host, from stream open to result.

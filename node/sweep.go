@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/ipfs/go-cid"
@@ -76,9 +77,53 @@ func (n *Node) startProvides() error {
 	}
 	s := &sweep{n: n, q: n.provides, ks: ks}
 	n.wg.Add(1)
-	go s.run()
+	if n.cfg.ProvideOneByOne {
+		go s.oneByOne()
+	} else {
+		go s.run()
+	}
 	return nil
 }
+
+// oneByOne is run for Config.ProvideOneByOne: each key its own provide
+// (a walk to the key's closest peers, then ADD_PROVIDER to each), a few at
+// a time; nothing is reprovided.
+func (s *sweep) oneByOne() {
+	n := s.n
+	defer n.wg.Done()
+	defer s.close()
+	sem := make(chan struct{}, oneByOneWorkers)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for {
+		select {
+		case <-n.ctx.Done():
+			return
+		case <-s.q.wake:
+		}
+		for _, h := range s.q.take() {
+			select {
+			case sem <- struct{}{}:
+			case <-n.ctx.Done():
+				return
+			}
+			wg.Go(func() {
+				defer func() { <-sem }()
+				ctx, cancel := context.WithTimeout(n.ctx, 30*time.Second)
+				defer cancel()
+				if err := n.dht.Provide(ctx, cid.NewCidV1(cid.Raw, h), true); err == nil {
+					s.q.sent(h)
+				} else {
+					n.log.Debug("providing a result", "key", h, "err", err)
+				}
+			})
+		}
+	}
+}
+
+// oneByOneWorkers bounds oneByOne's provides in flight, as the provide
+// queue's workers did before the sweep.
+const oneByOneWorkers = 4
 
 // run is the sweep's loop.
 func (s *sweep) run() {

@@ -390,6 +390,10 @@ func (s *swarm) add(ctx context.Context, i int, role string) (*member, error) {
 	// once, and no per-submitter rate limit on the one client.
 	cfg.SimulateGPUSpeed = false
 	cfg.RateLimit = 0
+	// kad-dht's SweepingProvider cannot close inside a synctest bubble
+	// (Config.ProvideOneByOne): results are provided one walk each, as
+	// nodes did before the sweep.
+	cfg.ProvideOneByOne = true
 	if s.o.LoadInfo != "" {
 		cfg.LoadInfo = s.o.LoadInfo
 	}
