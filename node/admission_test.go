@@ -1,10 +1,14 @@
 package node
 
 import (
+	"context"
+	"log/slog"
 	"slices"
 	"testing"
 	"time"
 
+	"github.com/gpunet/gpunet/kernel"
+	"github.com/gpunet/gpunet/node/store"
 	"github.com/gpunet/gpunet/protocol"
 	"github.com/libp2p/go-libp2p/core/peer"
 )
@@ -127,5 +131,63 @@ func TestFairQueuePushFront(t *testing.T) {
 	want := []string{"a1", "b1", "c1", "a2"}
 	if got := fq.drain(); !slices.Equal(got, want) {
 		t.Fatalf("popped %v, want %v", got, want)
+	}
+}
+
+// TestAdmitJoinsSentResult: a flight that has sent its result and is still
+// storing it (compute delivers first) serves a request that takes a cached
+// answer, and the fetch protocol (storing), but never a fresh request
+// (no_cache, verify): that one gets a computation of its own.
+func TestAdmitJoinsSentResult(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.DataDir = ""
+	cfg.ListenAddrs = []string{"/ip4/127.0.0.1/tcp/0"}
+	cfg.MDNS = false
+	cfg.Logger = slog.New(slog.DiscardHandler)
+	cfg.Kernel = kernel.Noop{}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	n, err := New(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	s := n.serve
+	task, tc, err := protocol.Task{Model: kernel.NoopModel, Prompt: "sent, not stored", Width: 64, Height: 64, Steps: 1}.NormalizeCID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sent := &store.Result{CID: tc}
+	f := &flight{task: task, taskCID: tc, done: make(chan struct{}), over: make(chan struct{}), listeners: map[chan *protocol.Event]struct{}{}, waiters: 1}
+	f.ctx, f.cancel = context.WithCancel(ctx)
+	defer f.cancel()
+	s.mu.Lock()
+	s.flights[tc] = f
+	s.mu.Unlock()
+	if _, ok := s.storing(tc); ok {
+		t.Error("storing: a result before the flight sent one")
+	}
+	f.deliver(sent, nil)
+	if r, ok := s.storing(tc); !ok || r != sent {
+		t.Errorf("storing: %v, %v; want the result sent", r, ok)
+	}
+	if got, err := s.admitPreviews("peer", "", 0, false, task, tc); err != nil || got != f {
+		t.Errorf("a request that takes a cached answer: %p, %v; want to join the flight %p", got, err, f)
+	}
+	fresh, err := s.admitPreviews("peer", "", 0, true, task, tc)
+	if err != nil || fresh == f {
+		t.Fatalf("a fresh request: %p, %v; want a flight of its own", fresh, err)
+	}
+	select {
+	case <-fresh.done:
+		if fresh.err != nil || fresh.res == nil || fresh.res == sent {
+			t.Errorf("the fresh flight: %v, %v; want its own result", fresh.res, fresh.err)
+		}
+	case <-ctx.Done():
+		t.Fatal("the fresh flight never finished")
+	}
+	<-fresh.over
+	if n.KernelRuns() != 1 {
+		t.Errorf("%d kernel runs, want 1 (the fresh request's)", n.KernelRuns())
 	}
 }

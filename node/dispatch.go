@@ -702,7 +702,7 @@ func (j *journey) follow(ctx context.Context, c candidate) (*Result, peer.ID, er
 				// A picture for the caller, not news about where the task
 				// stands: the attempt's state (accepted, running, ETA) and
 				// the hedge are the business of queued and progress events.
-				j.progress(Progress{Stage: "preview", Peer: a.c.p.String(),
+				j.progress(Progress{Stage: "preview", Peer: a.c.key(),
 					Event: protocol.Event{Step: m.e.Step, Total: m.e.Total}, Preview: m.e.Data})
 				continue
 			}
@@ -720,7 +720,7 @@ func (j *journey) follow(ctx context.Context, c candidate) (*Result, peer.ID, er
 					a.etaMs = scheduler.QueuedETAMs(a.pos, slots, serviceMs)
 				}
 			}
-			j.progress(Progress{Stage: stage, Peer: a.c.p.String(), Event: m.e})
+			j.progress(Progress{Stage: stage, Peer: a.c.key(), Event: m.e})
 			switch {
 			case a == cur && a.running && alt != nil:
 				// It started here while another host was being asked.
@@ -734,7 +734,7 @@ func (j *journey) follow(ctx context.Context, c candidate) (*Result, peer.ID, er
 					alt = nil
 					continue
 				}
-				j.progress(Progress{Stage: "moved", Peer: alt.c.p.String(), Event: protocol.Event{Message: "left the queue at " + cur.c.p.String()}})
+				j.progress(Progress{Stage: "moved", Peer: alt.c.key(), Event: protocol.Event{Message: "left the queue at " + cur.c.key()}})
 				cur.cancel()
 				cur, alt = alt, nil
 				n.stats.moved.Add(1)
@@ -818,7 +818,7 @@ func (n *Node) runAt(ctx context.Context, p peer.ID, req protocol.TaskRequest, t
 	defer st.Close()
 	// The connection manager spares the host's connection while the task
 	// runs on it.
-	tag := "gpunet-task-" + st.ID()
+	tag := taskTag()
 	n.host.ConnManager().Protect(p, tag)
 	defer n.host.ConnManager().Unprotect(p, tag)
 	// The stream deadline follows ctx, so a host that goes silent cannot
@@ -838,7 +838,12 @@ func (n *Node) runAt(ctx context.Context, p peer.ID, req protocol.TaskRequest, t
 	}
 
 	sent := time.Now()
-	r := bufio.NewReader(st)
+	r := eventReaders.Get().(*bufio.Reader)
+	r.Reset(st)
+	defer func() {
+		r.Reset(nil) // no reference to the stream stays in the pool
+		eventReaders.Put(r)
+	}()
 	var blocks [][]byte
 	for i := 0; i < protocol.MaxEventsPerTask; i++ {
 		// A host sends something at least every keepaliveEvery; one silent
@@ -888,6 +893,10 @@ func (n *Node) runAt(ctx context.Context, p peer.ID, req protocol.TaskRequest, t
 	st.Reset()
 	return nil, errors.New("host sent too many events")
 }
+
+// eventReaders holds the readers runAt reads a host's events with: one a
+// task, only until its result.
+var eventReaders = sync.Pool{New: func() any { return bufio.NewReader(nil) }}
 
 // ensureAddrs looks p up on the DHT when the peerstore has no address for
 // it: a host known only from its gossip beacon may never have been dialled.
@@ -944,7 +953,8 @@ func (n *Node) acceptResult(ctx context.Context, tc cid.Cid, mbytes []byte, bloc
 	// Straight from its host, the result's maker is known from the
 	// secure channel: its signature is checked before the result is
 	// served to anyone else (servable), not on this client's hot path.
-	m, err := protocol.DecodeManifestFrom(mbytes, from.String())
+	sender := from.String()
+	m, err := protocol.DecodeManifestFrom(mbytes, sender)
 	if err != nil {
 		return nil, err
 	}
@@ -959,11 +969,16 @@ func (n *Node) acceptResult(ctx context.Context, tc cid.Cid, mbytes []byte, bloc
 			return nil, fmt.Errorf("output %d from %s: %w", i, from, err)
 		}
 	}
-	if _, err := n.store.PutVerified(ctx, m, mbytes, blocks); err != nil {
+	// DecodeManifestFrom checked that mbytes encode m.
+	if _, err := n.store.PutEncoded(ctx, m, mbytes, blocks); err != nil {
 		return nil, fmt.Errorf("storing result: %w", err)
 	}
 	res := &Result{TaskCID: tc, ResultCID: protocol.ManifestCID(mbytes), Manifest: m, Blocks: blocks, Provider: from, Cache: CacheNetwork}
-	res.Host, _ = peer.Decode(m.Host)
+	if m.Host == sender {
+		res.Host = from
+	} else {
+		res.Host, _ = peer.Decode(m.Host)
+	}
 	return res, nil
 }
 

@@ -282,9 +282,17 @@ func (f *fetcher) handle(st network.Stream) {
 	f.n.announce(res.Manifest)
 }
 
-// lookup reads the result c names, a TaskCID or a ResultCID, verified.
+// lookup reads the result c names, a TaskCID or a ResultCID, verified;
+// or, for a TaskCID, the result this host has just made and sent and is
+// storing still (server.storing).
 func (f *fetcher) lookup(c cid.Cid) (*store.Result, error) {
-	return f.n.reservable(f.n.ctx, c)
+	res, err := f.n.reservable(f.n.ctx, c)
+	if errors.Is(err, store.ErrNotFound) && f.n.serve != nil {
+		if r, ok := f.n.serve.storing(c); ok {
+			return r, nil
+		}
+	}
+	return res, err
 }
 
 // allow takes a token from p's bucket, or says how long until one is there.

@@ -8,7 +8,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"runtime"
+	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gpunet/gpunet/kernel"
@@ -60,6 +63,7 @@ type server struct {
 	refusals  map[string]uint64 // task requests refused, by error code
 
 	wake chan struct{} // poked when a slot may be free or work arrived
+	runq chan *flight  // to idle runners (runner); unbuffered
 	wg   sync.WaitGroup
 }
 
@@ -70,6 +74,7 @@ func newServer(n *Node) *server {
 		gov:     NewGovernor(n.cfg.MaxTempC, n.cfg.Slots),
 		limiter: rateLimiter{rate: n.cfg.RateLimit, burst: float64(n.cfg.RateBurst)},
 		wake:    make(chan struct{}, 1), changed: make(chan struct{}, 1),
+		runq: make(chan *flight),
 	}
 	if _, ok := s.dev.(heatPredictor); s.dev != nil && !ok {
 		s.heat = &kernel.HeatFit{}
@@ -123,7 +128,11 @@ type flight struct {
 	// from is the peer whose request made the flight: the one that holds
 	// the task's input images.
 	from peer.ID
-	done chan struct{} // closed when res or err is set
+	done chan struct{} // closed when res or err is set (deliver)
+	once sync.Once     // deliver's
+	// over is closed by finish, once the flight has left the server: its
+	// result stored, when it has one.
+	over chan struct{}
 	// ctx is the computation's; cancel stops it once nobody waits for it.
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -136,8 +145,14 @@ type flight struct {
 	// request that joins later gets at most what is already planned.
 	previews int
 
+	// sealing is set once the kernel has returned: what is left before
+	// done is signing the outputs (and, when the store held a result for
+	// the task already, storing them), moments of CPU work, so wait holds
+	// the last events for the result's write.
+	sealing atomic.Bool
+
 	mu        sync.Mutex
-	listeners map[chan protocol.Event]struct{}
+	listeners map[chan *protocol.Event]struct{}
 	last      protocol.Event // the latest progress event, once it runs (never a preview)
 
 	res *store.Result
@@ -150,6 +165,26 @@ type flight struct {
 	// compute before done is closed, read after.
 	started time.Time
 	kernel  time.Duration
+}
+
+// deliver gives every request waiting on f its answer: the first call
+// sets it and closes done, later ones change nothing. compute delivers a
+// result as soon as it is sealed, and finish whatever the end brought.
+func (f *flight) deliver(res *store.Result, err error) {
+	f.once.Do(func() {
+		f.res, f.err = res, err
+		close(f.done)
+	})
+}
+
+// delivered returns f's result once it has one, and whether it has.
+func (f *flight) delivered() (*store.Result, bool) {
+	select {
+	case <-f.done:
+		return f.res, f.err == nil && f.res != nil
+	default:
+		return nil, false
+	}
 }
 
 // answer is the result a request gets once f is done: the stored one, or
@@ -170,18 +205,19 @@ func (f *flight) timing(admitted time.Time) (wait, kernel time.Duration) {
 	return max(0, f.started.Sub(admitted)), f.kernel
 }
 
-// subscribe returns a channel of queued, progress and preview events. Sends
-// never block: a slow reader misses intermediate progress and previews (the
+// subscribe returns a channel of queued, progress and preview events, which
+// its reader must not change (every listener gets the same). Sends never
+// block: a slow reader misses intermediate progress and previews (the
 // protocol makes both advisory), never the result.
-func (f *flight) subscribe() chan protocol.Event {
-	ch := make(chan protocol.Event, 16)
+func (f *flight) subscribe() chan *protocol.Event {
+	ch := make(chan *protocol.Event, 16)
 	f.mu.Lock()
 	f.listeners[ch] = struct{}{}
 	f.mu.Unlock()
 	return ch
 }
 
-func (f *flight) unsubscribe(ch chan protocol.Event) {
+func (f *flight) unsubscribe(ch chan *protocol.Event) {
 	f.mu.Lock()
 	delete(f.listeners, ch)
 	f.mu.Unlock()
@@ -197,7 +233,7 @@ func (f *flight) broadcast(e protocol.Event) {
 	}
 	for ch := range f.listeners {
 		select {
-		case ch <- e:
+		case ch <- &e:
 		default:
 		}
 	}
@@ -210,21 +246,28 @@ func (s *server) handle(st network.Stream) {
 	remote := st.Conn().RemotePeer()
 	// The connection manager spares the client's connection while this
 	// host works for it.
-	tag := "gpunet-task-" + st.ID()
+	tag := taskTag()
 	s.n.host.ConnManager().Protect(remote, tag)
 	defer s.n.host.ConnManager().Unprotect(remote, tag)
 	log := s.log.With("peer", remote)
 	var tc cid.Cid
+	// out holds events not yet written: the last of them go out in one
+	// write with the result or the refusal.
+	var out bytes.Buffer
 	refuse := func(err error) {
 		re := asRemote(err)
 		s.refused(ServedEvent{TaskCID: tc, Peer: remote, Code: re.Code, Elapsed: time.Since(start)})
 		log.Debug("refusing task", "code", re.Code, "msg", re.Message)
 		_ = st.SetWriteDeadline(time.Now().Add(writeTimeout))
-		_ = protocol.WriteMsg(st, protocol.ErrorEvent(re.Code, re.Message, re.RetryAfter))
+		_ = protocol.WriteMsg(&out, protocol.ErrorEvent(re.Code, re.Message, re.RetryAfter))
+		_, _ = st.Write(out.Bytes())
 	}
 
 	_ = st.SetReadDeadline(time.Now().Add(protocol.RequestTimeout))
-	br := bufio.NewReader(st)
+	// Small: the request's body is read straight into its own buffer
+	// (protocol.ReadFrame), and after it the reader only watches for a
+	// reset (watchCancel).
+	br := bufio.NewReaderSize(st, 512)
 	body, err := protocol.ReadFrame(br, protocol.MaxRequestBytes)
 	if err != nil {
 		refuse(badRequest(err))
@@ -255,14 +298,12 @@ func (s *server) handle(st network.Stream) {
 		}
 	}
 	if res == nil {
-		if f, err = s.admitPreviews(remote, req.Submitter, int(req.Previews), req.Task, tc); err != nil {
+		if f, err = s.admitPreviews(remote, req.Submitter, int(req.Previews), req.NoCache || req.Verify, req.Task, tc); err != nil {
 			refuse(err)
 			return
 		}
 		admitted = time.Now()
-		_ = st.SetWriteDeadline(time.Now().Add(writeTimeout))
-		_ = protocol.WriteMsg(st, s.stateEvent(f))
-		res, err = s.wait(st, f, int(req.Previews), watchCancel(st, br))
+		res, err = s.wait(st, f, int(req.Previews), br, &out)
 		if err == nil {
 			res = f.answer(req.Verify)
 		}
@@ -278,7 +319,7 @@ func (s *server) handle(st network.Stream) {
 			return
 		}
 	}
-	if err := sendResult(st, res, cached); err != nil {
+	if err := sendResultAfter(st, &out, res, cached); err != nil {
 		log.Debug("sending result", "err", err)
 		st.Reset()
 		return
@@ -307,6 +348,17 @@ func (s *server) refused(ev ServedEvent) {
 
 var errClientGone = errors.New("client stopped reading")
 
+// taskTags numbers taskTag's tags.
+var taskTags atomic.Uint64
+
+// taskTag returns a connection manager tag of its own for one task
+// stream: a protection per stream, so that one stream's end does not lift
+// another's. Numbered rather than named by the stream's ID, which costs a
+// formatted string with the peer's base58 ID.
+func taskTag() string {
+	return "gpunet-task-" + strconv.FormatUint(taskTags.Add(1), 10)
+}
+
 // local runs a task submitted on this host on its own GPU: the host side of
 // the task protocol without the stream. Admission is the same as for a
 // remote submitter's (the owner's pause, the governor, the queue); onEvent
@@ -328,7 +380,7 @@ func (s *server) local(ctx context.Context, req protocol.TaskRequest, tc cid.Cid
 			return r, nil
 		}
 	}
-	f, err := s.admitPreviews(self, submitter, previews, t, tc)
+	f, err := s.admitPreviews(self, submitter, previews, req.NoCache || req.Verify, t, tc)
 	if err != nil {
 		s.refused(ServedEvent{TaskCID: tc, Peer: self, Code: asRemote(err).Code, Elapsed: time.Since(start)})
 		return nil, err
@@ -340,6 +392,10 @@ func (s *server) local(ctx context.Context, req protocol.TaskRequest, tc cid.Cid
 	for {
 		select {
 		case <-f.done:
+			// This node's own submission: a Submit returns a result its
+			// store holds, so it waits for the store write that remote
+			// clients need not wait for (compute).
+			<-f.over
 			s.leave(f, false)
 			if f.err == nil {
 				s.n.stats.served.Add(1)
@@ -356,7 +412,7 @@ func (s *server) local(ctx context.Context, req protocol.TaskRequest, tc cid.Cid
 				}
 				previews--
 			}
-			onEvent(e)
+			onEvent(*e)
 		case <-ctx.Done():
 			s.leave(f, true)
 			return nil, ctx.Err()
@@ -385,21 +441,41 @@ func watchCancel(st network.Stream, br *bufio.Reader) <-chan struct{} {
 // (scheduler.QueuedETAMs); or running, as its latest progress event (step 0
 // when it has just started).
 func (s *server) stateEvent(f *flight) protocol.Event {
+	e, _ := s.state(f)
+	return e
+}
+
+// state is stateEvent, and whether f runs and its model's recent run time
+// says it will be done within quickAnswer (wait).
+func (s *server) state(f *flight) (e protocol.Event, soon bool) {
 	s.mu.Lock()
-	pos := s.queue.position(f)
+	pos := 0
+	if s.queue.len() > 0 {
+		pos = s.queue.position(f)
+	}
 	svc := s.meanServiceLocked(f.task)
+	_, known := s.service[f.task.Model]
 	s.mu.Unlock()
 	if pos > 0 {
 		eta := scheduler.QueuedETAMs(pos, s.n.cfg.Slots, svc)
-		return protocol.Event{Type: protocol.EventQueued, Position: uint32(pos), EtaMs: uint64(eta)}
+		return protocol.Event{Type: protocol.EventQueued, Position: uint32(pos), EtaMs: uint64(eta)}, false
 	}
+	soon = known && svc < float64(quickAnswer/time.Millisecond)
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.last.Type == protocol.EventProgress {
-		return f.last
+		return f.last, soon
 	}
-	return startedEvent(f.task, svc)
+	return startedEvent(f.task, svc), soon
 }
+
+// quickAnswer is how long a host may hold the first event of a task it
+// expects to finish in less than that (a no-op kernel, a cache-sized
+// task), so that the answer goes out whole, in one write with the result:
+// a fraction of a millisecond more before the first event, one write and
+// one wake-up fewer on each side. A task that runs longer than expected
+// gets its first event at quickAnswer, and the rest as usual.
+const quickAnswer = time.Millisecond
 
 // startedEvent is the progress event a host sends as a task starts: step 0.
 func startedEvent(t protocol.Task, serviceMs float64) protocol.Event {
@@ -424,28 +500,90 @@ func asRemote(err error) *protocol.RemoteError {
 // tell a slow host from a frozen one (Config.SuspectAfter).
 const keepaliveEvery = protocol.KeepaliveInterval
 
-// wait forwards the flight's events to the stream until it finishes,
-// repeating the latest one when nothing was sent for keepaliveEvery; of
-// previews, only as many as this request asked for (the flight makes as
-// many as its most eager request wants), and never as a keepalive.
-func (s *server) wait(st network.Stream, f *flight, previews int, cancelled <-chan struct{}) (*store.Result, error) {
+// wait answers the request at once with where f stands (stateEvent), then
+// forwards the flight's events to the stream until it finishes, repeating
+// the latest one when nothing was sent for keepaliveEvery; of previews,
+// only as many as this request asked for (the flight makes as many as its
+// most eager request wants), and never as a keepalive. It watches for the
+// client's cancellation (watchCancel) on br, the stream's reader.
+//
+// "At once" is within quickAnswer for a task expected to be done by then:
+// its events and result then go out together (sendResultAfter).
+//
+// Writes are what a task costs beyond a raw round trip: on a libp2p
+// stream each is a yamux frame, a Noise message and a syscall on this
+// side, and a read and a wake-up on the client's. So events that are
+// ready together go out in one write; a progress event for the step the
+// client last heard of is not sent again (the kernel's step 0 after the
+// state event says so already); and once the kernel has returned (the
+// flight is sealing), the events left wait in out for the result, which
+// sendResultAfter writes with them, or for the next keepalive tick should
+// sealing take that long. Events left in out when f is done are the
+// caller's to send.
+func (s *server) wait(st network.Stream, f *flight, previews int, br *bufio.Reader, out *bytes.Buffer) (*store.Result, error) {
+	// Subscribed before the state event is taken, so that no event
+	// between the two is lost.
 	ch := f.subscribe()
 	defer f.unsubscribe(ch)
-	tick := time.NewTicker(keepaliveEvery)
-	defer tick.Stop()
-	last := protocol.Event{Type: protocol.EventQueued}
+	last, soon := s.state(f)
 	lastSent := time.Now()
-	send := func(e protocol.Event) error {
+	flush := func() error {
+		if out.Len() == 0 {
+			return nil
+		}
 		_ = st.SetWriteDeadline(time.Now().Add(writeTimeout))
-		if err := protocol.WriteMsg(st, e); err != nil {
+		_, err := st.Write(out.Bytes())
+		out.Reset()
+		if err != nil {
 			return fmt.Errorf("%w: %v", errClientGone, err)
 		}
 		lastSent = time.Now()
-		if e.Type != protocol.EventPreview {
-			last = e
-		}
 		return nil
 	}
+	add := func(e protocol.Event) {
+		if e.Type == protocol.EventPreview {
+			if previews <= 0 {
+				return // another request's
+			}
+			previews--
+		} else {
+			if e.Type == protocol.EventProgress && last.Type == protocol.EventProgress && e.Step == last.Step && e.Total == last.Total {
+				return // the client knows this step
+			}
+			last = e
+		}
+		_ = protocol.WriteMsg(out, e) // into a buffer: only encoding could fail, and events encode
+	}
+	drain := func() {
+		for {
+			select {
+			case e := <-ch:
+				add(*e)
+			default:
+				return
+			}
+		}
+	}
+	// The answer at once (docs/protocol.md, Ordering), or with the result
+	// when that is as good as at once.
+	_ = protocol.WriteMsg(out, last)
+	if soon {
+		t := time.NewTimer(quickAnswer)
+		select {
+		case <-f.done:
+			t.Stop()
+			drain()
+			return f.res, f.err
+		case <-t.C:
+		}
+		drain()
+	}
+	if err := flush(); err != nil {
+		return nil, err
+	}
+	cancelled := watchCancel(st, br)
+	tick := time.NewTicker(keepaliveEvery)
+	defer tick.Stop()
 	for {
 		select {
 		case <-f.done:
@@ -453,23 +591,25 @@ func (s *server) wait(st network.Stream, f *flight, previews int, cancelled <-ch
 		case <-cancelled:
 			return nil, fmt.Errorf("%w: stream reset", errClientGone)
 		case e := <-ch:
-			if e.Type == protocol.EventPreview {
-				if previews <= 0 {
-					continue // another request's
-				}
-				previews--
+			add(*e)
+			drain()
+			if f.sealing.Load() {
+				continue // the result follows: these go out with it
 			}
-			if err := send(e); err != nil {
+			if err := flush(); err != nil {
 				return nil, err
 			}
 		case <-tick.C:
-			if time.Since(lastSent) < keepaliveEvery/2 {
-				continue
+			if out.Len() == 0 {
+				if time.Since(lastSent) < keepaliveEvery/2 {
+					continue
+				}
+				if last.Type == protocol.EventQueued {
+					last = s.stateEvent(f)
+				}
+				_ = protocol.WriteMsg(out, last)
 			}
-			if last.Type == protocol.EventQueued {
-				last = s.stateEvent(f)
-			}
-			if err := send(last); err != nil {
+			if err := flush(); err != nil {
 				return nil, err
 			}
 		}
@@ -512,19 +652,24 @@ func (s *server) leave(f *flight, gone bool) {
 // Either way the request counts as one of the flight's waiters until it
 // leaves.
 func (s *server) admit(from peer.ID, submitter string, t protocol.Task, tc cid.Cid) (*flight, error) {
-	return s.admitPreviews(from, submitter, 0, t, tc)
+	return s.admitPreviews(from, submitter, 0, false, t, tc)
 }
 
 // admitPreviews is admit for a request that wants previews partial images.
 // They are recorded before the flight can start: a free slot starts it
-// within this call.
-func (s *server) admitPreviews(from peer.ID, submitter string, previews int, t protocol.Task, tc cid.Cid) (*flight, error) {
+// within this call. A fresh request (no_cache, verify) joins a computation
+// still running, never one that has delivered its result and is storing
+// it (compute): that result is as good as stored, and the request asked
+// for a computation.
+func (s *server) admitPreviews(from peer.ID, submitter string, previews int, fresh bool, t protocol.Task, tc cid.Cid) (*flight, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if f, ok := s.flights[tc]; ok {
-		f.waiters++
-		f.previews = max(f.previews, previews)
-		return f, nil
+		if _, sent := f.delivered(); !fresh || !sent {
+			f.waiters++
+			f.previews = max(f.previews, previews)
+			return f, nil
+		}
 	}
 	switch {
 	case s.n.closed.Load():
@@ -544,10 +689,11 @@ func (s *server) admitPreviews(from peer.ID, submitter string, previews int, t p
 	if ok, retry := s.limiter.take(from, time.Now()); !ok {
 		return nil, &protocol.RemoteError{Code: protocol.CodeRateLimited, Message: "too many tasks from you", RetryAfter: retry}
 	}
-	f := &flight{task: t, taskCID: tc, from: from, done: make(chan struct{}), listeners: map[chan protocol.Event]struct{}{}, waiters: 1, previews: previews}
+	f := &flight{task: t, taskCID: tc, from: from, done: make(chan struct{}), over: make(chan struct{}), listeners: map[chan *protocol.Event]struct{}{}, waiters: 1, previews: previews}
 	f.ctx, f.cancel = context.WithCancel(s.n.ctx)
 	s.flights[tc] = f
-	s.queue.push(fairKey{from.String(), submitter}, f)
+	// The peer's binary ID: a key, never shown, so not worth base58.
+	s.queue.push(fairKey{string(from), submitter}, f)
 	s.startLocked() // a free slot takes it now, so its first event says so
 	poke(s.changed)
 	return f, nil
@@ -560,8 +706,38 @@ func (s *server) startLocked() {
 	for s.running < allowed && s.queue.len() > 0 {
 		f, _ := s.queue.pop()
 		s.running++
-		s.wg.Add(1)
-		go s.run(f)
+		select {
+		case s.runq <- f: // an idle runner takes it
+		default:
+			s.wg.Add(1)
+			go s.runner(f)
+		}
+	}
+}
+
+// runnerIdle is how long a runner waits for its next flight before it
+// ends.
+const runnerIdle = 10 * time.Second
+
+// runner runs f, then the flights startLocked hands it on runq, until it
+// has waited runnerIdle for one or the node closes. A goroutine that has
+// run a task has the stack the next one needs (the kernel, CBOR, the
+// signature, the store): a new goroutine per task grew its stack, copying
+// it, every time. Runners are at most as many as tasks ran at once.
+func (s *server) runner(f *flight) {
+	defer s.wg.Done()
+	idle := time.NewTimer(runnerIdle)
+	defer idle.Stop()
+	for {
+		s.run(f)
+		idle.Reset(runnerIdle)
+		select {
+		case f = <-s.runq:
+		case <-idle.C:
+			return
+		case <-s.n.ctx.Done():
+			return
+		}
 	}
 }
 
@@ -608,20 +784,35 @@ func (s *server) observe() {
 
 // run computes one flight and releases its slot.
 func (s *server) run(f *flight) {
-	defer s.wg.Done()
 	start := time.Now()
-	res, err := s.compute(f)
-	s.mu.Lock()
-	s.running--
-	if err == nil {
-		const alpha = 0.3 // recent runs dominate, one outlier does not
-		ms := float64(time.Since(start).Milliseconds()) * referenceWork / taskWork(f.task)
-		if old, ok := s.service[f.task.Model]; ok {
-			ms = alpha*ms + (1-alpha)*old
+	released := false
+	// release frees the slot, and for a result folds its time into the
+	// model's service time; compute calls it as it delivers a result
+	// before storing it, so that the slot is free by the time the client
+	// has the result and may send its next task.
+	release := func(ok bool) {
+		if released {
+			return
 		}
-		s.service[f.task.Model] = ms
+		released = true
+		s.mu.Lock()
+		s.running--
+		queued := s.queue.len() > 0
+		if ok {
+			const alpha = 0.3 // recent runs dominate, one outlier does not
+			ms := float64(time.Since(start).Milliseconds()) * referenceWork / taskWork(f.task)
+			if old, ok := s.service[f.task.Model]; ok {
+				ms = alpha*ms + (1-alpha)*old
+			}
+			s.service[f.task.Model] = ms
+		}
+		s.mu.Unlock()
+		if queued {
+			poke(s.wake) // the dispatcher starts the next; admit starts new work itself
+		}
 	}
-	s.mu.Unlock()
+	res, err := s.compute(f, func() { release(true) })
+	release(err == nil)
 	switch {
 	case err != nil && f.ctx.Err() != nil && s.n.ctx.Err() == nil:
 		s.log.Debug("task cancelled: nobody waits for it", "task", f.taskCID)
@@ -629,11 +820,11 @@ func (s *server) run(f *flight) {
 		s.log.Warn("task failed", "task", f.taskCID, "err", err)
 	}
 	s.finish(f, res, err)
-	poke(s.wake)
 	poke(s.changed)
 }
 
-// finish completes a flight for every waiter.
+// finish ends a flight: requests for its task no longer join it, and its
+// waiters get res or err unless compute delivered the result already.
 func (s *server) finish(f *flight, res *store.Result, err error) {
 	s.mu.Lock()
 	if s.flights[f.taskCID] == f {
@@ -641,12 +832,27 @@ func (s *server) finish(f *flight, res *store.Result, err error) {
 	}
 	s.mu.Unlock()
 	f.cancel() // releases its context
-	f.res, f.err = res, err
-	close(f.done)
+	f.deliver(res, err)
+	close(f.over)
+}
+
+// storing returns the result of tc that this host has sent and is still
+// storing (compute delivers before the store write ends), if any: the
+// fetch protocol serves it as if stored, since a client may ask for it as
+// soon as it has it.
+func (s *server) storing(tc cid.Cid) (*store.Result, bool) {
+	s.mu.Lock()
+	f := s.flights[tc]
+	s.mu.Unlock()
+	if f == nil {
+		return nil, false
+	}
+	return f.delivered()
 }
 
 // compute runs the kernel for f, then stores and provides the result.
-func (s *server) compute(f *flight) (*store.Result, error) {
+// freeSlot frees f's slot early (run).
+func (s *server) compute(f *flight, freeSlot func()) (*store.Result, error) {
 	n := s.n
 	// Input images are fetched as the task starts, not at admission, so
 	// a task refused or cancelled in the queue costs no transfer; the slot
@@ -724,6 +930,7 @@ func (s *server) compute(f *flight) (*store.Result, error) {
 		f.broadcast(protocol.Event{Type: protocol.EventProgress, Step: uint32(step), Total: uint32(total), EtaMs: uint64(eta.Milliseconds())})
 	})
 	f.kernel = time.Since(start)
+	f.sealing.Store(true)
 	if err != nil {
 		return nil, fmt.Errorf("kernel %s: %w", n.cfg.Kernel.Name(), err)
 	}
@@ -732,16 +939,38 @@ func (s *server) compute(f *flight) (*store.Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	kept, err := n.store.PutVerified(n.ctx, m, mbytes, blocks)
-	if err != nil {
+	fresh := &store.Result{CID: protocol.ManifestCID(mbytes), Manifest: m, ManifestBytes: mbytes, Blocks: blocks}
+	// A result is the waiters' once it is signed: they need not wait for
+	// the store too (a synced write, on a daemon), which goes on while
+	// the result travels. The GPU's slot is free from then on; the
+	// flight stays joinable until the result is stored, and only then is
+	// it provided. When the store holds a result for the task already (a
+	// --no-cache rerun), the first result wins and every server must
+	// hand out the same ResultCID: the stored one is the answer, so the
+	// waiters wait for it.
+	early := !n.store.Has(n.ctx, f.taskCID)
+	if early {
+		release() // the GPU's load too, if the kernel did not report its last step
+		freeSlot()
+		f.deliver(fresh, nil)
+		// The waiters' goroutines are ready to send the result: let them
+		// run first, the store write after. Without this the result waits
+		// for the write, or for another core, whichever frees first.
+		runtime.Gosched()
+	}
+	kept, err := n.store.PutEncoded(n.ctx, m, mbytes, blocks) // seal encoded m
+	switch {
+	case err != nil && early:
+		// Its clients have it; this host does not, so it does not
+		// provide it either.
+		s.log.Warn("a result sent to its clients could not be stored", "task", f.taskCID, "err", err)
+		return fresh, nil
+	case err != nil:
 		return nil, fmt.Errorf("storing result: %w", err)
 	}
-	res := &store.Result{CID: kept, Manifest: m, ManifestBytes: mbytes, Blocks: blocks}
-	if !kept.Equals(protocol.ManifestCID(mbytes)) {
-		f.fresh = &store.Result{CID: protocol.ManifestCID(mbytes), Manifest: m, ManifestBytes: mbytes, Blocks: blocks}
-		// The store already held a result for this task (a --no-cache
-		// rerun): the first result wins, and every server must hand out
-		// the same ResultCID, so answer with the stored one.
+	res := fresh
+	if !kept.Equals(fresh.CID) && !early {
+		f.fresh = fresh
 		if res, err = n.store.Get(n.ctx, f.taskCID); err != nil {
 			return nil, fmt.Errorf("reading stored result: %w", err)
 		}
@@ -997,34 +1226,57 @@ func (n *Node) reachable() bool { return len(n.host.Addrs()) > 0 }
 
 // sendResult writes one block event per output, then the result event.
 func sendResult(st network.Stream, res *store.Result, cached bool) error {
-	// Small results go in one write, blocks and manifest together: on a
-	// libp2p stream every write is a yamux frame, a Noise message and a
-	// syscall of its own.
-	var w io.Writer = st
-	var batch *bytes.Buffer
+	return sendResultAfter(st, nil, res, cached)
+}
+
+// sendResultAfter is sendResult after the events in out (nil for none):
+// a small result goes in the same write as they do, blocks and manifest
+// together, since on a libp2p stream every write is a yamux frame, a Noise
+// message and a syscall of its own.
+func sendResultAfter(st network.Stream, out *bytes.Buffer, res *store.Result, cached bool) error {
 	size := len(res.ManifestBytes)
 	for _, b := range res.Blocks {
 		size += len(b)
 	}
-	if size <= oneWriteResult {
-		batch = bytes.NewBuffer(make([]byte, 0, size+256))
-		w = batch
+	if out == nil {
+		out = new(bytes.Buffer)
+	}
+	_ = st.SetWriteDeadline(time.Now().Add(writeTimeout))
+	var w io.Writer = out
+	if big := size > oneWriteResult; big {
+		// Blocks this size dwarf a write: the events first, then each
+		// frame on its own, under a deadline of its own.
+		if out.Len() > 0 {
+			if _, err := st.Write(out.Bytes()); err != nil {
+				return err
+			}
+			out.Reset()
+		}
+		w = deadlineWriter{st}
+	} else {
+		out.Grow(size + 256)
 	}
 	for _, b := range res.Blocks {
-		_ = st.SetWriteDeadline(time.Now().Add(writeTimeout))
 		if err := protocol.WriteMsg(w, protocol.Event{Type: protocol.EventBlock, Data: b}); err != nil {
 			return err
 		}
 	}
-	_ = st.SetWriteDeadline(time.Now().Add(writeTimeout))
 	if err := protocol.WriteMsg(w, protocol.Event{Type: protocol.EventResult, Manifest: res.ManifestBytes, Cached: cached}); err != nil {
 		return err
 	}
-	if batch != nil {
-		_, err := st.Write(batch.Bytes())
+	if out.Len() > 0 {
+		_, err := st.Write(out.Bytes())
 		return err
 	}
 	return nil
+}
+
+// deadlineWriter gives every write to a stream writeTimeout.
+type deadlineWriter struct{ st network.Stream }
+
+func (w deadlineWriter) Write(p []byte) (int, error) {
+	_ = w.st.SetWriteDeadline(time.Now().Add(writeTimeout))
+	return w.st.Write(p)
 }
 
 // oneWriteResult is the largest result (blocks and manifest) sendResult

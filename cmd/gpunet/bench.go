@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"os"
+	"runtime/pprof"
 	"sort"
 	"strconv"
 	"time"
@@ -33,6 +35,8 @@ type benchFlags struct {
 	tputHosts    int
 	tputConc     []int
 	tputFor      time.Duration
+	cache        bool
+	cpuProfile   string
 }
 
 // benchReport is what `bench --json` prints. Every ratio is between figures
@@ -84,6 +88,13 @@ func newBenchCmd(g *globals) *cobra.Command {
 		Short: "Measure gpunet against raw libp2p on loopback, in one run",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if f.cpuProfile != "" {
+				stop, err := startCPUProfile(f.cpuProfile)
+				if err != nil {
+					return err
+				}
+				defer stop()
+			}
 			r, err := runBench(cmd.Context(), f)
 			if err != nil {
 				return err
@@ -110,6 +121,9 @@ func newBenchCmd(g *globals) *cobra.Command {
 			if r.GossipShardedRatio > 0 {
 				fmt.Printf("sharded / unsharded gossip bytes per node: %.2f\n", r.GossipShardedRatio)
 			}
+			if !f.cache {
+				return nil
+			}
 			fmt.Printf("store put (synced) vs (unsynced), 177 KiB, p50: %.0f µs vs %.0f µs, ratio %.2f\n", r.StorePutSyncedP50us, r.StorePutUnsyncedP50us, r.StorePutSyncRatio)
 			fmt.Printf("submit to placement at concurrency %d, p50/p99: miss %.0f/%.0f µs, no-cache %.0f/%.0f µs (%d lookups cut)\n",
 				r.MissConcurrency, r.MissOverheadP50us, r.MissOverheadP99us, r.MissOverheadNoCacheP50us, r.MissOverheadNoCacheP99us, r.LookupsCut)
@@ -129,6 +143,8 @@ func newBenchCmd(g *globals) *cobra.Command {
 	cmd.Flags().IntVar(&f.tputHosts, "throughput-hosts", 16, "no-op hosts for the throughput measurement")
 	cmd.Flags().IntSliceVar(&f.tputConc, "throughput-concurrency", []int{1, 16, 64}, "concurrencies for the throughput measurement")
 	cmd.Flags().DurationVar(&f.tputFor, "throughput-for", time.Second, "length of each throughput phase (raw, tasks, raw, tasks per concurrency; 0: skip)")
+	cmd.Flags().BoolVar(&f.cache, "cache", true, "measure the cache (hits, misses, provides, store writes); --cache=false skips it")
+	cmd.Flags().StringVar(&f.cpuProfile, "cpuprofile", "", "write a CPU profile of the whole bench (every node runs in this process) to this file, for go tool pprof")
 	return cmd
 }
 
@@ -228,8 +244,10 @@ func runBench(ctx context.Context, f *benchFlags) (*benchReport, error) {
 		r.Gossip = append(r.Gossip, pt)
 		r.GossipShardedRatio = round2(pt.BytesPerNodePerS / base.BytesPerNodePerS)
 	}
-	if r.cacheBench, err = runCacheBench(ctx, f.n); err != nil {
-		return nil, fmt.Errorf("cache bench: %w", err)
+	if f.cache {
+		if r.cacheBench, err = runCacheBench(ctx, f.n); err != nil {
+			return nil, fmt.Errorf("cache bench: %w", err)
+		}
 	}
 	return r, nil
 }
@@ -330,6 +348,22 @@ func pct(ds []time.Duration, p float64) time.Duration {
 	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
 	i := int(float64(len(s))*p/100+0.5) - 1
 	return s[max(0, min(i, len(s)-1))]
+}
+
+// startCPUProfile starts a CPU profile into path; stop ends it.
+func startCPUProfile(path string) (stop func(), err error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, fmt.Errorf("creating the CPU profile: %w", err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("starting the CPU profile: %w", err)
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		f.Close()
+	}, nil
 }
 
 func micros(d time.Duration) float64 { return round2(float64(d.Nanoseconds()) / 1000) }

@@ -44,6 +44,17 @@ func (s *Store) PutVerified(ctx context.Context, m *protocol.Manifest, manifestB
 	return s.put(ctx, m, manifestBytes, blocks)
 }
 
+// PutEncoded is PutVerified for manifest bytes known to encode m: the
+// bytes protocol.DecodeManifest or DecodeManifestFrom decoded m from
+// (both refuse bytes that m does not encode back to), or the bytes m.Encode
+// returned. It skips PutVerified's encoding of m, the one check of a
+// small Put besides the blocks' hashes; those are still checked. Bytes
+// that do not encode m would index the result under the wrong outputs:
+// callers with bytes from anywhere else use PutVerified.
+func (s *Store) PutEncoded(ctx context.Context, m *protocol.Manifest, manifestBytes []byte, blocks [][]byte) (cid.Cid, error) {
+	return s.put(ctx, m, manifestBytes, blocks)
+}
+
 func (s *Store) put(ctx context.Context, m *protocol.Manifest, manifestBytes []byte, blocks [][]byte) (cid.Cid, error) {
 	if err := ctx.Err(); err != nil {
 		return cid.Undef, err

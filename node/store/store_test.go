@@ -901,6 +901,35 @@ func TestPutVerified(t *testing.T) {
 	}
 }
 
+// TestPutEncoded: the caller vouches for the signature and the encoding;
+// blocks are still checked against their CIDs, and the result reads back
+// whole.
+func TestPutEncoded(t *testing.T) {
+	ctx := context.Background()
+	s := openStore(t, t.TempDir())
+	f := makeResult(t, newKey(t), "an encoded tree", "k", randBlock(5, 500))
+	m, err := protocol.DecodeManifest(f.manifest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bad := bytes.Clone(f.blocks[0])
+	bad[0] ^= 1
+	if _, err := s.PutEncoded(ctx, m, f.manifest, [][]byte{bad}); !errors.Is(err, protocol.ErrBadCID) {
+		t.Errorf("a tampered block: %v, want ErrBadCID", err)
+	}
+	if s.Has(ctx, f.task) {
+		t.Error("a refused PutEncoded stored the result")
+	}
+	got, err := s.PutEncoded(ctx, m, f.manifest, f.blocks)
+	if err != nil || !got.Equals(f.result) {
+		t.Fatalf("PutEncoded: %s, %v; want %s", got, err, f.result)
+	}
+	r, err := s.Get(ctx, f.task)
+	if err != nil || !r.CID.Equals(f.result) || !bytes.Equal(r.ManifestBytes, f.manifest) || !bytes.Equal(r.Blocks[0], f.blocks[0]) {
+		t.Errorf("Get after PutEncoded: %v", err)
+	}
+}
+
 // TestMarkVerifiedSurvivesReopen: the mark node/trust sets once a re-run
 // agreed is read back with the result, listed, and kept across a restart;
 // a result never checked stays unmarked.
