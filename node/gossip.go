@@ -331,14 +331,14 @@ func (g *gossip) running(key []byte, self peer.ID, skip map[string]bool) []peer.
 	defer g.mu.Unlock()
 	var out []peer.ID
 	for id, e := range g.view {
-		if id == self || skip[id.String()] {
+		// The in-flight lists first: naming a peer in base58 for skip on
+		// every Submit, for every peer of the view, was 2-3 % of a busy
+		// client's CPU.
+		if id == self || !slices.ContainsFunc(e.b.Inflight, func(k []byte) bool { return bytes.Equal(k, key) }) {
 			continue
 		}
-		for _, k := range e.b.Inflight {
-			if bytes.Equal(k, key) {
-				out = append(out, id)
-				break
-			}
+		if len(skip) == 0 || !skip[e.ps.ID] {
+			out = append(out, id)
 		}
 	}
 	return out
