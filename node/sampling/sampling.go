@@ -16,6 +16,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/peerstore"
+	p2pproto "github.com/libp2p/go-libp2p/core/protocol"
 	ma "github.com/multiformats/go-multiaddr"
 )
 
@@ -255,36 +256,56 @@ func (s *Service) probe(ctx context.Context, idStr string) (scheduler.PeerState,
 }
 
 func (s *Service) ask(ctx context.Context, id peer.ID) (*protocol.ProbeReply, *protocol.Beacon, error) {
-	st, err := s.h.NewStream(ctx, id, protocol.ProbeProtocol)
+	body, err := s.request(ctx, id, protocol.ProbeProtocol, protocol.ProbeRequest{Notify: s.cfg.Notify > 0})
 	if err != nil {
 		return nil, nil, err
 	}
+	return protocol.DecodeProbeReply(body, id.String(), time.Now())
+}
+
+// request is the asking side of one exchange: msg as a frame, then the
+// answer's frame.
+func (s *Service) request(ctx context.Context, id peer.ID, proto p2pproto.ID, msg any) ([]byte, error) {
+	st, err := s.h.NewStream(ctx, id, proto)
+	if err != nil {
+		return nil, err
+	}
 	defer st.Close()
 	deadline(ctx, st)
-	if err := protocol.WriteMsg(st, protocol.ProbeRequest{Notify: s.cfg.Notify > 0}); err != nil {
+	if err := protocol.WriteMsg(st, msg); err != nil {
 		st.Reset()
-		return nil, nil, err
+		return nil, err
 	}
 	if err := st.CloseWrite(); err != nil {
 		st.Reset()
-		return nil, nil, err
+		return nil, err
 	}
 	body, err := protocol.ReadFrame(bufio.NewReader(st), protocol.MaxSampleBytes)
 	if err != nil {
 		st.Reset()
-		return nil, nil, err
+		return nil, err
 	}
-	return protocol.DecodeProbeReply(body, id.String(), time.Now())
+	return body, nil
+}
+
+// readRequest is the answering side's read of the one frame it is sent;
+// on a bad frame it resets the stream.
+func readRequest(st network.Stream) ([]byte, bool) {
+	st.SetDeadline(time.Now().Add(protocol.SampleTimeout))
+	body, err := protocol.ReadFrame(bufio.NewReader(st), protocol.MaxSampleBytes)
+	if err != nil {
+		st.Reset()
+		return nil, false
+	}
+	return body, true
 }
 
 // handleProbe answers a probe with this host's beacon as it is now and
 // Piggyback descriptors of its view, and records the prober for notices.
 func (s *Service) handleProbe(st network.Stream) {
 	defer st.Close()
-	st.SetDeadline(time.Now().Add(protocol.SampleTimeout))
-	body, err := protocol.ReadFrame(bufio.NewReader(st), protocol.MaxSampleBytes)
-	if err != nil {
-		st.Reset()
+	body, ok := readRequest(st)
+	if !ok {
 		return
 	}
 	req, err := protocol.DecodeProbeRequest(body)
@@ -368,10 +389,8 @@ func (s *Service) notify(id peer.ID, beacon []byte) error {
 // handleIdle takes an idle notice into the memory and tells the node.
 func (s *Service) handleIdle(st network.Stream) {
 	defer st.Close()
-	st.SetDeadline(time.Now().Add(protocol.SampleTimeout))
-	body, err := protocol.ReadFrame(bufio.NewReader(st), protocol.MaxSampleBytes)
-	if err != nil {
-		st.Reset()
+	body, ok := readRequest(st)
+	if !ok {
 		return
 	}
 	from := st.Conn().RemotePeer()
@@ -438,23 +457,8 @@ func (s *Service) shuffle() error {
 }
 
 func (s *Service) exchange(ctx context.Context, id peer.ID, msg protocol.Shuffle) (*protocol.Shuffle, error) {
-	st, err := s.h.NewStream(ctx, id, protocol.SampleProtocol)
+	body, err := s.request(ctx, id, protocol.SampleProtocol, msg)
 	if err != nil {
-		return nil, err
-	}
-	defer st.Close()
-	deadline(ctx, st)
-	if err := protocol.WriteMsg(st, msg); err != nil {
-		st.Reset()
-		return nil, err
-	}
-	if err := st.CloseWrite(); err != nil {
-		st.Reset()
-		return nil, err
-	}
-	body, err := protocol.ReadFrame(bufio.NewReader(st), protocol.MaxSampleBytes)
-	if err != nil {
-		st.Reset()
 		return nil, err
 	}
 	return protocol.DecodeShuffle(body)
@@ -464,10 +468,8 @@ func (s *Service) exchange(ctx context.Context, id peer.ID, msg protocol.Shuffle
 // the view, then merge what came in their place.
 func (s *Service) handleShuffle(st network.Stream) {
 	defer st.Close()
-	st.SetDeadline(time.Now().Add(protocol.SampleTimeout))
-	body, err := protocol.ReadFrame(bufio.NewReader(st), protocol.MaxSampleBytes)
-	if err != nil {
-		st.Reset()
+	body, ok := readRequest(st)
+	if !ok {
 		return
 	}
 	in, err := protocol.DecodeShuffle(body)
