@@ -289,13 +289,7 @@ func (sc *scratch) sort(w, c []Candidate) {
 		return
 	}
 	keys, tmp := sc.keys[:len(w)], sc.tmp[:len(w)]
-	lo, hi := uint64(math.MaxUint64), uint64(0)
-	for i := range w {
-		k := math.Float64bits(scoreKey(w[i].Score)) >> 32
-		keys[i] = k
-		lo, hi = min(lo, k), max(hi, k)
-	}
-	shift := max(0, 64-bits.LeadingZeros64(hi-lo)-24)
+	lo, shift, _ := scoreKeys(w, keys)
 	for i := range keys {
 		keys[i] = (keys[i]-lo)>>shift<<32 | uint64(i)
 	}
@@ -304,6 +298,21 @@ func (sc *scratch) sort(w, c []Candidate) {
 		c[i] = w[uint32(k)]
 	}
 	orderRuns(c, keys)
+}
+
+// scoreKeys sets keys[i] to the top 32 bits of w[i]'s score key and returns
+// the smallest, the shift that cuts their span (hi − lo) to at most 24
+// significant bits, and that cut span: sort's and best's keys are
+// (key − lo) >> shift.
+func scoreKeys(w []Candidate, keys []uint64) (lo uint64, shift int, span uint64) {
+	lo, hi := uint64(math.MaxUint64), uint64(0)
+	for i := range w {
+		k := math.Float64bits(scoreKey(w[i].Score)) >> 32
+		keys[i] = k
+		lo, hi = min(lo, k), max(hi, k)
+	}
+	shift = max(0, 64-bits.LeadingZeros64(hi-lo)-24)
+	return lo, shift, (hi - lo) >> shift
 }
 
 // orderRuns puts in order the runs of c whose sort keys (cut scores, in

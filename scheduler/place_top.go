@@ -150,15 +150,9 @@ func (sc *scratch) best(w []Candidate, m int) []Candidate {
 		return out[:min(m, len(w))]
 	}
 	keys, tmp := sc.keys[:len(w)], sc.tmp[:len(w)]
-	lo, hi := uint64(math.MaxUint64), uint64(0)
-	for i := range w {
-		k := math.Float64bits(scoreKey(w[i].Score)) >> 32
-		keys[i] = k
-		lo, hi = min(lo, k), max(hi, k)
-	}
-	shift := max(0, 64-bits.LeadingZeros64(hi-lo)-24)
+	lo, shift, span := scoreKeys(w, keys)
 	// A bucket is a value of the top 8 bits of the cut scores' span.
-	bucket := max(0, 64-bits.LeadingZeros64((hi-lo)>>shift)-8)
+	bucket := max(0, 64-bits.LeadingZeros64(span)-8)
 	var count [256]int
 	for i := range keys {
 		c := (keys[i] - lo) >> shift
