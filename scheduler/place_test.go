@@ -771,29 +771,7 @@ func placeDigest(prep bool) uint64 {
 	}
 	rng := rand.New(rand.NewPCG(14, 16))
 	for iter := range 600 {
-		n := rng.IntN(300)
-		if iter%15 == 0 {
-			n = 600 + rng.IntN(700)
-		}
-		var v View
-		if iter%7 == 3 {
-			v = tiedView(rng, n)
-		} else {
-			v = randomView(rng, n, t0)
-		}
-		r := randomRequest(rng, v)
-		cfg := randomConfig(rng)
-		switch iter % 5 {
-		case 0:
-			cfg = DefaultConfig()
-		case 1:
-			cfg.TopK = 1 + rng.IntN(maxTopK)
-			cfg.Choices = 1 + rng.IntN(maxChoices)
-		case 2:
-			if iter%4 == 2 {
-				cfg = badConfig(rng)
-			}
-		}
+		v, r, cfg := randomCase(rng, t0, iter%15 == 0, iter%7 == 3, iter%5, iter%4 == 2)
 		if iter%2 == 1 {
 			roughen(rng, v, &cfg)
 		}

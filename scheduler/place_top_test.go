@@ -19,29 +19,8 @@ import (
 func TestAppendPlaceTopMatchesAppendPlace(t *testing.T) {
 	rng := rand.New(rand.NewPCG(14, 15))
 	for iter := range 2500 {
-		n := rng.IntN(300)
-		if iter%10 == 0 {
-			n = 600 + rng.IntN(700) // pools of up to maxTopK, and past it
-		}
-		var v View
-		if iter%7 == 3 {
-			v = tiedView(rng, n)
-		} else {
-			v = randomView(rng, n, t0)
-		}
-		r := randomRequest(rng, v)
-		cfg := randomConfig(rng)
-		switch iter % 6 {
-		case 0:
-			cfg = DefaultConfig()
-		case 1:
-			cfg.TopK = 1 + rng.IntN(maxTopK)
-			cfg.Choices = 1 + rng.IntN(maxChoices)
-		case 2:
-			if iter%4 == 2 {
-				cfg = badConfig(rng)
-			}
-		}
+		// Views of 600 or more: pools of up to maxTopK, and past it.
+		v, r, cfg := randomCase(rng, t0, iter%10 == 0, iter%7 == 3, iter%6, iter%4 == 2)
 		seed := rng.Uint64()
 		var rs [2]*rand.Rand
 		if iter%11 != 5 {
@@ -61,7 +40,7 @@ func TestAppendPlaceTopMatchesAppendPlace(t *testing.T) {
 			want := append(prefix, all[:max(0, min(k, len(all)))]...)
 			if !slices.EqualFunc(got, want, sameBits) {
 				t.Fatalf("iteration %d (n=%d, %d feasible, k=%d, key=%v, cfg %+v):\n got %v\nwant %v",
-					iter, n, len(all), k, len(r.Key) > 0, cfg, ids(got), ids(want))
+					iter, len(v), len(all), k, len(r.Key) > 0, cfg, ids(got), ids(want))
 			}
 			if rs[1] != nil && k > 0 && len(all) > 0 && rs[1].Uint64() != after {
 				t.Fatalf("iteration %d, k=%d: the random stream is not where AppendPlace leaves it", iter, k)
@@ -219,4 +198,35 @@ func BenchmarkAppendPlaceTopUnprepared1000(b *testing.B) {
 	now := BenchNow()
 	buf := make([]Candidate, 0, len(v))
 	cpuLoop(b, func() { buf = AppendPlaceTop(buf[:0], v, r, now, rng, cfg, 1) })
+}
+
+// randomCase draws a view, a request and a config as the placement property
+// tests do: big for a view of 600 to 1,299 peers (else under 300), tied for
+// one of identical peers; cfgCase 0 the defaults, 1 random TopK and Choices,
+// 2 a bad config when bad, any other randomConfig's.
+func randomCase(rng *rand.Rand, t0 time.Time, big, tied bool, cfgCase int, bad bool) (View, Request, Config) {
+	n := rng.IntN(300)
+	if big {
+		n = 600 + rng.IntN(700)
+	}
+	var v View
+	if tied {
+		v = tiedView(rng, n)
+	} else {
+		v = randomView(rng, n, t0)
+	}
+	r := randomRequest(rng, v)
+	cfg := randomConfig(rng)
+	switch cfgCase {
+	case 0:
+		cfg = DefaultConfig()
+	case 1:
+		cfg.TopK = 1 + rng.IntN(maxTopK)
+		cfg.Choices = 1 + rng.IntN(maxChoices)
+	case 2:
+		if bad {
+			cfg = badConfig(rng)
+		}
+	}
+	return v, r, cfg
 }
