@@ -14,6 +14,7 @@ import (
 	"github.com/gpunet/gpunet/node/swarm"
 	"github.com/gpunet/gpunet/protocol"
 	"github.com/libp2p/go-libp2p"
+	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	lp2pproto "github.com/libp2p/go-libp2p/core/protocol"
@@ -27,14 +28,7 @@ func TestHostRefusesMalformedRequests(t *testing.T) {
 	h := sw.Hosts[0]
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	raw, err := libp2p.New(libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer raw.Close()
-	if err := raw.Connect(ctx, peer.AddrInfo{ID: h.ID(), Addrs: h.Host().Addrs()}); err != nil {
-		t.Fatal(err)
-	}
+	raw := rawHostTo(t, ctx, h)
 	huge := binary.AppendUvarint(nil, 1<<60)
 	goodTask := mustNormalize(t, smallTask)
 	okReq, err := protocol.Marshal(protocol.TaskRequest{Task: goodTask})
@@ -169,14 +163,7 @@ func TestHostAnswerOrder(t *testing.T) {
 	h := sw.Hosts[0]
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	raw, err := libp2p.New(libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer raw.Close()
-	if err := raw.Connect(ctx, peer.AddrInfo{ID: h.ID(), Addrs: h.Host().Addrs()}); err != nil {
-		t.Fatal(err)
-	}
+	raw := rawHostTo(t, ctx, h)
 	// The first task teaches the host the model's run time; the later ones
 	// take the quick answer.
 	for i := range 4 {
@@ -227,4 +214,19 @@ func TestHostAnswersLongTaskAtOnce(t *testing.T) {
 			t.Errorf("task %d: first event %s before the result; want it at admission, well before", i, wait)
 		}
 	}
+}
+
+// rawHostTo is a bare libp2p host on loopback, connected to h, for a test
+// that speaks the task protocol by hand; it closes when the test ends.
+func rawHostTo(t *testing.T, ctx context.Context, h *node.Node) host.Host {
+	t.Helper()
+	raw, err := libp2p.New(libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { raw.Close() })
+	if err := raw.Connect(ctx, peer.AddrInfo{ID: h.ID(), Addrs: h.Host().Addrs()}); err != nil {
+		t.Fatal(err)
+	}
+	return raw
 }
