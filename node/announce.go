@@ -18,7 +18,12 @@ import (
 // will serve it provides it:
 //
 //   - the host that computed it, as soon as it is stored (serve.go,
-//     provideResult), and again every ReprovideInterval;
+//     provideResult), and again every ReprovideInterval; unless its kernel
+//     ran less than Config.ProvideMinCompute. Such a result is stored quiet
+//     (store.PutQuiet): computing it again costs less than a provide and a
+//     lookup. It is served all the same, to a duplicate placed on its host
+//     (rendezvous placement sends duplicates there) or to a fetch, and once
+//     it is asked for again that way its host provides it like the others;
 //   - a node that got it from someone else (a client that submitted it, or
 //     fetched it from a provider) only once it shows it serves it: it
 //     answered a fetch of it, re-served it from its store to another peer's
@@ -48,14 +53,25 @@ func (n *Node) Announce(ctx context.Context, c cid.Cid) error {
 	return nil
 }
 
-// announce provides m's TaskCID unless this node made the result (its
-// provide is the host's, done when it was stored) or announced it already.
+// announce provides m's TaskCID unless this node announced it already, or
+// made it and provided it when it was stored. A result it made quiet (cheaper
+// to compute than to find) is provided from now on: someone asked for it.
 // It does not block: the provide runs in the background.
 func (n *Node) announce(m *protocol.Manifest) {
-	if m == nil || n.prov == nil || m.Host == n.host.ID().String() {
+	if m == nil || n.prov == nil {
 		return
 	}
 	tc := m.TaskCID.Cid
+	if m.Host == n.host.ID().String() {
+		// Its maker's: provided when stored, unless it was quiet.
+		if unquiet, err := n.store.Unquiet(n.ctx, tc); err != nil {
+			n.log.Debug("announcing a result this node made", "task", tc, "err", err)
+		} else if unquiet {
+			n.log.Debug("announcing a quiet result asked for again", "task", tc)
+			n.provideResult(tc)
+		}
+		return
+	}
 	n.announceMu.Lock()
 	already := n.prov.Announced(n.ctx, tc)
 	if !already {
@@ -76,10 +92,10 @@ func (n *Node) reprovides(ctx context.Context, e store.Entry) bool {
 }
 
 // servesResult is the rule of who provides a stored result: the node that
-// made it (self, its peer ID), or one whose owner pinned it, or that
-// announced it (announced, asked last since it reads the disk).
+// made it (self, its peer ID) unless it is quiet, or one whose owner pinned
+// it, or that announced it (announced, asked last since it reads the disk).
 func servesResult(e store.Entry, self string, announced func() bool) bool {
-	return e.Host == self || e.Pinned || announced()
+	return (e.Host == self && !e.Quiet) || e.Pinned || announced()
 }
 
 // forgetEvicted drops from the announced set the results the store no

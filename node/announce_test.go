@@ -47,7 +47,7 @@ func observedClient(t *testing.T, sw *swarm.Swarm, c *provideCounter) *node.Node
 // (answers a fetch of it) or is told to keep it (Announce, what a pin does)
 // provides it, once.
 func TestOnlyTheServingNodeProvides(t *testing.T) {
-	sw := startSwarm(t, "rtx4090")
+	sw := startSwarmWith(t, swarm.Options{Profiles: []string{"rtx4090"}, Tune: provideAll})
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 
@@ -127,7 +127,7 @@ func TestOnlyTheServingNodeProvides(t *testing.T) {
 // (from another host) does not provide it, until it answers another peer's
 // task request with it from its store.
 func TestReservedFromCacheIsProvided(t *testing.T) {
-	sw := startSwarm(t, "rtx4090", "a100")
+	sw := startSwarmWith(t, swarm.Options{Profiles: []string{"rtx4090", "a100"}, Tune: provideAll})
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	maker, holder := sw.Hosts[0], sw.Hosts[1]
@@ -303,4 +303,62 @@ func TestProviderRecordsSurviveRestart(t *testing.T) {
 	n = start()
 	join(n) // for its address: provider records keep none across a restart
 	fetched(n)
+}
+
+// provideAll makes a node provide every result it makes, however cheap
+// (Config.ProvideMinCompute): for the tests of who provides, whose tasks
+// take the test kernel milliseconds.
+func provideAll(c *node.Config) { c.ProvideMinCompute = 0 }
+
+// TestCheapResultIsQuietUntilAskedAgain: a host does not provide a result
+// that took its kernel less than ProvideMinCompute, cheaper to compute
+// again than to find; it still answers a duplicate of the task with it,
+// and from then on provides it.
+func TestCheapResultIsQuietUntilAskedAgain(t *testing.T) {
+	sw := startSwarm(t, "rtx4090")
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	host := sw.Hosts[0]
+	first, err := addClient(t, sw).Submit(ctx, smallTask, node.SubmitOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if first.Cache != node.CacheMiss {
+		t.Fatalf("first submit: cache %q, want a computation", first.Cache)
+	}
+	quiet := func() bool {
+		t.Helper()
+		for {
+			l, err := host.Store().List(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, e := range l {
+				if e.TaskCID.Equals(first.TaskCID) {
+					return e.Quiet
+				}
+			}
+			// The host answers before it stores.
+			select {
+			case <-ctx.Done():
+				t.Fatal("the host never stored its result")
+			case <-time.After(10 * time.Millisecond):
+			}
+		}
+	}
+	if !quiet() {
+		t.Fatal("a result of a few milliseconds' kernel time was stored to be provided")
+	}
+
+	again, err := addClient(t, sw).Submit(ctx, smallTask, node.SubmitOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if runs, _ := kernelRuns(sw); runs != 1 || !again.ResultCID.Equals(first.ResultCID) {
+		t.Fatalf("a duplicate from another client: %d kernel runs, result %s; want 1 run and %s", runs, again.ResultCID, first.ResultCID)
+	}
+	waitProviders(t, ctx, sw, first.TaskCID, host.ID())
+	if quiet() {
+		t.Error("provided, but still marked quiet in the store")
+	}
 }

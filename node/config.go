@@ -176,6 +176,17 @@ type Config struct {
 	// clock does not move while a goroutine waits on a mutex. A daemon
 	// leaves it off.
 	ProvideOneByOne bool
+	// ProvideMinCompute is the least kernel time for which a host provides
+	// a result it made on the DHT (announce.go): a cheaper one costs less to
+	// compute again than a provide and a lookup cost the swarm. It is still
+	// served: from this host's store to a duplicate placed here, as
+	// rendezvous placement does, and to a fetch; and once it is asked for
+	// again that way, it is provided like any other. 0 provides every result.
+	ProvideMinCompute time.Duration
+	// NoSessions sends every task on a task stream of its own, as clients
+	// before protocol 1.5 did, instead of on the session this node keeps
+	// with each host that serves one (session.go).
+	NoSessions bool
 	// FindTimeout bounds a DHT search for hosts of a model.
 	FindTimeout time.Duration
 	// TaskTimeout bounds one attempt at one host, from stream open to result.
@@ -253,6 +264,7 @@ func DefaultConfig() Config {
 		BeaconInterval:    2 * time.Second,
 		StoreBudget:       1 << 30,
 		AdvertiseInterval: 10 * time.Minute,
+		ProvideMinCompute: 50 * time.Millisecond,
 		FindTimeout:       5 * time.Second,
 		TaskTimeout:       5 * time.Minute,
 		EventIdleTimeout:  15 * time.Second,

@@ -804,6 +804,19 @@ func (n *Node) runAt(ctx context.Context, p peer.ID, req protocol.TaskRequest, t
 		return resultFrom(r, tc, p, CacheMiss), nil
 	}
 	n.ensureAddrs(ctx, p)
+	// The connection manager spares the host's connection while the task
+	// runs on it.
+	tag := taskTag()
+	n.host.ConnManager().Protect(p, tag)
+	defer n.host.ConnManager().Unprotect(p, tag)
+	if cs := n.session(ctx, p); cs != nil {
+		res, err := cs.run(ctx, req, tc, onEvent)
+		if !errors.Is(err, errNoSession) {
+			return res, err
+		}
+		// The host's protocols changed since identify said it served
+		// sessions: this task, and the next ones, on streams of their own.
+	}
 	// Through a relay too, when that is how the host is reached (node/reach).
 	st, err := n.host.NewStream(reach.AllowRelayed(ctx), p, libp2pProto(protocol.TaskProtocol))
 	if err != nil && n.host.Network().Connectedness(p) != network.Connected && n.refreshAddrs(ctx, p) {
@@ -816,11 +829,6 @@ func (n *Node) runAt(ctx context.Context, p peer.ID, req protocol.TaskRequest, t
 		return nil, fmt.Errorf("opening task stream: %w", err)
 	}
 	defer st.Close()
-	// The connection manager spares the host's connection while the task
-	// runs on it.
-	tag := taskTag()
-	n.host.ConnManager().Protect(p, tag)
-	defer n.host.ConnManager().Unprotect(p, tag)
 	// The stream deadline follows ctx, so a host that goes silent cannot
 	// hold the client past TaskTimeout.
 	if dl, ok := ctx.Deadline(); ok {
@@ -836,32 +844,47 @@ func (n *Node) runAt(ctx context.Context, p peer.ID, req protocol.TaskRequest, t
 		st.Reset()
 		return nil, fmt.Errorf("sending task: %w", err)
 	}
-
-	sent := time.Now()
 	r := eventReaders.Get().(*bufio.Reader)
 	r.Reset(st)
 	defer func() {
 		r.Reset(nil) // no reference to the stream stays in the pool
 		eventReaders.Put(r)
 	}()
+	res, err := n.readAnswer(ctx, p, tc, func(idle time.Time) (*protocol.Event, error) {
+		_ = st.SetReadDeadline(idle)
+		body, err := protocol.ReadFrame(r, protocol.MaxEventBytes)
+		if err != nil {
+			return nil, err
+		}
+		e, err := protocol.DecodeEvent(body)
+		if err != nil {
+			return nil, fmt.Errorf("host sent a bad event: %w", err)
+		}
+		return e, nil
+	}, onEvent)
+	if err != nil {
+		st.Reset()
+	}
+	return res, err
+}
+
+// readAnswer reads a host's answer to one request, its events one at a time
+// from next, which waits for one at most until the time it is given: a host
+// sends something at least every keepaliveEvery, and one silent for
+// EventIdleTimeout is gone (the task moves elsewhere). onEvent sees the
+// queued, progress and preview events; the answer is the verified result,
+// or the host's error.
+func (n *Node) readAnswer(ctx context.Context, p peer.ID, tc cid.Cid, next func(idle time.Time) (*protocol.Event, error), onEvent func(protocol.Event)) (*Result, error) {
+	sent := time.Now()
 	var blocks [][]byte
 	for i := 0; i < protocol.MaxEventsPerTask; i++ {
-		// A host sends something at least every keepaliveEvery; one silent
-		// for EventIdleTimeout is gone, and the task moves elsewhere.
 		idle := time.Now().Add(n.cfg.EventIdleTimeout)
 		if dl, ok := ctx.Deadline(); ok && dl.Before(idle) {
 			idle = dl
 		}
-		_ = st.SetReadDeadline(idle)
-		body, err := protocol.ReadFrame(r, protocol.MaxEventBytes)
+		e, err := next(idle)
 		if err != nil {
-			st.Reset()
 			return nil, fmt.Errorf("reading from host: %w", err)
-		}
-		e, err := protocol.DecodeEvent(body)
-		if err != nil {
-			st.Reset()
-			return nil, fmt.Errorf("host sent a bad event: %w", err)
 		}
 		if i == 0 && e.Type != protocol.EventBlock {
 			// A host answers a request at once (queued, first step, or a
@@ -873,7 +896,6 @@ func (n *Node) runAt(ctx context.Context, p peer.ID, req protocol.TaskRequest, t
 			return nil, e.Err()
 		case protocol.EventBlock:
 			if len(blocks) == protocol.MaxOutputs {
-				st.Reset()
 				return nil, errors.New("host sent more blocks than a manifest may name")
 			}
 			blocks = append(blocks, e.Data)
@@ -890,7 +912,6 @@ func (n *Node) runAt(ctx context.Context, p peer.ID, req protocol.TaskRequest, t
 			onEvent(*e)
 		}
 	}
-	st.Reset()
 	return nil, errors.New("host sent too many events")
 }
 

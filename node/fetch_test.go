@@ -31,7 +31,7 @@ import (
 // by client B from the host that made it, the one peer that provides it (A
 // got it straight from the host and does not), without a kernel run.
 func TestNetworkHitFromAnotherClient(t *testing.T) {
-	sw := startSwarm(t, "rtx4090", "a100")
+	sw := startSwarmWith(t, swarm.Options{Profiles: []string{"rtx4090", "a100"}, Tune: provideAll})
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	a, b := addClient(t, sw), addClient(t, sw)

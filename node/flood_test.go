@@ -121,6 +121,12 @@ func TestFloodHoldsToCaps(t *testing.T) {
 	if fo.SlowStreams == 0 {
 		others += swarm.DefaultFloodOptions().SlowStreams
 	}
+	// The resource manager reserves a stream in the protocol's scope before
+	// the peer's, and releases it when the peer's is full: a sample can
+	// catch a few of the flooder's refused streams in that moment (on a
+	// loaded machine, a handful). Without the cap, the flood holds
+	// thousands.
+	others += 32
 	if max := taskStreamsPerPeer + others; r.PeakTaskStreams > max || r.PeakFetchStreams > max {
 		t.Errorf("the host held up to %d task and %d fetch streams at once; the cap of %d per peer allows at most %d",
 			r.PeakTaskStreams, r.PeakFetchStreams, taskStreamsPerPeer, max)

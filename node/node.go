@@ -72,6 +72,11 @@ type Node struct {
 	beaconSeq atomic.Uint64
 	fetch     *fetcher  // set in New before any goroutine reads it
 	verify    *verifier // nil unless cfg.Verify is set (verify.go)
+	// sessions are this node's task sessions, one per host (session.go).
+	sessMu   sync.Mutex
+	sessions map[peer.ID]*clientSession
+	// noSession is when each host refused a session (session.go).
+	noSession sync.Map
 	// refreshed is when each peer's addresses were last looked up again
 	// after a failed dial (dispatch.go, refreshAddrs).
 	refreshed sync.Map
@@ -107,7 +112,7 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, fmt.Errorf("invalid config: %w", err)
 	}
-	n := &Node{cfg: cfg, log: cfg.Logger, started: time.Now(), schedCfg: cfg.Scheduler}
+	n := &Node{cfg: cfg, log: cfg.Logger, started: time.Now(), schedCfg: cfg.Scheduler, sessions: make(map[peer.ID]*clientSession)}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	n.waiting = newWaitRoom(func() int {
 		v := n.View()
@@ -218,6 +223,7 @@ func (n *Node) start(ctx context.Context) (err error) {
 		n.serve = newServer(n)
 		n.startHours() // before the handler: out of hours, not one task
 		n.host.SetStreamHandler(protocol.TaskProtocol, n.serve.handle)
+		n.host.SetStreamHandler(protocol.SessionProtocol, n.serve.handleSession)
 	}
 	n.startFetch()
 	if err := n.connectBootstrap(ctx, cfg.Bootstrap); err != nil {
@@ -316,6 +322,9 @@ func newHost(key crypto.PrivKey, cfg Config, dir string, bw metrics.Reporter, lo
 		limits.AddProtocolPeerLimit(libp2pProto(p), rcmgr.BaseLimit{StreamsInbound: 128, StreamsOutbound: 128, Streams: 256, Memory: 64 << 20}, rcmgr.BaseLimitIncrease{})
 		limits.AddProtocolLimit(libp2pProto(p), rcmgr.BaseLimit{StreamsInbound: 1024, StreamsOutbound: 1024, Streams: 2048, Memory: 512 << 20}, rcmgr.BaseLimitIncrease{})
 	}
+	// A client keeps one session per host; a few spare for one reopened
+	// while the last still closes. Each carries at most MaxSessionTasks.
+	limits.AddProtocolPeerLimit(libp2pProto(protocol.SessionProtocol), rcmgr.BaseLimit{StreamsInbound: 4, StreamsOutbound: 4, Streams: 8, Memory: 64 << 20}, rcmgr.BaseLimitIncrease{})
 	rm, err := rcmgr.NewResourceManager(rcmgr.NewFixedLimiter(limits.AutoScale()))
 	if err != nil {
 		return nil, nil, fmt.Errorf("resource manager: %w", err)
@@ -547,11 +556,13 @@ func (n *Node) Close() error {
 	}
 	if n.host != nil {
 		n.host.RemoveStreamHandler(protocol.TaskProtocol)
+		n.host.RemoveStreamHandler(protocol.SessionProtocol)
 		n.host.RemoveStreamHandler(protocol.FetchProtocol)
 	}
 	if n.serve != nil {
 		n.serve.close()
 	}
+	n.closeSessions()
 	n.wg.Wait()
 	if n.sampling != nil {
 		errs = append(errs, n.sampling.Close())

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -239,52 +240,81 @@ func (f *flight) broadcast(e protocol.Event) {
 	}
 }
 
-// handle serves one task stream.
+// handle serves one task stream: one request, its answer.
 func (s *server) handle(st network.Stream) {
 	defer st.Close()
 	start := time.Now()
 	remote := st.Conn().RemotePeer()
+	_ = st.SetReadDeadline(time.Now().Add(protocol.RequestTimeout))
+	// Small: the request's body is read straight into its own buffer
+	// (protocol.ReadFrame), and after it the reader only watches for a
+	// reset (watchCancel).
+	link := &streamLink{st: st, br: bufio.NewReaderSize(st, 512)}
+	body, err := protocol.ReadFrame(link.br, protocol.MaxRequestBytes)
+	var req *protocol.TaskRequest
+	if err == nil {
+		req, err = protocol.DecodeTaskRequest(body)
+	}
+	if err != nil {
+		s.refuse(remote, cid.Undef, link, nil, badRequest(err), start)
+		return
+	}
+	if !s.answer(remote, req, link, start) {
+		st.Reset()
+	}
+}
+
+// taskLink is how the answer to one request reaches its client: a task
+// stream of its own (streamLink), or the request's ID on a session
+// (sessionLink, session.go).
+type taskLink interface {
+	// send writes whole event frames, in one write when it can; pieces
+	// are the frames' bytes in order, cut anywhere. An error means the
+	// client cannot be reached.
+	send(pieces ...[]byte) error
+	// cancelled returns a channel closed when the client withdraws the
+	// request. Called once, after the first send.
+	cancelled() <-chan struct{}
+}
+
+// streamLink is a task stream's taskLink; br is its reader, past the
+// request.
+type streamLink struct {
+	st network.Stream
+	br *bufio.Reader
+}
+
+func (l *streamLink) send(pieces ...[]byte) error {
+	for _, p := range pieces {
+		_ = l.st.SetWriteDeadline(time.Now().Add(writeTimeout))
+		if _, err := l.st.Write(p); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (l *streamLink) cancelled() <-chan struct{} { return watchCancel(l.st, l.br) }
+
+// answer serves one decoded request over link, and reports false when the
+// client went away or could not be written to (a task stream is then
+// reset).
+func (s *server) answer(remote peer.ID, req *protocol.TaskRequest, link taskLink, start time.Time) bool {
 	// The connection manager spares the client's connection while this
 	// host works for it.
 	tag := taskTag()
 	s.n.host.ConnManager().Protect(remote, tag)
 	defer s.n.host.ConnManager().Unprotect(remote, tag)
 	log := s.log.With("peer", remote)
-	var tc cid.Cid
 	// out holds events not yet written: the last of them go out in one
 	// write with the result or the refusal.
 	var out bytes.Buffer
-	refuse := func(err error) {
-		re := asRemote(err)
-		s.refused(ServedEvent{TaskCID: tc, Peer: remote, Code: re.Code, Elapsed: time.Since(start)})
-		log.Debug("refusing task", "code", re.Code, "msg", re.Message)
-		_ = st.SetWriteDeadline(time.Now().Add(writeTimeout))
-		_ = protocol.WriteMsg(&out, protocol.ErrorEvent(re.Code, re.Message, re.RetryAfter))
-		_, _ = st.Write(out.Bytes())
-	}
-
-	_ = st.SetReadDeadline(time.Now().Add(protocol.RequestTimeout))
-	// Small: the request's body is read straight into its own buffer
-	// (protocol.ReadFrame), and after it the reader only watches for a
-	// reset (watchCancel).
-	br := bufio.NewReaderSize(st, 512)
-	body, err := protocol.ReadFrame(br, protocol.MaxRequestBytes)
-	if err != nil {
-		refuse(badRequest(err))
-		return
-	}
-	req, err := protocol.DecodeTaskRequest(body)
-	if err != nil {
-		refuse(badRequest(err))
-		return
-	}
 	if re := canRun(s.n.cfg.Kernel, req.Task); re != nil {
-		refuse(re)
-		return
+		return s.refuse(remote, cid.Undef, link, &out, re, start)
 	}
-	if tc, err = req.Task.CID(); err != nil {
-		refuse(badRequest(err))
-		return
+	tc, err := req.Task.CID()
+	if err != nil {
+		return s.refuse(remote, cid.Undef, link, &out, badRequest(err), start)
 	}
 	log = log.With("task", tc)
 
@@ -299,11 +329,10 @@ func (s *server) handle(st network.Stream) {
 	}
 	if res == nil {
 		if f, err = s.admitPreviews(remote, req.Submitter, int(req.Previews), req.NoCache || req.Verify, req.Task, tc); err != nil {
-			refuse(err)
-			return
+			return s.refuse(remote, tc, link, &out, err, start)
 		}
 		admitted = time.Now()
-		res, err = s.wait(st, f, int(req.Previews), br, &out)
+		res, err = s.wait(link, f, int(req.Previews), &out)
 		if err == nil {
 			res = f.answer(req.Verify)
 		}
@@ -311,18 +340,15 @@ func (s *server) handle(st network.Stream) {
 		s.leave(f, gone)
 		if gone {
 			log.Debug("client went away", "err", err)
-			st.Reset()
-			return
+			return false
 		}
 		if err != nil {
-			refuse(err)
-			return
+			return s.refuse(remote, tc, link, &out, err, start)
 		}
 	}
-	if err := sendResultAfter(st, &out, res, cached); err != nil {
+	if err := sendResultAfter(link, &out, res, cached); err != nil {
 		log.Debug("sending result", "err", err)
-		st.Reset()
-		return
+		return false
 	}
 	s.n.stats.served.Add(1)
 	if cached {
@@ -335,6 +361,21 @@ func (s *server) handle(st network.Stream) {
 	}
 	s.n.observe(func(o Observer) { o.Served(ev) })
 	log.Info("task served", "cache", cacheWord(cached), "ms", ev.Elapsed.Milliseconds())
+	return true
+}
+
+// refuse answers a request of remote (for task tc, when known) with the
+// error event err maps to, after the events in out (nil for none), counts
+// the refusal and reports whether it went out.
+func (s *server) refuse(remote peer.ID, tc cid.Cid, link taskLink, out *bytes.Buffer, err error, start time.Time) bool {
+	re := asRemote(err)
+	s.refused(ServedEvent{TaskCID: tc, Peer: remote, Code: re.Code, Elapsed: time.Since(start)})
+	s.log.Debug("refusing task", "peer", remote, "task", tc, "code", re.Code, "msg", re.Message)
+	if out == nil {
+		out = new(bytes.Buffer)
+	}
+	_ = protocol.WriteMsg(out, protocol.ErrorEvent(re.Code, re.Message, re.RetryAfter))
+	return link.send(out.Bytes()) == nil
 }
 
 // refused counts a refusal and tells the observers.
@@ -520,7 +561,7 @@ const keepaliveEvery = protocol.KeepaliveInterval
 // sendResultAfter writes with them, or for the next keepalive tick should
 // sealing take that long. Events left in out when f is done are the
 // caller's to send.
-func (s *server) wait(st network.Stream, f *flight, previews int, br *bufio.Reader, out *bytes.Buffer) (*store.Result, error) {
+func (s *server) wait(link taskLink, f *flight, previews int, out *bytes.Buffer) (*store.Result, error) {
 	// Subscribed before the state event is taken, so that no event
 	// between the two is lost.
 	ch := f.subscribe()
@@ -531,8 +572,7 @@ func (s *server) wait(st network.Stream, f *flight, previews int, br *bufio.Read
 		if out.Len() == 0 {
 			return nil
 		}
-		_ = st.SetWriteDeadline(time.Now().Add(writeTimeout))
-		_, err := st.Write(out.Bytes())
+		err := link.send(out.Bytes())
 		out.Reset()
 		if err != nil {
 			return fmt.Errorf("%w: %v", errClientGone, err)
@@ -581,7 +621,7 @@ func (s *server) wait(st network.Stream, f *flight, previews int, br *bufio.Read
 	if err := flush(); err != nil {
 		return nil, err
 	}
-	cancelled := watchCancel(st, br)
+	cancelled := link.cancelled()
 	tick := time.NewTicker(keepaliveEvery)
 	defer tick.Stop()
 	for {
@@ -589,7 +629,7 @@ func (s *server) wait(st network.Stream, f *flight, previews int, br *bufio.Read
 		case <-f.done:
 			return f.res, f.err
 		case <-cancelled:
-			return nil, fmt.Errorf("%w: stream reset", errClientGone)
+			return nil, fmt.Errorf("%w: request withdrawn", errClientGone)
 		case e := <-ch:
 			add(*e)
 			drain()
@@ -958,7 +998,14 @@ func (s *server) compute(f *flight, freeSlot func()) (*store.Result, error) {
 		// for the write, or for another core, whichever frees first.
 		runtime.Gosched()
 	}
-	kept, err := n.store.PutEncoded(n.ctx, m, mbytes, blocks) // seal encoded m
+	// A result cheaper to compute than to find is not provided (quiet,
+	// announce.go) until someone asks for it again.
+	quiet := f.kernel < n.cfg.ProvideMinCompute
+	put := n.store.PutEncoded // seal encoded m
+	if quiet {
+		put = n.store.PutQuiet
+	}
+	kept, err := put(n.ctx, m, mbytes, blocks)
 	switch {
 	case err != nil && early:
 		// Its clients have it; this host does not, so it does not
@@ -975,7 +1022,9 @@ func (s *server) compute(f *flight, freeSlot func()) (*store.Result, error) {
 			return nil, fmt.Errorf("reading stored result: %w", err)
 		}
 	}
-	n.provideResult(f.taskCID)
+	if !quiet && kept.Equals(fresh.CID) {
+		n.provideResult(f.taskCID)
+	}
 	return res, nil
 }
 
@@ -1226,14 +1275,14 @@ func (n *Node) reachable() bool { return len(n.host.Addrs()) > 0 }
 
 // sendResult writes one block event per output, then the result event.
 func sendResult(st network.Stream, res *store.Result, cached bool) error {
-	return sendResultAfter(st, nil, res, cached)
+	return sendResultAfter(&streamLink{st: st}, nil, res, cached)
 }
 
-// sendResultAfter is sendResult after the events in out (nil for none):
-// a small result goes in the same write as they do, blocks and manifest
-// together, since on a libp2p stream every write is a yamux frame, a Noise
-// message and a syscall of its own.
-func sendResultAfter(st network.Stream, out *bytes.Buffer, res *store.Result, cached bool) error {
+// sendResultAfter is sendResult after the events in out (nil for none),
+// over link: a small result goes in the same write as they do, blocks and
+// manifest together, since on a libp2p stream every write is a yamux
+// frame, a Noise message and a syscall of its own.
+func sendResultAfter(link taskLink, out *bytes.Buffer, res *store.Result, cached bool) error {
 	size := len(res.ManifestBytes)
 	for _, b := range res.Blocks {
 		size += len(b)
@@ -1241,42 +1290,34 @@ func sendResultAfter(st network.Stream, out *bytes.Buffer, res *store.Result, ca
 	if out == nil {
 		out = new(bytes.Buffer)
 	}
-	_ = st.SetWriteDeadline(time.Now().Add(writeTimeout))
-	var w io.Writer = out
-	if big := size > oneWriteResult; big {
+	if size > oneWriteResult {
 		// Blocks this size dwarf a write: the events first, then each
-		// frame on its own, under a deadline of its own.
+		// frame on its own, its length prefix and body as they are.
 		if out.Len() > 0 {
-			if _, err := st.Write(out.Bytes()); err != nil {
+			if err := link.send(out.Bytes()); err != nil {
 				return err
 			}
 			out.Reset()
 		}
-		w = deadlineWriter{st}
+		for _, b := range res.Blocks {
+			body, err := protocol.Marshal(protocol.Event{Type: protocol.EventBlock, Data: b})
+			if err != nil {
+				return err
+			}
+			if err := link.send(binary.AppendUvarint(nil, uint64(len(body))), body); err != nil {
+				return err
+			}
+		}
 	} else {
 		out.Grow(size + 256)
-	}
-	for _, b := range res.Blocks {
-		if err := protocol.WriteMsg(w, protocol.Event{Type: protocol.EventBlock, Data: b}); err != nil {
-			return err
+		for _, b := range res.Blocks {
+			_ = protocol.WriteMsg(out, protocol.Event{Type: protocol.EventBlock, Data: b}) // into a buffer
 		}
 	}
-	if err := protocol.WriteMsg(w, protocol.Event{Type: protocol.EventResult, Manifest: res.ManifestBytes, Cached: cached}); err != nil {
+	if err := protocol.WriteMsg(out, protocol.Event{Type: protocol.EventResult, Manifest: res.ManifestBytes, Cached: cached}); err != nil {
 		return err
 	}
-	if out.Len() > 0 {
-		_, err := st.Write(out.Bytes())
-		return err
-	}
-	return nil
-}
-
-// deadlineWriter gives every write to a stream writeTimeout.
-type deadlineWriter struct{ st network.Stream }
-
-func (w deadlineWriter) Write(p []byte) (int, error) {
-	_ = w.st.SetWriteDeadline(time.Now().Add(writeTimeout))
-	return w.st.Write(p)
+	return link.send(out.Bytes())
 }
 
 // oneWriteResult is the largest result (blocks and manifest) sendResult

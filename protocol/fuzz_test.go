@@ -199,6 +199,37 @@ func fuzzSeeds(tb testing.TB) map[string]map[string][][]byte {
 				"twice":          one(proof(manifest, other(2, "right"), other(2, "also"))),
 			}
 		}(),
+		"FuzzDecodeSessionRequest": {
+			"valid-request":  one(mustMarshal(tb, SessionRequest{ID: 1, Request: req})),
+			"valid-cancel":   one(mustMarshal(tb, SessionRequest{ID: 7, Cancel: true})),
+			"largest-id":     one(mustMarshal(tb, SessionRequest{ID: 1<<64 - 1, Request: req})),
+			"id-zero":        one(mustMarshal(tb, SessionRequest{ID: 0, Request: req})),
+			"both":           one(mustMarshal(tb, SessionRequest{ID: 1, Request: req, Cancel: true})),
+			"neither":        one(mustMarshal(tb, SessionRequest{ID: 1})),
+			"bare-task":      one(mustMarshal(tb, SessionRequest{ID: 2, Request: task})),
+			"bad-previews":   one(mustMarshal(tb, SessionRequest{ID: 3, Request: mustMarshal(tb, TaskRequest{Task: n, Previews: MaxPreviews + 1})})),
+			"request-as-map": one(mustMarshal(tb, map[string]any{"id": 1, "request": TaskRequest{Task: n}})),
+			"unknown-field":  one(mustMarshal(tb, map[string]any{"id": 1, "cancel": true, "x": 1})),
+			"non-minimal-id": one([]byte{0xa2, 0x62, 'i', 'd', 0x18, 0x07, 0x66, 'c', 'a', 'n', 'c', 'e', 'l', 0xf5}),
+		},
+		"FuzzDecodeSessionEvents": func() map[string][][]byte {
+			queued := frame(mustMarshal(tb, Event{Type: EventQueued, Position: 1}))
+			answer := frame(mustMarshal(tb, Event{Type: EventQueued, Position: 2}), mustMarshal(tb, Event{Type: EventProgress, Step: 3, Total: 20}),
+				mustMarshal(tb, Event{Type: EventBlock, Data: []byte("\x89PNG")}), mustMarshal(tb, Event{Type: EventResult, Manifest: manifest}))
+			events := func(id uint64, b []byte) []byte { return mustMarshal(tb, SessionEvents{ID: id, Events: b}) }
+			return map[string][][]byte{
+				"one-queued":      one(events(7, queued)),
+				"whole-answer":    one(events(1<<32, answer)),
+				"error":           one(events(1<<64-1, frame(mustMarshal(tb, ErrorEvent(CodeBusy, "256 tasks in flight", time.Second))))),
+				"truncated":       one(events(1, answer[:len(answer)-1])),
+				"bad-event":       one(events(1, frame(mustMarshal(tb, Event{Type: "cancel"})))),
+				"empty-frame":     one(events(1, []byte{0})),
+				"id-zero":         one(events(0, queued)),
+				"no-events":       one(events(1, []byte{})),
+				"trailing-varint": one(events(1, append(slices.Clone(queued), 0x80))),
+				"huge-length":     one(events(1, binary.AppendUvarint(nil, 1<<60))),
+			}
+		}(),
 		"FuzzLinkUnmarshalCBOR": {
 			"raw-cid":     one(link),
 			"dag-cbor":    one(mustMarshal(tb, testManifest(tb, key).TaskCID)),
@@ -575,6 +606,113 @@ func FuzzDecodeFetchRequest(f *testing.F) {
 		r2, err := DecodeFetchRequest(mustMarshal(t, r))
 		if err != nil || !r2.CID.Equals(r.CID.Cid) {
 			t.Fatalf("round trip: %v, %v", r2, err)
+		}
+	})
+}
+
+func FuzzDecodeSessionRequest(f *testing.F) {
+	addSeeds(f, "FuzzDecodeSessionRequest", malformedCBOR...)
+	f.Fuzz(func(t *testing.T, b []byte) {
+		s, req, err := DecodeSessionRequest(b)
+		if err != nil {
+			if errors.Is(err, ErrBadSession) {
+				// A protocol error: the host resets the session, and has
+				// no ID to answer.
+				if s != nil || req != nil {
+					t.Fatalf("returned %+v, %+v with %v", s, req, err)
+				}
+				return
+			}
+			// An invalid request in a good frame: the host answers its ID
+			// with bad_request, so it needs the ID, and the error must be
+			// the one a task stream's host gets for those bytes.
+			if !errors.Is(err, ErrBadTask) && !errors.Is(err, ErrFrameTooLarge) {
+				t.Fatalf("error %v wraps neither ErrBadSession, ErrBadTask nor ErrFrameTooLarge", err)
+			}
+			if s == nil || s.ID == 0 || s.Cancel || len(s.Request) == 0 || req != nil {
+				t.Fatalf("invalid request returned %+v, %+v", s, req)
+			}
+			if _, err := DecodeTaskRequest(s.Request); err == nil {
+				t.Fatal("DecodeTaskRequest accepts the request DecodeSessionRequest rejected")
+			}
+			return
+		}
+		if len(b) > MaxSessionRequestBytes || s.ID == 0 {
+			t.Fatalf("accepted a %d-byte frame with ID %d", len(b), s.ID)
+		}
+		if s.Cancel != (req == nil) || s.Cancel != (len(s.Request) == 0) {
+			t.Fatalf("accepted cancel %v with a %d-byte request (decoded: %v)", s.Cancel, len(s.Request), req != nil)
+		}
+		if req != nil {
+			if err := req.Task.Validate(); err != nil {
+				t.Fatalf("decoded task does not validate: %v", err)
+			}
+			if r2, err := DecodeTaskRequest(s.Request); err != nil || !r2.Task.Equal(req.Task) {
+				t.Fatalf("the request does not decode alone as it did in the frame: %v", err)
+			}
+		}
+		enc := mustMarshal(t, s)
+		if err := checkDAGCBOR(enc); err != nil {
+			t.Fatalf("re-encoding is not canonical: %v", err)
+		}
+		s2, _, err := DecodeSessionRequest(enc)
+		if err != nil || s2.ID != s.ID || s2.Cancel != s.Cancel || !bytes.Equal(s2.Request, s.Request) {
+			t.Fatalf("round trip: %+v, %v; want %+v", s2, err, s)
+		}
+		if !bytes.Equal(mustMarshal(t, s2), enc) {
+			t.Fatal("encoding is not stable")
+		}
+	})
+}
+
+func FuzzDecodeSessionEvents(f *testing.F) {
+	addSeeds(f, "FuzzDecodeSessionEvents", malformedCBOR...)
+	f.Fuzz(func(t *testing.T, b []byte) {
+		id, evs, err := DecodeSessionEvents(b)
+		if err != nil {
+			if !errors.Is(err, ErrBadSession) {
+				t.Fatalf("error %v does not wrap ErrBadSession", err)
+			}
+			if id != 0 || evs != nil {
+				t.Fatalf("returned task %d and %d events with %v", id, len(evs), err)
+			}
+			return
+		}
+		if len(b) > MaxSessionEventBytes || id == 0 || len(evs) == 0 {
+			t.Fatalf("accepted a %d-byte frame for task %d with %d events", len(b), id, len(evs))
+		}
+		for i, e := range evs {
+			e2, err := DecodeEvent(mustMarshal(t, e))
+			if err != nil || !eventsEqual(*e, *e2) {
+				t.Fatalf("event %d (%+v) does not pass DecodeEvent re-encoded: %v", i, e, err)
+			}
+		}
+		// The events are whole frames: a host splitting them for another
+		// frame gets them back whole, and a frame rebuilt from them by
+		// AppendSessionEvents is their canonical encoding and decodes the same.
+		var s SessionEvents
+		if err := Unmarshal(b, &s); err != nil {
+			t.Fatal(err)
+		}
+		chunks, err := SplitEventFrames(s.Events, 0)
+		if err != nil || len(chunks) != len(evs) {
+			t.Fatalf("SplitEventFrames: %d frames, %v; want %d", len(chunks), err, len(evs))
+		}
+		if whole, err := SplitEventFrames(s.Events, MaxSessionEventBytes); err != nil || len(whole) != 1 || !bytes.Equal(whole[0], s.Events) {
+			t.Fatalf("SplitEventFrames under the cap: %d chunks, %v; want the events in one", len(whole), err)
+		}
+		enc := append(AppendSessionEvents(nil, id, len(s.Events)), s.Events...)
+		if !bytes.Equal(enc, mustMarshal(t, SessionEvents{ID: id, Events: s.Events})) {
+			t.Fatalf("AppendSessionEvents differs from Marshal for task %d", id)
+		}
+		id2, evs2, err := DecodeSessionEvents(enc)
+		if err != nil || id2 != id || len(evs2) != len(evs) {
+			t.Fatalf("round trip: task %d with %d events, %v", id2, len(evs2), err)
+		}
+		for i := range evs {
+			if !eventsEqual(*evs[i], *evs2[i]) {
+				t.Fatalf("round trip changed event %d: %+v vs %+v", i, evs[i], evs2[i])
+			}
 		}
 	})
 }

@@ -62,6 +62,7 @@ func TestScrapeMovesWithWork(t *testing.T) {
 			m := metrics.New(fmt.Sprintf("test-%d", len(ms)), metrics.WithLogger(log))
 			m.Attach(cfg)
 			ms = append(ms, m)
+			cfg.ProvideMinCompute = 0 // every result provided, however cheap
 		},
 	})
 	if err != nil {

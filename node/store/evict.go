@@ -20,66 +20,72 @@ func (s *Store) Pin(ctx context.Context, c cid.Cid) error { return s.setPinned(c
 func (s *Store) Unpin(ctx context.Context, c cid.Cid) error { return s.setPinned(ctx, c, false) }
 
 func (s *Store) setPinned(ctx context.Context, c cid.Cid, pinned bool) error {
-	if err := s.lockOpen(ctx); err != nil {
-		return err
-	}
-	defer s.mu.Unlock()
-	e := s.resolveLocked(c)
-	if e == nil {
-		return fmt.Errorf("pinning %s: %w", c, ErrNotFound)
-	}
-	if e.pinned == pinned {
-		return nil
-	}
-	e.pinned = pinned
-	v, err := e.encodeMeta()
-	if err == nil {
-		b := s.ds.DB.NewBatch()
-		defer b.Close()
-		if err = b.Set(metaKey(e.result).Bytes(), v, nil); err == nil {
-			// Synced: a pin is a person's instruction and rare, and one
-			// lost to a crash would let the result be evicted.
-			err = s.commit(b, pebble.Sync)
-		}
-	}
-	if err != nil {
-		e.pinned = !pinned
-		return fmt.Errorf("saving pin of %s: %w", e.result, err)
-	}
-	e.dirty.Store(false) // the record just written holds the last access too
-	return nil
+	// Synced: a pin is a person's instruction and rare, and one lost to a
+	// crash would let the result be evicted.
+	_, err := s.mark(ctx, c, "pin", func(e *entry) *bool { return &e.pinned }, pinned, pebble.Sync)
+	return err
 }
 
 // MarkVerified records that a re-run on another host agreed with the
 // result c names (a TaskCID or a ResultCID): node/trust need not check it
 // again. Not synced: a mark lost to a crash costs one more check.
 func (s *Store) MarkVerified(ctx context.Context, c cid.Cid) error {
+	_, err := s.mark(ctx, c, "verified mark", resultFlag(func(e *entry) *bool { return &e.verified }), true, pebble.NoSync)
+	return err
+}
+
+// Unquiet clears the Quiet mark of the result c names (a TaskCID or a
+// ResultCID), and reports whether it was set: the node provides the result
+// from then on. Not synced: a mark lost to a crash leaves the result quiet
+// until it is asked for again.
+func (s *Store) Unquiet(ctx context.Context, c cid.Cid) (bool, error) {
+	return s.mark(ctx, c, "quiet mark", resultFlag(func(e *entry) *bool { return &e.quiet }), false, pebble.NoSync)
+}
+
+// resultFlag is flag for results only: a lone block has none.
+func resultFlag(flag func(*entry) *bool) func(*entry) *bool {
+	return func(e *entry) *bool {
+		if e.isBlock() {
+			return nil
+		}
+		return flag(e)
+	}
+}
+
+// mark sets one of the flags of the entry c names (flag picks it; nil when
+// the entry has no such flag) to want and writes its record with w, and
+// reports whether the flag changed.
+func (s *Store) mark(ctx context.Context, c cid.Cid, what string, flag func(*entry) *bool, want bool, w *pebble.WriteOptions) (bool, error) {
 	if err := s.lockOpen(ctx); err != nil {
-		return err
+		return false, err
 	}
 	defer s.mu.Unlock()
 	e := s.resolveLocked(c)
-	if e == nil || e.isBlock() {
-		return fmt.Errorf("marking %s verified: %w", c, ErrNotFound)
+	var f *bool
+	if e != nil {
+		f = flag(e)
 	}
-	if e.verified {
-		return nil
+	if f == nil {
+		return false, fmt.Errorf("saving %s of %s: %w", what, c, ErrNotFound)
 	}
-	e.verified = true
+	if *f == want {
+		return false, nil
+	}
+	*f = want
 	v, err := e.encodeMeta()
 	if err == nil {
 		b := s.ds.DB.NewBatch()
 		defer b.Close()
 		if err = b.Set(metaKey(e.result).Bytes(), v, nil); err == nil {
-			err = s.commit(b, pebble.NoSync)
+			err = s.commit(b, w)
 		}
 	}
 	if err != nil {
-		e.verified = false
-		return fmt.Errorf("saving mark of %s: %w", e.result, err)
+		*f = !want
+		return false, fmt.Errorf("saving %s of %s: %w", what, e.result, err)
 	}
-	e.dirty.Store(false)
-	return nil
+	e.dirty.Store(false) // the record just written holds the last access too
+	return true, nil
 }
 
 // Remove deletes the result c names (a TaskCID or a ResultCID), pinned or

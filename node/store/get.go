@@ -160,7 +160,7 @@ func (s *Store) readResult(ctx context.Context, e *entry) (*Result, cid.Cid, err
 			return nil, o.CID.Cid, fmt.Errorf("output %d: %w", i, err)
 		}
 	}
-	return &Result{CID: e.result, Manifest: m, ManifestBytes: mb, Blocks: blocks, Verified: e.verified}, cid.Undef, nil
+	return &Result{CID: e.result, Manifest: m, ManifestBytes: mb, Blocks: blocks, Verified: e.verified, Quiet: e.quiet}, cid.Undef, nil
 }
 
 // errMissing marks data the index lists but the disk lacks; it wraps

@@ -24,7 +24,7 @@ func (s *Store) List(ctx context.Context) ([]Entry, error) {
 			continue // an input image, not a result
 		}
 		out = append(out, Entry{
-			TaskCID: e.task, ResultCID: e.result, Bytes: e.bytes(), Pinned: e.pinned, Verified: e.verified,
+			TaskCID: e.task, ResultCID: e.result, Bytes: e.bytes(), Pinned: e.pinned, Verified: e.verified, Quiet: e.quiet,
 			LastAccess: time.UnixMilli(e.lastAccess.Load()),
 			Created:    time.UnixMilli(e.created),
 		})

@@ -42,6 +42,9 @@ type metaRecord struct {
 	// Verified: a re-run on another host agreed (node/trust). Omitted
 	// when false, so records written before it decode as unverified.
 	Verified bool `cbor:"verified,omitempty"`
+	// Quiet: made here and not provided on the DHT (PutQuiet). Omitted
+	// when false, so records written before it decode as provided.
+	Quiet bool `cbor:"quiet,omitempty"`
 }
 
 type metaBlock struct {
@@ -69,6 +72,7 @@ type entry struct {
 	created      int64      // Unix ms, when this node stored it
 	pinned       bool       // guarded by Store.mu (written under the write lock)
 	verified     bool       // likewise
+	quiet        bool       // likewise
 
 	// lastAccess (Unix ms) moves forward under the read lock, so it is atomic;
 	// dirty says it is newer than the value in /meta.
@@ -106,7 +110,7 @@ func (e *entry) encodeMeta() ([]byte, error) {
 	m := metaRecord{
 		V: metaVersion, Task: task, Bytes: uint64(e.bytes()),
 		LastAccess: e.lastAccess.Load(), Created: e.created, Pinned: e.pinned,
-		Verified: e.verified,
+		Verified: e.verified, Quiet: e.quiet,
 	}
 	for _, b := range e.blocks {
 		m.Blocks = append(m.Blocks, metaBlock{CID: b.cid.Bytes(), Size: uint64(b.size)})
@@ -129,7 +133,7 @@ func decodeMeta(result cid.Cid, b []byte) (*entry, error) {
 			return nil, fmt.Errorf("task cid: %w", err)
 		}
 	}
-	e := &entry{result: result, task: task, created: m.Created, pinned: m.Pinned, verified: m.Verified}
+	e := &entry{result: result, task: task, created: m.Created, pinned: m.Pinned, verified: m.Verified, quiet: m.Quiet}
 	var blocks int64
 	for _, mb := range m.Blocks {
 		c, err := cid.Cast(mb.CID)

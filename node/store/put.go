@@ -27,7 +27,7 @@ func (s *Store) Put(ctx context.Context, manifestBytes []byte, blocks [][]byte) 
 	if err != nil {
 		return cid.Undef, fmt.Errorf("storing result: %w", err)
 	}
-	return s.put(ctx, m, manifestBytes, blocks)
+	return s.put(ctx, m, manifestBytes, blocks, false)
 }
 
 // PutVerified is Put for a manifest the caller has just decoded with
@@ -41,7 +41,7 @@ func (s *Store) PutVerified(ctx context.Context, m *protocol.Manifest, manifestB
 	if again, err := m.Encode(); err != nil || string(again) != string(manifestBytes) {
 		return cid.Undef, fmt.Errorf("storing result: %w: bytes do not encode the manifest", protocol.ErrBadManifest)
 	}
-	return s.put(ctx, m, manifestBytes, blocks)
+	return s.put(ctx, m, manifestBytes, blocks, false)
 }
 
 // PutEncoded is PutVerified for manifest bytes known to encode m: the
@@ -52,10 +52,17 @@ func (s *Store) PutVerified(ctx context.Context, m *protocol.Manifest, manifestB
 // that do not encode m would index the result under the wrong outputs:
 // callers with bytes from anywhere else use PutVerified.
 func (s *Store) PutEncoded(ctx context.Context, m *protocol.Manifest, manifestBytes []byte, blocks [][]byte) (cid.Cid, error) {
-	return s.put(ctx, m, manifestBytes, blocks)
+	return s.put(ctx, m, manifestBytes, blocks, false)
 }
 
-func (s *Store) put(ctx context.Context, m *protocol.Manifest, manifestBytes []byte, blocks [][]byte) (cid.Cid, error) {
+// PutQuiet is PutEncoded for a result the node made and does not provide on
+// the DHT: one cheaper to compute again than to find (node/announce.go).
+// The entry is marked Quiet, in the same write, until Unquiet.
+func (s *Store) PutQuiet(ctx context.Context, m *protocol.Manifest, manifestBytes []byte, blocks [][]byte) (cid.Cid, error) {
+	return s.put(ctx, m, manifestBytes, blocks, true)
+}
+
+func (s *Store) put(ctx context.Context, m *protocol.Manifest, manifestBytes []byte, blocks [][]byte, quiet bool) (cid.Cid, error) {
 	if err := ctx.Err(); err != nil {
 		return cid.Undef, err
 	}
@@ -79,6 +86,7 @@ func (s *Store) put(ctx context.Context, m *protocol.Manifest, manifestBytes []b
 	}
 	now := s.nowMs()
 	e.created = now
+	e.quiet = quiet
 	e.lastAccess.Store(now)
 	// Synced (unless WithoutSync): Put's callers announce the result on the
 	// DHT once it returns, so it must survive the process being killed.

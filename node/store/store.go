@@ -44,6 +44,8 @@ type Result struct {
 	Blocks [][]byte
 	// Verified: a re-run on another host agreed with it (MarkVerified).
 	Verified bool
+	// Quiet: this node made it and does not provide it (PutQuiet).
+	Quiet bool
 }
 
 // Entry describes one stored result for listings.
@@ -55,6 +57,8 @@ type Entry struct {
 	Bytes    int64
 	Pinned   bool
 	Verified bool
+	// Quiet: stored with PutQuiet, and not announced since (Unquiet).
+	Quiet bool
 	// LastAccess is the last read through Get, GetByResult, GetManifest or
 	// ExportCAR (or the Put).
 	LastAccess time.Time

@@ -982,3 +982,65 @@ func randCID(t *testing.T) cid.Cid {
 	t.Helper()
 	return protocol.RawCID(randBlock(99, 10))
 }
+
+// TestQuietSurvivesReopen: a result stored quiet (its maker does not
+// provide it) stays quiet across a restart until Unquiet, which reports
+// the change once; the flag is the result's own.
+func TestQuietSurvivesReopen(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	key := newKey(t)
+	a := makeResult(t, key, "cheap", "k", randBlock(1, 100))
+	b := makeResult(t, key, "dear", "k", randBlock(2, 100))
+	s := openStore(t, dir)
+	m, err := protocol.DecodeManifest(a.manifest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.PutQuiet(ctx, m, a.manifest, a.blocks); err != nil {
+		t.Fatal(err)
+	}
+	mustPut(t, s, b)
+	quiet := func(s *Store, f fixture) bool {
+		t.Helper()
+		r, err := s.Get(ctx, f.task)
+		if err != nil {
+			t.Fatal(err)
+		}
+		l, err := s.List(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range l {
+			if e.TaskCID.Equals(f.task) && e.Quiet != r.Quiet {
+				t.Errorf("%s: listed quiet %v, read quiet %v", f.task, e.Quiet, r.Quiet)
+			}
+		}
+		return r.Quiet
+	}
+	if changed, err := s.Unquiet(ctx, b.task); err != nil || changed {
+		t.Errorf("unquieting a result stored with Put: changed %v, %v", changed, err)
+	}
+	if _, err := s.Unquiet(ctx, randCID(t)); !errors.Is(err, ErrNotFound) {
+		t.Errorf("unquieting a missing result: %v", err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s = openStore(t, dir)
+	if !quiet(s, a) || quiet(s, b) {
+		t.Fatalf("after reopening: quiet %v and %v, want true and false", quiet(s, a), quiet(s, b))
+	}
+	if changed, err := s.Unquiet(ctx, a.result); err != nil || !changed {
+		t.Fatalf("unquieting the quiet result by its ResultCID: changed %v, %v", changed, err)
+	}
+	if changed, _ := s.Unquiet(ctx, a.task); changed {
+		t.Error("unquieting twice reports a change twice")
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if s = openStore(t, dir); quiet(s, a) {
+		t.Error("quiet again after reopening")
+	}
+}

@@ -1,0 +1,575 @@
+package node
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/ipfs/go-cid"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/gpunet/gpunet/node/reach"
+	"github.com/gpunet/gpunet/protocol"
+)
+
+// Sessions (protocol 1.5, docs/protocol.md "/gpunet/session/1.0.0"): a
+// client sends every task for one host on one long-lived stream, each
+// request under an ID, and the host answers each under its ID with the
+// event frames it would write on a task stream of its own. A task then
+// costs one frame each way, where a stream of its own costs its opening,
+// protocol negotiation and close on both sides, and a resource-manager
+// scope on each (issue 14: the no-op round trip over a raw stream's).
+//
+// A client uses a session with a host that lists the protocol in identify
+// (a host before 1.5 does not; a host not yet connected is not known to):
+// otherwise, and with Config.NoSessions, a stream per task as before.
+
+// clientSessionIdle is how long a client keeps a session with no task open:
+// a client sending a burst to a host reuses it, an idle one frees the
+// host's (protocol.SessionIdleTimeout is the host's own bound).
+const clientSessionIdle = 30 * time.Second
+
+// noSessionFor is how long a client sends a host that refused a session
+// its tasks on streams of their own before it tries a session again.
+const noSessionFor = 10 * time.Minute
+
+// clientSession is this node's session with one host.
+type clientSession struct {
+	n     *Node
+	p     peer.ID
+	ready chan struct{} // closed once st is open or err is set
+	st    network.Stream
+
+	wmu sync.Mutex // serialises writes to st
+
+	mu    sync.Mutex
+	next  uint64 // the last ID sent
+	tasks map[uint64]*sessionTask
+	err   error // why the session ended; nil while it is open
+	idle  *time.Timer
+}
+
+// sessionTask is one request's answer as the session's reader hands it on.
+type sessionTask struct {
+	mu   sync.Mutex
+	evs  []*protocol.Event
+	err  error         // the session ended before the answer did
+	wake chan struct{} // one token: evs or err changed
+}
+
+// errSessionIdle ends a session closed for want of tasks.
+var errSessionIdle = errors.New("session closed while idle")
+
+// session returns this node's open session with p, opening one if p
+// serves sessions; nil when tasks for p go on streams of their own.
+func (n *Node) session(ctx context.Context, p peer.ID) *clientSession {
+	if n.cfg.NoSessions {
+		return nil
+	}
+	if since, ok := n.noSession.Load(p); ok {
+		if time.Since(since.(time.Time)) < noSessionFor {
+			return nil
+		}
+		n.noSession.Delete(p)
+	}
+	n.sessMu.Lock()
+	cs := n.sessions[p]
+	if cs == nil {
+		if ok, _ := n.host.Peerstore().SupportsProtocols(p, libp2pProto(protocol.SessionProtocol)); len(ok) == 0 || n.closed.Load() {
+			n.sessMu.Unlock()
+			return nil
+		}
+		cs = &clientSession{n: n, p: p, ready: make(chan struct{}), tasks: make(map[uint64]*sessionTask)}
+		n.sessions[p] = cs
+		n.sessMu.Unlock()
+		cs.open(ctx)
+	} else {
+		n.sessMu.Unlock()
+	}
+	select {
+	case <-cs.ready:
+	case <-ctx.Done():
+		return nil
+	}
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	if cs.err != nil {
+		return nil // a stream of its own this time; the next call opens afresh
+	}
+	return cs
+}
+
+// open opens cs's stream and starts its reader; a failure ends cs.
+func (cs *clientSession) open(ctx context.Context) {
+	defer close(cs.ready)
+	// Not past the node's life: Close waits for ready.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	defer context.AfterFunc(cs.n.ctx, cancel)()
+	st, err := cs.n.host.NewStream(reach.AllowRelayed(ctx), cs.p, libp2pProto(protocol.SessionProtocol))
+	if err != nil {
+		cs.end(fmt.Errorf("opening session: %w", err))
+		return
+	}
+	cs.st = st
+	cs.mu.Lock()
+	cs.idle = time.AfterFunc(clientSessionIdle, cs.closeIfIdle)
+	cs.mu.Unlock()
+	cs.n.wg.Add(1)
+	go cs.read()
+}
+
+// run sends req on the session and reads its answer (readAnswer). It
+// returns an error wrapping errNoSession when the host turned out not to
+// serve sessions, before it could have seen the request.
+func (cs *clientSession) run(ctx context.Context, req protocol.TaskRequest, tc cid.Cid, onEvent func(protocol.Event)) (*Result, error) {
+	id, t, err := cs.start(req)
+	if err != nil {
+		return nil, err
+	}
+	// Withdrawn from the host unless its answer is complete.
+	defer cs.finish(id)
+	return cs.n.readAnswer(ctx, cs.p, tc, func(idle time.Time) (*protocol.Event, error) { return t.nextEvent(ctx, idle) }, onEvent)
+}
+
+// errNoSession ends a session that broke before the host's first answer:
+// a host that does not serve the protocol though identify said it did (it
+// changed since), or one that broke down; either way its tasks, not yet
+// answered, go to a stream of their own.
+var errNoSession = errors.New("host does not serve sessions")
+
+// start sends req under a new ID and returns the task its answer goes to.
+func (cs *clientSession) start(req protocol.TaskRequest) (uint64, *sessionTask, error) {
+	body, err := protocol.Marshal(req)
+	if err != nil {
+		return 0, nil, fmt.Errorf("encoding task: %w", err)
+	}
+	t := &sessionTask{wake: make(chan struct{}, 1)}
+	// IDs must reach the host in increasing order: each is taken under
+	// the write lock, and its frame written before the lock is let go.
+	cs.wmu.Lock()
+	defer cs.wmu.Unlock()
+	cs.mu.Lock()
+	if cs.err != nil {
+		cs.mu.Unlock()
+		return 0, nil, cs.err
+	}
+	cs.next++
+	id := cs.next
+	cs.tasks[id] = t
+	cs.idle.Stop()
+	cs.mu.Unlock()
+	if err := cs.writeLocked(protocol.SessionRequest{ID: id, Request: body}); err != nil {
+		return 0, nil, fmt.Errorf("sending task: %w", err)
+	}
+	return id, t, nil
+}
+
+// writeLocked sends one client frame, with wmu held; a failure ends the
+// session.
+func (cs *clientSession) writeLocked(m protocol.SessionRequest) error {
+	_ = cs.st.SetWriteDeadline(time.Now().Add(protocol.RequestTimeout))
+	if err := protocol.WriteMsg(cs.st, m); err != nil {
+		cs.end(err)
+		return err
+	}
+	return nil
+}
+
+// finish forgets task id; one the host has not answered yet is withdrawn.
+func (cs *clientSession) finish(id uint64) {
+	cs.mu.Lock()
+	_, open := cs.tasks[id]
+	delete(cs.tasks, id)
+	alive := cs.err == nil
+	if len(cs.tasks) == 0 && alive {
+		cs.idle.Reset(clientSessionIdle)
+	}
+	cs.mu.Unlock()
+	if open && alive {
+		cs.wmu.Lock()
+		_ = cs.writeLocked(protocol.SessionRequest{ID: id, Cancel: true})
+		cs.wmu.Unlock()
+	}
+}
+
+// read hands the host's frames to their tasks until the session ends. A
+// frame for an ID no longer waited on (withdrawn) is dropped; one that
+// does not decode ends the session, since nothing after it can be trusted.
+func (cs *clientSession) read() {
+	defer cs.n.wg.Done()
+	br := bufio.NewReaderSize(cs.st, 16<<10)
+	heard := false // a frame from the host: it serves sessions
+	for {
+		body, err := protocol.ReadFrame(br, protocol.MaxSessionEventBytes)
+		if err == nil {
+			err = cs.deliver(body)
+		}
+		if err != nil {
+			cs.mu.Lock()
+			ended := cs.err != nil
+			cs.mu.Unlock()
+			switch {
+			case ended:
+			case !heard:
+				// A host that does not serve the protocol, though
+				// identify said it did, resets the stream at once (its
+				// multistream-select takes the request for a protocol
+				// name). Whatever ended a session before its first
+				// answer, its tasks go on streams of their own, now and
+				// for a while.
+				cs.n.noSession.Store(cs.p, time.Now())
+				err = fmt.Errorf("%w: %v", errNoSession, err)
+			case errors.Is(err, io.EOF):
+				err = errors.New("host closed the session")
+			}
+			cs.end(err)
+			return
+		}
+		heard = true
+	}
+}
+
+// deliver hands one frame's events to its task; the task's last event (a
+// result or an error) ends it on the session.
+func (cs *clientSession) deliver(body []byte) error {
+	id, evs, err := protocol.DecodeSessionEvents(body)
+	if err != nil {
+		return fmt.Errorf("host sent a bad session frame: %w", err)
+	}
+	cs.mu.Lock()
+	t := cs.tasks[id]
+	if t != nil {
+		if last := evs[len(evs)-1].Type; last == protocol.EventResult || last == protocol.EventError {
+			delete(cs.tasks, id)
+		}
+	}
+	cs.mu.Unlock()
+	if t != nil {
+		t.mu.Lock()
+		t.evs = append(t.evs, evs...)
+		t.mu.Unlock()
+		poke(t.wake)
+	}
+	return nil
+}
+
+// end ends the session with err: every task waiting on it fails, and the
+// next one for the host opens another.
+func (cs *clientSession) end(err error) {
+	cs.mu.Lock()
+	if cs.err != nil {
+		cs.mu.Unlock()
+		return
+	}
+	cs.err = err
+	tasks := cs.tasks
+	cs.tasks = nil
+	if cs.idle != nil {
+		cs.idle.Stop()
+	}
+	cs.mu.Unlock()
+	cs.n.sessMu.Lock()
+	if cs.n.sessions[cs.p] == cs {
+		delete(cs.n.sessions, cs.p)
+	}
+	cs.n.sessMu.Unlock()
+	if cs.st != nil {
+		if errors.Is(err, errSessionIdle) {
+			_ = cs.st.Close()
+		} else {
+			_ = cs.st.Reset()
+		}
+	}
+	for _, t := range tasks {
+		t.mu.Lock()
+		t.err = err
+		t.mu.Unlock()
+		poke(t.wake)
+	}
+}
+
+// closeIfIdle closes the session if no task has used it since the timer
+// was set.
+func (cs *clientSession) closeIfIdle() {
+	cs.mu.Lock()
+	idle := len(cs.tasks) == 0
+	cs.mu.Unlock()
+	if idle {
+		cs.end(errSessionIdle)
+	}
+}
+
+// nextEvent returns t's next event, waiting at most until idle or ctx ends.
+func (t *sessionTask) nextEvent(ctx context.Context, idle time.Time) (*protocol.Event, error) {
+	var timer *time.Timer
+	for {
+		t.mu.Lock()
+		if len(t.evs) > 0 {
+			e := t.evs[0]
+			t.evs[0] = nil
+			t.evs = t.evs[1:]
+			t.mu.Unlock()
+			return e, nil
+		}
+		err := t.err
+		t.mu.Unlock()
+		if err != nil {
+			return nil, err
+		}
+		if timer == nil {
+			timer = time.NewTimer(time.Until(idle))
+			defer timer.Stop()
+		}
+		select {
+		case <-t.wake:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-timer.C:
+			return nil, errors.New("host silent too long")
+		}
+	}
+}
+
+// closeSessions ends this node's sessions as it closes.
+func (n *Node) closeSessions() {
+	n.sessMu.Lock()
+	all := make([]*clientSession, 0, len(n.sessions))
+	for _, cs := range n.sessions {
+		all = append(all, cs)
+	}
+	n.sessMu.Unlock()
+	for _, cs := range all {
+		<-cs.ready
+		cs.end(errors.New("node closing"))
+	}
+}
+
+// handleSession serves one client's session: it reads the client's
+// frames until the client closes its side (the requests in flight are
+// answered, then the stream is closed), breaks the protocol (the stream is
+// reset, which withdraws every request on it), or leaves it idle for
+// protocol.SessionIdleTimeout. Each request is answered by its own
+// goroutine, as a task stream's is.
+func (s *server) handleSession(st network.Stream) {
+	remote := st.Conn().RemotePeer()
+	hs := &hostSession{st: st, links: make(map[uint64]*sessionLink)}
+	var wg sync.WaitGroup
+	hs.idle = time.AfterFunc(protocol.SessionIdleTimeout, hs.closeIfIdle)
+	clean := false
+	defer func() {
+		hs.idle.Stop()
+		if !clean {
+			hs.fail()
+		}
+		wg.Wait()
+		if clean {
+			_ = st.Close()
+		}
+	}()
+	br := bufio.NewReaderSize(st, 4<<10)
+	var last uint64
+	for {
+		body, err := protocol.ReadFrame(br, protocol.MaxSessionRequestBytes)
+		if err != nil {
+			clean = errors.Is(err, io.EOF) || hs.idled.Load()
+			if !clean {
+				s.log.Debug("session ended", "peer", remote, "err", err)
+			}
+			return
+		}
+		hs.idle.Reset(protocol.SessionIdleTimeout)
+		start := time.Now()
+		m, req, err := protocol.DecodeSessionRequest(body)
+		if m == nil || (!m.Cancel && m.ID <= last) {
+			if err == nil {
+				err = fmt.Errorf("request ID %d after %d", m.ID, last)
+			}
+			s.log.Debug("breaking a session", "peer", remote, "err", err)
+			return
+		}
+		if m.Cancel {
+			hs.cancel(m.ID)
+			continue
+		}
+		last = m.ID
+		if err != nil {
+			s.refuse(remote, cid.Undef, &sessionLink{hs: hs, id: m.ID}, nil, badRequest(err), start)
+			continue
+		}
+		link, ok := hs.add(m.ID)
+		if !ok {
+			s.refuse(remote, cid.Undef, link, nil, &protocol.RemoteError{Code: protocol.CodeBusy,
+				Message: fmt.Sprintf("%d tasks in flight on this session", protocol.MaxSessionTasks), RetryAfter: time.Second}, start)
+			continue
+		}
+		wg.Go(func() {
+			defer hs.done(m.ID)
+			s.answer(remote, req, link, start)
+		})
+	}
+}
+
+// hostSession is the host's side of one session: the write side shared by
+// its requests' answers, and their cancellations.
+type hostSession struct {
+	st    network.Stream
+	idle  *time.Timer
+	idled atomic.Bool // closeIfIdle closed it
+
+	wmu sync.Mutex // serialises writes; holds err
+	err error      // the first failed write: the session is over
+
+	mu    sync.Mutex
+	links map[uint64]*sessionLink // the requests in flight, until answered
+}
+
+// add registers request id, and reports false when the session already has
+// MaxSessionTasks in flight (the link then only answers the refusal).
+func (hs *hostSession) add(id uint64) (*sessionLink, bool) {
+	l := &sessionLink{hs: hs, id: id, ch: make(chan struct{})}
+	hs.mu.Lock()
+	defer hs.mu.Unlock()
+	if len(hs.links) >= protocol.MaxSessionTasks {
+		return l, false
+	}
+	hs.links[id] = l
+	return l, true
+}
+
+// done forgets request id, answered or withdrawn: it no longer counts
+// against MaxSessionTasks.
+func (hs *hostSession) done(id uint64) {
+	hs.mu.Lock()
+	delete(hs.links, id)
+	hs.mu.Unlock()
+}
+
+// cancel withdraws request id, if it is still in flight; it counts until its
+// goroutine has let go of it (done).
+func (hs *hostSession) cancel(id uint64) {
+	hs.mu.Lock()
+	l := hs.links[id]
+	hs.mu.Unlock()
+	if l != nil {
+		l.withdraw()
+	}
+}
+
+// fail ends the session: every request in flight is withdrawn and the
+// stream reset.
+func (hs *hostSession) fail() {
+	hs.mu.Lock()
+	links := make([]*sessionLink, 0, len(hs.links))
+	for _, l := range hs.links {
+		links = append(links, l)
+	}
+	hs.mu.Unlock()
+	for _, l := range links {
+		l.withdraw()
+	}
+	_ = hs.st.Reset()
+}
+
+// closeIfIdle closes a session with no request in flight: its reader then
+// ends, and the handler closes the stream. One with requests in flight is
+// looked at again a timeout later.
+func (hs *hostSession) closeIfIdle() {
+	hs.mu.Lock()
+	idle := len(hs.links) == 0
+	hs.mu.Unlock()
+	if !idle {
+		hs.idle.Reset(protocol.SessionIdleTimeout)
+		return
+	}
+	hs.idled.Store(true)
+	_ = hs.st.CloseRead()
+}
+
+// send writes one host frame: events of request id, pieces of whole event
+// frames. An answer too big for one frame goes in several, cut at frame
+// boundaries.
+func (hs *hostSession) send(id uint64, pieces [][]byte) error {
+	total := 0
+	for _, p := range pieces {
+		total += len(p)
+	}
+	if total > maxSessionChunk {
+		chunks, err := protocol.SplitEventFrames(bytes.Join(pieces, nil), maxSessionChunk)
+		if err != nil {
+			return err
+		}
+		if len(chunks) == 1 {
+			return fmt.Errorf("an event of %d bytes, over a session frame's cap", total)
+		}
+		for _, c := range chunks {
+			if err := hs.send(id, [][]byte{c}); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	var head [32]byte
+	h := protocol.AppendSessionEvents(head[:0], id, total)
+	frame := binary.AppendUvarint(make([]byte, 0, 48+min(total, sessionOneWrite)), uint64(len(h)+total))
+	frame = append(frame, h...)
+	hs.wmu.Lock()
+	defer hs.wmu.Unlock()
+	if hs.err != nil {
+		return hs.err
+	}
+	write := func(b []byte) error {
+		_ = hs.st.SetWriteDeadline(time.Now().Add(writeTimeout))
+		_, err := hs.st.Write(b)
+		return err
+	}
+	var err error
+	if total <= sessionOneWrite {
+		for _, p := range pieces {
+			frame = append(frame, p...)
+		}
+		err = write(frame)
+	} else {
+		err = write(frame)
+		for _, p := range pieces {
+			if err == nil {
+				err = write(p)
+			}
+		}
+	}
+	if err != nil {
+		hs.err = err
+		_ = hs.st.Reset()
+	}
+	return err
+}
+
+// sessionOneWrite is the largest frame send copies to write at once; a
+// bigger one goes out as its head and then its pieces as they are.
+const sessionOneWrite = 64 << 10
+
+// maxSessionChunk bounds the events of one host frame: the frame's cap
+// less its envelope.
+const maxSessionChunk = protocol.MaxSessionEventBytes - 32
+
+// sessionLink is one request's taskLink on a session.
+type sessionLink struct {
+	hs   *hostSession
+	id   uint64
+	ch   chan struct{} // closed when the client withdraws the request
+	once sync.Once
+}
+
+func (l *sessionLink) send(pieces ...[]byte) error { return l.hs.send(l.id, pieces) }
+
+func (l *sessionLink) cancelled() <-chan struct{} { return l.ch }
+
+func (l *sessionLink) withdraw() { l.once.Do(func() { close(l.ch) }) }
