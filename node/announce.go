@@ -62,7 +62,7 @@ func (n *Node) announce(m *protocol.Manifest) {
 		return
 	}
 	tc := m.TaskCID.Cid
-	if m.Host == n.host.ID().String() {
+	if m.Host == n.self {
 		// Its maker's: provided when stored, unless it was quiet.
 		if unquiet, err := n.store.Unquiet(n.ctx, tc); err != nil {
 			n.log.Debug("announcing a result this node made", "task", tc, "err", err)
@@ -88,7 +88,7 @@ func (n *Node) announce(m *protocol.Manifest) {
 
 // reprovides reports whether a reprovide round provides e's TaskCID.
 func (n *Node) reprovides(ctx context.Context, e store.Entry) bool {
-	return servesResult(e, n.host.ID().String(), func() bool { return n.prov.Announced(ctx, e.TaskCID) })
+	return servesResult(e, n.self, func() bool { return n.prov.Announced(ctx, e.TaskCID) })
 }
 
 // servesResult is the rule of who provides a stored result: the node that

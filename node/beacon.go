@@ -51,7 +51,7 @@ func (n *Node) beaconLoop() {
 			}
 		}
 		b := n.serve.beacon(n.ctx, n.beaconSeq.Add(1))
-		b.Peer = n.host.ID().String()
+		b.Peer = n.self
 		n.own.Store(b)
 		last = time.Now()
 		if n.probing() {

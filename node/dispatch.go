@@ -850,7 +850,7 @@ func (n *Node) runAt(ctx context.Context, p peer.ID, req protocol.TaskRequest, t
 		r.Reset(nil) // no reference to the stream stays in the pool
 		eventReaders.Put(r)
 	}()
-	res, err := n.readAnswer(ctx, p, tc, func(idle time.Time) (*protocol.Event, error) {
+	res, err := n.readAnswer(ctx, p, p.String(), tc, func(idle time.Time) (*protocol.Event, error) {
 		_ = st.SetReadDeadline(idle)
 		body, err := protocol.ReadFrame(r, protocol.MaxEventBytes)
 		if err != nil {
@@ -874,7 +874,8 @@ func (n *Node) runAt(ctx context.Context, p peer.ID, req protocol.TaskRequest, t
 // EventIdleTimeout is gone (the task moves elsewhere). onEvent sees the
 // queued, progress and preview events; the answer is the verified result,
 // or the host's error.
-func (n *Node) readAnswer(ctx context.Context, p peer.ID, tc cid.Cid, next func(idle time.Time) (*protocol.Event, error), onEvent func(protocol.Event)) (*Result, error) {
+// sender is p as a string, as manifests name hosts.
+func (n *Node) readAnswer(ctx context.Context, p peer.ID, sender string, tc cid.Cid, next func(idle time.Time) (*protocol.Event, error), onEvent func(protocol.Event)) (*Result, error) {
 	sent := time.Now()
 	var blocks [][]byte
 	for i := 0; i < protocol.MaxEventsPerTask; i++ {
@@ -900,7 +901,7 @@ func (n *Node) readAnswer(ctx context.Context, p peer.ID, tc cid.Cid, next func(
 			}
 			blocks = append(blocks, e.Data)
 		case protocol.EventResult:
-			res, err := n.acceptResult(ctx, tc, e.Manifest, blocks, p)
+			res, err := n.acceptResult(ctx, tc, e.Manifest, blocks, p, sender)
 			if err != nil {
 				return nil, err
 			}
@@ -970,11 +971,11 @@ func (n *Node) refreshAddrs(ctx context.Context, p peer.ID) bool {
 // TaskCID, every block against its CID) and stores it. It does not provide
 // it: its host or provider does, and this node only once it serves it to
 // someone (announce.go).
-func (n *Node) acceptResult(ctx context.Context, tc cid.Cid, mbytes []byte, blocks [][]byte, from peer.ID) (*Result, error) {
+// sender is from as a string.
+func (n *Node) acceptResult(ctx context.Context, tc cid.Cid, mbytes []byte, blocks [][]byte, from peer.ID, sender string) (*Result, error) {
 	// Straight from its host, the result's maker is known from the
 	// secure channel: its signature is checked before the result is
 	// served to anyone else (servable), not on this client's hot path.
-	sender := from.String()
 	m, err := protocol.DecodeManifestFrom(mbytes, sender)
 	if err != nil {
 		return nil, err

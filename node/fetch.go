@@ -617,7 +617,7 @@ func (n *Node) fetchFrom(ctx context.Context, p peer.ID, taskCID cid.Cid) (*Resu
 		case protocol.EventBlock:
 			blocks = append(blocks, e.Data)
 		case protocol.EventResult:
-			return n.acceptResult(ctx, taskCID, e.Manifest, blocks, p)
+			return n.acceptResult(ctx, taskCID, e.Manifest, blocks, p, p.String())
 		default:
 			st.Reset()
 			return nil, fmt.Errorf("%w: %s event in a fetch answer", errBadProvider, e.Type)

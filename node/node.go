@@ -72,6 +72,8 @@ type Node struct {
 	beaconSeq atomic.Uint64
 	fetch     *fetcher  // set in New before any goroutine reads it
 	verify    *verifier // nil unless cfg.Verify is set (verify.go)
+	// self is this node's peer ID as a string (base58: worth encoding once).
+	self string
 	// sessions are this node's task sessions, one per host (session.go).
 	sessMu   sync.Mutex
 	sessions map[peer.ID]*clientSession
@@ -182,6 +184,7 @@ func (n *Node) start(ctx context.Context) (err error) {
 	if n.host, n.reach, err = newHost(n.key, cfg, dir, n.bw, n.log); err != nil {
 		return err
 	}
+	n.self = n.host.ID().String()
 	mode := dht.ModeClient
 	if cfg.DHTServer {
 		mode = dht.ModeServer

@@ -305,7 +305,6 @@ func (s *server) answer(remote peer.ID, req *protocol.TaskRequest, link taskLink
 	tag := taskTag()
 	s.n.host.ConnManager().Protect(remote, tag)
 	defer s.n.host.ConnManager().Unprotect(remote, tag)
-	log := s.log.With("peer", remote)
 	// out holds events not yet written: the last of them go out in one
 	// write with the result or the refusal.
 	var out bytes.Buffer
@@ -316,13 +315,12 @@ func (s *server) answer(remote peer.ID, req *protocol.TaskRequest, link taskLink
 	if err != nil {
 		return s.refuse(remote, cid.Undef, link, &out, badRequest(err), start)
 	}
-	log = log.With("task", tc)
 
 	var res *store.Result
 	var f *flight
 	var admitted time.Time
 	cached := false
-	if !req.NoCache && !req.Verify {
+	if !req.NoCache && !req.Verify && s.n.store.Has(s.n.ctx, tc) {
 		if r, err := s.n.reservable(s.n.ctx, tc); err == nil {
 			res, cached = r, true
 		}
@@ -339,7 +337,7 @@ func (s *server) answer(remote peer.ID, req *protocol.TaskRequest, link taskLink
 		gone := errors.Is(err, errClientGone)
 		s.leave(f, gone)
 		if gone {
-			log.Debug("client went away", "err", err)
+			s.log.Debug("client went away", "peer", remote, "task", tc, "err", err)
 			return false
 		}
 		if err != nil {
@@ -347,7 +345,7 @@ func (s *server) answer(remote peer.ID, req *protocol.TaskRequest, link taskLink
 		}
 	}
 	if err := sendResultAfter(link, &out, res, cached); err != nil {
-		log.Debug("sending result", "err", err)
+		s.log.Debug("sending result", "peer", remote, "task", tc, "err", err)
 		return false
 	}
 	s.n.stats.served.Add(1)
@@ -360,7 +358,7 @@ func (s *server) answer(remote peer.ID, req *protocol.TaskRequest, link taskLink
 		ev.QueueWait, ev.KernelTime = f.timing(admitted)
 	}
 	s.n.observe(func(o Observer) { o.Served(ev) })
-	log.Info("task served", "cache", cacheWord(cached), "ms", ev.Elapsed.Milliseconds())
+	s.log.Info("task served", "peer", remote, "task", tc, "cache", cacheWord(cached), "ms", ev.Elapsed.Milliseconds())
 	return true
 }
 
@@ -1247,7 +1245,7 @@ func (n *Node) seal(t protocol.Task, outs []kernel.Output) (*protocol.Manifest, 
 		mo = append(mo, protocol.Output{CID: protocol.Link{Cid: protocol.RawCID(o.Data)}, MediaType: o.MediaType, Size: uint64(len(o.Data))})
 		blocks = append(blocks, o.Data)
 	}
-	m, err := protocol.NewManifest(t, mo, n.cfg.Kernel.Name(), uint64(time.Now().UnixMilli()), n.key)
+	m, err := protocol.NewManifestBy(n.self, t, mo, n.cfg.Kernel.Name(), uint64(time.Now().UnixMilli()), n.key)
 	if err != nil {
 		return nil, nil, nil, err
 	}

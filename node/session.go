@@ -45,6 +45,7 @@ const noSessionFor = 10 * time.Minute
 type clientSession struct {
 	n     *Node
 	p     peer.ID
+	name  string        // p as a string
 	ready chan struct{} // closed once st is open or err is set
 	st    network.Stream
 
@@ -87,7 +88,7 @@ func (n *Node) session(ctx context.Context, p peer.ID) *clientSession {
 			n.sessMu.Unlock()
 			return nil
 		}
-		cs = &clientSession{n: n, p: p, ready: make(chan struct{}), tasks: make(map[uint64]*sessionTask)}
+		cs = &clientSession{n: n, p: p, name: p.String(), ready: make(chan struct{}), tasks: make(map[uint64]*sessionTask)}
 		n.sessions[p] = cs
 		n.sessMu.Unlock()
 		cs.open(ctx)
@@ -137,7 +138,7 @@ func (cs *clientSession) run(ctx context.Context, req protocol.TaskRequest, tc c
 	}
 	// Withdrawn from the host unless its answer is complete.
 	defer cs.finish(id)
-	return cs.n.readAnswer(ctx, cs.p, tc, func(idle time.Time) (*protocol.Event, error) { return t.nextEvent(ctx, idle) }, onEvent)
+	return cs.n.readAnswer(ctx, cs.p, cs.name, tc, func(idle time.Time) (*protocol.Event, error) { return t.nextEvent(ctx, idle) }, onEvent)
 }
 
 // errNoSession ends a session that broke before the host's first answer:

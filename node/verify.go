@@ -342,7 +342,7 @@ func (n *Node) reservable(ctx context.Context, c cid.Cid) (*store.Result, error)
 	if err != nil {
 		return nil, err
 	}
-	if r.Manifest.Host != n.host.ID().String() {
+	if r.Manifest.Host != n.self {
 		if err := r.Manifest.VerifySignature(); err != nil {
 			n.log.Warn("dropping a stored result whose signature does not verify", "result", r.CID, "err", err)
 			if rerr := n.store.Remove(ctx, r.CID); rerr != nil && !errors.Is(rerr, store.ErrNotFound) {

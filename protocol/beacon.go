@@ -155,12 +155,12 @@ func DecodeBeacon(data []byte, now time.Time) (*Beacon, error) {
 		return nil, bad("want 1..16 models")
 	}
 	for _, m := range b.Models {
-		if len(m) > MaxModelLen || !modelRE.MatchString(m) {
+		if len(m) > MaxModelLen || !modelName.valid(m) {
 			return nil, bad("model %q", m)
 		}
 	}
 	for m := range b.ServiceMs {
-		if len(m) > MaxModelLen || !modelRE.MatchString(m) {
+		if len(m) > MaxModelLen || !modelName.valid(m) {
 			return nil, bad("service time for model %q", m)
 		}
 	}

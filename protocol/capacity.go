@@ -88,7 +88,7 @@ func DecodeCapacity(b []byte, now time.Time) (*Capacity, error) {
 		return nil, bad("want 1..64 models, at most 64 GPUs and kernels")
 	}
 	for _, m := range c.Models {
-		if len(m) > MaxModelLen || !modelRE.MatchString(m) {
+		if len(m) > MaxModelLen || !modelName.valid(m) {
 			return nil, bad("model %q", m)
 		}
 	}

@@ -269,11 +269,11 @@ func TestProtocolDocMatchesCode(t *testing.T) {
 		}
 	}
 	for _, s := range []string{
-		TaskProtocol, FetchProtocol, DHTPrefix + "/kad/1.0.0", BeaconTopic, FraudTopic, ProbeProtocol, IdleProtocol, SampleProtocol, "/" + CapacityNamespace + "/",
+		TaskProtocol, SessionProtocol, FetchProtocol, DHTPrefix + "/kad/1.0.0", BeaconTopic, FraudTopic, ProbeProtocol, IdleProtocol, SampleProtocol, "/" + CapacityNamespace + "/",
 		DefaultModel, manifestDomain[:len(manifestDomain)-1], capacityDomain[:len(capacityDomain)-1], "gpunet-seed-v1",
 		EventQueued, EventProgress, EventPreview, EventBlock, EventResult, EventError,
 		CodeBusy, CodeTooHot, CodePaused, CodeRateLimited, CodeUnsupportedModel, CodeBadRequest, CodeNotFound, CodeInternal,
-		modelRE.String(), paramKeyRE.String(),
+		modelNameSyntax, paramKeySyntax,
 	} {
 		if !strings.Contains(string(doc), s) {
 			t.Errorf("docs/protocol.md never mentions %q", s)

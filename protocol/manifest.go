@@ -49,16 +49,23 @@ const ManifestVersion = 1
 
 // NewManifest builds and signs a manifest for task (normalised) and outputs.
 func NewManifest(task Task, outputs []Output, kernel string, createdMs uint64, key crypto.PrivKey) (*Manifest, error) {
-	tc, err := task.CID()
-	if err != nil {
-		return nil, err
-	}
 	id, err := peer.IDFromPrivateKey(key)
 	if err != nil {
 		return nil, fmt.Errorf("deriving host id: %w", err)
 	}
+	return NewManifestBy(id.String(), task, outputs, kernel, createdMs, key)
+}
+
+// NewManifestBy is NewManifest for a host that has its peer ID as a string
+// at hand (host, which must be key's): a host signing result after result
+// need not derive and encode it each time.
+func NewManifestBy(host string, task Task, outputs []Output, kernel string, createdMs uint64, key crypto.PrivKey) (*Manifest, error) {
+	tc, err := task.CID()
+	if err != nil {
+		return nil, err
+	}
 	m := &Manifest{Version: ManifestVersion, Task: task, TaskCID: Link{tc}, Outputs: outputs,
-		Host: id.String(), Kernel: kernel, Created: createdMs}
+		Host: host, Kernel: kernel, Created: createdMs}
 	unsigned, err := m.unsignedBytes()
 	if err != nil {
 		return nil, err

@@ -6,6 +6,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math/rand/v2"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -712,5 +714,35 @@ func TestModelDigest(t *testing.T) {
 	}
 	if k := DigestKey(n.ModelDigest); k != hex[:16] {
 		t.Errorf("DigestKey %q, want %q", k, hex[:16])
+	}
+}
+
+// TestNameSyntaxMatchesRegexp: the loop that checks model names and param
+// keys accepts exactly what the regular expressions it replaced did.
+func TestNameSyntaxMatchesRegexp(t *testing.T) {
+	cases := []struct {
+		syntax nameSyntax
+		re     *regexp.Regexp
+	}{
+		{modelName, regexp.MustCompile(modelNameSyntax)},
+		{paramKey, regexp.MustCompile(paramKeySyntax)},
+	}
+	const alphabet = "az09AZ._:/-é \x00+\n"
+	rng := rand.New(rand.NewPCG(1, 2))
+	for _, c := range cases {
+		for _, s := range []string{"", "a", "-a", "a-", "gpunet/noop", "sd:1.5", "Upper", "é"} {
+			if got, want := c.syntax.valid(s), c.re.MatchString(s); got != want {
+				t.Errorf("%q: valid %v, the expression says %v", s, got, want)
+			}
+		}
+		for range 20000 {
+			b := make([]byte, rng.IntN(6))
+			for i := range b {
+				b[i] = alphabet[rng.IntN(len(alphabet))]
+			}
+			if got, want := c.syntax.valid(string(b)), c.re.MatchString(string(b)); got != want {
+				t.Fatalf("%q: valid %v, the expression says %v", b, got, want)
+			}
+		}
 	}
 }

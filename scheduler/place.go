@@ -711,12 +711,6 @@ func (s *scorer) scan(v View, cand []Candidate, ts []terms, drain, thermal []flo
 		if !p.Accepting || p.full() || p.FreeMemMB < s.memMB {
 			continue
 		}
-		limit, telemetry := p.limit()
-		// Written so that a NaN temperature fails: a peer whose temperature
-		// cannot be read cannot show that it is under its limit.
-		if telemetry && !(p.TempC < limit-s.minHeadroom) {
-			continue
-		}
 		// Written out so that most IDs cost no call (see endsLikeExcluded),
 		// around which the scan saves and reloads its registers.
 		if s.exclude != nil && (s.ntails < 0 || len(p.ID) < 8 || s.endsLikeExcluded(tail(p.ID))) && s.exclude[p.ID] {
@@ -742,6 +736,14 @@ func (s *scorer) scan(v View, cand []Candidate, ts []terms, drain, thermal []flo
 			}
 			svc = p.ServiceMs[s.model]
 		}
+		// The thermal filter is last, and is not a branch: a fifth of the
+		// peers of a busy swarm fail it, at random, and a branch that the
+		// processor cannot predict cost more than ranking a peer. So every
+		// peer that passed the others is ranked into the next candidate,
+		// which only a cool one keeps (n += cool, below); the next peer
+		// overwrites a hot one's.
+		limit, telemetry := p.limit()
+		cool := true
 
 		// Ranking. The terms are written field by field: a composite
 		// literal is built on the stack and copied in 16-byte moves, which
@@ -756,6 +758,10 @@ func (s *scorer) scan(v View, cand []Candidate, ts []terms, drain, thermal []flo
 		}
 		headroom := s.unknownHeadroom
 		if telemetry {
+			// Written so that a NaN temperature fails: a peer whose
+			// temperature cannot be read cannot show that it is under its
+			// limit.
+			cool = p.TempC < limit-s.minHeadroom
 			predicted := p.predictedTemp(s.defaultHeat)
 			if p.SlowdownC > 0 && predicted >= p.SlowdownC && !p.Throttled {
 				speed *= s.slowdownSpeed
@@ -771,12 +777,11 @@ func (s *scorer) scan(v View, cand []Candidate, ts []terms, drain, thermal []flo
 			run /= speed
 		}
 		c.ID, c.Index, c.HeadroomC = p.ID, i, headroom
-		if e, ok := p.thermal(headroom, s.scale); ok {
-			thermal[n] = e
-		} else {
-			thermal[n], miss[nm] = thermalExponent(headroom, s.scale), int32(n)
-			nm++
+		e, ok := p.thermal(headroom, s.scale)
+		if !ok {
+			e, miss[nm] = thermalExponent(headroom, s.scale), int32(n)
 		}
+		thermal[n] = e
 		drain[n] = 0 // exp(0) is 1, and a stale value may be out of expAll's range
 		t.tasks = float64(tasks)
 		t.pending = float64(max(p.Pending, 0))
@@ -791,10 +796,22 @@ func (s *scorer) scan(v View, cand []Candidate, ts []terms, drain, thermal []flo
 				drain[n], t.drain = drainExponent(t.tasks, t.slots, float64(age.Milliseconds()), run)
 			}
 		}
-		n++
+		// Keep the candidate if the peer is cool; a miss counts only then.
+		nm += b2i(cool && !ok)
+		n += b2i(cool)
 	}
 	s.tasks, s.slots = sumTasks, sumSlots
 	return n, nm
+}
+
+// b2i is 1 for true and 0 for false. The compiler makes it a flag test
+// without a branch.
+func b2i(b bool) int {
+	var i int
+	if b {
+		i = 1
+	}
+	return i
 }
 
 // thermalExponent is the exponent of the thermal preference. It is capped
@@ -904,14 +921,30 @@ func spread(v View, c []Candidate, key []byte, rng *rand.Rand, cfg *Config) {
 		}
 		var w [maxTopK]uint64
 		weigh(w[:k], ids[:k], at[:k], v, KeyHash(key))
-		for range d {
-			m := -1
-			for i := range k {
-				if !chosen[i] && (m < 0 || w[i] > w[m] || (w[i] == w[m] && c[i].ID < c[m].ID)) {
-					m = i
-				}
+		// The d heaviest: highest weight, then smaller ID, then earlier in
+		// c. One pass that keeps them by insertion, as keyedDraw does: d
+		// passes that each took the heaviest not yet chosen were a twentieth
+		// of Place. i is later in c than every drawn member, so a member
+		// with its weight and ID stays ahead of it.
+		heavier := func(i, j int) bool {
+			return w[i] > w[j] || w[i] == w[j] && ids[i] < ids[j]
+		}
+		var drawn [maxChoices]int
+		nd := 0
+		for i := range k {
+			if nd == d && !heavier(i, drawn[d-1]) {
+				continue
 			}
-			chosen[m] = true
+			j := min(nd, d-1)
+			for j > 0 && heavier(i, drawn[j-1]) {
+				drawn[j] = drawn[j-1]
+				j--
+			}
+			drawn[j] = i
+			nd = min(nd+1, d)
+		}
+		for _, i := range drawn[:d] {
+			chosen[i] = true
 		}
 	} else {
 		var idx [maxTopK]uint16
