@@ -112,10 +112,13 @@ type Config struct {
 	// ConnsLow and ConnsHigh are the connection manager's watermarks: past
 	// ConnsHigh open connections it closes the least valued ones down to
 	// ConnsLow, sparing peers in a GossipSub mesh, in the DHT's routing
-	// table, with a task stream open, and connections younger than
+	// table, with a task in flight, and connections younger than
 	// ConnsGrace. They bound a node's connections, and so its memory,
-	// whatever the size of the swarm (issue 14). ConnsHigh 0 turns the
-	// manager off.
+	// whatever the size of the swarm (issue 14). The defaults are Kubo's,
+	// 32 and 96: in `gpunet bench scale` a node's heap stops growing at
+	// about 6.5 MB from 100 nodes on, where 96 and 192 let it reach 10 MB
+	// at 300; the price is some redialling (2.6 against 0.8 kB/s idle at
+	// 300 nodes, docs/bench.md). ConnsHigh 0 turns the manager off.
 	ConnsLow, ConnsHigh int
 	ConnsGrace          time.Duration
 	// RateLimit is tasks per second one submitter may start on this host
@@ -256,8 +259,8 @@ func DefaultConfig() Config {
 		Slots:             1,
 		QueueLen:          8,
 		SimulateGPUSpeed:  true,
-		ConnsLow:          96,
-		ConnsHigh:         192,
+		ConnsLow:          32,
+		ConnsHigh:         96,
 		ConnsGrace:        30 * time.Second,
 		RateLimit:         10,
 		RateBurst:         20,

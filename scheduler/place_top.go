@@ -30,7 +30,9 @@ func AppendPlaceTop(dst []Candidate, v View, r Request, now time.Time, rng *rand
 	}
 	sc := scratchPool.Get().(*scratch)
 	defer scratchPool.Put(sc)
-	cand, best, plain := sc.score(v, &r, now, &cfg)
+	// Without sort's keys: the keyed draw, which most calls make, needs
+	// none, and those that sort make them.
+	cand, best, plain := sc.score(v, &r, now, &cfg, false)
 	n := len(cand)
 	if n == 0 {
 		return dst
@@ -39,6 +41,7 @@ func AppendPlaceTop(dst []Candidate, v View, r Request, now time.Time, rng *rand
 		base := len(dst)
 		dst = slices.Grow(dst, n)[:base+n]
 		c := dst[base:]
+		sc.makeKeys(cand)
 		sc.sort(cand, c)
 		spread(v, c, r.Key, rng, &cfg)
 		return dst
@@ -74,6 +77,7 @@ func AppendPlaceTop(dst []Candidate, v View, r Request, now time.Time, rng *rand
 		}
 		m = min(m, np)
 	}
+	sc.makeKeys(cand)
 	c := sc.best(cand, max(m, k))
 	spread(v, c, r.Key, rng, &cfg)
 	return append(dst, c[:k]...)
@@ -85,22 +89,22 @@ func AppendPlaceTop(dst []Candidate, v View, r Request, now time.Time, rng *rand
 // in Place's order), in Place's order. The draw does not depend on the
 // pool's order, so the pool is never sorted.
 func keyedDraw(dst []Candidate, v View, c []Candidate, pool []int32, d, k int, kh uint64) []Candidate {
-	var ids [maxTopK]string
 	var at [maxTopK]int
 	for i, j := range pool {
-		ids[i], at[i] = c[j].ID, c[j].Index
+		at[i] = c[j].Index
 	}
 	var w [maxTopK]uint64
-	weigh(w[:len(pool)], ids[:len(pool)], at[:len(pool)], v, kh)
+	weigh(w[:len(pool)], at[:len(pool)], v, kh)
 	// heavier reports whether pool member i is drawn before j.
 	heavier := func(i, j int) bool {
 		if w[i] != w[j] {
 			return w[i] > w[j]
 		}
-		if ids[i] != ids[j] {
-			return ids[i] < ids[j]
+		a, b := &c[pool[i]], &c[pool[j]]
+		if a.ID != b.ID {
+			return a.ID < b.ID
 		}
-		return byRank(c[pool[i]], c[pool[j]]) < 0
+		return byRank(*a, *b) < 0
 	}
 	// The d heaviest, heaviest first, by insertion: most members are
 	// lighter than the d-th and cost one comparison.
@@ -135,8 +139,9 @@ func byRank(a, b Candidate) int {
 	return cmp.Compare(a.Index, b.Index)
 }
 
-// best returns the first m of w in Place's order, (Score, ID, Index), in
-// sc.out. It selects before it sorts: the keys are sort's, a histogram of
+// best returns the first m of w, the candidates score made, in Place's
+// order, (Score, ID, Index), in sc.out. It selects before it sorts: the
+// keys are sort's, a histogram of
 // their top 8 bits finds the bucket that holds the m-th, and only the keys
 // up to that bucket are radix-sorted and gathered, so a few hundred of a
 // thousand are sorted and moved.
@@ -150,7 +155,7 @@ func (sc *scratch) best(w []Candidate, m int) []Candidate {
 		return out[:min(m, len(w))]
 	}
 	keys, tmp := sc.keys[:len(w)], sc.tmp[:len(w)]
-	lo, shift, span := scoreKeys(w, keys)
+	lo, shift, span := sc.cut()
 	// A bucket is a value of the top 8 bits of the cut scores' span.
 	bucket := max(0, 64-bits.LeadingZeros64(span)-8)
 	var count [256]int
