@@ -49,7 +49,7 @@ type clientSession struct {
 	ready chan struct{} // closed once st is open or err is set
 	st    network.Stream
 
-	wmu sync.Mutex // serialises writes to st
+	w *frameWriter // st's write side
 
 	mu    sync.Mutex
 	next  uint64 // the last ID sent
@@ -121,6 +121,7 @@ func (cs *clientSession) open(ctx context.Context) {
 		return
 	}
 	cs.st = st
+	cs.w = newFrameWriter(st, protocol.RequestTimeout, cs.end)
 	cs.mu.Lock()
 	cs.idle = time.AfterFunc(clientSessionIdle, cs.closeIfIdle)
 	cs.mu.Unlock()
@@ -154,35 +155,34 @@ func (cs *clientSession) start(req protocol.TaskRequest) (uint64, *sessionTask, 
 		return 0, nil, fmt.Errorf("encoding task: %w", err)
 	}
 	t := &sessionTask{wake: make(chan struct{}, 1)}
-	// IDs must reach the host in increasing order: each is taken under
-	// the write lock, and its frame written before the lock is let go.
-	cs.wmu.Lock()
-	defer cs.wmu.Unlock()
-	cs.mu.Lock()
-	if cs.err != nil {
-		cs.mu.Unlock()
-		return 0, nil, cs.err
-	}
-	cs.next++
-	id := cs.next
-	cs.tasks[id] = t
-	cs.idle.Stop()
-	cs.mu.Unlock()
-	if err := cs.writeLocked(protocol.SessionRequest{ID: id, Request: body}); err != nil {
+	var id uint64
+	// IDs must reach the host in increasing order: each is taken as its
+	// frame joins the writer's queue, under the queue's lock.
+	err = cs.w.enqueue(func(buf []byte) ([]byte, error) {
+		cs.mu.Lock()
+		defer cs.mu.Unlock()
+		if cs.err != nil {
+			return buf, cs.err
+		}
+		cs.next++
+		id = cs.next
+		cs.tasks[id] = t
+		cs.idle.Stop()
+		return appendMsg(buf, protocol.SessionRequest{ID: id, Request: body})
+	})
+	if err != nil {
 		return 0, nil, fmt.Errorf("sending task: %w", err)
 	}
 	return id, t, nil
 }
 
-// writeLocked sends one client frame, with wmu held; a failure ends the
-// session.
-func (cs *clientSession) writeLocked(m protocol.SessionRequest) error {
-	_ = cs.st.SetWriteDeadline(time.Now().Add(protocol.RequestTimeout))
-	if err := protocol.WriteMsg(cs.st, m); err != nil {
-		cs.end(err)
-		return err
+// appendMsg appends m to buf as one frame.
+func appendMsg(buf []byte, m any) ([]byte, error) {
+	body, err := protocol.Marshal(m)
+	if err != nil {
+		return buf, err
 	}
-	return nil
+	return append(binary.AppendUvarint(buf, uint64(len(body))), body...), nil
 }
 
 // finish forgets task id; one the host has not answered yet is withdrawn.
@@ -196,9 +196,9 @@ func (cs *clientSession) finish(id uint64) {
 	}
 	cs.mu.Unlock()
 	if open && alive {
-		cs.wmu.Lock()
-		_ = cs.writeLocked(protocol.SessionRequest{ID: id, Cancel: true})
-		cs.wmu.Unlock()
+		_ = cs.w.enqueue(func(buf []byte) ([]byte, error) {
+			return appendMsg(buf, protocol.SessionRequest{ID: id, Cancel: true})
+		})
 	}
 }
 
@@ -363,6 +363,7 @@ func (n *Node) closeSessions() {
 func (s *server) handleSession(st network.Stream) {
 	remote := st.Conn().RemotePeer()
 	hs := &hostSession{st: st, links: make(map[uint64]*sessionLink)}
+	hs.w = newFrameWriter(st, writeTimeout, func(error) { _ = st.Reset() })
 	var wg sync.WaitGroup
 	hs.idle = time.AfterFunc(protocol.SessionIdleTimeout, hs.closeIfIdle)
 	clean := false
@@ -426,8 +427,7 @@ type hostSession struct {
 	idle  *time.Timer
 	idled atomic.Bool // closeIfIdle closed it
 
-	wmu sync.Mutex // serialises writes; holds err
-	err error      // the first failed write: the session is over
+	w *frameWriter // st's write side
 
 	mu    sync.Mutex
 	links map[uint64]*sessionLink // the requests in flight, until answered
@@ -518,39 +518,19 @@ func (hs *hostSession) send(id uint64, pieces [][]byte) error {
 		}
 		return nil
 	}
-	var head [32]byte
-	h := protocol.AppendSessionEvents(head[:0], id, total)
-	frame := binary.AppendUvarint(make([]byte, 0, 48+min(total, sessionOneWrite)), uint64(len(h)+total))
-	frame = append(frame, h...)
-	hs.wmu.Lock()
-	defer hs.wmu.Unlock()
-	if hs.err != nil {
-		return hs.err
+	var hb [32]byte
+	h := protocol.AppendSessionEvents(hb[:0], id, total)
+	frame := append(binary.AppendUvarint(make([]byte, 0, 48), uint64(len(h)+total)), h...)
+	if total > sessionOneWrite {
+		return hs.w.direct(frame, pieces)
 	}
-	write := func(b []byte) error {
-		_ = hs.st.SetWriteDeadline(time.Now().Add(writeTimeout))
-		_, err := hs.st.Write(b)
-		return err
-	}
-	var err error
-	if total <= sessionOneWrite {
+	return hs.w.enqueue(func(buf []byte) ([]byte, error) {
+		buf = append(buf, frame...)
 		for _, p := range pieces {
-			frame = append(frame, p...)
+			buf = append(buf, p...)
 		}
-		err = write(frame)
-	} else {
-		err = write(frame)
-		for _, p := range pieces {
-			if err == nil {
-				err = write(p)
-			}
-		}
-	}
-	if err != nil {
-		hs.err = err
-		_ = hs.st.Reset()
-	}
-	return err
+		return buf, nil
+	})
 }
 
 // sessionOneWrite is the largest frame send copies to write at once; a
@@ -574,3 +554,107 @@ func (l *sessionLink) send(pieces ...[]byte) error { return l.hs.send(l.id, piec
 func (l *sessionLink) cancelled() <-chan struct{} { return l.ch }
 
 func (l *sessionLink) withdraw() { l.once.Do(func() { close(l.ch) }) }
+
+// frameWriter is one side of a session's writes, shared by its tasks. A
+// frame ready while another is being written joins a queue, and the
+// writer of the moment writes the whole queue in one write before it
+// leaves (flat combining): concurrent tasks share writes, each a yamux
+// frame, a Noise message and a syscall, and a lone one pays no hand-off
+// to a writer goroutine.
+type frameWriter struct {
+	st      network.Stream
+	timeout time.Duration
+	fail    func(error) // called once, with the first failed write
+
+	mu      sync.Mutex
+	idle    sync.Cond // signalled when writing ends
+	writing bool
+	queue   []byte // frames waiting to be written
+	spare   []byte // the last written queue, reused
+	err     error
+}
+
+func newFrameWriter(st network.Stream, timeout time.Duration, fail func(error)) *frameWriter {
+	w := &frameWriter{st: st, timeout: timeout, fail: fail}
+	w.idle.L = &w.mu
+	return w
+}
+
+// enqueue appends frames to the queue with add (under the queue's lock, so
+// frames are written in the order add is called) and, unless a write is
+// under way, writes the queue. A nil error from add's caller means the
+// frames are queued; a later failed write ends the session (fail).
+func (w *frameWriter) enqueue(add func([]byte) ([]byte, error)) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.err != nil {
+		return w.err
+	}
+	q, err := add(w.queue)
+	if err != nil {
+		return err
+	}
+	w.queue = q
+	if w.writing {
+		return nil // the writer of the moment takes it
+	}
+	return w.flushLocked(nil, nil)
+}
+
+// direct writes head and then pieces as they are, after the queue: for a
+// frame too big to copy.
+func (w *frameWriter) direct(head []byte, pieces [][]byte) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for w.writing && w.err == nil {
+		w.idle.Wait()
+	}
+	if w.err != nil {
+		return w.err
+	}
+	return w.flushLocked(head, pieces)
+}
+
+// flushLocked writes the queue, then head and pieces, then whatever was
+// queued meanwhile, until the queue is empty; called with mu held and no
+// write under way.
+func (w *frameWriter) flushLocked(head []byte, pieces [][]byte) error {
+	w.writing = true
+	defer func() {
+		w.writing = false
+		w.idle.Broadcast()
+	}()
+	for len(w.queue) > 0 || head != nil {
+		buf := w.queue
+		w.queue = w.spare[:0]
+		w.mu.Unlock()
+		err := w.write(buf)
+		if head != nil {
+			for _, b := range append([][]byte{head}, pieces...) {
+				if err == nil {
+					err = w.write(b)
+				}
+			}
+			head = nil
+		}
+		w.mu.Lock()
+		w.spare = buf[:0]
+		if err != nil {
+			w.err = err
+			w.mu.Unlock()
+			w.fail(err)
+			w.mu.Lock()
+			return err
+		}
+	}
+	return nil
+}
+
+func (w *frameWriter) write(b []byte) error {
+	if len(b) == 0 {
+		return nil
+	}
+	_ = w.st.SetWriteDeadline(time.Now().Add(w.timeout))
+	_, err := w.st.Write(b)
+	return err
+}

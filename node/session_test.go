@@ -2,6 +2,7 @@ package node_test
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -250,5 +251,58 @@ func TestHostSessionRules(t *testing.T) {
 	c := addClient(t, sw)
 	if err := submitMany(ctx, c, h.ID(), 4, "after garbage"); err != nil {
 		t.Fatalf("host no longer serves after broken sessions: %v", err)
+	}
+}
+
+// sizedKernel answers a task with outputs whose size depends on its seed:
+// small ones, and ones too big to be copied into a shared write (a
+// session writes those after whatever waits, on their own).
+type sizedKernel struct{}
+
+func (sizedKernel) Name() string     { return "sized-test" }
+func (sizedKernel) Models() []string { return []string{"test/sized"} }
+func (sizedKernel) Run(ctx context.Context, t protocol.Task, progress kernel.Progress) ([]kernel.Output, error) {
+	size := 100 + int(t.Seed%4)*150_000 // up to 450 kB
+	outs := []kernel.Output{{MediaType: "application/octet-stream", Data: bytes.Repeat([]byte{byte(t.Seed)}, size)}}
+	if t.Seed%3 == 0 {
+		outs = append(outs, kernel.Output{MediaType: "text/plain", Data: fmt.Appendf(nil, "seed %d", t.Seed)})
+	}
+	if progress != nil {
+		progress(1, 1)
+	}
+	return outs, nil
+}
+
+// TestSessionCarriesBigAnswers: answers of every size, from many tasks at
+// once, reach their own tasks whole over one session, big blocks among
+// small answers.
+func TestSessionCarriesBigAnswers(t *testing.T) {
+	sw := startSwarmWith(t, swarm.Options{Profiles: []string{"h100"}, Slots: 4,
+		Kernel: func(int) kernel.Kernel { return sizedKernel{} },
+		Tune:   func(c *node.Config) { c.RateLimit, c.QueueLen = 0, 64 }})
+	h := sw.Hosts[0]
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	c := addClient(t, sw)
+	waitServes(t, ctx, c, h.ID(), protocol.SessionProtocol, true)
+	var wg sync.WaitGroup
+	errs := make([]error, 24)
+	for i := range errs {
+		wg.Go(func() {
+			seed := uint64(i + 1)
+			res, err := c.SubmitTo(ctx, h.ID(), protocol.Task{Model: "test/sized", Prompt: "sized", Seed: seed, Width: 64, Height: 64, Steps: 1}, node.SubmitOptions{NoCache: true})
+			switch {
+			case err != nil:
+				errs[i] = err
+			case len(res.Blocks[0]) != 100+int(seed%4)*150_000 || res.Blocks[0][0] != byte(seed):
+				errs[i] = fmt.Errorf("seed %d: a block of %d bytes starting %d", seed, len(res.Blocks[0]), res.Blocks[0][0])
+			case (seed%3 == 0) != (len(res.Blocks) == 2):
+				errs[i] = fmt.Errorf("seed %d: %d blocks", seed, len(res.Blocks))
+			}
+		})
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		t.Fatal(err)
 	}
 }

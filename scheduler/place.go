@@ -167,11 +167,12 @@ func AppendPlace(dst []Candidate, v View, r Request, now time.Time, rng *rand.Ra
 // score runs the filters over v and scores every peer that passes them,
 // into sc's candidates, which it returns in view order, with the smallest
 // score and whether every score is a number ≥ 0 (it is, unless cfg does
-// not validate). With keys, it also makes sort's keys (see makeKeys),
-// while each score is in a register. One pass over the view (scan) filters, works out the
+// not validate). One pass over the view (scan) filters, works out the
 // score's terms and exponents and sums the view's load: the view is the
 // largest thing Place touches, and is read once. Short loops over the
-// feasible peers then take the exponentials and the scores.
+// feasible peers then take the exponentials and the scores. With keys,
+// the last loop also makes sort's keys (see makeKeys) while each score is
+// in a register: a pass of their own over the candidates cost more.
 func (sc *scratch) score(v View, r *Request, now time.Time, cfg *Config, keys bool) (cand []Candidate, best float64, plain bool) {
 	s := newScorer(r, now, cfg)
 	cand, terms, ex := sc.grow(len(v))
@@ -227,7 +228,7 @@ func (sc *scratch) score(v View, r *Request, now time.Time, cfg *Config, keys bo
 		if !(score >= 0) {
 			plain = false
 		}
-		if keys { // the same for every candidate, so never mispredicted
+		if keys { // the same for every candidate: a branch always predicted
 			k := math.Float64bits(scoreKey(score)) >> 32
 			sc.keys[i] = k
 			lo, hi = min(lo, k), max(hi, k)
@@ -245,7 +246,8 @@ type scratch struct {
 	ex        []float64 // exponents, then their exponentials (see score)
 	miss      []int32
 	keys, tmp []uint64
-	// lo and hi are the smallest and largest key score made (see cut).
+	// lo and hi are the smallest and largest of keys, as score or
+	// makeKeys made them (see cut).
 	lo, hi uint64
 	// AppendPlaceTop's: its sampling pool, and its best candidates in
 	// order before they are appended. They are grown when it needs them,
@@ -291,10 +293,12 @@ type terms struct {
 // their exact order; the rare runs of equal cut scores are put in theirs
 // by byScore, stably, so that the order is (Score, ID, Index) whatever the
 // run's length; the unsorted draw of AppendPlaceTop relies on that for
-// peers that share an ID. score made the keys' top bits; the loop that
-// cuts them also counts their digits, and the gather notes whether two
-// neighbours have the same cut score, so that only then are runs looked
-// for: each was a pass over the candidates of its own.
+// peers that share an ID.
+//
+// The keys' top 32 bits are sc.keys, made by score (or makeKeys). The loop
+// that cuts them also counts their digits, and the gather notes whether
+// two neighbours have the same cut score, so that runs are looked for only
+// then: the counts and the search for runs were each a pass of their own.
 func (sc *scratch) sort(w, c []Candidate) {
 	if uint64(len(w)) > math.MaxUint32 {
 		copy(c, w)
@@ -324,8 +328,9 @@ func (sc *scratch) sort(w, c []Candidate) {
 	}
 }
 
-// makeKeys makes sort's keys for w, the candidates score made without
-// them.
+// makeKeys sets sc.keys[i] to the top 32 bits of w[i]'s score key, and
+// sc.lo and sc.hi to the smallest and largest, for w, the candidates score
+// made without them.
 func (sc *scratch) makeKeys(w []Candidate) {
 	lo, hi := uint64(math.MaxUint64), uint64(0)
 	for i := range w {
@@ -336,18 +341,17 @@ func (sc *scratch) makeKeys(w []Candidate) {
 	sc.lo, sc.hi = lo, hi
 }
 
-// cut returns the smallest of the top 32 bits of the score keys that score
-// made, the shift that cuts their span (hi − lo) to at most 24
-// significant bits, and that cut span: sort's and best's keys are
-// (key − lo) >> shift.
+// cut returns the smallest key in sc.keys, the shift that cuts their span
+// (hi − lo) to at most 24 significant bits, and that cut span: sort's and
+// best's keys are (key − lo) >> shift.
 func (sc *scratch) cut() (lo uint64, shift int, span uint64) {
 	lo = sc.lo
 	shift = max(0, 64-bits.LeadingZeros64(sc.hi-lo)-24)
 	return lo, shift, (sc.hi - lo) >> shift
 }
 
-// b2i is 1 for true and 0 for false, which the compiler makes without a
-// branch.
+// b2i is 1 for true and 0 for false. The compiler makes it a flag test and
+// a move, without a branch.
 func b2i(b bool) int {
 	var i int
 	if b {
@@ -408,8 +412,9 @@ func radixSort24(keys, tmp []uint64) {
 	}
 }
 
-// radixPasses is radixSort24 once the digits of keys are counted, but
-// leaves the keys in order in keys or in tmp, and returns which.
+// radixPasses is radixSort24 once the digits of keys are counted in
+// count, but leaves the keys in order in keys or in tmp, and returns
+// which: sort reads them where they are.
 func radixPasses(keys, tmp []uint64, count *[3][256]int) []uint64 {
 	if len(keys) < 2 {
 		return keys
@@ -555,7 +560,9 @@ type prepared struct {
 
 // services returns what Prepare made of p's Models, or nil.
 func (p *PeerState) services() []modelService {
-	if m := p.prep.models; m == nil || len(p.prep.svc) != len(p.Models) || m != &p.Models[0] {
+	// SliceData is &Models[0] without its bounds check; Prepare set
+	// models only for a Models that is not empty.
+	if m := p.prep.models; m == nil || m != unsafe.SliceData(p.Models) || len(p.prep.svc) != len(p.Models) {
 		return nil
 	}
 	return p.prep.svc
@@ -848,20 +855,23 @@ func (s *scorer) scan(v View, cand []Candidate, ts []terms, drain, thermal []flo
 			thermal[n], miss[nm] = thermalExponent(headroom, s.scale), int32(n)
 			nm++
 		}
-		drain[n] = 0 // exp(0) is 1, and a stale value may be out of expAll's range
+		// x is 0 where the beacon's tasks are not aged: exp(0) is 1, and a
+		// stale value may be out of expAll's range.
+		x, aged := 0.0, false
+		if s.ageDrain {
+			// The age is in whole milliseconds, as it has always been ranked.
+			// unix·10⁹ + nsec is UnixNano, without decoding Updated again.
+			if age := time.Duration(s.now - (unix*1e9 + int64(nsec))); age > 0 {
+				x, aged = drainExponent(tasks, slots, float64(age.Milliseconds()), run)
+			}
+		}
+		drain[n] = x
 		t.tasks = float64(tasks)
 		t.pending = float64(max(p.Pending, 0))
 		t.slots = float64(slots)
 		t.run, t.rtt = run, rtt
 		t.distrust = p.Distrust
-		t.drain = false
-		if s.ageDrain {
-			// The age is in whole milliseconds, as it has always been ranked.
-			// unix·10⁹ + nsec is UnixNano, without decoding Updated again.
-			if age := time.Duration(s.now - (unix*1e9 + int64(nsec))); age > 0 {
-				drain[n], t.drain = drainExponent(tasks, slots, float64(age.Milliseconds()), run)
-			}
-		}
+		t.drain = aged
 		n++
 	}
 	s.tasks, s.slots = sumTasks, sumSlots

@@ -705,6 +705,28 @@ func TestDistrust(t *testing.T) {
 // not import it).
 const ProbationTestDistrust = 0.2
 
+// TestNegativeDistrust: a Distrust below 0 (node/trust never gives one)
+// ranks a peer as 0 does, to the bit: only a positive Distrust raises the
+// score, and scan passes a negative one on as it is.
+func TestNegativeDistrust(t *testing.T) {
+	v := BenchView(300, 5)
+	zero := slices.Clone(v)
+	for i := range v {
+		if i%3 == 0 {
+			v[i].Distrust = []float64{-0.5, math.Copysign(0, -1), -1e300, math.Inf(-1)}[i%4]
+			zero[i].Distrust = 0
+		}
+	}
+	for key := range 20 {
+		r := BenchRequest(uint64(key))
+		got := Place(v, r, BenchNow(), nil, DefaultConfig())
+		want := Place(zero, r, BenchNow(), nil, DefaultConfig())
+		if !slices.EqualFunc(got, want, sameBits) {
+			t.Fatalf("key %d: negative Distrust gave %v, Distrust 0 %v", key, ids(got[:5]), ids(want[:5]))
+		}
+	}
+}
+
 // placeGolden is placeDigest as Place gave it before it read Prepare's
 // caches (issue 14), recorded on amd64 without fused multiply-adds. A
 // faster Place must return the same candidates in the same order with the

@@ -140,11 +140,11 @@ func byRank(a, b Candidate) int {
 }
 
 // best returns the first m of w, the candidates score made, in Place's
-// order, (Score, ID, Index), in sc.out. It selects before it sorts: the
-// keys are sort's, a histogram of
-// their top 8 bits finds the bucket that holds the m-th, and only the keys
-// up to that bucket are radix-sorted and gathered, so a few hundred of a
-// thousand are sorted and moved.
+// order, (Score, ID, Index), in sc.out; their keys must be made
+// (makeKeys). It selects before it sorts: the keys are sort's, a
+// histogram of their top 8 bits finds the bucket that holds the m-th, and
+// only the keys up to that bucket are radix-sorted and gathered, so a few
+// hundred of a thousand are sorted and moved.
 func (sc *scratch) best(w []Candidate, m int) []Candidate {
 	if cap(sc.out) < len(w) {
 		sc.out = make([]Candidate, len(w))

@@ -5,6 +5,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 )
@@ -229,4 +230,37 @@ func randomCase(rng *rand.Rand, t0 time.Time, big, tied bool, cfgCase int, bad b
 		}
 	}
 	return v, r, cfg
+}
+
+// TestPrepareIDReplaced: a prepared peer given another ID of the same
+// length keeps no rendezvous weight of the old one (the table is checked
+// against the ID's bytes, not only its length), and one given its own ID
+// in another string keeps its table: Place and AppendPlaceTop, keyed,
+// give what they give for the view unprepared.
+func TestPrepareIDReplaced(t *testing.T) {
+	v := BenchView(1000, 9)
+	for i := range v {
+		switch i % 3 {
+		case 0:
+			b := []byte(v[i].ID)
+			b[len(b)-1] ^= 1 // a base58 byte, still below 0x80
+			v[i].ID = string(b)
+		case 1:
+			v[i].ID = strings.Clone(v[i].ID)
+		}
+	}
+	plain := slices.Clone(v)
+	prepare(plain, false)
+	for key := range 50 {
+		r := BenchRequest(uint64(key))
+		got := AppendPlace(nil, v, r, BenchNow(), nil, DefaultConfig())
+		want := AppendPlace(nil, plain, r, BenchNow(), nil, DefaultConfig())
+		if !slices.EqualFunc(got, want, sameBits) {
+			t.Fatalf("key %d: prepared %v, not %v", key, ids(got[:4]), ids(want[:4]))
+		}
+		top := AppendPlaceTop(nil, v, r, BenchNow(), nil, DefaultConfig(), 1)
+		if !slices.EqualFunc(top, want[:1], sameBits) {
+			t.Fatalf("key %d: top %v, want %v", key, ids(top), ids(want[:1]))
+		}
+	}
 }
