@@ -558,7 +558,7 @@ type prepared struct {
 	thermal         float64
 }
 
-// services returns what Prepare made of p's Models, or nil.
+// services returns what Prepare made of p's Models (never empty), or nil.
 func (p *PeerState) services() []modelService {
 	// SliceData is &Models[0] without its bounds check; Prepare set
 	// models only for a Models that is not empty.
@@ -806,14 +806,22 @@ func (s *scorer) scan(v View, cand []Candidate, ts []terms, drain, thermal []flo
 		}
 		var svc float64 // the model's entry in ServiceMs
 		if ms := p.services(); ms != nil {
-			j := 0
-			for j < len(ms) && !ms[j].is(s.model, s.modelLo, s.modelHi) {
-				j++
+			// The first model, tested before the loop over the others (ms
+			// is never empty), is the one asked for on most peers; tested
+			// in the loop, it cost the scan half a microsecond at 1,000
+			// peers, in code the compiler made for the loop.
+			if ms[0].is(s.model, s.modelLo, s.modelHi) {
+				svc = ms[0].ms
+			} else {
+				j := 1
+				for j < len(ms) && !ms[j].is(s.model, s.modelLo, s.modelHi) {
+					j++
+				}
+				if j == len(ms) {
+					continue
+				}
+				svc = ms[j].ms
 			}
-			if j == len(ms) {
-				continue
-			}
-			svc = ms[j].ms
 		} else {
 			if !slices.Contains(p.Models, s.model) {
 				continue
@@ -1023,11 +1031,12 @@ func spread(v View, c []Candidate, key []byte, rng *rand.Rand, cfg *Config) {
 			chosen[idx[i]] = true
 		}
 	}
-	// Stable partition of c[:k]: chosen first. The others between two
-	// chosen ones keep their order and move up by as many places as are
-	// chosen after them, so each such run is one copy: moving them one by
-	// one was a call per candidate and a fifth of spread. Runs are moved
-	// from the last, which leaves those before it in place until their turn.
+	// Stable partition of c[:k]: chosen first. The others keep their
+	// order and move towards the end by as many places as there are
+	// chosen after them, so each run of them between two chosen is one
+	// copy: moving them one at a time was a call per candidate and a fifth
+	// of spread. The last run moves first, so no run is overwritten before
+	// its turn; those after the last chosen stay where they are.
 	var pos [maxChoices]int // the chosen's places, in order
 	n := 0
 	for i := range k {
