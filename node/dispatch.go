@@ -584,7 +584,7 @@ func (j *journey) follow(ctx context.Context, c candidate) (*Result, peer.ID, er
 	start := func(c candidate) *attempt {
 		actx, acancel := context.WithCancel(ctx)
 		a := &attempt{c: c, cancel: acancel, heard: time.Now()}
-		go func() {
+		n.jobs.do(func() {
 			defer n.placed(c)()
 			req := protocol.TaskRequest{Task: j.t, NoCache: j.noCache, Submitter: j.submitter, Previews: uint32(j.previews)}
 			res, err := n.runAt(actx, c.p, req, j.tc, func(e protocol.Event) {
@@ -597,7 +597,7 @@ func (j *journey) follow(ctx context.Context, c candidate) (*Result, peer.ID, er
 			case news <- attemptNews{a: a, done: true, res: res, err: err}:
 			case <-ctx.Done():
 			}
-		}()
+		})
 		return a
 	}
 	cur, alt := start(c), (*attempt)(nil)

@@ -72,6 +72,8 @@ type Node struct {
 	beaconSeq atomic.Uint64
 	fetch     *fetcher  // set in New before any goroutine reads it
 	verify    *verifier // nil unless cfg.Verify is set (verify.go)
+	// jobs runs tasks' attempts and session requests' answers (workers.go).
+	jobs *workers
 	// self is this node's peer ID as a string (base58: worth encoding once).
 	self string
 	// sessions are this node's task sessions, one per host (session.go).
@@ -116,6 +118,7 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 	}
 	n := &Node{cfg: cfg, log: cfg.Logger, started: time.Now(), schedCfg: cfg.Scheduler, sessions: make(map[peer.ID]*clientSession)}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
+	n.jobs = newWorkers(n.ctx.Done())
 	n.waiting = newWaitRoom(func() int {
 		v := n.View()
 		n.ledger.adjust(v, n.viewExpiry())

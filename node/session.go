@@ -413,7 +413,9 @@ func (s *server) handleSession(st network.Stream) {
 				Message: fmt.Sprintf("%d tasks in flight on this session", protocol.MaxSessionTasks), RetryAfter: time.Second}, start)
 			continue
 		}
-		wg.Go(func() {
+		wg.Add(1)
+		s.n.jobs.do(func() {
+			defer wg.Done()
 			defer hs.done(m.ID)
 			s.answer(remote, req, link, start)
 		})
