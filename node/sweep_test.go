@@ -23,6 +23,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/p2p/net/swarm"
 )
 
 // countingPeer is a bare DHT server that counts the DHT requests it gets
@@ -76,11 +77,16 @@ func startCountingPeers(t *testing.T, k int) []*countingPeer {
 	for i, a := range ps {
 		for _, b := range ps[i+1:] {
 			// Once in a while a dial between fresh loopback hosts
-			// fails ("all dials failed"); a second try connects.
+			// fails ("all dials failed"); a second try connects, once
+			// the swarm's dial backoff for the peer is cleared (else the
+			// retry fails at once with "dial backoff").
 			var err error
 			for range 3 {
 				if err = a.h.Connect(ctx, peer.AddrInfo{ID: b.h.ID(), Addrs: b.h.Addrs()}); err == nil {
 					break
+				}
+				if sw, ok := a.h.Network().(interface{ Backoff() *swarm.DialBackoff }); ok {
+					sw.Backoff().Clear(b.h.ID())
 				}
 			}
 			if err != nil {
