@@ -19,10 +19,10 @@ import (
 	lp2pproto "github.com/libp2p/go-libp2p/core/protocol"
 )
 
-// noopSwarm is one no-op host with room for many tasks at once.
-func noopSwarm(t *testing.T, tune func(*node.Config)) *swarm.Swarm {
+// hostSwarm is one host running k, with room for many tasks at once.
+func hostSwarm(t *testing.T, k kernel.Kernel, tune func(*node.Config)) *swarm.Swarm {
 	return startSwarmWith(t, swarm.Options{Profiles: []string{"h100"}, Slots: 4,
-		Kernel: func(int) kernel.Kernel { return kernel.Noop{} },
+		Kernel: func(int) kernel.Kernel { return k },
 		Tune: func(c *node.Config) {
 			c.RateLimit = 0
 			c.QueueLen = 64
@@ -30,6 +30,18 @@ func noopSwarm(t *testing.T, tune func(*node.Config)) *swarm.Swarm {
 				tune(c)
 			}
 		}})
+}
+
+// sessionClient starts one host running k (hostSwarm) and a client that
+// identify has told the host serves sessions.
+func sessionClient(t *testing.T, k kernel.Kernel) (ctx context.Context, sw *swarm.Swarm, h, c *node.Node) {
+	t.Helper()
+	sw = hostSwarm(t, k, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	t.Cleanup(cancel)
+	h, c = sw.Hosts[0], addClient(t, sw)
+	waitServes(t, ctx, c, h.ID(), protocol.SessionProtocol, true)
+	return ctx, sw, h, c
 }
 
 // serves reports whether n's peerstore lists protocol proto for p, as
@@ -75,12 +87,7 @@ func submitMany(ctx context.Context, c *node.Node, h peer.ID, k int, prompt stri
 // switched off to show it: every task still succeeds, where a client
 // without sessions fails them all.
 func TestTasksShareOneSession(t *testing.T) {
-	sw := noopSwarm(t, nil)
-	h := sw.Hosts[0]
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	c := addClient(t, sw)
-	waitServes(t, ctx, c, h.ID(), protocol.SessionProtocol, true)
+	ctx, sw, h, c := sessionClient(t, kernel.Noop{})
 	h.Host().RemoveStreamHandler(lp2pproto.ID(protocol.TaskProtocol))
 	waitServes(t, ctx, c, h.ID(), protocol.TaskProtocol, false)
 
@@ -113,12 +120,7 @@ func TestTasksShareOneSession(t *testing.T) {
 // identify said it did (or a peerstore that is stale) costs a task nothing:
 // the client sends it on a task stream, and the next ones too.
 func TestSessionRefusedFallsBack(t *testing.T) {
-	sw := noopSwarm(t, nil)
-	h := sw.Hosts[0]
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	c := addClient(t, sw)
-	waitServes(t, ctx, c, h.ID(), protocol.SessionProtocol, true)
+	ctx, _, h, c := sessionClient(t, kernel.Noop{})
 	h.Host().RemoveStreamHandler(lp2pproto.ID(protocol.SessionProtocol))
 	// The client still believes the host serves sessions.
 	c.Host().Peerstore().AddProtocols(h.ID(), lp2pproto.ID(protocol.SessionProtocol))
@@ -197,7 +199,7 @@ func (p *sessionPeer) answers(want ...uint64) map[uint64][]*protocol.Event {
 // or a frame that does not decode ends the session, and the host serves
 // the next one.
 func TestHostSessionRules(t *testing.T) {
-	sw := noopSwarm(t, nil)
+	sw := hostSwarm(t, kernel.Noop{}, nil)
 	h := sw.Hosts[0]
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -277,14 +279,7 @@ func (sizedKernel) Run(ctx context.Context, t protocol.Task, progress kernel.Pro
 // once, reach their own tasks whole over one session, big blocks among
 // small answers.
 func TestSessionCarriesBigAnswers(t *testing.T) {
-	sw := startSwarmWith(t, swarm.Options{Profiles: []string{"h100"}, Slots: 4,
-		Kernel: func(int) kernel.Kernel { return sizedKernel{} },
-		Tune:   func(c *node.Config) { c.RateLimit, c.QueueLen = 0, 64 }})
-	h := sw.Hosts[0]
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	c := addClient(t, sw)
-	waitServes(t, ctx, c, h.ID(), protocol.SessionProtocol, true)
+	ctx, _, h, c := sessionClient(t, sizedKernel{})
 	var wg sync.WaitGroup
 	errs := make([]error, 24)
 	for i := range errs {

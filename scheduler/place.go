@@ -995,28 +995,13 @@ func spread(v View, c []Candidate, key []byte, rng *rand.Rand, cfg *Config) {
 		}
 		var w [maxTopK]uint64
 		weigh(w[:k], at[:k], v, KeyHash(key))
-		// The d heaviest: highest weight, then smaller ID, then earlier in
-		// c. One pass that keeps them by insertion, as keyedDraw does: d
-		// passes that each took the heaviest not yet chosen were a twentieth
-		// of Place. i is later in c than every drawn member, so a member
-		// with its weight and ID stays ahead of it.
+		// The d heaviest (heaviest): highest weight, then smaller ID,
+		// then earlier in c (a later member with the same weight and ID
+		// stays behind).
 		heavier := func(i, j int) bool {
 			return w[i] > w[j] || w[i] == w[j] && c[i].ID < c[j].ID
 		}
-		var drawn [maxChoices]int
-		nd := 0
-		for i := range k {
-			if nd == d && !heavier(i, drawn[d-1]) {
-				continue
-			}
-			j := min(nd, d-1)
-			for j > 0 && heavier(i, drawn[j-1]) {
-				drawn[j] = drawn[j-1]
-				j--
-			}
-			drawn[j] = i
-			nd = min(nd+1, d)
-		}
+		drawn := heaviest(k, d, heavier)
 		for _, i := range drawn[:d] {
 			chosen[i] = true
 		}
@@ -1238,4 +1223,26 @@ func clamp(x, lo, hi float64) float64 {
 		return lo
 	}
 	return min(x, hi)
+}
+
+// heaviest returns the indices of the d heaviest of members 0..n-1 by
+// heavier (a strict order), heaviest first. One pass that keeps them by
+// insertion: most members are lighter than the d-th and cost one
+// comparison, where d passes that each took the heaviest not yet chosen
+// were a twentieth of Place.
+func heaviest(n, d int, heavier func(i, j int) bool) (drawn [maxChoices]int) {
+	nd := 0
+	for i := range n {
+		if nd == d && !heavier(i, drawn[d-1]) {
+			continue
+		}
+		j := min(nd, d-1)
+		for j > 0 && heavier(i, drawn[j-1]) {
+			drawn[j] = drawn[j-1]
+			j--
+		}
+		drawn[j] = i
+		nd = min(nd+1, d)
+	}
+	return drawn
 }

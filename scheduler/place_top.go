@@ -106,22 +106,7 @@ func keyedDraw(dst []Candidate, v View, c []Candidate, pool []int32, d, k int, k
 		}
 		return byRank(*a, *b) < 0
 	}
-	// The d heaviest, heaviest first, by insertion: most members are
-	// lighter than the d-th and cost one comparison.
-	var drawn [maxChoices]int
-	nd := 0
-	for i := range pool {
-		if nd == d && !heavier(i, drawn[d-1]) {
-			continue
-		}
-		j := min(nd, d-1)
-		for j > 0 && heavier(i, drawn[j-1]) {
-			drawn[j] = drawn[j-1]
-			j--
-		}
-		drawn[j] = i
-		nd = min(nd+1, d)
-	}
+	drawn := heaviest(len(pool), d, heavier)
 	var picked [maxChoices]Candidate
 	for i := range d {
 		picked[i] = c[pool[drawn[i]]]
