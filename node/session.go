@@ -8,6 +8,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -343,10 +345,7 @@ func (t *sessionTask) nextEvent(ctx context.Context, idle time.Time) (*protocol.
 // closeSessions ends this node's sessions as it closes.
 func (n *Node) closeSessions() {
 	n.sessMu.Lock()
-	all := make([]*clientSession, 0, len(n.sessions))
-	for _, cs := range n.sessions {
-		all = append(all, cs)
-	}
+	all := slices.Collect(maps.Values(n.sessions))
 	n.sessMu.Unlock()
 	for _, cs := range all {
 		<-cs.ready
@@ -471,10 +470,7 @@ func (hs *hostSession) cancel(id uint64) {
 // stream reset.
 func (hs *hostSession) fail() {
 	hs.mu.Lock()
-	links := make([]*sessionLink, 0, len(hs.links))
-	for _, l := range hs.links {
-		links = append(links, l)
-	}
+	links := slices.Collect(maps.Values(hs.links))
 	hs.mu.Unlock()
 	for _, l := range links {
 		l.withdraw()
