@@ -117,3 +117,42 @@ func TestPlaceViewMatchesSnapshot(t *testing.T) {
 	check("own beacon", now)
 	check("later: everyone expired but this host", now.Add(2*expiry))
 }
+
+// TestLedgerForgetsWhatABeaconCounts: the ledger corrects a peer's state
+// for placements its beacon could not know (charged: placed after it and
+// running; taken off: counted by it and finished since), and forgets the
+// placements a beacon has counted finished, which no later beacon of the
+// peer needs either; running ones it keeps.
+func TestLedgerForgetsWhatABeaconCounts(t *testing.T) {
+	const id, keep = "12D3KooWPeer", time.Hour
+	var led ledger
+	done := func() { led.start(id, keep)() }
+	done()                           // finished before the beacon
+	finish := led.start(id, keep)    // counted by the beacon, finished after
+	led.start(id, keep)              // counted by the beacon, still running
+	time.Sleep(2 * time.Millisecond) // the clock must move for At/After
+	beacon := time.Now()
+	time.Sleep(2 * time.Millisecond)
+	finish()
+	led.start(id, keep) // placed after the beacon, running
+	p := scheduler.PeerState{ID: id, Slots: 4, Busy: 2, Updated: beacon}
+	led.apply(&p, keep)
+	if p.Busy != 1 || p.Pending != 1 {
+		t.Errorf("after the beacon: busy %d, pending %d; want 1 (one counted task finished) and 1 (one placed since)", p.Busy, p.Pending)
+	}
+	if n := len(led.placed[id]); n != 3 {
+		t.Errorf("the ledger keeps %d placements of the peer; want 3 (the one finished before the beacon forgotten)", n)
+	}
+
+	// A later beacon counts the running ones and knows the finished one:
+	// nothing to correct, and only the running placements are kept.
+	time.Sleep(2 * time.Millisecond)
+	later := scheduler.PeerState{ID: id, Slots: 4, Busy: 2, Updated: time.Now()}
+	led.apply(&later, keep)
+	if later.Busy != 2 || later.Pending != 0 {
+		t.Errorf("after a later beacon: busy %d, pending %d; want 2 and 0", later.Busy, later.Pending)
+	}
+	if n := len(led.placed[id]); n != 2 {
+		t.Errorf("the ledger keeps %d placements after a later beacon; want the 2 running", n)
+	}
+}
