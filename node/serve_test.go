@@ -202,10 +202,10 @@ func TestHostAnswersLongTaskAtOnce(t *testing.T) {
 	h := sw.Hosts[0]
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	c := addClient(t, sw)
+	raw := rawHostTo(t, ctx, h) // a fresh client may not have the host's addresses yet
 	for i := range 2 { // the second after the host has learnt the run time
 		task := mustNormalize(t, protocol.Task{Prompt: "a long answer", Seed: uint64(i + 1), Width: 256, Height: 256, Steps: 8})
-		a := rawTask(t, ctx, c.Host(), h.ID(), protocol.TaskRequest{Task: task, NoCache: true})
+		a := rawTask(t, ctx, raw, h.ID(), protocol.TaskRequest{Task: task, NoCache: true})
 		n := len(a.events)
 		if n < 3 || a.events[n-1].Type != protocol.EventResult {
 			t.Fatalf("task %d: %d events, the last %v; want progress, block, result", i, n, a.events)
