@@ -134,7 +134,9 @@ func cutFrame(b []byte) (body, rest []byte, err error) {
 // SplitEventFrames cuts b, whole event frames as a host writes them on a
 // task stream, into chunks of whole frames of at most max bytes each
 // (a frame larger than max alone in its chunk): the Events of the
-// SessionEvents frames that carry b.
+// SessionEvents frames that carry b. max is the room for events, not a
+// frame's cap: MaxSessionEventBytes less the envelope (up to 29 bytes:
+// AppendSessionEvents's head), or a chunk's frame can exceed the cap.
 func SplitEventFrames(b []byte, max int) ([][]byte, error) {
 	var chunks [][]byte
 	start, end := 0, 0
