@@ -52,9 +52,11 @@ type benchReport struct {
 
 	// Placement: one client's decisions over a 1,000-peer view, and one
 	// decision's cost as a fraction of the raw round trip above.
-	// Place1000us is scheduler.Place over scheduler.BenchView(1000, 1)
-	// (issue 14's name); PlacementUs is the same figure under its first
-	// name, kept for older readers of the JSON.
+	// Place1000us is one placement over scheduler.BenchView(1000, 1) as
+	// a node makes it (scheduler.AppendPlaceTop, the best candidate into a
+	// reused buffer, a fresh key each call; issue 14's name); PlacementUs
+	// is the same figure under its first name, kept for older readers of
+	// the JSON.
 	PlacementPerS      float64 `json:"placement_decisions_per_s"`
 	Place1000us        float64 `json:"place_1000_us"`
 	PlacementUs        float64 `json:"placement_us"`

@@ -36,6 +36,7 @@ import (
 	"github.com/gpunet/gpunet/protocol"
 	"github.com/libp2p/go-libp2p"
 	"github.com/libp2p/go-libp2p/core/metrics"
+	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	lp2pproto "github.com/libp2p/go-libp2p/core/protocol"
 	"github.com/libp2p/go-libp2p/p2p/transport/quicreuse"
@@ -192,8 +193,12 @@ type Report struct {
 	BeaconPayloadBytes   float64 `json:"beacon_payload_bytes"`
 	GossipBytesPerBeacon float64 `json:"gossip_bytes_per_node_per_beacon"`
 	// Connections is the mean number of open connections per node at the
-	// end of the window.
-	ConnsPerNode float64 `json:"conns_per_node"`
+	// end of the window; IdleConnsOpenedPerNodeS and ...Closed... how many
+	// each node opened (either side dialling) and closed per second of
+	// the window: the connection manager's trims and the redials after.
+	ConnsPerNode            float64 `json:"conns_per_node"`
+	IdleConnsOpenedPerNodeS float64 `json:"idle_conns_opened_per_node_s"`
+	IdleConnsClosedPerNodeS float64 `json:"idle_conns_closed_per_node_s"`
 
 	// The process's live heap after a collection and its goroutines,
 	// over and above what they were before the swarm started, per node.
@@ -213,6 +218,9 @@ type member struct {
 	n    *node.Node
 	role string // "bootstrap", "host" or "client"
 	ep   *endpoint
+	// opened and closed count the node's connections as they open and
+	// close: redialling shows in them before it shows in bytes.
+	opened, closed atomic.Int64
 }
 
 // endpoint holds a node's simulated UDP socket once QUIC opens it.
@@ -275,11 +283,15 @@ func Run(ctx context.Context, o Options) (r *Report, err error) {
 	// Idle traffic, then memory while the swarm is up.
 	n0, sz0 := s.beacons(ctx)
 	b0, p0 := s.bytes(), s.proto.snapshot()
+	o0, c0 := s.conns()
 	if err := sleep(ctx, o.Window); err != nil {
 		return nil, err
 	}
 	b1, p1 := s.bytes(), s.proto.snapshot()
+	o1, c1 := s.conns()
 	n1, sz1 := s.beacons(ctx)
+	r.IdleConnsOpenedPerNodeS = float64(o1-o0) / o.Window.Seconds() / float64(o.Nodes)
+	r.IdleConnsClosedPerNodeS = float64(c1-c0) / o.Window.Seconds() / float64(o.Nodes)
 	if n1 > n0 {
 		r.BeaconsPerS = float64(n1-n0) / o.Window.Seconds()
 		r.BeaconPayloadBytes = float64(sz1-sz0) / float64(n1-n0)
@@ -423,6 +435,10 @@ func (s *swarm) add(ctx context.Context, i int, role string) (*member, error) {
 		return nil, err
 	}
 	m.n = n
+	n.Host().Network().Notify(&network.NotifyBundle{
+		ConnectedF:    func(network.Network, network.Conn) { m.opened.Add(1) },
+		DisconnectedF: func(network.Network, network.Conn) { m.closed.Add(1) },
+	})
 	return m, nil
 }
 
@@ -600,6 +616,16 @@ func (s *swarm) bytes() []int64 {
 		out[i] = m.ep.bytes()
 	}
 	return out
+}
+
+// conns is how many connections the members opened and closed so far,
+// all together.
+func (s *swarm) conns() (opened, closed int64) {
+	for _, m := range s.members {
+		opened += m.opened.Load()
+		closed += m.closed.Load()
+	}
+	return opened, closed
 }
 
 func (s *swarm) idle(r *Report, b0, b1 []int64, window time.Duration) {
