@@ -1,6 +1,7 @@
 package protocol
 
 import (
+	"crypto/sha256"
 	"errors"
 	"fmt"
 
@@ -84,11 +85,14 @@ func dagCBORCID(b []byte) cid.Cid { return sumCID(cid.DagCBOR, b) }
 // exactly the bytes of the file.
 func RawCID(b []byte) cid.Cid { return sumCID(cid.Raw, b) }
 
+// sumCID is the CIDv1 of b under codec, with a sha2-256 multihash. The
+// multihash is written by hand (its code, its length, the digest: both
+// prefixes fit a byte) because mh.Sum allocates a hasher for every call,
+// and every task and result makes several CIDs.
 func sumCID(codec uint64, b []byte) cid.Cid {
-	h, err := mh.Sum(b, mh.SHA2_256, -1)
-	if err != nil {
-		panic(err) // sha2-256 with default length cannot fail
-	}
+	d := sha256.Sum256(b)
+	h := make([]byte, 0, 2+sha256.Size)
+	h = append(append(h, mh.SHA2_256, sha256.Size), d[:]...)
 	return cid.NewCidV1(codec, h)
 }
 

@@ -3,8 +3,12 @@ package protocol
 import (
 	"bytes"
 	"fmt"
+	"math/rand/v2"
 	"strings"
 	"testing"
+
+	"github.com/ipfs/go-cid"
+	mh "github.com/multiformats/go-multihash"
 
 	"github.com/ipld/go-ipld-prime/codec/dagcbor"
 	"github.com/ipld/go-ipld-prime/datamodel"
@@ -91,5 +95,27 @@ func TestManifestLinksAreIPLDLinks(t *testing.T) {
 	}
 	if l, err := oc.AsLink(); err != nil || !l.(cidlink.Link).Cid.Equals(m.Outputs[0].CID.Cid) {
 		t.Errorf("outputs[0].cid = %v, %v; want a link to %s", l, err, m.Outputs[0].CID)
+	}
+}
+
+// TestSumCIDMatchesMultihash checks the hand-written sha2-256 multihash of
+// sumCID against go-multihash's own over inputs of many lengths, for both
+// codecs gpunet uses: a CID differing by one byte would split the cache.
+func TestSumCIDMatchesMultihash(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	for n := range 300 {
+		b := make([]byte, n*n%5000)
+		for i := range b {
+			b[i] = byte(rng.Uint32())
+		}
+		for _, codec := range []uint64{cid.Raw, cid.DagCBOR} {
+			h, err := mh.Sum(b, mh.SHA2_256, -1)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got, want := sumCID(codec, b), cid.NewCidV1(codec, h); !got.Equals(want) {
+				t.Fatalf("%d bytes, codec 0x%x: %s, go-multihash makes %s", len(b), codec, got, want)
+			}
+		}
 	}
 }
