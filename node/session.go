@@ -570,6 +570,13 @@ type frameWriter struct {
 	queue   []byte // frames waiting to be written
 	spare   []byte // the last written queue, reused
 	err     error
+
+	// deadline is the write deadline last set on st, by the writer of the
+	// moment only. It moves once less than half of timeout is left, as
+	// yamux moves its connection's: each setting costs the stream a new
+	// timer, and a busy session writes thousands of frames a second. A
+	// stalled write so fails after between timeout/2 and timeout.
+	deadline time.Time
 }
 
 func newFrameWriter(st network.Stream, timeout time.Duration, fail func(error)) *frameWriter {
@@ -652,7 +659,10 @@ func (w *frameWriter) write(b []byte) error {
 	if len(b) == 0 {
 		return nil
 	}
-	_ = w.st.SetWriteDeadline(time.Now().Add(w.timeout))
+	if now := time.Now(); w.deadline.Sub(now) < w.timeout/2 {
+		w.deadline = now.Add(w.timeout)
+		_ = w.st.SetWriteDeadline(w.deadline)
+	}
 	_, err := w.st.Write(b)
 	return err
 }
