@@ -165,42 +165,49 @@ func AppendPlace(dst []Candidate, v View, r Request, now time.Time, rng *rand.Ra
 }
 
 // score runs the filters over v and scores every peer that passes them,
-// into sc's candidates, which it returns in view order, with the smallest
-// score and whether every score is a number ≥ 0 (it is, unless cfg does
-// not validate). One pass over the view (scan) filters, works out the
-// score's terms and exponents and sums the view's load: the view is the
-// largest thing Place touches, and is read once. Short loops over the
-// feasible peers then take the exponentials and the scores. With keys,
-// the last loop also makes sort's keys (see makeKeys) while each score is
-// in a register: a pass of their own over the candidates cost more.
+// into sc's candidates, which it returns in view order, and, without
+// keys, the smallest score and whether every score is a number ≥ 0 (it
+// is, unless cfg does not validate): AppendPlace, which asks for keys,
+// uses neither, and they were a seventh of the scores' loop. One pass
+// over the view (scan) filters, works out the score's terms and
+// exponents and sums the view's load: the view is the largest thing
+// Place touches, and is read once. Short loops over the feasible peers
+// then take the exponentials and the scores. With keys, the last loop
+// also makes sort's keys (see makeKeys) while each score is in a
+// register: a pass of their own over the candidates cost more.
 func (sc *scratch) score(v View, r *Request, now time.Time, cfg *Config, keys bool) (cand []Candidate, best float64, plain bool) {
 	s := newScorer(r, now, cfg)
 	cand, terms, ex := sc.grow(len(v))
-	// By candidate, the exponent of the drain and the thermal term, or its
-	// exponent for the candidates at sc.miss, for which Prepare did not
-	// make it; the third part of ex gathers those.
-	drain, thermal := ex[:len(v)], ex[len(v):2*len(v)]
-	n, nm := s.scan(v, cand, terms, drain, thermal, sc.miss)
+	// By candidate, the exponent of the drain; the second part of ex
+	// gathers the thermal terms' exponents where Prepare did not make
+	// them (see terms.unprepared).
+	drain := ex[:len(v)]
+	n := s.scan(v, cand, terms, drain)
+	nm := s.unprepared
 	if n == 0 {
 		return nil, 0, false
 	}
-	cand, terms, drain, thermal = cand[:n], terms[:n], drain[:n], thermal[:n]
+	cand, terms, drain = cand[:n], terms[:n], drain[:n]
 	expAll(drain)
-	if nm == n {
-		expAll(thermal)
-	} else if nm > 0 { // a few, charged since their beacon: gathered
-		x := ex[2*len(v) : 2*len(v)+nm]
-		for j, i := range sc.miss[:nm] {
-			x[j] = thermal[i]
+	if nm > 0 { // charged since their beacon, or never prepared
+		miss, x := sc.miss[:0], ex[len(v):len(v)+nm]
+		for i := range terms {
+			if terms[i].unprepared {
+				x[len(miss)] = thermalExponent(cand[i].HeadroomC, s.scale)
+				miss = append(miss, int32(i))
+			}
 		}
 		expAll(x)
-		for j, i := range sc.miss[:nm] {
-			thermal[i] = x[j]
+		for j, i := range miss {
+			terms[i].thermal = x[j]
 		}
 	}
 	load := s.load()
 	best, plain = math.Inf(1), true
 	lo, hi := uint64(math.MaxUint64), uint64(0)
+	// sc.keys in a variable: the stores to the candidates might change
+	// sc for all the compiler knows, so it read sc.keys again for each.
+	sortKeys := sc.keys[:len(cand)]
 	for i := range cand {
 		// The prediction and the score. Tasks ahead of ours: what the
 		// beacon reported, aged (see drainExponent), plus what this client
@@ -216,22 +223,24 @@ func (sc *scratch) score(v View, r *Request, now time.Time, cfg *Config, keys bo
 		ahead := max(n-t.slots+1, 0) / t.slots
 		wait := ahead * t.run
 		pred := wait + t.run + t.rtt
-		score := (pred + s.queuePenalty*wait) * (1 + s.headroomWeight*thermal[i])
+		score := (pred + s.queuePenalty*wait) * (1 + s.headroomWeight*t.thermal)
 		if t.distrust > 0 {
 			score *= 1 + s.trustWeight*t.distrust
 		}
 		c.PredictedMs, c.WaitMs, c.Score = pred, wait, score
-		// Unlike min, < skips a NaN score; it makes plain false anyway.
-		if score < best {
-			best = score
-		}
-		if !(score >= 0) {
-			plain = false
-		}
-		if keys { // the same for every candidate: a branch always predicted
+		// The same for every candidate: a branch always predicted.
+		if keys {
 			k := math.Float64bits(scoreKey(score)) >> 32
-			sc.keys[i] = k
+			sortKeys[i] = k
 			lo, hi = min(lo, k), max(hi, k)
+		} else {
+			// Unlike min, < skips a NaN score; it makes plain false anyway.
+			if score < best {
+				best = score
+			}
+			if !(score >= 0) {
+				plain = false
+			}
 		}
 	}
 	sc.lo, sc.hi = lo, hi
@@ -260,10 +269,10 @@ var scratchPool = sync.Pool{New: func() any { return new(scratch) }}
 
 func (sc *scratch) grow(n int) ([]Candidate, []terms, []float64) {
 	if cap(sc.cand) < n {
-		sc.cand, sc.terms, sc.ex = make([]Candidate, n), make([]terms, n), make([]float64, 3*n)
+		sc.cand, sc.terms, sc.ex = make([]Candidate, n), make([]terms, n), make([]float64, 2*n)
 		sc.miss, sc.keys, sc.tmp = make([]int32, n), make([]uint64, n), make([]uint64, n)
 	}
-	return sc.cand[:n], sc.terms[:n], sc.ex[:3*n]
+	return sc.cand[:n], sc.terms[:n], sc.ex[:2*n]
 }
 
 // terms is what scan worked out for one feasible peer for the last loop of
@@ -278,8 +287,18 @@ type terms struct {
 	// distrust is the peer's Distrust (< 1), which only a positive one
 	// raises the score by: a negative one is left as it is, not clamped.
 	distrust float64
+	// thermal is the thermal preference's exponential: Prepare's, or,
+	// where unprepared, made by score after scan. It is here, not in a
+	// slice of its own, because scan keeps each slice it writes in
+	// registers, and one more made it save and reload others.
+	thermal float64
 	// drain: the beacon's tasks are aged (see drainExponent).
 	drain bool
+	// unprepared: Prepare did not make the thermal term. scan leaves it
+	// to score, which takes those exponentials in one call of expAll;
+	// deciding in scan, with the exponent and the index kept aside, cost
+	// scan registers.
+	unprepared bool
 }
 
 // sort writes w, the candidates score made, into c ordered by (Score,
@@ -605,8 +624,9 @@ type modelService struct {
 // Comparing strings is a call, around which the scan saves and reloads its
 // registers, and it was a tenth of the scan: names of the same length
 // whose ends differ differ, and up to 16 bytes the ends are all the name.
+// The three compares are one branch, not three.
 func (m *modelService) is(name string, lo, hi uint64) bool {
-	return len(m.model) == len(name) && m.lo == lo && m.hi == hi && (len(name) <= 16 || m.model == name)
+	return uint64(len(m.model)^len(name))|(m.lo^lo)|(m.hi^hi) == 0 && (len(name) <= 16 || m.model == name)
 }
 
 // ends returns the first and the last 8 bytes of s as numbers, or s
@@ -643,8 +663,12 @@ type scorer struct {
 	headroomWeight  float64
 	trustWeight     float64
 	scale           float64
-	// tasks and slots sum Busy + QueueLen and Slots over the fresh peers.
-	tasks, slots int
+	// tasks and slots sum Busy + QueueLen and Slots over the fresh peers,
+	// and unprepared counts the feasible peers without a prepared thermal
+	// term (see score). Summed here, not in variables of scan's: scan has
+	// more of them than there are registers, and saved and reloaded
+	// others.
+	tasks, slots, unprepared int
 
 	// wall is set when oldest has no monotonic clock reading, so that
 	// Before(oldest) compares wall clocks, which scan does in line from
@@ -749,19 +773,16 @@ func (s *scorer) load() float64 {
 }
 
 // scan applies the filters to every peer of v and, for each that passes,
-// fills the next candidate's ID, Index and HeadroomC, its terms, its
-// drain's exponent and its thermal term, or the term's exponent with its
-// index in miss when Prepare did not make the term; it returns how many
-// passed and how many are in miss, and sums the view's load. The
-// exponentials are left to expAll, which takes them all at once in a
-// third of math.Exp's time. The divisions are made here: without a map
-// lookup in the loop (see Prepare), a loop of their own over the
-// candidates cost a microsecond more at 1,000 peers. The loop is one
-// function, not a call per peer, so that the load's sums stay in
-// registers, and it makes no call for a prepared peer: around one, it
-// saves and reloads them.
-func (s *scorer) scan(v View, cand []Candidate, ts []terms, drain, thermal []float64, miss []int32) (n, nm int) {
-	sumTasks, sumSlots := 0, 0
+// fills the next candidate's ID, Index and HeadroomC, its terms (with
+// the thermal term Prepare made, or unprepared set) and its drain's
+// exponent; it returns how many passed, and sums the view's load and
+// the unprepared in s. The exponentials are left to expAll, which takes
+// them all at once in a third of math.Exp's time. The divisions are made
+// here: without a map lookup in the loop (see Prepare), a loop of their
+// own over the candidates cost a microsecond more at 1,000 peers. The
+// loop is one function, not a call per peer, and it makes no call for a
+// prepared peer: around one, it saves and reloads its registers.
+func (s *scorer) scan(v View, cand []Candidate, ts []terms, drain []float64) (n int) {
 	cand, ts = cand[:len(v)], ts[:len(v)]
 	for i := range v {
 		p := &v[i]
@@ -784,8 +805,8 @@ func (s *scorer) scan(v View, cand []Candidate, ts []terms, drain, thermal []flo
 		}
 		tasks := max(p.Busy, 0) + max(p.QueueLen, 0)
 		slots := max(p.Slots, 1)
-		sumTasks += tasks
-		sumSlots += slots
+		s.tasks += tasks
+		s.slots += slots
 		if !p.Accepting || p.full() || p.FreeMemMB < s.memMB {
 			continue
 		}
@@ -857,12 +878,9 @@ func (s *scorer) scan(v View, cand []Candidate, ts []terms, drain, thermal []flo
 			run /= speed
 		}
 		c.ID, c.Index, c.HeadroomC = p.ID, i, headroom
-		if e, ok := p.thermal(headroom, s.scale); ok {
-			thermal[n] = e
-		} else {
-			thermal[n], miss[nm] = thermalExponent(headroom, s.scale), int32(n)
-			nm++
-		}
+		e, ok := p.thermal(headroom, s.scale)
+		t.thermal, t.unprepared = e, !ok
+		s.unprepared += b2i(!ok)
 		// x is 0 where the beacon's tasks are not aged: exp(0) is 1, and a
 		// stale value may be out of expAll's range.
 		x, aged := 0.0, false
@@ -882,8 +900,7 @@ func (s *scorer) scan(v View, cand []Candidate, ts []terms, drain, thermal []flo
 		t.drain = aged
 		n++
 	}
-	s.tasks, s.slots = sumTasks, sumSlots
-	return n, nm
+	return n
 }
 
 // thermalExponent is the exponent of the thermal preference. It is capped
@@ -998,10 +1015,8 @@ func spread(v View, c []Candidate, key []byte, rng *rand.Rand, cfg *Config) {
 		// The d heaviest (heaviest): highest weight, then smaller ID,
 		// then earlier in c (a later member with the same weight and ID
 		// stays behind).
-		heavier := func(i, j int) bool {
-			return w[i] > w[j] || w[i] == w[j] && c[i].ID < c[j].ID
-		}
-		drawn := heaviest(k, d, heavier)
+		before := func(i, j int) bool { return c[i].ID < c[j].ID }
+		drawn := heaviest(w[:k], d, before)
 		for _, i := range drawn[:d] {
 			chosen[i] = true
 		}
@@ -1225,14 +1240,18 @@ func clamp(x, lo, hi float64) float64 {
 	return min(x, hi)
 }
 
-// heaviest returns the indices of the d heaviest of members 0..n-1 by
-// heavier (a strict order), heaviest first. One pass that keeps them by
-// insertion: most members are lighter than the d-th and cost one
+// heaviest returns the indices of the d heaviest of members 0..len(w)-1,
+// heaviest first: member i is heavier than j when w[i] > w[j], or, for
+// equal weights, when before(i, j) (a strict order). One pass that keeps
+// them by insertion: most members are lighter than the d-th and cost one
 // comparison, where d passes that each took the heaviest not yet chosen
-// were a twentieth of Place.
-func heaviest(n, d int, heavier func(i, j int) bool) (drawn [maxChoices]int) {
+// were a twentieth of Place. The weights are compared here, and before
+// called only for equal ones (64-bit hashes, so almost never): a call per
+// comparison was half of the draw.
+func heaviest(w []uint64, d int, before func(i, j int) bool) (drawn [maxChoices]int) {
+	heavier := func(i, j int) bool { return w[i] > w[j] || w[i] == w[j] && before(i, j) }
 	nd := 0
-	for i := range n {
+	for i := range w {
 		if nd == d && !heavier(i, drawn[d-1]) {
 			continue
 		}

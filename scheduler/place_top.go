@@ -95,18 +95,16 @@ func keyedDraw(dst []Candidate, v View, c []Candidate, pool []int32, d, k int, k
 	}
 	var w [maxTopK]uint64
 	weigh(w[:len(pool)], at[:len(pool)], v, kh)
-	// heavier reports whether pool member i is drawn before j.
-	heavier := func(i, j int) bool {
-		if w[i] != w[j] {
-			return w[i] > w[j]
-		}
+	// Of two pool members of equal weight, before reports whether i is
+	// drawn before j.
+	before := func(i, j int) bool {
 		a, b := &c[pool[i]], &c[pool[j]]
 		if a.ID != b.ID {
 			return a.ID < b.ID
 		}
 		return byRank(*a, *b) < 0
 	}
-	drawn := heaviest(len(pool), d, heavier)
+	drawn := heaviest(w[:len(pool)], d, before)
 	var picked [maxChoices]Candidate
 	for i := range d {
 		picked[i] = c[pool[drawn[i]]]

@@ -1,6 +1,7 @@
 package scheduler
 
 import (
+	"cmp"
 	"fmt"
 	"math"
 	"math/rand/v2"
@@ -45,6 +46,66 @@ func TestAppendPlaceTopMatchesAppendPlace(t *testing.T) {
 			}
 			if rs[1] != nil && k > 0 && len(all) > 0 && rs[1].Uint64() != after {
 				t.Fatalf("iteration %d, k=%d: the random stream is not where AppendPlace leaves it", iter, k)
+			}
+		}
+	}
+}
+
+// TestHeaviest: heaviest returns the d members a full sort would put first,
+// by weight and then by before, on weights drawn from a few values so that
+// most compare equal and before decides (rendezvous weights hardly ever
+// tie, so the draws of Place do not test it).
+func TestHeaviest(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	for iter := range 2000 {
+		n := 1 + rng.IntN(40)
+		w, rank := make([]uint64, n), rng.Perm(n)
+		for i := range w {
+			w[i] = uint64(rng.IntN(4))
+		}
+		before := func(i, j int) bool { return rank[i] < rank[j] }
+		d := 1 + rng.IntN(min(n, maxChoices))
+		want := make([]int, n)
+		for i := range want {
+			want[i] = i
+		}
+		slices.SortFunc(want, func(i, j int) int {
+			if w[i] != w[j] {
+				return -cmp.Compare(w[i], w[j])
+			}
+			return cmp.Compare(rank[i], rank[j])
+		})
+		if got := heaviest(w, d, before); !slices.Equal(got[:d], want[:d]) {
+			t.Fatalf("iteration %d: w %v, rank %v, d %d: %v, want %v", iter, w, rank, d, got[:d], want[:d])
+		}
+	}
+}
+
+// TestAppendPlaceTopSomeScoresNaN: with a Config that does not validate
+// (a NaN UnknownHeadroomC), the peers without telemetry score NaN and the
+// others do not. AppendPlace's sampler keeps them in its pool (it cuts the
+// pool only at a score above the limit, which NaN is not), so
+// AppendPlaceTop must not take its shortcut, which assumes every score is
+// a number (score's plain): it must still match AppendPlace.
+func TestAppendPlaceTopSomeScoresNaN(t *testing.T) {
+	var v View
+	for i := range 12 {
+		p := peer(fmt.Sprintf("p%02d", i))
+		p.RTTMs = float64(5 * i)
+		if i%4 == 1 {
+			p.SlowdownC, p.LimitC = 0, 0 // no telemetry: UnknownHeadroomC
+		}
+		v = append(v, p)
+	}
+	cfg := DefaultConfig()
+	cfg.UnknownHeadroomC = math.NaN()
+	for key := range 50 {
+		r := Request{Model: model, Key: []byte(fmt.Sprint(key))}
+		all := AppendPlace(nil, v, r, t0, nil, cfg)
+		for _, k := range []int{1, 2, cfg.Choices} {
+			got := AppendPlaceTop(nil, v, r, t0, nil, cfg, k)
+			if !slices.EqualFunc(got, all[:k], sameBits) {
+				t.Fatalf("key %d, k=%d: %v, want %v", key, k, ids(got), ids(all[:k]))
 			}
 		}
 	}
