@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/fxamacker/cbor/v2"
 	"github.com/ipfs/go-cid"
 	mh "github.com/multiformats/go-multihash"
 
@@ -117,5 +118,38 @@ func TestSumCIDMatchesMultihash(t *testing.T) {
 				t.Fatalf("%d bytes, codec 0x%x: %s, go-multihash makes %s", len(b), codec, got, want)
 			}
 		}
+	}
+}
+
+// TestLinkEncodingMatchesGeneric checks Link's hand-written encoding
+// against the generic encoder's tag 42 over 0x00 and the CID's bytes, for
+// CIDs whose byte strings need each length of head (identity multihashes
+// make them as long as wanted).
+func TestLinkEncodingMatchesGeneric(t *testing.T) {
+	for _, size := range []int{1, 10, 19, 20, 21, 22, 30, 249, 250, 251, 252, 300, 65528, 65529, 65530, 70000} {
+		h, err := mh.Sum(bytes.Repeat([]byte{7}, size), mh.IDENTITY, -1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, c := range []cid.Cid{cid.NewCidV1(cid.Raw, h), RawCID([]byte{byte(size)})} {
+			got, err := Link{c}.MarshalCBOR()
+			if err != nil {
+				t.Fatal(err)
+			}
+			want, err := encMode.Marshal(cbor.Tag{Number: cidTag, Content: append([]byte{0}, c.Bytes()...)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(got, want) {
+				t.Fatalf("CID of %d bytes: % x, want % x", len(c.Bytes()), got[:min(len(got), 16)], want[:min(len(want), 16)])
+			}
+			var back Link
+			if err := back.UnmarshalCBOR(got); err != nil || !back.Equals(c) {
+				t.Fatalf("CID of %d bytes does not decode back: %v", len(c.Bytes()), err)
+			}
+		}
+	}
+	if _, err := (Link{}).MarshalCBOR(); err == nil {
+		t.Error("an undefined CID encoded")
 	}
 }
