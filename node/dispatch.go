@@ -230,6 +230,15 @@ type candidate struct {
 	pred scheduler.Candidate
 }
 
+// id is c's peer ID as text: the view's, when placement chose c, which
+// saves encoding it again.
+func (c candidate) id() string {
+	if c.pred.ID != "" {
+		return c.pred.ID
+	}
+	return c.p.String()
+}
+
 // journey is one Submit's search for a host, from the first candidate to
 // the result. Its methods run on Submit's goroutine; only the attempts it
 // starts (follow) run beside it.
@@ -426,11 +435,12 @@ func (j *journey) failed(p peer.ID, err error) {
 
 // try records c as tried in this round.
 func (j *journey) try(c candidate, stage string) {
-	j.tried[c.p.String()] = true
+	id := c.id()
+	j.tried[id] = true
 	if j.n.probing() {
 		j.n.sampling.Charge(c.p)
 	}
-	j.progress(Progress{Stage: stage, Peer: c.p.String()})
+	j.progress(Progress{Stage: stage, Peer: id})
 }
 
 func (j *journey) exhausted() bool { return j.failures >= j.n.cfg.MaxAttempts*maxRounds }
