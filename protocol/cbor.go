@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"math"
 
 	"github.com/fxamacker/cbor/v2"
 	"github.com/ipfs/go-cid"
@@ -123,30 +122,17 @@ const cidTag = 42
 type Link struct{ cid.Cid }
 
 // MarshalCBOR implements cbor.Marshaler. The encoding is written by hand,
-// in one allocation: tag 42 (0xd8 0x2a), the head of a byte string in its
-// shortest form, 0x00 and the CID's bytes. Every manifest and task holds
+// in one allocation: tag 42's head (0xd8 0x2a), a byte string's head,
+// 0x00 and the CID's bytes. Every manifest and task holds
 // links, and the generic encoder cost a boxed tag and two copies each.
 func (l Link) MarshalCBOR() ([]byte, error) {
 	if !l.Defined() {
 		return nil, errors.New("cannot encode an undefined CID")
 	}
 	c := l.KeyString() // the CID's binary form, without a copy
-	n := uint64(len(c) + 1)
-	b := make([]byte, 0, 2+9+n)
-	b = append(b, 0xd8, cidTag)
-	const bytesType = 2 << 5 // CBOR major type 2, a byte string
-	switch {
-	case n < 24:
-		b = append(b, bytesType|byte(n))
-	case n <= math.MaxUint8:
-		b = append(b, bytesType|24, byte(n))
-	case n <= math.MaxUint16:
-		b = binary.BigEndian.AppendUint16(append(b, bytesType|25), uint16(n))
-	case n <= math.MaxUint32:
-		b = binary.BigEndian.AppendUint32(append(b, bytesType|26), uint32(n))
-	default:
-		b = binary.BigEndian.AppendUint64(append(b, bytesType|27), n)
-	}
+	b := make([]byte, 0, 2+9+1+len(c))
+	b = appendHead(b, 0xc0, cidTag)           // tag 42
+	b = appendHead(b, 0x40, uint64(len(c)+1)) // byte string
 	b = append(b, 0)
 	return append(b, c...), nil
 }
@@ -173,4 +159,21 @@ func (l *Link) UnmarshalCBOR(b []byte) error {
 	}
 	l.Cid = c
 	return nil
+}
+
+// appendHead appends a CBOR head of major type major (the top three bits)
+// and argument v, in its shortest form.
+func appendHead(dst []byte, major byte, v uint64) []byte {
+	switch {
+	case v < 24:
+		return append(dst, major|byte(v))
+	case v <= 0xff:
+		return append(dst, major|24, byte(v))
+	case v <= 0xffff:
+		return binary.BigEndian.AppendUint16(append(dst, major|25), uint16(v))
+	case v <= 0xffffffff:
+		return binary.BigEndian.AppendUint32(append(dst, major|26), uint32(v))
+	default:
+		return binary.BigEndian.AppendUint64(append(dst, major|27), v)
+	}
 }

@@ -169,20 +169,3 @@ func AppendSessionEvents(dst []byte, id uint64, events int) []byte {
 	dst = append(dst, 0x66, 'e', 'v', 'e', 'n', 't', 's')
 	return appendHead(dst, 0x40, uint64(events)) // byte string header
 }
-
-// appendHead appends a CBOR head of major type major (the top three bits)
-// and argument v, in its shortest form.
-func appendHead(dst []byte, major byte, v uint64) []byte {
-	switch {
-	case v < 24:
-		return append(dst, major|byte(v))
-	case v <= 0xff:
-		return append(dst, major|24, byte(v))
-	case v <= 0xffff:
-		return binary.BigEndian.AppendUint16(append(dst, major|25), uint16(v))
-	case v <= 0xffffffff:
-		return binary.BigEndian.AppendUint32(append(dst, major|26), uint32(v))
-	default:
-		return binary.BigEndian.AppendUint64(append(dst, major|27), v)
-	}
-}
