@@ -123,8 +123,8 @@ type Link struct{ cid.Cid }
 
 // MarshalCBOR implements cbor.Marshaler. The encoding is written by hand,
 // in one allocation: tag 42's head (0xd8 0x2a), a byte string's head,
-// 0x00 and the CID's bytes. Every manifest and task holds
-// links, and the generic encoder cost a boxed tag and two copies each.
+// 0x00 and the CID's bytes. Every manifest and task holds links, and the
+// generic encoder cost a boxed tag and two copies each.
 func (l Link) MarshalCBOR() ([]byte, error) {
 	if !l.Defined() {
 		return nil, errors.New("cannot encode an undefined CID")

@@ -192,10 +192,11 @@ type Report struct {
 	BeaconsPerS          float64 `json:"beacons_per_s"`
 	BeaconPayloadBytes   float64 `json:"beacon_payload_bytes"`
 	GossipBytesPerBeacon float64 `json:"gossip_bytes_per_node_per_beacon"`
-	// Connections is the mean number of open connections per node at the
-	// end of the window; IdleConnsOpenedPerNodeS and ...Closed... how many
-	// each node opened (either side dialling) and closed per second of
-	// the window: the connection manager's trims and the redials after.
+	// ConnsPerNode is the mean number of open connections per node at the
+	// end of the window. IdleConnsOpenedPerNodeS and IdleConnsClosedPerNodeS
+	// are how many connections each node opened (either side dialling) and
+	// closed per second of the window: the connection manager's trims and
+	// any redials after them.
 	ConnsPerNode            float64 `json:"conns_per_node"`
 	IdleConnsOpenedPerNodeS float64 `json:"idle_conns_opened_per_node_s"`
 	IdleConnsClosedPerNodeS float64 `json:"idle_conns_closed_per_node_s"`
