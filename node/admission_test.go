@@ -139,19 +139,9 @@ func TestFairQueuePushFront(t *testing.T) {
 // answer, and the fetch protocol (storing), but never a fresh request
 // (no_cache, verify): that one gets a computation of its own.
 func TestAdmitJoinsSentResult(t *testing.T) {
-	cfg := DefaultConfig()
-	cfg.DataDir = ""
-	cfg.ListenAddrs = []string{"/ip4/127.0.0.1/tcp/0"}
-	cfg.MDNS = false
-	cfg.Logger = slog.New(slog.DiscardHandler)
-	cfg.Kernel = kernel.Noop{}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	n, err := New(ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer n.Close()
+	n := noopHost(t, ctx)
 	s := n.serve
 	task, tc, err := protocol.Task{Model: kernel.NoopModel, Prompt: "sent, not stored", Width: 64, Height: 64, Steps: 1}.NormalizeCID()
 	if err != nil {
@@ -189,5 +179,51 @@ func TestAdmitJoinsSentResult(t *testing.T) {
 	<-fresh.over
 	if n.KernelRuns() != 1 {
 		t.Errorf("%d kernel runs, want 1 (the fresh request's)", n.KernelRuns())
+	}
+}
+
+// noopHost starts a host on loopback whose kernel does nothing; the test
+// closes it.
+func noopHost(t *testing.T, ctx context.Context) *Node {
+	t.Helper()
+	cfg := DefaultConfig()
+	cfg.DataDir = ""
+	cfg.ListenAddrs = []string{"/ip4/127.0.0.1/tcp/0"}
+	cfg.MDNS = false
+	cfg.Logger = slog.New(slog.DiscardHandler)
+	cfg.Kernel = kernel.Noop{}
+	n, err := New(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { n.Close() })
+	return n
+}
+
+// A task that starts and ends between two beacons leaves the second one
+// looking as idle as the first; the count of starts the beacon comes with
+// still says a slot was taken, so that a probing host announces it anew
+// (sampling.Changed).
+func TestBeaconCountsStarts(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	n := noopHost(t, ctx)
+	s := n.serve
+	_, before := s.beacon(ctx, 1)
+	task, tc, err := protocol.Task{Model: kernel.NoopModel, Prompt: "in and out between beacons", Width: 64, Height: 64, Steps: 1}.NormalizeCID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := s.admitPreviews("peer", "", 0, false, task, tc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-f.over:
+	case <-ctx.Done():
+		t.Fatal("the task never finished")
+	}
+	if b, after := s.beacon(ctx, 2); b.Busy != 0 || after != before+1 {
+		t.Fatalf("after one task: busy %d, starts %d → %d; want 0 busy and one start", b.Busy, before, after)
 	}
 }

@@ -50,12 +50,12 @@ func (n *Node) beaconLoop() {
 				}
 			}
 		}
-		b := n.serve.beacon(n.ctx, n.beaconSeq.Add(1))
+		b, starts := n.serve.beacon(n.ctx, n.beaconSeq.Add(1))
 		b.Peer = n.self
 		n.own.Store(b)
 		last = time.Now()
 		if n.probing() {
-			n.sampling.Changed(b)
+			n.sampling.Changed(b, starts)
 			timer.Reset(jitter(n.cfg.BeaconInterval))
 			continue
 		}
@@ -70,8 +70,9 @@ func (n *Node) beaconLoop() {
 	}
 }
 
-// beacon describes the host's load and heat now.
-func (s *server) beacon(ctx context.Context, seq uint64) *protocol.Beacon {
+// beacon describes the host's load and heat now, and says how many tasks
+// the host has started on a slot (server.starts).
+func (s *server) beacon(ctx context.Context, seq uint64) (*protocol.Beacon, uint64) {
 	b := &protocol.Beacon{Seq: seq, Issued: uint64(time.Now().UnixMilli()), Models: s.n.cfg.Kernel.Models(), SpeedPm: 1000}
 	if s.dev != nil {
 		tctx, cancel := context.WithTimeout(ctx, 2*time.Second)
@@ -124,7 +125,7 @@ func (s *server) beacon(ctx context.Context, seq uint64) *protocol.Beacon {
 			b.ServiceMs[m] = uint32(math.Round(ms))
 		}
 	}
-	return b
+	return b, s.starts
 }
 
 // live brings b's load fields to now: slots busy, queue, whether the host

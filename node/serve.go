@@ -56,6 +56,11 @@ type server struct {
 	tempC   float64            // last temperature reading
 	service map[string]float64 // EWMA of run time per model, ms
 	changed chan struct{}      // poked when the beacon should go out early
+	// starts counts the tasks this host ever started on a slot. A probing
+	// host counts its idle notices by it (beacon, sampling.Changed), so
+	// that a slot taken and freed again between two beacons is announced
+	// anew.
+	starts uint64
 	// throttled is set while coolDown holds work back for heat, and
 	// coolers counts the tasks waiting in it, so that the episode is
 	// logged once.
@@ -744,6 +749,7 @@ func (s *server) startLocked() {
 	for s.running < allowed && s.queue.len() > 0 {
 		f, _ := s.queue.pop()
 		s.running++
+		s.starts++
 		select {
 		case s.runq <- f: // an idle runner takes it
 		default:

@@ -50,6 +50,7 @@ type Service struct {
 	memory    *scheduler.ProbeMemory // hosts heard of with a free slot
 	probers   scheduler.Probers      // a host's last clients asking for notices
 	announced int                    // free slots this host has announced
+	starts    uint64                 // the host's task starts as of its last beacon (Changed)
 	seeded    time.Time              // when the view was last refilled from the DHT
 	rng       *rand.Rand
 
@@ -332,12 +333,24 @@ func (s *Service) handleProbe(st network.Stream) {
 	}
 }
 
-// Changed is called by a host with each beacon it makes: it sends the idle
-// notices it owes (scheduler.NoticesDue), each to one of its last probers
-// picked at random.
-func (s *Service) Changed(b *protocol.Beacon) {
+// Changed is called by a host with each beacon it makes, and the count of
+// tasks it has ever started on a slot: it sends the idle notices it owes
+// (scheduler.NoticesDue), each to one of its last probers picked at
+// random. Beacons are spaced, so a slot can be taken and freed between
+// two of them, unseen by either; every start since the last beacon takes
+// one announced slot back, so such a slot is announced anew, as a host
+// that judged every change would (the simulator's).
+func (s *Service) Changed(b *protocol.Beacon, starts uint64) {
 	s.mu.Lock()
-	due, announced := scheduler.NoticesDue(int(b.Slots)-int(b.Busy), int(b.Queue), b.Accepting, s.announced)
+	taken := starts - s.starts
+	s.starts = starts
+	announced := s.announced
+	if taken >= uint64(announced) {
+		announced = 0
+	} else {
+		announced -= int(taken)
+	}
+	due, announced := scheduler.NoticesDue(int(b.Slots)-int(b.Busy), int(b.Queue), b.Accepting, announced)
 	s.announced = announced
 	var to []string
 	for range due {

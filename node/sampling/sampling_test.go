@@ -156,16 +156,20 @@ func TestRoundRanksAndNotices(t *testing.T) {
 	busy.node.mu.Lock()
 	busy.node.load.Busy = 0
 	busy.node.mu.Unlock()
-	busy.s.Changed(busy.node.Live())
+	busy.s.Changed(busy.node.Live(), 1)
 	eventually(t, ctx, "an idle notice", func() bool { return client.node.notices() == 1 })
 	// A second beacon with the same free slot owes nothing more.
-	busy.s.Changed(busy.node.Live())
+	busy.s.Changed(busy.node.Live(), 1)
 	if n := client.s.Stats().NoticesHeard; n != 1 {
 		t.Fatalf("%d notices for one freed slot", n)
 	}
 	if client.s.Stats().Memory != 2 {
 		t.Fatalf("the notice did not enter the memory: %+v", client.s.Stats())
 	}
+	// The slot was taken and freed again between two beacons: the beacon
+	// looks the same, but the slot is free anew and owed a notice.
+	busy.s.Changed(busy.node.Live(), 2)
+	eventually(t, ctx, "a notice for a slot freed between beacons", func() bool { return client.node.notices() == 2 })
 }
 
 // A host that does not answer leaves the view and the memory.
