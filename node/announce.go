@@ -75,6 +75,13 @@ func (n *Node) announce(m *protocol.Manifest) {
 	n.announceMu.Lock()
 	already := n.prov.Announced(n.ctx, tc)
 	if !already {
+		// A received result was stored unsynced (store.PutReceived): on
+		// disk before anyone is told of it.
+		if err := n.store.Sync(n.ctx); err != nil {
+			n.announceMu.Unlock()
+			n.log.Warn("not announcing a result: the store could not sync it", "task", tc, "err", err)
+			return
+		}
 		if err := n.prov.Announce(n.ctx, tc); err != nil {
 			n.log.Debug("remembering an announced result", "task", tc, "err", err)
 		}

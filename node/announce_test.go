@@ -362,3 +362,31 @@ func TestCheapResultIsQuietUntilAskedAgain(t *testing.T) {
 		t.Error("provided, but still marked quiet in the store")
 	}
 }
+
+// TestReceivedResultSyncedBeforeAnnounced: a client with a data directory
+// stores the result it submitted without a sync (no one is told of it),
+// and syncs it before it announces it (store.Sync; the crash test is
+// node/store's TestPutSurvivesKill9).
+func TestReceivedResultSyncedBeforeAnnounced(t *testing.T) {
+	dir := t.TempDir() // removed after the swarm closes
+	sw := startSwarmWith(t, swarm.Options{Profiles: []string{"rtx4090"}})
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	c, err := sw.AddClientTuned(ctx, func(c *node.Config) { c.DataDir = dir })
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := c.Submit(ctx, smallTask, node.SubmitOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := c.Store().Unsynced(); got != 1 {
+		t.Fatalf("%d results stored unsynced after one submit, want 1", got)
+	}
+	if err := c.Announce(ctx, res.TaskCID); err != nil {
+		t.Fatal(err)
+	}
+	if got := c.Store().Unsynced(); got != 0 {
+		t.Errorf("%d results unsynced after announcing the one received, want 0", got)
+	}
+}

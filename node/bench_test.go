@@ -27,8 +27,23 @@ import (
 //
 //	go test -run '^$' -bench 'RoundTrip$' -benchtime 3000x ./node/
 func BenchmarkTaskRoundTrip(b *testing.B) {
+	c, host := benchPair(b, nil)
+	taskRoundTrips(b, c, host)
+}
+
+// BenchmarkTaskRoundTripOnDisk is BenchmarkTaskRoundTrip with a client that
+// keeps its store in a data directory (a daemon's, a gateway's), which
+// syncs the writes that must be durable:
+//
+//	go test -run '^$' -bench 'RoundTripOnDisk$' -benchtime 2000x ./node/
+func BenchmarkTaskRoundTripOnDisk(b *testing.B) {
+	dir := b.TempDir() // removed after the nodes close
+	c, host := benchPair(b, func(c *node.Config) { c.DataDir = dir })
+	taskRoundTrips(b, c, host)
+}
+
+func taskRoundTrips(b *testing.B, c, host *node.Node) {
 	ctx := context.Background()
-	c, host := benchPair(b)
 	var seed uint64
 	// Warm up: the connection, identify, buffers.
 	for range 20 {
@@ -54,7 +69,7 @@ func BenchmarkTaskRoundTrip(b *testing.B) {
 // two nodes, the task protocol's stream discipline.
 func BenchmarkRawRoundTrip(b *testing.B) {
 	ctx := context.Background()
-	c, host := benchPair(b)
+	c, host := benchPair(b, nil)
 	const echo = "/gpunet-bench/echo/1.0.0"
 	host.Host().SetStreamHandler(echo, func(s network.Stream) {
 		defer s.Close()
@@ -97,7 +112,7 @@ func BenchmarkRawRoundTrip(b *testing.B) {
 }
 
 // benchPair starts one no-op host and one client, as `gpunet bench` does.
-func benchPair(b *testing.B) (client, host *node.Node) {
+func benchPair(b *testing.B, tuneClient func(*node.Config)) (client, host *node.Node) {
 	ctx := context.Background()
 	sw, err := swarm.Start(ctx, swarm.Options{
 		Profiles: []string{"h100"},
@@ -111,7 +126,7 @@ func benchPair(b *testing.B) (client, host *node.Node) {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { _ = sw.Close() })
-	c, err := sw.AddClient(ctx)
+	c, err := sw.AddClientTuned(ctx, tuneClient)
 	if err != nil {
 		b.Fatal(err)
 	}

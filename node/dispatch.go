@@ -1001,8 +1001,9 @@ func (n *Node) acceptResult(ctx context.Context, tc cid.Cid, mbytes []byte, bloc
 			return nil, fmt.Errorf("output %d from %s: %w", i, from, err)
 		}
 	}
-	// DecodeManifestFrom checked that mbytes encode m.
-	if _, err := n.store.PutEncoded(ctx, m, mbytes, blocks); err != nil {
+	// DecodeManifestFrom checked that mbytes encode m. Not synced: this
+	// node announces it only later, if ever, and syncs then (announce).
+	if _, err := n.store.PutReceived(ctx, m, mbytes, blocks); err != nil {
 		return nil, fmt.Errorf("storing result: %w", err)
 	}
 	res := &Result{TaskCID: tc, ResultCID: protocol.ManifestCID(mbytes), Manifest: m, Blocks: blocks, Provider: from, Cache: CacheNetwork}

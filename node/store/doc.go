@@ -68,6 +68,12 @@
 // command); WithoutSync skips it for a store that does not outlive its
 // process.
 //
+// A result nobody is told of is stored unsynced: a client's copy of what
+// it submitted (PutReceived) and a host's quiet result (PutQuiet). A crash
+// costs it a fetch or a computation, where a sync would cost every task
+// its few milliseconds. Before such a result is announced, Sync (or
+// Unquiet's synced write) puts it on disk.
+//
 // The other writes are not synced, because losing them to a crash costs no
 // result: last-access times (an eviction hint), removals and evictions
 // (batches are atomic, so a lost one brings back a whole result, still valid

@@ -28,19 +28,27 @@ const (
 const killChildResults = 3
 
 // TestPutSurvivesKill9: a result Put has returned is on disk, so a host
-// that announced it and is then killed with SIGKILL still has it. The
-// child stores results and says so; the parent kills it at once, reopens
-// the store and reads every result back.
+// that announced it and is then killed with SIGKILL still has it; so is a
+// result stored unsynced once Sync (PutReceived) or Unquiet (PutQuiet) has
+// returned, as a node calls them before it announces such a result. The child stores results and
+// says so; the parent kills it at once, reopens the store and reads every
+// result back.
 func TestPutSurvivesKill9(t *testing.T) {
-	if os.Getenv(killChildEnv) == "1" {
-		killChild(t)
+	if mode := os.Getenv(killChildEnv); mode != "" {
+		killChild(t, mode)
 		return
 	}
+	for _, mode := range []string{"put", "received-then-sync", "quiet-then-unquiet"} {
+		t.Run(mode, func(t *testing.T) { killAfterStoring(t, mode) })
+	}
+}
+
+func killAfterStoring(t *testing.T, mode string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	dir := t.TempDir()
 	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^TestPutSurvivesKill9$", "-test.count=1")
-	cmd.Env = append(os.Environ(), killChildEnv+"=1", killChildDirEnv+"="+dir)
+	cmd.Env = append(os.Environ(), killChildEnv+"="+mode, killChildDirEnv+"="+dir)
 	cmd.Stderr = tWriter{t}
 	out, err := cmd.StdoutPipe()
 	if err != nil {
@@ -76,10 +84,12 @@ func TestPutSurvivesKill9(t *testing.T) {
 	}
 }
 
-// killChild is the child's side of TestPutSurvivesKill9. It never returns:
-// the parent kills it, or it gives up after a minute so that it cannot
-// outlive a parent that failed.
-func killChild(t *testing.T) {
+// killChild is the child's side of TestPutSurvivesKill9: it stores with
+// Put, with PutReceived and then Sync, or with PutQuiet and then Unquiet
+// (mode). It never returns: the
+// parent kills it, or it gives up after a minute so that it cannot outlive
+// a parent that failed.
+func killChild(t *testing.T, mode string) {
 	s, err := Open(os.Getenv(killChildDirEnv), WithLogger(slog.New(slog.DiscardHandler)))
 	if err != nil {
 		t.Fatal(err)
@@ -88,10 +98,61 @@ func killChild(t *testing.T) {
 	tasks := []string{"stored"}
 	for i := range killChildResults {
 		f := makeResult(t, key, fmt.Sprint("a result a host announces ", i), "k", randBlock(uint64(i), 3000))
-		mustPut(t, s, f)
+		switch mode {
+		case "put":
+			mustPut(t, s, f)
+		case "received-then-sync":
+			mustPutUnsynced(t, s, f, false)
+		case "quiet-then-unquiet":
+			mustPutUnsynced(t, s, f, true)
+		}
 		tasks = append(tasks, f.task.String())
+	}
+	switch mode {
+	case "received-then-sync":
+		if err := s.Sync(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	case "quiet-then-unquiet":
+		// One is enough: its write syncs the log, the others' puts with it.
+		if _, err := s.Unquiet(context.Background(), cid.MustParse(tasks[len(tasks)-1])); err != nil {
+			t.Fatal(err)
+		}
 	}
 	fmt.Println(strings.Join(tasks, " "))
 	time.Sleep(time.Minute)
 	os.Exit(3)
+}
+
+// Unsynced counts the results stored without a sync until Sync, in a store
+// that syncs; Put, synced itself, adds none. A store opened WithoutSync
+// counts none: Sync would protect nothing there.
+func TestUnsyncedCount(t *testing.T) {
+	key := newKey(t)
+	ctx := context.Background()
+	for _, c := range []struct {
+		name   string
+		opts   []Option
+		counts bool
+	}{{"syncing", nil, true}, {"WithoutSync", []Option{WithoutSync()}, false}} {
+		t.Run(c.name, func(t *testing.T) {
+			s := openStore(t, t.TempDir(), c.opts...)
+			mustPut(t, s, makeResult(t, key, "synced", "k", randBlock(1, 100)))
+			mustPutUnsynced(t, s, makeResult(t, key, "received", "k", randBlock(2, 100)), false)
+			mustPutUnsynced(t, s, makeResult(t, key, "quiet", "k", randBlock(3, 100)), true)
+			want := int64(0)
+			if c.counts {
+				want = 2
+			}
+			if got := s.Unsynced(); got != want {
+				t.Fatalf("%d unsynced after a Put, a PutReceived and a PutQuiet; want %d", got, want)
+			}
+			if err := s.Sync(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if got := s.Unsynced(); got != 0 {
+				t.Fatalf("%d unsynced after Sync", got)
+			}
+		})
+	}
 }

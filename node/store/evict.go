@@ -36,10 +36,11 @@ func (s *Store) MarkVerified(ctx context.Context, c cid.Cid) error {
 
 // Unquiet clears the Quiet mark of the result c names (a TaskCID or a
 // ResultCID), and reports whether it was set: the node provides the result
-// from then on. Not synced: a mark lost to a crash leaves the result quiet
-// until it is asked for again.
+// from then on.
 func (s *Store) Unquiet(ctx context.Context, c cid.Cid) (bool, error) {
-	return s.mark(ctx, c, "quiet mark", resultFlag(func(e *entry) *bool { return &e.quiet }), false, pebble.NoSync)
+	// Synced as a Put: the node announces the result next, and this write
+	// makes the quiet Put's before it durable too (doc.go, Durability).
+	return s.mark(ctx, c, "quiet mark", resultFlag(func(e *entry) *bool { return &e.quiet }), false, s.putSync)
 }
 
 // resultFlag is flag for results only: a lone block has none.

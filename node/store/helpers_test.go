@@ -130,6 +130,27 @@ func mustPut(t testing.TB, s *Store, f fixture) {
 	}
 }
 
+// mustPutUnsynced stores f with PutReceived, or PutQuiet if quiet: both
+// unsynced.
+func mustPutUnsynced(t testing.TB, s *Store, f fixture, quiet bool) {
+	t.Helper()
+	m, err := protocol.DecodeManifest(f.manifest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	put := s.PutReceived
+	if quiet {
+		put = s.PutQuiet
+	}
+	got, err := put(context.Background(), m, f.manifest, f.blocks)
+	if err != nil {
+		t.Fatalf("storing unsynced: %v", err)
+	}
+	if !got.Equals(f.result) {
+		t.Fatalf("stored %s, want %s", got, f.result)
+	}
+}
+
 // checkInvariants compares the in-memory index with what is on disk: the
 // same results, blocks and index records, reference counts that match the
 // results, every stored block valid, and a byte total equal to the bytes of

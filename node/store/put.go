@@ -27,7 +27,7 @@ func (s *Store) Put(ctx context.Context, manifestBytes []byte, blocks [][]byte) 
 	if err != nil {
 		return cid.Undef, fmt.Errorf("storing result: %w", err)
 	}
-	return s.put(ctx, m, manifestBytes, blocks, false)
+	return s.put(ctx, m, manifestBytes, blocks, false, pebble.Sync)
 }
 
 // PutVerified is Put for a manifest the caller has just decoded with
@@ -41,7 +41,7 @@ func (s *Store) PutVerified(ctx context.Context, m *protocol.Manifest, manifestB
 	if again, err := m.Encode(); err != nil || string(again) != string(manifestBytes) {
 		return cid.Undef, fmt.Errorf("storing result: %w: bytes do not encode the manifest", protocol.ErrBadManifest)
 	}
-	return s.put(ctx, m, manifestBytes, blocks, false)
+	return s.put(ctx, m, manifestBytes, blocks, false, pebble.Sync)
 }
 
 // PutEncoded is PutVerified for manifest bytes known to encode m: the
@@ -52,17 +52,51 @@ func (s *Store) PutVerified(ctx context.Context, m *protocol.Manifest, manifestB
 // that do not encode m would index the result under the wrong outputs:
 // callers with bytes from anywhere else use PutVerified.
 func (s *Store) PutEncoded(ctx context.Context, m *protocol.Manifest, manifestBytes []byte, blocks [][]byte) (cid.Cid, error) {
-	return s.put(ctx, m, manifestBytes, blocks, false)
+	return s.put(ctx, m, manifestBytes, blocks, false, pebble.Sync)
 }
 
 // PutQuiet is PutEncoded for a result the node made and does not provide on
 // the DHT: one cheaper to compute again than to find (node/announce.go).
-// The entry is marked Quiet, in the same write, until Unquiet.
+// The entry is marked Quiet, in the same write, until Unquiet. Nothing
+// announces it, so it is not synced (doc.go, Durability): Unquiet's write
+// is, and makes it durable before the node announces it.
 func (s *Store) PutQuiet(ctx context.Context, m *protocol.Manifest, manifestBytes []byte, blocks [][]byte) (cid.Cid, error) {
-	return s.put(ctx, m, manifestBytes, blocks, true)
+	return s.put(ctx, m, manifestBytes, blocks, true, pebble.NoSync)
 }
 
-func (s *Store) put(ctx context.Context, m *protocol.Manifest, manifestBytes []byte, blocks [][]byte, quiet bool) (cid.Cid, error) {
+// PutReceived is PutEncoded for a result this node got from another and
+// does not announce, or not yet: a client's copy of what it submitted. It
+// is not synced (doc.go, Durability), since a crash loses nothing anyone
+// was told of; a node that comes to announce it calls Sync first.
+func (s *Store) PutReceived(ctx context.Context, m *protocol.Manifest, manifestBytes []byte, blocks [][]byte) (cid.Cid, error) {
+	return s.put(ctx, m, manifestBytes, blocks, false, pebble.NoSync)
+}
+
+// Sync makes every write before it durable: a result stored with
+// PutReceived or PutQuiet is on disk once Sync returns. It writes nothing
+// when no such result was stored since the last Sync, and nothing in a
+// store opened WithoutSync.
+func (s *Store) Sync(ctx context.Context) error {
+	n := s.unsynced.Load()
+	if n == 0 {
+		return nil
+	}
+	if err := s.rlockOpen(ctx); err != nil {
+		return err
+	}
+	defer s.mu.RUnlock()
+	if err := s.ds.DB.LogData(nil, pebble.Sync); err != nil {
+		return fmt.Errorf("syncing results store: %w", asCorrupt(s.dir, err))
+	}
+	s.unsynced.Add(-n) // those stored since the Load are synced too, and counted for next time
+	return nil
+}
+
+// Unsynced is the number of results stored without a sync since the last
+// Sync (PutReceived, PutQuiet): 0 in a store opened WithoutSync.
+func (s *Store) Unsynced() int64 { return s.unsynced.Load() }
+
+func (s *Store) put(ctx context.Context, m *protocol.Manifest, manifestBytes []byte, blocks [][]byte, quiet bool, w *pebble.WriteOptions) (cid.Cid, error) {
 	if err := ctx.Err(); err != nil {
 		return cid.Undef, err
 	}
@@ -88,10 +122,17 @@ func (s *Store) put(ctx context.Context, m *protocol.Manifest, manifestBytes []b
 	e.created = now
 	e.quiet = quiet
 	e.lastAccess.Store(now)
-	// Synced (unless WithoutSync): Put's callers announce the result on the
-	// DHT once it returns, so it must survive the process being killed.
-	if err := s.writeLocked(ctx, e, manifestBytes, distinct, s.putSync); err != nil {
+	// Synced (unless WithoutSync, or the caller does not announce it):
+	// Put's callers announce the result on the DHT once it returns, so it
+	// must survive the process being killed.
+	if !s.putSync.Sync {
+		w = pebble.NoSync
+	}
+	if err := s.writeLocked(ctx, e, manifestBytes, distinct, w); err != nil {
 		return cid.Undef, fmt.Errorf("storing result %s: %w", e.result, err)
+	}
+	if s.putSync.Sync && !w.Sync {
+		s.unsynced.Add(1)
 	}
 	s.addLocked(e)
 	s.tasks[e.task] = e

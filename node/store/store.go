@@ -99,6 +99,9 @@ type Store struct {
 	// putSync is the write option of Put's batch: pebble.Sync unless
 	// WithoutSync (see doc.go, Durability).
 	putSync *pebble.WriteOptions
+	// unsynced counts the results stored without a sync since the last
+	// Sync, in a store that syncs.
+	unsynced atomic.Int64
 
 	// failed is set when pebble panicked (see catch); every later call
 	// returns it.
