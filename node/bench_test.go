@@ -212,9 +212,19 @@ func BenchmarkNetworkCacheMiss(b *testing.B) {
 // the same next to raw libp2p requests.
 //
 //	go test -run '^$' -bench TaskThroughput ./node/
-func BenchmarkTaskThroughput(b *testing.B) {
+func BenchmarkTaskThroughput(b *testing.B) { taskThroughput(b, swarm.NoopOptions(16, 4)) }
+
+// BenchmarkTaskThroughputOnDisk is BenchmarkTaskThroughput with every node
+// keeping its store in a data directory, as daemons do.
+func BenchmarkTaskThroughputOnDisk(b *testing.B) {
+	o := swarm.NoopOptions(16, 4)
+	o.Dir = b.TempDir()
+	taskThroughput(b, o)
+}
+
+func taskThroughput(b *testing.B, o swarm.Options) {
 	ctx := context.Background()
-	sw, err := swarm.StartWithClients(ctx, swarm.NoopOptions(16, 4), 1)
+	sw, err := swarm.StartWithClients(ctx, o, 1)
 	if err != nil {
 		b.Fatal(err)
 	}
