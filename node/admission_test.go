@@ -141,7 +141,7 @@ func TestFairQueuePushFront(t *testing.T) {
 func TestAdmitJoinsSentResult(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	n := noopHost(t, ctx)
+	n := noopHost(t)
 	s := n.serve
 	task, tc, err := protocol.Task{Model: kernel.NoopModel, Prompt: "sent, not stored", Width: 64, Height: 64, Steps: 1}.NormalizeCID()
 	if err != nil {
@@ -182,22 +182,36 @@ func TestAdmitJoinsSentResult(t *testing.T) {
 	}
 }
 
-// noopHost starts a host on loopback whose kernel does nothing; the test
-// closes it.
-func noopHost(t *testing.T, ctx context.Context) *Node {
-	t.Helper()
+// loopbackConfig is a lone test node's config: no data directory, TCP on
+// loopback, no mDNS, logs discarded.
+func loopbackConfig() Config {
 	cfg := DefaultConfig()
-	cfg.DataDir = ""
+	cfg.DataDir, cfg.MDNS = "", false
 	cfg.ListenAddrs = []string{"/ip4/127.0.0.1/tcp/0"}
-	cfg.MDNS = false
 	cfg.Logger = slog.New(slog.DiscardHandler)
-	cfg.Kernel = kernel.Noop{}
-	n, err := New(ctx, cfg)
+	return cfg
+}
+
+// startLoopback starts a node with cfg; the test closes it.
+func startLoopback(t testing.TB, cfg Config) *Node {
+	t.Helper()
+	n, err := New(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { n.Close() })
+	t.Cleanup(func() {
+		if err := n.Close(); err != nil {
+			t.Errorf("closing node: %v", err)
+		}
+	})
 	return n
+}
+
+// noopHost starts a loopback host whose kernel does nothing.
+func noopHost(t *testing.T) *Node {
+	cfg := loopbackConfig()
+	cfg.Kernel = kernel.Noop{}
+	return startLoopback(t, cfg)
 }
 
 // A task that starts and ends between two beacons leaves the second one
@@ -207,7 +221,7 @@ func noopHost(t *testing.T, ctx context.Context) *Node {
 func TestBeaconCountsStarts(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	n := noopHost(t, ctx)
+	n := noopHost(t)
 	s := n.serve
 	_, before := s.beacon(ctx, 1)
 	task, tc, err := protocol.Task{Model: kernel.NoopModel, Prompt: "in and out between beacons", Width: 64, Height: 64, Steps: 1}.NormalizeCID()

@@ -3,7 +3,6 @@ package node
 import (
 	"context"
 	"errors"
-	"log/slog"
 	"strings"
 	"sync"
 	"testing"
@@ -102,11 +101,7 @@ func (c *fakeClock) Set(t time.Time) {
 // override them.
 func TestLendHoursPauseHost(t *testing.T) {
 	clock := &fakeClock{t: time.Date(2026, 11, 30, 12, 0, 0, 0, time.Local)}
-	cfg := DefaultConfig()
-	cfg.DataDir = ""
-	cfg.ListenAddrs = []string{"/ip4/127.0.0.1/tcp/0"}
-	cfg.MDNS = false
-	cfg.Logger = slog.New(slog.DiscardHandler)
+	cfg := loopbackConfig()
 	cfg.Kernel = kernel.Sketch{}
 	cfg.LendHours = LendHours{22 * 60, 7 * 60}
 	cfg.now = clock.Now

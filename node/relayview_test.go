@@ -2,7 +2,6 @@ package node
 
 import (
 	"context"
-	"log/slog"
 	"testing"
 
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -14,19 +13,7 @@ import (
 // placement until this node holds a direct connection to it; a public
 // host, or a private one reached directly, costs its round trip alone.
 func TestRelayedHostRanksFarther(t *testing.T) {
-	start := func() *Node {
-		cfg := DefaultConfig()
-		cfg.DataDir, cfg.MDNS = "", false
-		cfg.ListenAddrs = []string{"/ip4/127.0.0.1/tcp/0"}
-		cfg.Logger = slog.New(slog.DiscardHandler)
-		n, err := New(context.Background(), cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { n.Close() })
-		return n
-	}
-	a, b := start(), start()
+	a, b := startLoopback(t, loopbackConfig()), startLoopback(t, loopbackConfig())
 	id := b.host.ID()
 	if got := a.linkRTT(id, protocol.ReachPrivate); got < RelayPenalty {
 		t.Errorf("private host, no connection: %v, want at least %v", got, RelayPenalty)

@@ -106,11 +106,7 @@ func sweepNode(t *testing.T, peers []*countingPeer, c *provided) *Node {
 // sweepNodeWith is sweepNode with its config changed by tune.
 func sweepNodeWith(t *testing.T, peers []*countingPeer, c *provided, tune func(*Config)) *Node {
 	t.Helper()
-	cfg := DefaultConfig()
-	cfg.DataDir = ""
-	cfg.ListenAddrs = []string{"/ip4/127.0.0.1/tcp/0"}
-	cfg.MDNS = false
-	cfg.Logger = slog.New(slog.DiscardHandler)
+	cfg := loopbackConfig()
 	cfg.Observers = []Observer{c}
 	for _, p := range peers {
 		cfg.Bootstrap = append(cfg.Bootstrap, fmt.Sprintf("%s/p2p/%s", p.h.Addrs()[0], p.h.ID()))
@@ -118,16 +114,7 @@ func sweepNodeWith(t *testing.T, peers []*countingPeer, c *provided, tune func(*
 	if tune != nil {
 		tune(&cfg)
 	}
-	n, err := New(context.Background(), cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := n.Close(); err != nil {
-			t.Errorf("closing node: %v", err)
-		}
-	})
-	return n
+	return startLoopback(t, cfg)
 }
 
 // provided counts Observer.Provided, done and failed.

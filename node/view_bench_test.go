@@ -1,9 +1,7 @@
 package node
 
 import (
-	"context"
 	"fmt"
-	"log/slog"
 	"math/rand/v2"
 	"testing"
 	"time"
@@ -18,15 +16,7 @@ import (
 // the beacon validator as gossip would.
 func benchNode(b *testing.B, n int) *Node {
 	b.Helper()
-	cfg := DefaultConfig()
-	cfg.DataDir, cfg.MDNS = "", false
-	cfg.ListenAddrs = []string{"/ip4/127.0.0.1/tcp/0"}
-	cfg.Logger = slog.New(slog.DiscardHandler)
-	nd, err := New(context.Background(), cfg)
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { nd.Close() })
+	nd := startLoopback(b, loopbackConfig())
 	rng := rand.New(rand.NewPCG(1, 2))
 	now := time.Now()
 	for i := 0; i < n; i++ {
