@@ -53,6 +53,9 @@ type clientSession struct {
 
 	w *frameWriter // st's write side
 
+	// heard is set once a frame came from the host: it serves sessions.
+	heard atomic.Bool
+
 	mu    sync.Mutex
 	next  uint64 // the last ID sent
 	tasks map[uint64]*sessionTask
@@ -122,13 +125,18 @@ func (cs *clientSession) open(ctx context.Context) {
 		cs.end(fmt.Errorf("opening session: %w", err))
 		return
 	}
+	cs.attach(st)
+	cs.n.wg.Add(1)
+	go cs.read()
+}
+
+// attach makes st cs's stream: its writer, and the idle timer.
+func (cs *clientSession) attach(st network.Stream) {
 	cs.st = st
-	cs.w = newFrameWriter(st, protocol.RequestTimeout, cs.end)
+	cs.w = newFrameWriter(st, protocol.RequestTimeout, cs.broke)
 	cs.mu.Lock()
 	cs.idle = time.AfterFunc(clientSessionIdle, cs.closeIfIdle)
 	cs.mu.Unlock()
-	cs.n.wg.Add(1)
-	go cs.read()
 }
 
 // run sends req on the session and reads its answer (readAnswer). It
@@ -173,6 +181,11 @@ func (cs *clientSession) start(req protocol.TaskRequest) (uint64, *sessionTask, 
 		return appendMsg(buf, protocol.SessionRequest{ID: id, Request: body})
 	})
 	if err != nil {
+		cs.mu.Lock()
+		if cs.err != nil {
+			err = cs.err // why the session ended (broke), errNoSession among them
+		}
+		cs.mu.Unlock()
 		return 0, nil, fmt.Errorf("sending task: %w", err)
 	}
 	return id, t, nil
@@ -210,35 +223,39 @@ func (cs *clientSession) finish(id uint64) {
 func (cs *clientSession) read() {
 	defer cs.n.wg.Done()
 	br := bufio.NewReaderSize(cs.st, 16<<10)
-	heard := false // a frame from the host: it serves sessions
 	for {
 		body, err := protocol.ReadFrame(br, protocol.MaxSessionEventBytes)
 		if err == nil {
 			err = cs.deliver(body)
 		}
 		if err != nil {
-			cs.mu.Lock()
-			ended := cs.err != nil
-			cs.mu.Unlock()
-			switch {
-			case ended:
-			case !heard:
-				// A host that does not serve the protocol, though
-				// identify said it did, resets the stream at once (its
-				// multistream-select takes the request for a protocol
-				// name). Whatever ended a session before its first
-				// answer, its tasks go on streams of their own, now and
-				// for a while.
-				cs.n.noSession.Store(cs.p, time.Now())
-				err = fmt.Errorf("%w: %v", errNoSession, err)
-			case errors.Is(err, io.EOF):
-				err = errors.New("host closed the session")
-			}
-			cs.end(err)
+			cs.broke(err)
 			return
 		}
-		heard = true
+		cs.heard.Store(true)
 	}
+}
+
+// broke ends the session on a failed read or write. A host that does not
+// serve the protocol, though identify said it did, resets the stream at
+// once (its multistream-select takes the request for a protocol name),
+// which the reader or the writer may see first. Whatever ended a session
+// before the host's first frame, its tasks go on streams of their own
+// (errNoSession), now and for a while.
+func (cs *clientSession) broke(err error) {
+	cs.mu.Lock()
+	ended := cs.err != nil
+	cs.mu.Unlock()
+	switch {
+	case ended:
+		return
+	case !cs.heard.Load():
+		cs.n.noSession.Store(cs.p, time.Now())
+		err = fmt.Errorf("%w: %v", errNoSession, err)
+	case errors.Is(err, io.EOF):
+		err = errors.New("host closed the session")
+	}
+	cs.end(err)
 }
 
 // deliver hands one frame's events to its task; the task's last event (a
