@@ -22,14 +22,23 @@ import (
 // TestHeavyCallerCannotStarveALightOne: one caller of a daemon's API
 // submits a batch of tasks, more than its host can hold; another submits
 // one task after them. Each names itself (submitter), so the daemon's
-// waiting room and the host's queue take turns between them: the light
-// caller's task finishes while most of the heavy batch still waits. Were
-// the daemon one submitter to the host, as before, it would finish last.
+// waiting room and the host's queue take turns between them: once the
+// light caller's task is in line, fewer than half of the heavy batch
+// finish before it. Were the daemon one submitter to the host, as before,
+// every heavy task in line would finish first.
+//
+// Turns are not exact: tasks the waiting room lets go together race for
+// the host's free places, and a refused one goes back to its line, so a
+// few heavy tasks can get ahead (2 to 5 in runs under -race on a loaded
+// machine, whatever the batch's size); the bound is half the batch. The
+// count runs from the moment the light task is in line, not from the
+// start: on a loaded machine the heavy batch may get well ahead before the
+// light caller's request is even read, and that is no unfairness.
 func TestHeavyCallerCannotStarveALightOne(t *testing.T) {
-	const heavy = 10
+	const heavy, slots, queueLen = 16, 1, 3
 	s, _ := startAPIWith(t, func(c *node.Config) {
 		c.Kernel = kernel.Sketch{}
-		c.Device, c.Slots, c.QueueLen = nodetest.SimGPU(t, "h100"), 1, 3
+		c.Device, c.Slots, c.QueueLen = nodetest.SimGPU(t, "h100"), slots, queueLen
 		c.BeaconInterval = 200 * time.Millisecond
 	})
 	api := localapi.NewClient(s.Addr())
@@ -37,11 +46,19 @@ func TestHeavyCallerCannotStarveALightOne(t *testing.T) {
 	defer cancel()
 
 	var mu sync.Mutex
-	var order []string // submitters, in the order their tasks finished
+	var order []string   // submitters, in the order their tasks finished
+	doneWhenInLine := -1 // len(order) when the light task was first in line
 	var wg sync.WaitGroup
 	submit := func(who string, i int, placed chan<- struct{}) {
 		defer wg.Done()
-		once := sync.OnceFunc(func() { close(placed) })
+		once := sync.OnceFunc(func() {
+			if who == "light" {
+				mu.Lock()
+				doneWhenInLine = len(order)
+				mu.Unlock()
+			}
+			close(placed)
+		})
 		// About 0.1 s each on a simulated H100.
 		task := protocol.Task{Prompt: fmt.Sprintf("%s's picture %d", who, i), Width: 256, Height: 256, Steps: 16}
 		_, err := api.Submit(ctx, localapi.SubmitRequest{Task: task, Submitter: who}, func(p node.Progress) {
@@ -76,18 +93,14 @@ func TestHeavyCallerCannotStarveALightOne(t *testing.T) {
 	go submit("light", 0, make(chan struct{}))
 	wg.Wait()
 
-	after := 0
-	for i, who := range order {
-		if who == "light" {
-			after = len(order) - 1 - i
-		}
-	}
-	t.Logf("completion order: %v", order)
+	t.Logf("completion order: %v; %d heavy tasks done when the light one was in line", order, doneWhenInLine)
 	if len(order) != heavy+1 {
 		t.Fatalf("%d of %d tasks completed", len(order), heavy+1)
 	}
-	if after < heavy/2 {
-		t.Errorf("the light caller's one task finished with only %d of the heavy caller's %d still to go", after, heavy)
+	light := slices.Index(order, "light")
+	if ahead := light - doneWhenInLine; ahead >= heavy/2 {
+		t.Errorf("%d heavy tasks finished between the light task's getting in line and its end; want fewer than half the batch of %d",
+			ahead, heavy)
 	}
 }
 
