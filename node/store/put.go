@@ -27,7 +27,7 @@ func (s *Store) Put(ctx context.Context, manifestBytes []byte, blocks [][]byte) 
 	if err != nil {
 		return cid.Undef, fmt.Errorf("storing result: %w", err)
 	}
-	return s.put(ctx, m, manifestBytes, blocks, false, pebble.Sync)
+	return s.put(ctx, m, manifestBytes, blocks, false, true)
 }
 
 // PutVerified is Put for a manifest the caller has just decoded with
@@ -41,7 +41,7 @@ func (s *Store) PutVerified(ctx context.Context, m *protocol.Manifest, manifestB
 	if again, err := m.Encode(); err != nil || string(again) != string(manifestBytes) {
 		return cid.Undef, fmt.Errorf("storing result: %w: bytes do not encode the manifest", protocol.ErrBadManifest)
 	}
-	return s.put(ctx, m, manifestBytes, blocks, false, pebble.Sync)
+	return s.put(ctx, m, manifestBytes, blocks, false, true)
 }
 
 // PutEncoded is PutVerified for manifest bytes known to encode m: the
@@ -52,7 +52,7 @@ func (s *Store) PutVerified(ctx context.Context, m *protocol.Manifest, manifestB
 // that do not encode m would index the result under the wrong outputs:
 // callers with bytes from anywhere else use PutVerified.
 func (s *Store) PutEncoded(ctx context.Context, m *protocol.Manifest, manifestBytes []byte, blocks [][]byte) (cid.Cid, error) {
-	return s.put(ctx, m, manifestBytes, blocks, false, pebble.Sync)
+	return s.put(ctx, m, manifestBytes, blocks, false, true)
 }
 
 // PutQuiet is PutEncoded for a result the node made and does not provide on
@@ -61,7 +61,7 @@ func (s *Store) PutEncoded(ctx context.Context, m *protocol.Manifest, manifestBy
 // announces it, so it is not synced (doc.go, Durability): Unquiet's write
 // is, and makes it durable before the node announces it.
 func (s *Store) PutQuiet(ctx context.Context, m *protocol.Manifest, manifestBytes []byte, blocks [][]byte) (cid.Cid, error) {
-	return s.put(ctx, m, manifestBytes, blocks, true, pebble.NoSync)
+	return s.put(ctx, m, manifestBytes, blocks, true, false)
 }
 
 // PutReceived is PutEncoded for a result this node got from another and
@@ -69,7 +69,7 @@ func (s *Store) PutQuiet(ctx context.Context, m *protocol.Manifest, manifestByte
 // is not synced (doc.go, Durability), since a crash loses nothing anyone
 // was told of; a node that comes to announce it calls Sync first.
 func (s *Store) PutReceived(ctx context.Context, m *protocol.Manifest, manifestBytes []byte, blocks [][]byte) (cid.Cid, error) {
-	return s.put(ctx, m, manifestBytes, blocks, false, pebble.NoSync)
+	return s.put(ctx, m, manifestBytes, blocks, false, false)
 }
 
 // Sync makes every write before it durable: a result stored with
@@ -96,7 +96,9 @@ func (s *Store) Sync(ctx context.Context) error {
 // Sync (PutReceived, PutQuiet): 0 in a store opened WithoutSync.
 func (s *Store) Unsynced() int64 { return s.unsynced.Load() }
 
-func (s *Store) put(ctx context.Context, m *protocol.Manifest, manifestBytes []byte, blocks [][]byte, quiet bool, w *pebble.WriteOptions) (cid.Cid, error) {
+// put stores a verified result, quiet or not, and synced (unless
+// WithoutSync) or not.
+func (s *Store) put(ctx context.Context, m *protocol.Manifest, manifestBytes []byte, blocks [][]byte, quiet, synced bool) (cid.Cid, error) {
 	if err := ctx.Err(); err != nil {
 		return cid.Undef, err
 	}
@@ -122,16 +124,17 @@ func (s *Store) put(ctx context.Context, m *protocol.Manifest, manifestBytes []b
 	e.created = now
 	e.quiet = quiet
 	e.lastAccess.Store(now)
-	// Synced (unless WithoutSync, or the caller does not announce it):
-	// Put's callers announce the result on the DHT once it returns, so it
-	// must survive the process being killed.
-	if !s.putSync.Sync {
+	// Synced unless the caller does not announce it: Put's callers
+	// announce the result on the DHT once it returns, so it must survive
+	// the process being killed.
+	w := s.putSync
+	if !synced {
 		w = pebble.NoSync
 	}
 	if err := s.writeLocked(ctx, e, manifestBytes, distinct, w); err != nil {
 		return cid.Undef, fmt.Errorf("storing result %s: %w", e.result, err)
 	}
-	if s.putSync.Sync && !w.Sync {
+	if s.putSync.Sync && !synced {
 		s.unsynced.Add(1)
 	}
 	s.addLocked(e)
