@@ -342,15 +342,9 @@ func (s *Service) handleProbe(st network.Stream) {
 // that judged every change would (the simulator's).
 func (s *Service) Changed(b *protocol.Beacon, starts uint64) {
 	s.mu.Lock()
-	taken := starts - s.starts
+	taken := int(min(starts-s.starts, uint64(s.announced)))
 	s.starts = starts
-	announced := s.announced
-	if taken >= uint64(announced) {
-		announced = 0
-	} else {
-		announced -= int(taken)
-	}
-	due, announced := scheduler.NoticesDue(int(b.Slots)-int(b.Busy), int(b.Queue), b.Accepting, announced)
+	due, announced := scheduler.NoticesDue(int(b.Slots)-int(b.Busy), int(b.Queue), b.Accepting, s.announced-taken)
 	s.announced = announced
 	var to []string
 	for range due {
